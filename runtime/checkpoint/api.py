@@ -1,0 +1,151 @@
+"""The checkpoint interface: one small ABC, two backends (runc+CRIU, runsc).
+
+A backend checkpoints a running container (runc: one container; runsc: the whole
+sandbox, i.e. the pod) into an image directory, restores it from one, and
+describes an image without restoring it. The image layout is in ``image.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Scope(enum.Enum):
+    """What one checkpoint holds."""
+
+    CONTAINER = "container"  # runc + CRIU: one container's process tree
+    SANDBOX = "sandbox"  # runsc: the whole gVisor sandbox (all containers of the pod)
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container as the OCI runtime knows it.
+
+    ``bundle`` is the OCI bundle directory (config.json + rootfs) it runs from;
+    ``state_root`` is the runtime's ``--root`` (None: the runtime's default).
+    ``empty_dirs`` are host paths of the pod's emptyDir volumes: their content
+    travels inside the image and is put back on restore.
+    """
+
+    id: str
+    bundle: Path
+    state_root: Path | None = None
+    pod_template_hash: str = ""
+    empty_dirs: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    leave_running: bool = False  # True: a pre-copy for migration; False: hibernate
+    tcp_established: bool = True  # checkpoint established TCP connections
+    compression: str = "auto"  # "auto" | "none" | "zstd" (see image.choose_compression)
+
+
+@dataclass(frozen=True)
+class AddressRewrite:
+    """Pod IPs to rewrite in socket images when restoring into another pod.
+
+    Listeners bound to ``old`` become wildcard (0.0.0.0 / ::); established
+    connections get ``new`` as their source. Pairs of the same family.
+    """
+
+    old: IPAddress
+    new: IPAddress
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    tcp_established: bool = True
+    rewrites: tuple[AddressRewrite, ...] = ()
+    # Restore into this bundle instead of the container's own (e.g. the
+    # replacement pod's bundle, whose config.json names the new network namespace).
+    bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class PayloadInfo:
+    file: str  # file name inside the image directory
+    compression: str  # "none" | "zstd"
+    size: int  # bytes on disk
+    sha256: str
+    raw_size: int  # bytes of the uncompressed tar stream
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str  # path inside the payload tar
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``describe`` returns and ``manifest.json`` holds."""
+
+    format_version: int
+    backend: str  # "runc-criu" | "runsc"
+    backend_version: str  # e.g. "runc 1.1.5 / criu 4.1.1"
+    scope: Scope
+    container: str
+    pod_template_hash: str
+    created: str  # RFC 3339, UTC
+    payload: PayloadInfo
+    files: tuple[FileInfo, ...]
+    empty_dirs: tuple[str, ...]  # host paths, in the order of the emptydir/<n> trees
+    memory_bytes: int  # bytes of memory pages in the image (0 if unknown)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    container: str
+    pid: int  # the restored init process, as the host sees it
+    manifest: Manifest
+    seconds: float = 0.0
+    details: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+
+
+class Backend(ABC):
+    """A checkpoint engine. Implementations: RuncCriuBackend, RunscBackend."""
+
+    name: ClassVar[str]
+    scope: ClassVar[Scope]
+
+    @abstractmethod
+    async def version(self) -> str:
+        """The engine's version string; raises BackendUnavailable if it is missing."""
+
+    @abstractmethod
+    async def checkpoint(
+        self,
+        container: Container,
+        image_dir: Path,
+        options: CheckpointOptions = CheckpointOptions(),
+    ) -> Manifest:
+        """Checkpoint ``container`` into the new directory ``image_dir``.
+
+        Without ``leave_running`` the container's processes are gone afterwards
+        and their memory released; the runtime's record of it is deleted.
+        """
+
+    @abstractmethod
+    async def restore(
+        self, container: Container, image_dir: Path, options: RestoreOptions = RestoreOptions()
+    ) -> RestoreResult:
+        """Verify ``image_dir`` then restore it as ``container`` (running, detached).
+
+        Raises an ImageError before touching the runtime if the image is bad;
+        on RestoreFailed nothing of the container is left running.
+        """
+
+    def describe(self, image_dir: Path) -> Manifest:
+        """Read and check the manifest of ``image_dir`` (payload digest not verified)."""
+        from architect.runtime.checkpoint.image import read_manifest
+
+        return read_manifest(image_dir)
