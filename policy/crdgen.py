@@ -45,20 +45,21 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
     node = dict(node)
-    if "$ref" in node:
-        target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
-        target.update(node)  # a field's own description and default win
-        node = target
-    if "anyOf" in node:
-        # `X | None` fields are optional in Kubernetes: absence is the null.
-        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
-        if len(options) != 1:
-            raise ValueError(f"cannot express a union of {len(options)} types structurally")
-        merged = dict(options[0])
-        merged.update(node)
-        node = merged
-        if node.get("default", NoDefault) is None:
-            del node["default"]
+    while "$ref" in node or "anyOf" in node:
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
+            target.update(node)  # a field's own description and default win
+            node = target
+        if "anyOf" in node:
+            # `X | None` fields are optional in Kubernetes: absence is the null.
+            options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+            if len(options) != 1:
+                raise ValueError(f"cannot express a union of {len(options)} types structurally")
+            merged = dict(options[0])
+            merged.update(node)
+            node = merged
+            if node.get("default", NoDefault) is None:
+                del node["default"]
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if node.get("additionalProperties") is False:
