@@ -1,0 +1,2 @@
+"""Network side of hibernation: packet hold, activity telemetry, shadow ports,
+the health-check proxy. See docs/network.md."""

@@ -1,0 +1,294 @@
+"""iptables rules for one managed container, as pure functions of its spec.
+
+Everything Architect installs in a pod's network namespace lives in chains named
+``ARCHITECT-<KIND>-<tag>`` and every rule carries an ``architect:<kind>``
+comment, so a daemon restart or a cluster teardown finds them by name alone
+(``cleanup_plan``). Three kinds, one per container:
+
+- ``ARCHITECT-HOLD-<tag>`` (filter INPUT, only while hibernated): the
+  container's ports go to NFQUEUE with ``--queue-bypass``, so when no holder is
+  bound (it crashed, or was never started) packets are accepted, never
+  blackholed. Shadow-port connections are answered with a TCP reset (see
+  ``shadow``).
+- ``ARCHITECT-ACT-<tag>`` (mangle INPUT, always): counts incoming packets to the
+  container's ports for the packets-mode activity clock. mangle INPUT runs before
+  filter INPUT, so held packets are counted when they arrive.
+- ``ARCHITECT-SHD-<tag>`` (nat PREROUTING and OUTPUT, always): shadowPort is
+  redirected to appPort.
+
+Traffic that is not activity: packets whose conntrack original destination port
+is a shadow port (after REDIRECT the socket only sees appPort, conntrack still
+knows), and packets from ``exclude_sources`` (by default the health-check proxy's
+source address ``127.0.0.6``).
+
+Installing is idempotent: the restore text declares each chain (which creates or
+flushes it) and adds a jump only when ``iptables-save`` shows none, all in one
+atomic ``iptables-restore --noflush``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+PREFIX = "ARCHITECT-"
+HEALTH_PROXY_SOURCE = "127.0.0.6"
+_TAG = re.compile(r"^[A-Za-z0-9_]{1,12}$")
+_MULTIPORT_MAX = 15  # xt_multiport's limit on ports per rule
+
+
+class SpecError(ValueError):
+    """A network spec that cannot be turned into rules; the message names the field."""
+
+
+def _check_port(where: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise SpecError(f"{where}: port {port!r} is not an integer in 1..65535")
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPort:
+    """TCP traffic to ``shadow_port`` reaches ``app_port`` without counting as activity."""
+
+    app_port: int
+    shadow_port: int
+
+    def __post_init__(self) -> None:
+        _check_port("shadow appPort", self.app_port)
+        _check_port("shadow shadowPort", self.shadow_port)
+        if self.app_port == self.shadow_port:
+            raise SpecError(f"shadow port {self.shadow_port}: appPort equals shadowPort")
+
+
+@dataclass(frozen=True, slots=True)
+class NetSpec:
+    """The network side of one managed container.
+
+    ``tag`` names its chains (unique within the pod; the daemon derives it from
+    the container's index). ``queue_num`` is its NFQUEUE number (unique within
+    the pod's namespace, where queues live).
+    """
+
+    tag: str
+    tcp_ports: tuple[int, ...] = ()
+    udp_ports: tuple[int, ...] = ()
+    shadow: tuple[ShadowPort, ...] = ()
+    exclude_sources: tuple[str, ...] = (f"{HEALTH_PROXY_SOURCE}/32",)
+    queue_num: int = 0
+
+    def __post_init__(self) -> None:
+        if not _TAG.match(self.tag):
+            raise SpecError(f"tag {self.tag!r}: must be 1-12 of [A-Za-z0-9_]")
+        for p in self.tcp_ports:
+            _check_port("tcp_ports", p)
+        for p in self.udp_ports:
+            _check_port("udp_ports", p)
+        if not self.tcp_ports and not self.udp_ports:
+            raise SpecError(f"tag {self.tag}: no tcp_ports or udp_ports to watch")
+        if not 0 <= self.queue_num <= 65535:
+            raise SpecError(f"queue_num {self.queue_num}: must be in 0..65535")
+        shadows = {s.shadow_port for s in self.shadow}
+        if clash := shadows & set(self.tcp_ports):
+            raise SpecError(f"shadow port(s) {sorted(clash)} are also watched tcp_ports")
+        for src in self.exclude_sources:
+            try:
+                ipaddress.ip_network(src, strict=False)
+            except ValueError as e:
+                raise SpecError(f"exclude_sources: {src!r}: {e}") from None
+
+    @property
+    def hold_chain(self) -> str:
+        return f"{PREFIX}HOLD-{self.tag}"
+
+    @property
+    def activity_chain(self) -> str:
+        return f"{PREFIX}ACT-{self.tag}"
+
+    @property
+    def shadow_chain(self) -> str:
+        return f"{PREFIX}SHD-{self.tag}"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A chain to install: its rules and the builtin chains that jump to it."""
+
+    table: str
+    name: str
+    rules: tuple[str, ...]
+    jumps_from: tuple[str, ...]
+    jump_match: str = ""
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SavedTable:
+    chains: list[str] = field(default_factory=list)
+    rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, full "-A ..." line)
+    counters: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+
+def _sources(spec: NetSpec, family: Family) -> list[str]:
+    return [
+        s for s in spec.exclude_sources if ipaddress.ip_network(s, strict=False).version == family
+    ]
+
+
+def _port_groups(ports: Sequence[int]) -> list[str]:
+    uniq = sorted(set(ports))
+    return [
+        ",".join(str(p) for p in uniq[i : i + _MULTIPORT_MAX])
+        for i in range(0, len(uniq), _MULTIPORT_MAX)
+    ]
+
+
+def _c(kind: str) -> str:
+    return f'-m comment --comment "architect:{kind}"'
+
+
+def hold_chain(spec: NetSpec, family: Family) -> Chain:
+    """filter chain that queues the container's traffic while it is hibernated."""
+    name, c = spec.hold_chain, _c("hold")
+    rules = [f"-A {name} -s {s} {c} -j RETURN" for s in _sources(spec, family)]
+    for sh in spec.shadow:
+        # Shadow traffic must neither wake nor hang: refuse it at once.
+        rules.append(
+            f"-A {name} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {sh.shadow_port} "
+            f"{c} -j REJECT --reject-with tcp-reset"
+        )
+    queue = f"-j NFQUEUE --queue-num {spec.queue_num} --queue-bypass"
+    for proto, ports in (("tcp", spec.tcp_ports), ("udp", spec.udp_ports)):
+        for group in _port_groups(ports):
+            rules.append(f"-A {name} -p {proto} -m multiport --dports {group} {c} {queue}")
+    return Chain("filter", name, tuple(rules), ("INPUT",), comment="hold")
+
+
+def activity_chain(spec: NetSpec, family: Family) -> Chain:
+    """mangle chain whose ``architect:count`` rules count activity packets."""
+    name, c = spec.activity_chain, _c("count")
+    rules = [f"-A {name} -s {s} {_c('activity')} -j RETURN" for s in _sources(spec, family)]
+    for sh in spec.shadow:
+        rules.append(
+            f"-A {name} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {sh.shadow_port} "
+            f"{_c('activity')} -j RETURN"
+        )
+    for proto, ports in (("tcp", spec.tcp_ports), ("udp", spec.udp_ports)):
+        for group in _port_groups(ports):
+            rules.append(f"-A {name} -p {proto} -m multiport --dports {group} {c} -j RETURN")
+    return Chain("mangle", name, tuple(rules), ("INPUT",), comment="activity")
+
+
+def shadow_chain(spec: NetSpec, family: Family) -> Chain | None:
+    """nat chain redirecting each shadowPort to its appPort (TCP)."""
+    if not spec.shadow:
+        return None
+    name, c = spec.shadow_chain, _c("shadow")
+    rules = tuple(
+        f"-A {name} -p tcp --dport {sh.shadow_port} {c} -j REDIRECT --to-ports {sh.app_port}"
+        for sh in spec.shadow
+    )
+    # OUTPUT: so that a scraper in the pod itself (via localhost) is redirected too.
+    return Chain(
+        "nat",
+        name,
+        rules,
+        ("PREROUTING", "OUTPUT"),
+        jump_match="-m addrtype --dst-type LOCAL",
+        comment="shadow",
+    )
+
+
+def parse_save(text: str) -> dict[str, SavedTable]:
+    """Parse ``iptables-save [-c]`` output into tables of chains and rules."""
+    tables: dict[str, SavedTable] = {}
+    current: SavedTable | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], SavedTable())
+            continue
+        if current is None or not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith(":"):
+            current.chains.append(line[1:].split()[0])
+            continue
+        count = 0
+        m = re.match(r"^\[(\d+):(\d+)\]\s+(.*)$", line)
+        if m:
+            count, line = int(m.group(1)), m.group(3)
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "-A":
+            current.rules.append((parts[1], line))
+            current.counters.setdefault(parts[1], []).append((count, line))
+    return tables
+
+
+def _jump_target(line: str) -> str | None:
+    m = re.search(r"(?:^|\s)-j\s+(\S+)", line)
+    return m.group(1) if m else None
+
+
+def install_plan(chains: Iterable[Chain], saved: dict[str, SavedTable]) -> str:
+    """Restore text (for ``--noflush``) that makes ``chains`` exactly as given."""
+    by_table: dict[str, list[Chain]] = {}
+    for ch in chains:
+        by_table.setdefault(ch.table, []).append(ch)
+    out: list[str] = []
+    for table, chs in by_table.items():
+        have = saved.get(table, SavedTable())
+        out.append(f"*{table}")
+        out.extend(f":{ch.name} - [0:0]" for ch in chs)  # creates or flushes
+        for ch in chs:
+            out.extend(ch.rules)
+            for parent in ch.jumps_from:
+                present = any(
+                    chain == parent and _jump_target(rule) == ch.name for chain, rule in have.rules
+                )
+                if not present:
+                    match = f"{ch.jump_match} " if ch.jump_match else ""
+                    out.append(f"-I {parent} 1 {match}{_c(ch.comment)} -j {ch.name}")
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def removal_plan(saved: dict[str, SavedTable], wanted: Iterable[str] | None = None) -> str:
+    """Restore text that deletes chains (default: every ``ARCHITECT-*``) and jumps to them.
+
+    Empty when there is nothing to remove, so removal is idempotent.
+    """
+    wanted_set = set(wanted) if wanted is not None else None
+
+    def ours(name: str) -> bool:
+        return name.startswith(PREFIX) and (wanted_set is None or name in wanted_set)
+
+    out: list[str] = []
+    for table, t in saved.items():
+        doomed = [c for c in t.chains if ours(c)]
+        jumps = [
+            rule
+            for chain, rule in t.rules
+            if not ours(chain) and (target := _jump_target(rule)) is not None and ours(target)
+        ]
+        if not doomed and not jumps:
+            continue
+        out.append(f"*{table}")
+        out.extend("-D" + rule[2:] for rule in jumps)
+        out.extend(f"-F {c}" for c in doomed)
+        out.extend(f"-X {c}" for c in doomed)
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""
+
+
+def count_packets(saved: dict[str, SavedTable], chain: str) -> int:
+    """Sum of the ``architect:count`` rule counters of ``chain`` (from ``iptables-save -c``)."""
+    total = 0
+    for t in saved.values():
+        for count, rule in t.counters.get(chain, []):
+            if "architect:count" in rule:
+                total += count
+    return total
