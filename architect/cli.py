@@ -27,8 +27,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the policies the Architect annotations of each Pod or workload "
         "in FILE stand for. Workloads without Architect annotations compile to nothing.",
     )
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
-                   help="YAML file (several documents allowed); - reads stdin")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="YAML file (several documents allowed); - reads stdin",
+    )
 
     p = sub.add_parser(
         "validate",
@@ -37,14 +43,24 @@ def _parser() -> argparse.ArgumentParser:
         "PersistentCheckpoint objects as the API server would, and the Architect annotations "
         "of Pods and workloads. Other kinds are skipped.",
     )
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
-                   help="YAML file (several documents allowed); - reads stdin")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="YAML file (several documents allowed); - reads stdin",
+    )
 
     p = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--write", type=Path, metavar="DIR", help="write one file per CRD into DIR")
-    group.add_argument("--check", type=Path, metavar="DIR",
-                       help="exit 1 when the CRDs in DIR differ from what the models generate")
+    group.add_argument(
+        "--check",
+        type=Path,
+        metavar="DIR",
+        help="exit 1 when the CRDs in DIR differ from what the models generate",
+    )
 
     p = sub.add_parser("explain", help="explain which policy governs a pod's containers, and why")
     p.add_argument("what", choices=["pod"])
@@ -62,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["health-proxy"]:
         from architect.runtime.network.healthproxy import main as health_proxy_main
 
-        return health_proxy_main(args_list[1:])
+        return int(health_proxy_main(args_list[1:]))
     args = _parser().parse_args(args_list)
     try:
         if args.command == "compile":
@@ -79,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rest += ["-n", args.namespace]
             if args.kubeconfig:
                 rest += ["--kubeconfig", args.kubeconfig]
-            return explain_main(rest)
+            return int(explain_main(rest))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

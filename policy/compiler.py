@@ -107,7 +107,10 @@ def pod_template(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
         raise KeyError(f"{kind} has no {'.'.join(_TEMPLATE_PATH[kind])}")
     meta = node.get("metadata") or {}
     spec = node.get("spec") or {}
-    return (dict(meta) if isinstance(meta, Mapping) else {}, dict(spec) if isinstance(spec, Mapping) else {})
+    return (
+        dict(meta) if isinstance(meta, Mapping) else {},
+        dict(spec) if isinstance(spec, Mapping) else {},
+    )
 
 
 def _string_map(value: Any) -> dict[str, str]:
@@ -200,7 +203,9 @@ def _container_map(
     out: dict[str, Any] = {}
     for name, item in value.items():
         if not isinstance(item, str):
-            ctx.fail(key, json.dumps(item), f"container '{name}': expected a string, e.g. {example}")
+            ctx.fail(
+                key, json.dumps(item), f"container '{name}': expected a string, e.g. {example}"
+            )
             continue
         try:
             out[name] = parse(item)
@@ -246,7 +251,11 @@ def _mappings(ctx: _Ctx, key: str, raw: str) -> dict[str, list[PortMapping]] | N
         if not isinstance(entry, dict) or set(entry) != {"containerName", "appPort", "shadowPort"}:
             ctx.fail(key, text, "each mapping needs exactly containerName, appPort and shadowPort")
             continue
-        name, app, shadow = entry["containerName"], _port(entry["appPort"]), _port(entry["shadowPort"])
+        name, app, shadow = (
+            entry["containerName"],
+            _port(entry["appPort"]),
+            _port(entry["shadowPort"]),
+        )
         if not isinstance(name, str) or not name:
             ctx.fail(key, text, "containerName must be a container name")
             continue
@@ -280,8 +289,7 @@ def _reference(ctx: _Ctx, key: str, raw: str) -> PersistentCheckpointRef | None:
     ctx.fail(
         key,
         raw,
-        'expected "name" or "namespace/name" of a PersistentCheckpoint '
-        "(lowercase DNS names)",
+        'expected "name" or "namespace/name" of a PersistentCheckpoint (lowercase DNS names)',
     )
     return None
 
@@ -329,7 +337,9 @@ def _parse_all(ctx: _Ctx, ann: Mapping[str, str]) -> _Parsed:
         elif spec.shape is a.Shape.DURATION_MAP:
             durations = _container_map(ctx, key, raw, spec.shape, _duration, '{"app": "30s"}')
             if durations is not None:
-                setattr(p, "scaledown" if key == a.SCALEDOWN_DURATIONS else "scaleup_timeout", durations)
+                setattr(
+                    p, "scaledown" if key == a.SCALEDOWN_DURATIONS else "scaleup_timeout", durations
+                )
         elif spec.shape is a.Shape.NETWORK_MAP:
             modes = _container_map(ctx, key, raw, spec.shape, _network_mode, '{"app": "packets"}')
             if modes is not None:
@@ -350,7 +360,7 @@ def _names_in(key: str, raw_value: str, parsed: _Parsed) -> list[str]:
     """Container names an annotation's value mentions."""
     if key == a.MANAGED_CONTAINERS:
         return list(parsed.managed or [])
-    lists = {
+    lists: dict[str, Mapping[str, Any] | list[str]] = {
         a.SCALEDOWN_DURATIONS: parsed.scaledown,
         a.NETWORK_MONITOR: parsed.network,
         a.HEALTH_CHECK_PROXY: parsed.health,
@@ -374,11 +384,13 @@ def _check_rules(ctx: _Ctx, ann: Mapping[str, str], p: _Parsed, runtime: str | N
         if runtime is not None and spec.runtime is not None and spec.runtime != runtime:
             cls = a.RUNC_CLASS if spec.runtime == "runc" else a.RUNSC_CLASS
             hint = (
-                f"; with {a.RUNSC_CLASS} use {a.MANAGED_POD}"
-                if key == a.MANAGED_CONTAINERS
-                else ""
+                f"; with {a.RUNSC_CLASS} use {a.MANAGED_POD}" if key == a.MANAGED_CONTAINERS else ""
             )
-            ctx.fail(key, raw, f"only for runtimeClassName {cls} (this pod uses {tpl.runtime_class}){hint}")
+            ctx.fail(
+                key,
+                raw,
+                f"only for runtimeClassName {cls} (this pod uses {tpl.runtime_class}){hint}",
+            )
             continue
         for needed in spec.requires:
             if needed not in ann:
@@ -388,8 +400,12 @@ def _check_rules(ctx: _Ctx, ann: Mapping[str, str], p: _Parsed, runtime: str | N
                 have = ", ".join(tpl.containers) or "none"
                 ctx.fail(key, name, f"not a container of the pod (containers: {have})")
             elif spec.names_managed and p.managed is not None and name not in p.managed:
-                ctx.fail(key, name, f"not a managed container (listed in {a.MANAGED_CONTAINERS}: "
-                         f"{', '.join(p.managed) or 'none'})")
+                ctx.fail(
+                    key,
+                    name,
+                    f"not a managed container (listed in {a.MANAGED_CONTAINERS}: "
+                    f"{', '.join(p.managed) or 'none'})",
+                )
     if a.MANAGED_CONTAINERS in ann and p.managed == []:
         ctx.fail(a.MANAGED_CONTAINERS, ann[a.MANAGED_CONTAINERS], "list at least one container")
     for key, maps in ((a.HEALTH_CHECK_PROXY, p.health), (a.SHADOW_PORTS, p.shadow)):
@@ -397,8 +413,11 @@ def _check_rules(ctx: _Ctx, ann: Mapping[str, str], p: _Parsed, runtime: str | N
             if a.NETWORK_MONITOR in ann and name in (p.managed or []) and name not in p.network:
                 ctx.fail(key, name, f"container has no network wake: add it to {a.NETWORK_MONITOR}")
     if a.MANAGED_POD in ann and not p.managed_pod and p.start_from is not None:
-        ctx.fail(a.START_FROM_PERSISTENT, ann[a.START_FROM_PERSISTENT],
-                 f'requires {a.MANAGED_POD}: "true"')
+        ctx.fail(
+            a.START_FROM_PERSISTENT,
+            ann[a.START_FROM_PERSISTENT],
+            f'requires {a.MANAGED_POD}: "true"',
+        )
 
 
 def _metadata(tpl: _Template) -> ObjectMeta:
@@ -432,7 +451,7 @@ def _build(tpl: _Template, p: _Parsed, runtime: str) -> list[Policy]:
                     scaledown_after=p.scaledown.get(name, a.DEFAULT_SCALEDOWN_AFTER),
                     auto_scaledown=name not in p.no_autoscaledown,
                     scaleup_timeout=p.scaleup_timeout.get(name, a.DEFAULT_SCALEUP_TIMEOUT),
-                    wake_on=WakeOn(network=p.network.get(name, "none"), exec=True),  # type: ignore[arg-type]
+                    wake_on=WakeOn.model_validate({"network": p.network.get(name, "none")}),
                     health_check_proxy=p.health.get(name, []),
                     shadow_ports=p.shadow.get(name, []),
                 )
@@ -493,7 +512,11 @@ def compile_workload(obj: Mapping[str, Any]) -> list[Policy]:
         pass
     if runtime == "runsc" and a.MANAGED_POD not in ann:
         for key, raw in ann.items():
-            if a.BY_KEY.get(key) and key != a.START_FROM_PERSISTENT and a.BY_KEY[key].runtime != "runc":
+            if (
+                a.BY_KEY.get(key)
+                and key != a.START_FROM_PERSISTENT
+                and a.BY_KEY[key].runtime != "runc"
+            ):
                 ctx.fail(key, raw, f"requires the annotation {a.MANAGED_POD} under {a.RUNSC_CLASS}")
     if ctx.problems:
         raise CompileError(ctx.problems, f"{tpl.kind}/{tpl.name}")

@@ -33,6 +33,10 @@ EXAMPLES = "e.g. 500ms, 30s, 1m30s, 2h"
 
 def parse_duration(text: str) -> timedelta:
     """Parse a Go duration; raise ValueError naming the text on bad input."""
+    return timedelta(microseconds=_parse_ns(text) / 1000)
+
+
+def _parse_ns(text: str) -> float:
     if not isinstance(text, str):
         raise ValueError(f"expected a duration string ({EXAMPLES}), got {type(text).__name__}")
     s = text.strip()
@@ -43,7 +47,7 @@ def parse_duration(text: str) -> timedelta:
         sign = -1 if s[0] == "-" else 1
         s = s[1:]
     if s == "0":
-        return timedelta(0)
+        return 0.0
     pos, total_ns = 0, 0.0
     while pos < len(s):
         m = _PART.match(s, pos)
@@ -53,15 +57,14 @@ def parse_duration(text: str) -> timedelta:
         pos = m.end()
     if total_ns > 2**63 - 1:
         raise ValueError(f"'{text}' is out of range (at most about 2562047h)")
-    return timedelta(microseconds=sign * total_ns / 1000)
+    return sign * total_ns
 
 
 def parse_positive_duration(text: str) -> timedelta:
     """Parse a duration that must be greater than zero."""
-    value = parse_duration(text)
-    if value <= timedelta(0):
+    if _parse_ns(text) <= 0:
         raise ValueError(f"'{text}' must be greater than 0")
-    return value
+    return parse_duration(text)
 
 
 def format_duration(value: timedelta) -> str:

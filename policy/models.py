@@ -11,9 +11,9 @@ only, so no rule is written twice.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from architect.policy.annotations import (
@@ -188,9 +188,7 @@ class WakeOn(_Model):
             "TCP connection wakes it, and it stays up while any connection is open."
         ),
     )
-    exec: bool = Field(
-        default=True, description="kubectl exec into the container wakes it first."
-    )
+    exec: bool = Field(default=True, description="kubectl exec into the container wakes it first.")
 
 
 class HibernationContainer(_Model):
@@ -344,7 +342,7 @@ class HibernationPolicy(Resource):
     )
 
     api_version: Literal["architect.loopholelabs.io/v1alpha1"] = Field(
-        default=API_VERSION, description="architect.loopholelabs.io/v1alpha1"
+        default="architect.loopholelabs.io/v1alpha1", description=f"Always {API_VERSION}."
     )
     kind: Literal["HibernationPolicy"] = Field(default="HibernationPolicy", description="Kind.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Object metadata.")
@@ -482,7 +480,7 @@ class MigrationPolicy(Resource):
     )
 
     api_version: Literal["architect.loopholelabs.io/v1alpha1"] = Field(
-        default=API_VERSION, description="architect.loopholelabs.io/v1alpha1"
+        default="architect.loopholelabs.io/v1alpha1", description=f"Always {API_VERSION}."
     )
     kind: Literal["MigrationPolicy"] = Field(default="MigrationPolicy", description="Kind.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Object metadata.")
@@ -535,9 +533,7 @@ class CheckpointSpec(_Model):
     runtime: Runtime = Field(description="The engine that made the checkpoint: runc or runsc.")
     source_pod: str = Field(description="Name of the pod the checkpoint was taken from.")
     source_node: str = Field(description="Node that holds the image until it is transferred.")
-    image: CheckpointImage | None = Field(
-        default=None, description="The image, once written."
-    )
+    image: CheckpointImage | None = Field(default=None, description="The image, once written.")
     reason: Literal["Migration", "Hibernation"] = Field(
         description="Migration: taken because the pod was deleted; Hibernation: taken on idle."
     )
@@ -568,7 +564,7 @@ class Checkpoint(Resource):
     )
 
     api_version: Literal["architect.loopholelabs.io/v1alpha1"] = Field(
-        default=API_VERSION, description="architect.loopholelabs.io/v1alpha1"
+        default="architect.loopholelabs.io/v1alpha1", description=f"Always {API_VERSION}."
     )
     kind: Literal["Checkpoint"] = Field(default="Checkpoint", description="Kind.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Object metadata.")
@@ -620,14 +616,15 @@ class PersistentCheckpointSpec(_Model):
         pattern=DNS_SUBDOMAIN,
     )
     storage: CheckpointStorage = Field(description="Where the image is kept.")
-    allowed_namespaces: list[str] = Field(
+    allowed_namespaces: list[
+        Annotated[str, StringConstraints(max_length=NAME_MAX, pattern=DNS_LABEL)]
+    ] = Field(
         default_factory=list,
         max_length=MAX_CONTAINERS,
         description=(
             "Namespaces besides its own whose pods may start from this checkpoint. The "
             "image holds process memory, secrets included, so nobody else may."
         ),
-        json_schema_extra={"items": {"maxLength": NAME_MAX, "pattern": DNS_LABEL}},
     )
 
 
@@ -657,7 +654,7 @@ class PersistentCheckpoint(Resource):
     )
 
     api_version: Literal["architect.loopholelabs.io/v1alpha1"] = Field(
-        default=API_VERSION, description="architect.loopholelabs.io/v1alpha1"
+        default="architect.loopholelabs.io/v1alpha1", description=f"Always {API_VERSION}."
     )
     kind: Literal["PersistentCheckpoint"] = Field(
         default="PersistentCheckpoint", description="Kind."

@@ -19,6 +19,8 @@ from typing import Any
 import celpy
 import jsonschema
 from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 from architect.policy.annotations import API_VERSION, GROUP
 from architect.policy.crdgen import openapi_schema
@@ -98,13 +100,16 @@ def _rules_at(schema: Mapping[str, Any], value: Any, path: list[Any]) -> Iterato
     """Evaluate every CEL rule of the schema tree against the matching values."""
     for entry in schema.get("x-kubernetes-validations", ()):
         rule = _compile(entry["rule"], entry["message"], entry.get("fieldPath", ""))
+        result: Any
         try:
-            result = rule.program.evaluate({"self": celpy.json_to_cel(value)})
-        except celpy.CELEvalError as e:
+            result = rule.program.evaluate({"self": json_to_cel(value)})
+        except CELEvalError as e:
             result = e
         where = _path(path) + rule.field_path if rule.field_path else _path(path)
-        if isinstance(result, celpy.CELEvalError):
-            yield ValidationIssue(where, f"{rule.message} (rule could not be evaluated: {result.args[0]})")
+        if isinstance(result, CELEvalError):
+            yield ValidationIssue(
+                where, f"{rule.message} (rule could not be evaluated: {result.args[0]})"
+            )
         elif not (isinstance(result, celtypes.BoolType) and bool(result)):
             yield ValidationIssue(where, rule.message)
     if isinstance(value, dict):
@@ -121,14 +126,16 @@ def _rules_at(schema: Mapping[str, Any], value: Any, path: list[Any]) -> Iterato
 
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
+    schema: Any = error.schema
+    allowed: Any = error.validator_value
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        instance: Any = error.instance
+        extra = sorted(set(instance) - set(schema.get("properties", {})))
         return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
     if error.validator == "required":
         return str(error.message).replace("is a required property", "is required")
     if error.validator == "enum":
-        allowed = ", ".join(map(str, error.validator_value))
-        return f"value {error.instance!r} is not one of: {allowed}"
+        return f"value {error.instance!r} is not one of: {', '.join(map(str, allowed))}"
     if error.validator == "pattern":
         return f"value {error.instance!r} does not match {error.validator_value}"
     return str(error.message)
@@ -157,12 +164,9 @@ def validate_object(obj: Mapping[str, Any]) -> list[ValidationIssue]:
     if model is None:
         kinds = ", ".join(BY_KIND)
         return [ValidationIssue("kind", f"value {obj.get('kind')!r}: expected one of {kinds}")]
-    issues = [
-        ValidationIssue(_path(e.absolute_path), _schema_message(e))
-        for e in _validator(model.KIND).iter_errors(obj)
-    ]
-    if any(e.validator in ("type", "required", "additionalProperties") for e in
-           _validator(model.KIND).iter_errors(obj)):
+    errors = list(_validator(model.KIND).iter_errors(obj))
+    issues = [ValidationIssue(_path(e.absolute_path), _schema_message(e)) for e in errors]
+    if any(e.validator in ("type", "required", "additionalProperties") for e in errors):
         # As in the API server, rules are not run over values of the wrong shape.
         return sorted(set(issues))
     defaulted = apply_defaults(openapi_schema(model), copy.deepcopy(dict(obj)))
