@@ -1,0 +1,192 @@
+"""A small async client for the runc CLI, spawning through the shim's reaper.
+
+Commands whose stdio belongs to the container (create, exec, restore) write runc's
+own errors to a JSON log file instead, read back when the command fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from architect.runtime.shim.reaper import Reaper
+
+
+class RuncError(Exception):
+    def __init__(self, argv: Sequence[str], code: int, output: str) -> None:
+        cmd = " ".join(argv[:4])
+        super().__init__(f"{cmd} ... exited {code}: {output.strip()[-2000:]}")
+        self.code = code
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """File descriptors handed to runc as the container's (or exec's) stdio."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+
+
+def last_log_error(text: str) -> str:
+    """The last error message in a runc --log-format json log (pure)."""
+    msg = ""
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if line.strip():
+                msg = line.strip()
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            msg = str(entry.get("msg", ""))
+    return msg
+
+
+class Runc:
+    def __init__(self, reaper: Reaper, root: Path, binary: str = "runc") -> None:
+        self.reaper = reaper
+        self.root = root
+        self.binary = shutil.which(binary) or binary
+
+    def _argv(self, *args: str, log: Path | None = None) -> list[str]:
+        argv = [self.binary, "--root", str(self.root)]
+        if log is not None:
+            argv += ["--log", str(log), "--log-format", "json"]
+        return argv + list(args)
+
+    async def run(self, *args: str, stdin_data: bytes | None = None) -> str:
+        """Run a runc command that owns no container stdio; return its stdout."""
+        argv = self._argv(*args)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            stdin_f = None
+            if stdin_data is not None:
+                stdin_f = tempfile.TemporaryFile()
+                stdin_f.write(stdin_data)
+                stdin_f.seek(0)
+            try:
+                _, done = self.reaper.spawn(
+                    argv, stdin=stdin_f if stdin_f else subprocess.DEVNULL, stdout=out, stderr=err
+                )
+                code = await done
+            finally:
+                if stdin_f is not None:
+                    stdin_f.close()
+            out.seek(0)
+            err.seek(0)
+            text = out.read().decode(errors="replace")
+            if code != 0:
+                raise RuncError(argv, code, err.read().decode(errors="replace") + text)
+            return text
+
+    async def run_with_stdio(self, stdio: Stdio | None, log: Path, *args: str) -> None:
+        argv = self._argv(*args, log=log)
+        log.unlink(missing_ok=True)
+        if stdio is None:
+            _, done = self.reaper.spawn(argv)
+        else:
+            _, done = self.reaper.spawn(
+                argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr
+            )
+        code = await done
+        if code != 0:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            raise RuncError(argv, code, last_log_error(text) or text)
+
+    async def create(
+        self,
+        cid: str,
+        bundle: Path,
+        pid_file: Path,
+        stdio: Stdio | None,
+        console_socket: Path | None = None,
+    ) -> int:
+        args = ["create", "--bundle", str(bundle), "--pid-file", str(pid_file)]
+        if console_socket is not None:
+            args += ["--console-socket", str(console_socket)]
+        await self.run_with_stdio(stdio, bundle / "runc-create.log", *args, cid)
+        return read_pid(pid_file)
+
+    async def start(self, cid: str) -> None:
+        await self.run("start", cid)
+
+    async def exec(
+        self,
+        cid: str,
+        process_json: Path,
+        pid_file: Path,
+        stdio: Stdio | None,
+        console_socket: Path | None = None,
+    ) -> int:
+        args = ["exec", "--detach", "--process", str(process_json), "--pid-file", str(pid_file)]
+        if console_socket is not None:
+            args += ["--console-socket", str(console_socket)]
+        await self.run_with_stdio(stdio, process_json.with_suffix(".log"), *args, cid)
+        return read_pid(pid_file)
+
+    async def kill(self, cid: str, sig: int, all_procs: bool = False) -> None:
+        await self.run("kill", *(["--all"] if all_procs else []), cid, str(sig))
+
+    async def delete(self, cid: str, force: bool = False) -> None:
+        await self.run("delete", *(["--force"] if force else []), cid)
+
+    async def state(self, cid: str) -> dict[str, Any]:
+        data = json.loads(await self.run("state", cid))
+        if not isinstance(data, dict):
+            raise RuncError(["runc", "state", cid], 0, "state is not a JSON object")
+        return data
+
+    async def ps(self, cid: str) -> list[int]:
+        data = json.loads(await self.run("ps", "--format", "json", cid) or "[]")
+        return [int(p) for p in data or []]
+
+    async def pause(self, cid: str) -> None:
+        await self.run("pause", cid)
+
+    async def resume(self, cid: str) -> None:
+        await self.run("resume", cid)
+
+    async def update(self, cid: str, resources_json: bytes) -> None:
+        await self.run("update", "--resources", "-", cid, stdin_data=resources_json)
+
+    async def checkpoint(
+        self, cid: str, image: Path, work: Path, leave_running: bool = False
+    ) -> None:
+        image.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        args = ["checkpoint", "--image-path", str(image), "--work-path", str(work)]
+        args += ["--tcp-established", "--file-locks"]
+        if leave_running:
+            args.append("--leave-running")
+        await self.run(*args, cid)
+
+    async def restore(
+        self, cid: str, bundle: Path, image: Path, work: Path, pid_file: Path, stdio: Stdio | None
+    ) -> int:
+        work.mkdir(parents=True, exist_ok=True)
+        args = ["restore", "--detach", "--bundle", str(bundle), "--image-path", str(image)]
+        args += ["--work-path", str(work), "--pid-file", str(pid_file)]
+        args += ["--tcp-established", "--file-locks"]
+        await self.run_with_stdio(stdio, bundle / "runc-restore.log", *args, cid)
+        return read_pid(pid_file)
+
+
+def read_pid(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+def close_fds(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
