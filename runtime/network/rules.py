@@ -179,7 +179,13 @@ def activity_chain(spec: NetSpec, family: Family) -> Chain:
         )
     for proto, ports in (("tcp", spec.tcp_ports), ("udp", spec.udp_ports)):
         for group in _port_groups(ports):
-            rules.append(f"-A {name} -p {proto} -m multiport --dports {group} {c} -j RETURN")
+            # --ctdir ORIGINAL: only packets of flows started from outside (not
+            # replies to the pod's own connections); it also turns conntrack on in
+            # the namespace, which connections mode reads.
+            rules.append(
+                f"-A {name} -p {proto} -m multiport --dports {group} "
+                f"-m conntrack --ctdir ORIGINAL {c} -j RETURN"
+            )
     return Chain("mangle", name, tuple(rules), ("INPUT",), comment="activity")
 
 
