@@ -69,6 +69,10 @@ class RestoreOptions:
     bundle: Path | None = None
 
 
+DEFAULT_CHECKPOINT = CheckpointOptions()
+DEFAULT_RESTORE = RestoreOptions()
+
+
 @dataclass(frozen=True)
 class PayloadInfo:
     file: str  # file name inside the image directory
@@ -126,7 +130,7 @@ class Backend(ABC):
         self,
         container: Container,
         image_dir: Path,
-        options: CheckpointOptions = CheckpointOptions(),
+        options: CheckpointOptions = DEFAULT_CHECKPOINT,
     ) -> Manifest:
         """Checkpoint ``container`` into the new directory ``image_dir``.
 
@@ -136,7 +140,7 @@ class Backend(ABC):
 
     @abstractmethod
     async def restore(
-        self, container: Container, image_dir: Path, options: RestoreOptions = RestoreOptions()
+        self, container: Container, image_dir: Path, options: RestoreOptions = DEFAULT_RESTORE
     ) -> RestoreResult:
         """Verify ``image_dir`` then restore it as ``container`` (running, detached).
 

@@ -1,0 +1,445 @@
+"""Checkpoint image format: ``manifest.json`` beside one payload tar stream.
+
+    <image>/manifest.json      backend, versions, container, sizes, sha256 digests
+    <image>/payload.tar[.zst]  engine/...      the engine's own image files
+                               emptydir/<n>/... the n-th emptyDir volume's content
+
+One stream is easy to move (a registry blob, a socket); the digest of the
+stream and of every file in it is checked while unpacking, into a scratch
+directory that is removed if anything is wrong, so a bad image never reaches the
+engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, BinaryIO, cast
+
+import zstandard
+
+from architect.runtime.checkpoint.api import FileInfo, Manifest, PayloadInfo, Scope
+from architect.runtime.checkpoint.errors import (
+    CheckpointError,
+    ImageCorrupt,
+    ImageEmpty,
+    ImageMissing,
+    ImageTruncated,
+)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENGINE_DIR = "engine"
+EMPTYDIR_DIR = "emptydir"
+PAYLOAD_NAMES = {"none": "payload.tar", "zstd": "payload.tar.zst"}
+CHUNK = 1 << 20
+# zstd level 1: memory pages compress well and level 1 runs near disk speed.
+ZSTD_LEVEL = 1
+# Compress when a sample shrinks to this fraction or less; else it costs time for little.
+COMPRESS_IF_RATIO_BELOW = 0.85
+SAMPLE_BYTES = 4 << 20
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def choose_compression(sample: bytes) -> str:
+    """'zstd' if ``sample`` (bytes of the largest image file) compresses well, else 'none'."""
+    if not sample:
+        return "none"
+    packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(sample)
+    return "zstd" if len(packed) <= COMPRESS_IF_RATIO_BELOW * len(sample) else "none"
+
+
+def manifest_to_dict(m: Manifest) -> dict[str, Any]:
+    d = asdict(m)
+    d["scope"] = m.scope.value
+    return d
+
+
+def _field(d: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in d:
+        raise ImageCorrupt(where, f"manifest: missing field '{key}'")
+    value = d[key]
+    # bool is an int in Python; a size must not be True.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ImageCorrupt(where, f"manifest: field '{key}' must be {kind.__name__}")
+    return value
+
+
+def manifest_from_dict(d: object, where: str) -> Manifest:
+    """Validate a parsed manifest.json; ImageCorrupt names the bad field."""
+    if not isinstance(d, dict):
+        raise ImageCorrupt(where, "manifest: not a JSON object")
+    version = _field(d, "format_version", int, where)
+    if version != FORMAT_VERSION:
+        raise ImageCorrupt(where, f"manifest: format_version {version} (want {FORMAT_VERSION})")
+    scope_s = _field(d, "scope", str, where)
+    try:
+        scope = Scope(scope_s)
+    except ValueError:
+        raise ImageCorrupt(where, f"manifest: scope '{scope_s}' unknown") from None
+    p = _field(d, "payload", dict, where)
+    compression = _field(p, "compression", str, where)
+    if compression not in PAYLOAD_NAMES:
+        raise ImageCorrupt(where, f"manifest: payload compression '{compression}' unknown")
+    payload = PayloadInfo(
+        file=_field(p, "file", str, where),
+        compression=compression,
+        size=_field(p, "size", int, where),
+        sha256=_field(p, "sha256", str, where),
+        raw_size=_field(p, "raw_size", int, where),
+    )
+    if payload.file != PAYLOAD_NAMES[compression]:
+        raise ImageCorrupt(where, f"manifest: payload file '{payload.file}' unexpected")
+    files = []
+    for i, f in enumerate(_field(d, "files", list, where)):
+        if not isinstance(f, dict):
+            raise ImageCorrupt(where, f"manifest: files[{i}] is not an object")
+        files.append(
+            FileInfo(
+                path=_field(f, "path", str, where),
+                size=_field(f, "size", int, where),
+                sha256=_field(f, "sha256", str, where),
+            )
+        )
+    empty_dirs = _field(d, "empty_dirs", list, where)
+    if not all(isinstance(e, str) for e in empty_dirs):
+        raise ImageCorrupt(where, "manifest: empty_dirs must be a list of strings")
+    return Manifest(
+        format_version=version,
+        backend=_field(d, "backend", str, where),
+        backend_version=_field(d, "backend_version", str, where),
+        scope=scope,
+        container=_field(d, "container", str, where),
+        pod_template_hash=_field(d, "pod_template_hash", str, where),
+        created=_field(d, "created", str, where),
+        payload=payload,
+        files=tuple(files),
+        empty_dirs=tuple(empty_dirs),
+        memory_bytes=_field(d, "memory_bytes", int, where),
+    )
+
+
+def safe_member_path(name: str, where: str) -> PurePosixPath:
+    """A tar member name as a relative path that cannot leave the scratch dir."""
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ImageCorrupt(where, f"payload: unsafe member path '{name}'")
+    if p.parts[0] not in (ENGINE_DIR, EMPTYDIR_DIR):
+        raise ImageCorrupt(where, f"payload: unexpected member '{name}'")
+    return p
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------- streams
+
+
+class _HashingWriter:
+    """File-like sink that hashes and counts what passes through to ``out``."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, b: bytes) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        return self.out.write(b)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class _HashingReader:
+    """File-like source that hashes and counts what is read from ``src``."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.src.read(n)
+        self.sha.update(b)
+        self.size += len(b)
+        return b
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        b = self.read(len(buf))
+        buf[: len(b)] = b
+        return len(b)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every entry under ``root``, parents first, sorted for stable images."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(dirnames):
+            yield base / name
+        for name in sorted(filenames):
+            yield base / name
+
+
+# ---------------------------------------------------------------- pack
+
+
+def pack(
+    image_dir: Path,
+    engine_dir: Path,
+    empty_dirs: Iterable[Path],
+    *,
+    backend: str,
+    backend_version: str,
+    scope: Scope,
+    container: str,
+    pod_template_hash: str,
+    memory_bytes: int,
+    compression: str = "auto",
+) -> Manifest:
+    """Write ``engine_dir`` and the emptyDir trees as an image in ``image_dir``."""
+    empty_dirs = tuple(empty_dirs)
+    if compression == "auto":
+        compression = choose_compression(_sample(engine_dir))
+    if compression not in PAYLOAD_NAMES:
+        raise CheckpointError(image_dir, f"compression '{compression}' unknown (none, zstd, auto)")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    payload_path = image_dir / PAYLOAD_NAMES[compression]
+    files: list[FileInfo] = []
+    with open(payload_path, "wb") as out:
+        sink = _HashingWriter(out)
+        with contextlib.ExitStack() as stack:
+            stream: Any = sink
+            if compression == "zstd":
+                stream = stack.enter_context(
+                    zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(
+                        cast(IO[bytes], sink), closefd=False
+                    )
+                )
+            raw = _HashingWriter(stream)
+            with tarfile.open(
+                fileobj=cast(IO[bytes], raw), mode="w|", format=tarfile.PAX_FORMAT
+            ) as tar:
+                trees = [(ENGINE_DIR, engine_dir)]
+                trees += [(f"{EMPTYDIR_DIR}/{i}", p) for i, p in enumerate(empty_dirs)]
+                for prefix, root in trees:
+                    if not root.is_dir():
+                        raise CheckpointError(root, "not a directory")
+                    tar.add(root, arcname=prefix, recursive=False)
+                    for path in _walk(root):
+                        arc = f"{prefix}/{path.relative_to(root).as_posix()}"
+                        info = _add(tar, path, arc)
+                        if info is not None:
+                            files.append(info)
+        out.flush()
+        os.fsync(out.fileno())
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        backend=backend,
+        backend_version=backend_version,
+        scope=scope,
+        container=container,
+        pod_template_hash=pod_template_hash,
+        created=now_rfc3339(),
+        payload=PayloadInfo(
+            file=payload_path.name,
+            compression=compression,
+            size=sink.size,
+            sha256=sink.sha.hexdigest(),
+            raw_size=raw.size,
+        ),
+        files=tuple(files),
+        empty_dirs=tuple(str(p) for p in empty_dirs),
+        memory_bytes=memory_bytes,
+    )
+    tmp = image_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest_to_dict(manifest), indent=2) + "\n")
+    # The manifest lands last and atomically: an image without one is unfinished.
+    tmp.rename(image_dir / MANIFEST)
+    return manifest
+
+
+def _sample(root: Path) -> bytes:
+    biggest: tuple[int, Path] | None = None
+    for path in _walk(root):
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode) and (biggest is None or st.st_size > biggest[0]):
+            biggest = (st.st_size, path)
+    if biggest is None:
+        return b""
+    with open(biggest[1], "rb") as f:
+        return f.read(SAMPLE_BYTES)
+
+
+def _add(tar: tarfile.TarFile, path: Path, arc: str) -> FileInfo | None:
+    """Add one entry; hash regular files. Sockets cannot be archived and are skipped."""
+    st = path.lstat()
+    if stat.S_ISSOCK(st.st_mode):
+        return None
+    ti = tar.gettarinfo(str(path), arcname=arc)
+    if not ti.isfile():
+        tar.addfile(ti)
+        return None
+    with open(path, "rb") as f:
+        reader = _HashingReader(cast(BinaryIO, f))
+        tar.addfile(ti, fileobj=cast(IO[bytes], reader))
+    return FileInfo(path=arc, size=reader.size, sha256=reader.sha.hexdigest())
+
+
+# ---------------------------------------------------------------- read / unpack
+
+
+def read_manifest(image_dir: Path) -> Manifest:
+    """The image's manifest, with the payload's presence and size checked."""
+    where = str(image_dir)
+    if not image_dir.is_dir():
+        raise ImageMissing(where, "checkpoint image directory does not exist")
+    mpath = image_dir / MANIFEST
+    if not mpath.is_file():
+        raise ImageMissing(where, f"no {MANIFEST} (image missing or unfinished)")
+    text = mpath.read_bytes()
+    if not text.strip():
+        raise ImageEmpty(where, f"{MANIFEST} is empty")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ImageCorrupt(where, f"{MANIFEST} is not valid JSON ({e})") from None
+    m = manifest_from_dict(data, where)
+    ppath = image_dir / m.payload.file
+    if not ppath.is_file():
+        raise ImageMissing(where, f"payload {m.payload.file} missing")
+    size = ppath.stat().st_size
+    if size == 0:
+        raise ImageEmpty(where, f"payload {m.payload.file} is empty")
+    if size < m.payload.size:
+        raise ImageTruncated(
+            where, f"payload {m.payload.file} has {size} bytes, manifest says {m.payload.size}"
+        )
+    if size > m.payload.size:
+        raise ImageCorrupt(
+            where, f"payload {m.payload.file} has {size} bytes, manifest says {m.payload.size}"
+        )
+    return m
+
+
+def unpack(image_dir: Path, dest: Path) -> Manifest:
+    """Verify and extract the image into the new directory ``dest``.
+
+    Returns the manifest; ``dest/engine`` holds the engine's files and
+    ``dest/emptydir/<n>`` the emptyDir trees. On any error ``dest`` is removed.
+    """
+    m = read_manifest(image_dir)
+    where = str(image_dir)
+    dest.mkdir(parents=True)
+    try:
+        _extract(image_dir / m.payload.file, dest, m, where)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return m
+
+
+def _extract(payload: Path, dest: Path, m: Manifest, where: str) -> None:
+    expected = {f.path: f for f in m.files}
+    seen: set[str] = set()
+    with open(payload, "rb") as f:
+        src = _HashingReader(cast(BinaryIO, f))
+        with contextlib.ExitStack() as stack:
+            stream: Any = src
+            if m.payload.compression == "zstd":
+                stream = stack.enter_context(
+                    zstandard.ZstdDecompressor().stream_reader(
+                        cast(IO[bytes], src), read_across_frames=True, closefd=False
+                    )
+                )
+            try:
+                with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as tar:
+                    for ti in tar:
+                        _extract_member(tar, ti, dest, expected, seen, where)
+            except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as e:
+                if isinstance(e, OSError) and not isinstance(e, EOFError) and e.errno:
+                    raise  # a real I/O error of this node, not a bad image
+                raise ImageCorrupt(where, f"payload is not a valid archive ({e})") from None
+        while src.read(CHUNK):  # tar end padding and zstd trailer count toward the digest
+            pass
+    if src.sha.hexdigest() != m.payload.sha256:
+        raise ImageCorrupt(where, "payload sha256 does not match the manifest")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise ImageCorrupt(where, f"payload lacks {len(missing)} file(s), first: {missing[0]}")
+
+
+def _extract_member(
+    tar: tarfile.TarFile,
+    ti: tarfile.TarInfo,
+    dest: Path,
+    expected: dict[str, FileInfo],
+    seen: set[str],
+    where: str,
+) -> None:
+    rel = safe_member_path(ti.name, where)
+    target = dest.joinpath(*rel.parts)
+    if ti.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, ti.mode & 0o7777)
+    elif ti.issym():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(ti.linkname, target)
+    elif ti.isfile():
+        info = expected.get(ti.name)
+        if info is None:
+            raise ImageCorrupt(where, f"payload member '{ti.name}' not in the manifest")
+        fobj = tar.extractfile(ti)
+        if fobj is None:
+            raise ImageCorrupt(where, f"payload member '{ti.name}' unreadable")
+        sha = hashlib.sha256()
+        size = 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            while chunk := fobj.read(CHUNK):
+                sha.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        if size != info.size or sha.hexdigest() != info.sha256:
+            raise ImageCorrupt(where, f"payload member '{ti.name}' does not match its digest")
+        os.chmod(target, ti.mode & 0o7777)
+        seen.add(ti.name)
+    elif ti.isfifo():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(target, ti.mode & 0o7777)
+    else:
+        raise ImageCorrupt(where, f"payload member '{ti.name}' has an unsupported type")
+    with contextlib.suppress(OSError):
+        os.lchown(target, ti.uid, ti.gid)
+    if not ti.issym():
+        os.utime(target, (ti.mtime, ti.mtime))
+
+
+def put_back_empty_dirs(unpacked: Path, m: Manifest) -> None:
+    """Replace each emptyDir's content with the one saved in the image."""
+    for i, host_path in enumerate(m.empty_dirs):
+        src = unpacked / EMPTYDIR_DIR / str(i)
+        target = Path(host_path)
+        target.mkdir(parents=True, exist_ok=True)
+        for child in list(target.iterdir()):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        if src.is_dir():
+            for child in list(src.iterdir()):
+                os.replace(child, target / child.name)

@@ -1,0 +1,127 @@
+"""runc + CRIU backend: checkpoints one container's process tree.
+
+runc drives CRIU (found on PATH, /usr/local/sbin/criu from install). Sockets
+bound to the old pod IP are rewritten in CRIU's files.img before restore.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from architect.runtime.checkpoint import rewrite
+from architect.runtime.checkpoint._proc import Completed, run, which
+from architect.runtime.checkpoint.api import (
+    CheckpointOptions,
+    Container,
+    RestoreOptions,
+    Scope,
+)
+from architect.runtime.checkpoint.base import EngineBackend
+from architect.runtime.checkpoint.errors import BackendUnavailable
+
+CRIU_MIN = (4, 0)  # 3.x fails on current kernels (vDSO bounds, socket options)
+
+
+def parse_criu_version(text: str) -> tuple[int, ...] | None:
+    m = re.search(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if m is None:
+        return None
+    return tuple(int(g) for g in m.groups() if g is not None)
+
+
+class RuncCriuBackend(EngineBackend):
+    name: ClassVar[str] = "runc-criu"
+    scope: ClassVar[Scope] = Scope.CONTAINER
+
+    def __init__(self, runc: str = "runc", criu: str = "criu", timeout: float = 300.0) -> None:
+        self._runc = runc
+        self._criu = criu
+        self._timeout = timeout
+        self._version: str | None = None
+
+    def _base(self, container: Container) -> list[str]:
+        argv = [which(self._runc)]
+        if container.state_root is not None:
+            argv += ["--root", str(container.state_root)]
+        return argv
+
+    async def version(self) -> str:
+        if self._version is None:
+            runc_v = await run([which(self._runc), "--version"], 30)
+            criu_path = which(self._criu)
+            criu_v = await run([criu_path, "--version"], 30)
+            parsed = parse_criu_version(criu_v.stdout)
+            if not runc_v.ok or not criu_v.ok or parsed is None:
+                raise BackendUnavailable(self.name, "runc or criu does not report a version")
+            if parsed[:2] < CRIU_MIN:
+                raise BackendUnavailable(
+                    criu_path,
+                    f"criu {'.'.join(map(str, parsed))} is too old (need 4.x from install)",
+                )
+            runc_line = runc_v.stdout.splitlines()[0].replace("runc version ", "")
+            self._version = f"runc {runc_line}; criu {'.'.join(map(str, parsed))}"
+        return self._version
+
+    async def _exists(self, container: Container) -> bool:
+        return (await run([*self._base(container), "state", container.id], 30)).ok
+
+    async def _dump(
+        self, container: Container, engine_dir: Path, work_dir: Path, options: CheckpointOptions
+    ) -> Completed:
+        argv = [
+            *self._base(container),
+            "checkpoint",
+            "--image-path", str(engine_dir),
+            "--work-path", str(work_dir),
+            "--file-locks",
+        ]  # fmt: skip
+        if options.tcp_established:
+            argv.append("--tcp-established")
+        if options.leave_running:
+            argv.append("--leave-running")
+        return await run([*argv, container.id], self._timeout)
+
+    def _prepare(self, engine_dir: Path, options: RestoreOptions) -> dict[str, float]:
+        t = time.monotonic()
+        rewrite.rewrite_image_dir(engine_dir, options.rewrites)
+        return {"rewrite": time.monotonic() - t}
+
+    async def _restore(
+        self,
+        container: Container,
+        bundle: Path,
+        engine_dir: Path,
+        work_dir: Path,
+        pid_file: Path,
+        options: RestoreOptions,
+    ) -> Completed:
+        argv = [
+            *self._base(container),
+            "restore", "--detach",
+            "--image-path", str(engine_dir),
+            "--work-path", str(work_dir),
+            "--bundle", str(bundle),
+            "--pid-file", str(pid_file),
+            "--file-locks",
+        ]  # fmt: skip
+        if options.tcp_established:
+            argv.append("--tcp-established")
+        return await run([*argv, container.id], self._timeout)
+
+    async def _remove(self, container: Container) -> None:
+        await run([*self._base(container), "delete", "--force", container.id], 60)
+
+    def _memory_bytes(self, engine_dir: Path) -> int:
+        return sum(p.stat().st_size for p in engine_dir.glob("pages-*.img"))
+
+    def _failure_log(self, work_dir: Path, engine_dir: Path, done: Completed) -> str:
+        """runc's own message plus CRIU's error lines (dump.log / restore.log)."""
+        lines = [done.tail(6)]
+        for log in sorted(work_dir.glob("*.log")):
+            errors = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln]
+            if errors:
+                lines.append(f"{log.name}: " + "\n".join(errors[-10:]))
+        return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""runsc (gVisor) backend: checkpoints the whole sandbox (every container of the pod).
+
+runsc writes one state file (already compressed by runsc). Network addresses
+live inside gVisor's own netstack state and are not rewritten here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from architect.runtime.checkpoint._proc import Completed, run, which
+from architect.runtime.checkpoint.api import (
+    CheckpointOptions,
+    Container,
+    RestoreOptions,
+    Scope,
+)
+from architect.runtime.checkpoint.base import EngineBackend
+from architect.runtime.checkpoint.errors import BackendUnavailable, RestoreFailed
+
+
+class RunscBackend(EngineBackend):
+    name: ClassVar[str] = "runsc"
+    scope: ClassVar[Scope] = Scope.SANDBOX
+
+    def __init__(
+        self, runsc: str = "runsc", flags: Sequence[str] = (), timeout: float = 300.0
+    ) -> None:
+        """``flags`` are runsc's global flags (e.g. --network=none), the same for
+        every command so a restore boots the sandbox the way it was created."""
+        self._runsc = runsc
+        self._flags = tuple(flags)
+        self._timeout = timeout
+        self._version: str | None = None
+
+    def _base(self, container: Container) -> list[str]:
+        argv = [which(self._runsc)]
+        if container.state_root is not None:
+            argv += ["--root", str(container.state_root)]
+        return argv + list(self._flags)
+
+    async def version(self) -> str:
+        if self._version is None:
+            done = await run([which(self._runsc), "--version"], 30)
+            if not done.ok or not done.stdout.strip():
+                raise BackendUnavailable(self.name, "runsc does not report a version")
+            self._version = done.stdout.splitlines()[0].strip()
+        return self._version
+
+    async def _exists(self, container: Container) -> bool:
+        return (await run([*self._base(container), "state", container.id], 30)).ok
+
+    async def _dump(
+        self, container: Container, engine_dir: Path, work_dir: Path, options: CheckpointOptions
+    ) -> Completed:
+        argv = [*self._base(container), "checkpoint", "--image-path", str(engine_dir)]
+        if options.leave_running:
+            argv.append("--leave-running")
+        done = await run([*argv, container.id], self._timeout)
+        if done.ok and not options.leave_running:
+            # runsc leaves a stopped record behind; delete it so the sandbox's
+            # processes and memory are gone and the id can be restored.
+            await self._remove(container)
+        return done
+
+    async def _restore(
+        self,
+        container: Container,
+        bundle: Path,
+        engine_dir: Path,
+        work_dir: Path,
+        pid_file: Path,
+        options: RestoreOptions,
+    ) -> Completed:
+        if options.rewrites:
+            raise RestoreFailed(
+                container.id, "runsc images keep addresses in gVisor's state; cannot rewrite"
+            )
+        argv = [
+            *self._base(container),
+            "restore", "-detach",
+            "--image-path", str(engine_dir),
+            "--bundle", str(bundle),
+            "--pid-file", str(pid_file),
+            container.id,
+        ]  # fmt: skip
+        return await run(argv, self._timeout)
+
+    async def _remove(self, container: Container) -> None:
+        await run([*self._base(container), "delete", "-force", container.id], 60)
+
+    def _memory_bytes(self, engine_dir: Path) -> int:
+        return sum(p.stat().st_size for p in engine_dir.iterdir() if p.is_file())
