@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 1 when the CRDs in DIR differ from what the models generate",
     )
 
+    p = sub.add_parser("docs", help="write the generated reference pages (docs/annotations.md)")
+    p.add_argument("--write", type=Path, metavar="DIR", required=True)
+
     p = sub.add_parser("explain", help="explain which policy governs a pod's containers, and why")
     p.add_argument("what", choices=["pod"])
     p.add_argument("name")
@@ -87,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.validate_files(args.filename, sys.stdout, sys.stderr)
         if args.command == "crds":
             return commands.crds(args.write, args.check, sys.stdout, sys.stderr)
+        if args.command == "docs":
+            from architect.policy.docs import annotations_markdown
+
+            args.write.mkdir(parents=True, exist_ok=True)
+            (args.write / "annotations.md").write_text(annotations_markdown(), encoding="utf-8")
+            return 0
         if args.command == "explain":
             from architect.engine.explain import explain_main
 

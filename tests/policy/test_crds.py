@@ -88,3 +88,10 @@ def test_names() -> None:
     assert names["MigrationPolicy"]["shortNames"] == ["mp"]
     assert {c["spec"]["scope"] for c in all_crds()} == {"Namespaced"}
     assert {c["spec"]["group"] for c in all_crds()} == {"architect.loopholelabs.io"}
+
+
+def test_annotation_docs_match_the_table() -> None:
+    from architect.policy.docs import annotations_markdown
+
+    path = ROOT / "docs" / "annotations.md"
+    assert path.read_text() == annotations_markdown(), "run `architect docs --write docs`"
