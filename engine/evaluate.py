@@ -26,7 +26,7 @@ from architect.engine.directives import (
     ResizeTarget,
 )
 from architect.engine.pods import PodInfo
-from architect.engine.selectors import Matcher, compile_selector
+from architect.engine.labels import Matcher, compile_selector
 from architect.engine.telemetry import (
     TRANSITIONAL,
     ContainerKey,

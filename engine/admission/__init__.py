@@ -1,0 +1,1 @@
+"""Admission: pure decisions about Pods and workloads at create/update time."""

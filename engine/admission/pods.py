@@ -1,0 +1,197 @@
+"""What admission does to a Pod: the health-check proxy sidecar and probe rewrites.
+
+``mutate_pod`` is pure: a pod dict and the pod's compiled HibernationPolicy in,
+the mutated pod dict out (the input is not modified).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from architect.engine.admission.workloads import AdmissionDenied, compile_or_deny, describe
+from architect.policy.annotations import TEMPLATE_HASH_LABEL
+from architect.policy.compiler import Policy, pod_template
+from architect.policy.models import HibernationPolicy, PortMapping
+
+STATUS_DIR = "/run/architect"
+STATUS_FILE = f"{STATUS_DIR}/status.json"
+STATUS_VOLUME = "architect-run"
+SIDECAR_PREFIX = "architect-health-"
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+# Labels a controller puts on its pods that identify the pod template; the
+# replacement of a deleted pod carries the same value.
+TEMPLATE_HASH_SOURCES = ("pod-template-hash", "controller-revision-hash")
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    image: str = "ghcr.io/loopholelabs/architect:latest"
+    image_pull_policy: str = "IfNotPresent"
+    cpu_request: str = "10m"
+    memory_request: str = "16Mi"
+    memory_limit: str = "64Mi"
+
+
+def build_sidecar_spec(
+    container: str, mapping: PortMapping, config: SidecarConfig
+) -> dict[str, Any]:
+    """The health-check proxy for one mapping, as a native sidecar (init container
+    with restartPolicy Always): it starts before the app, and it does not keep a
+    Job's pod running after the app exits."""
+    caps: dict[str, Any] = {"drop": ["ALL"]}
+    if mapping.shadow_port < 1024:
+        caps["add"] = ["NET_BIND_SERVICE"]
+    return {
+        "name": f"{SIDECAR_PREFIX}{mapping.shadow_port}",
+        "image": config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": [
+            "architect",
+            "health-proxy",
+            "--listen",
+            str(mapping.shadow_port),
+            "--forward",
+            str(mapping.app_port),
+            "--status-file",
+            STATUS_FILE,
+            "--container",
+            container,
+        ],
+        "ports": [{"name": f"hc-{mapping.shadow_port}", "containerPort": mapping.shadow_port}],
+        "resources": {
+            "requests": {"cpu": config.cpu_request, "memory": config.memory_request},
+            "limits": {"memory": config.memory_limit},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": caps,
+        },
+        "volumeMounts": [{"name": STATUS_VOLUME, "mountPath": STATUS_DIR, "readOnly": True}],
+    }
+
+
+def _resolve_port(port: Any, container: Mapping[str, Any]) -> int | None:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or ():
+        if p.get("name") == port:
+            value = p.get("containerPort")
+            return value if isinstance(value, int) else None
+    return None
+
+
+def _rewrite_probe(probe: dict[str, Any], container: Mapping[str, Any], to: dict[int, int]) -> bool:
+    for handler in ("httpGet", "tcpSocket", "grpc"):
+        h = probe.get(handler)
+        if not isinstance(h, dict):
+            continue
+        app_port = _resolve_port(h.get("port"), container)
+        if app_port in to:
+            h["port"] = to[app_port]
+            return True
+    return False
+
+
+def template_hash(pod: Mapping[str, Any]) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    for key in TEMPLATE_HASH_SOURCES:
+        if labels.get(key):
+            return str(labels[key])
+    return None
+
+
+def mutate_pod(
+    pod: Mapping[str, Any], policy: HibernationPolicy | None, config: SidecarConfig
+) -> dict[str, Any]:
+    """The pod with sidecars, probe rewrites and the template-hash label added.
+
+    Idempotent: a pod that already has them (a reinvoked webhook) is unchanged.
+    """
+    out = copy.deepcopy(dict(pod))
+    meta = out.setdefault("metadata", {})
+    th = template_hash(out)
+    if th and not (meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL):
+        meta.setdefault("labels", {})[TEMPLATE_HASH_LABEL] = th
+    if policy is None:
+        return out
+    spec = out.setdefault("spec", {})
+    containers = {c.get("name"): c for c in spec.get("containers") or ()}
+    init = spec.setdefault("initContainers", [])
+    present = {c.get("name") for c in init}
+    injected = False
+    for hc in policy.spec.containers:
+        if not hc.health_check_proxy or hc.name not in containers:
+            continue
+        target = containers[hc.name]
+        rewrite = {m.app_port: m.shadow_port for m in hc.health_check_proxy}
+        for probe in PROBES:
+            if isinstance(target.get(probe), dict):
+                _rewrite_probe(target[probe], target, rewrite)
+        for m in hc.health_check_proxy:
+            sidecar = build_sidecar_spec(hc.name, m, config)
+            if sidecar["name"] not in present:
+                init.append(sidecar)
+                present.add(sidecar["name"])
+                injected = True
+    if not init:
+        del spec["initContainers"]
+    volumes = spec.get("volumes") or []
+    if injected and not any(v.get("name") == STATUS_VOLUME for v in volumes):
+        volumes.append({"name": STATUS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+        spec["volumes"] = volumes
+    return out
+
+
+def check_ports(pod: Mapping[str, Any], policy: HibernationPolicy | None) -> list[str]:
+    """Problems a pod's port layout has with its mappings (shared network namespace)."""
+    if policy is None:
+        return []
+    problems = []
+    used: dict[int, str] = {}
+    for c in (pod.get("spec") or {}).get("containers") or ():
+        for p in c.get("ports") or ():
+            if isinstance(p.get("containerPort"), int):
+                used[p["containerPort"]] = str(c.get("name"))
+    shadows: dict[int, str] = {}
+    for hc in policy.spec.containers:
+        for m in [*hc.health_check_proxy, *hc.shadow_ports]:
+            if m.shadow_port in used:
+                problems.append(
+                    f"shadowPort {m.shadow_port} of container '{hc.name}' is already a port of "
+                    f"container '{used[m.shadow_port]}'"
+                )
+        for m in hc.health_check_proxy:
+            if m.shadow_port in shadows and shadows[m.shadow_port] != hc.name:
+                problems.append(
+                    f"shadowPort {m.shadow_port} is used by containers '{shadows[m.shadow_port]}' "
+                    f"and '{hc.name}': pod containers share one network namespace"
+                )
+            shadows[m.shadow_port] = hc.name
+    return problems
+
+
+def hibernation_policy(policies: list[Policy]) -> HibernationPolicy | None:
+    return next((p for p in policies if isinstance(p, HibernationPolicy)), None)
+
+
+def validate_workload(obj: Mapping[str, Any]) -> list[Policy]:
+    """Compile a Pod's or workload's annotations and check its ports; deny on any problem."""
+    policies = compile_or_deny(obj)
+    _, spec = pod_template(obj)
+    problems = check_ports({"spec": spec}, hibernation_policy(policies))
+    if problems:
+        raise AdmissionDenied(
+            f"{describe(obj)}: invalid Architect annotations:\n" + "\n".join(problems)
+        )
+    return policies
+
+
+def admit_pod(pod: Mapping[str, Any], config: SidecarConfig) -> dict[str, Any]:
+    """The mutated pod, or AdmissionDenied with the compiler's message."""
+    policies = validate_workload(pod)
+    return mutate_pod(pod, hibernation_policy(policies), config)

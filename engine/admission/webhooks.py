@@ -1,0 +1,208 @@
+"""The Mutating/ValidatingWebhookConfiguration objects, built as plain dicts.
+
+Scoping is the point: a Pod or workload with neither an Architect annotation
+nor an Architect runtime class never reaches the webhook, because CEL
+``matchConditions`` are evaluated inside the API server. So the webhook's
+failurePolicy (Fail) can only ever block objects that asked for Architect.
+See docs/engine.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from architect.policy.annotations import GROUP, PREFIX, RUNTIME_CLASSES
+
+# Handler ids: also the URL path of each webhook on kopf's server.
+MUTATE_POD = "mutate-pod"
+VALIDATE_POD = "validate-pod"
+VALIDATE_WORKLOAD = "validate-workload"
+VALIDATE_CRONJOB = "validate-cronjob"
+VALIDATE_CHECKPOINT_STATUS = "validate-checkpoint-status"
+
+CONFIG_NAME = "architect.loopholelabs.io"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the API server reaches the webhook server: a URL or a Service."""
+
+    ca_bundle: str  # base64 PEM
+    url: str | None = None
+    service_namespace: str | None = None
+    service_name: str | None = None
+    service_port: int = 443
+
+    def for_handler(self, handler_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"caBundle": self.ca_bundle}
+        if self.url is not None:
+            out["url"] = f"{self.url.rstrip('/')}/{handler_id}"
+        else:
+            out["service"] = {
+                "namespace": self.service_namespace,
+                "name": self.service_name,
+                "port": self.service_port,
+                "path": f"/{handler_id}",
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class Scope:
+    # Namespaces never sent to the webhook: the system's own, so a broken
+    # webhook can never block the pods that would repair it.
+    excluded_namespaces: Sequence[str] = field(default=("kube-system", "architect-system"))
+    timeout_seconds: int = 5
+
+
+def intent_expression(template: str) -> str:
+    """CEL: the pod template at ``template`` asks for Architect."""
+    classes = ", ".join(f"'{c}'" for c in sorted(RUNTIME_CLASSES))
+    return (
+        f"(has({template}.spec.runtimeClassName) && {template}.spec.runtimeClassName in [{classes}])"
+        f" || (has({template}.metadata.annotations) && "
+        f"{template}.metadata.annotations.exists(k, k.startsWith('{PREFIX}')))"
+    )
+
+
+def _namespace_selector(scope: Scope) -> dict[str, Any]:
+    return {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": list(scope.excluded_namespaces),
+            }
+        ]
+    }
+
+
+def _webhook(
+    name: str,
+    handler: str,
+    rules: list[dict[str, Any]],
+    client: ClientConfig,
+    scope: Scope,
+    conditions: list[dict[str, str]],
+    *,
+    side_effects: str = "None",
+    failure_policy: str = "Fail",
+) -> dict[str, Any]:
+    hook: dict[str, Any] = {
+        "name": name,
+        "admissionReviewVersions": ["v1"],
+        "clientConfig": client.for_handler(handler),
+        "rules": rules,
+        "failurePolicy": failure_policy,
+        "sideEffects": side_effects,
+        "timeoutSeconds": scope.timeout_seconds,
+        "matchPolicy": "Equivalent",
+        "namespaceSelector": _namespace_selector(scope),
+    }
+    if conditions:
+        hook["matchConditions"] = conditions
+    return hook
+
+
+def _rule(group: str, resources: list[str], operations: list[str]) -> dict[str, Any]:
+    return {
+        "apiGroups": [group],
+        "apiVersions": ["v1alpha1" if group == GROUP else "v1"],
+        "resources": resources,
+        "operations": operations,
+        "scope": "Namespaced",
+    }
+
+
+def _intent_conditions(template_of_object: str, template_of_old: str) -> list[dict[str, str]]:
+    new = intent_expression(template_of_object)
+    old = intent_expression(template_of_old)
+    # On UPDATE the old object counts too: removing the annotations must reach
+    # the webhook, which then deletes the compiled policies.
+    return [
+        {
+            "name": "architect-intent",
+            "expression": f"({new}) || (oldObject != null && ({old}))",
+        }
+    ]
+
+
+def build_configurations(
+    client: ClientConfig, scope: Scope = Scope()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(MutatingWebhookConfiguration, ValidatingWebhookConfiguration)."""
+    mutating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": CONFIG_NAME},
+        "webhooks": [
+            _webhook(
+                f"mutate-pods.{GROUP}",
+                MUTATE_POD,
+                [_rule("", ["pods"], ["CREATE"])],
+                client,
+                scope,
+                [{"name": "architect-intent", "expression": intent_expression("object")}],
+            )
+        ],
+    }
+    validating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": CONFIG_NAME},
+        "webhooks": [
+            # Validation of pods runs after the API server has given the pod its
+            # uid, which a bare pod's compiled policies need as their owner.
+            _webhook(
+                f"pods.{GROUP}",
+                VALIDATE_POD,
+                [_rule("", ["pods"], ["CREATE"])],
+                client,
+                scope,
+                [{"name": "architect-intent", "expression": intent_expression("object")}],
+                side_effects="NoneOnDryRun",
+            ),
+            _webhook(
+                f"workloads.{GROUP}",
+                VALIDATE_WORKLOAD,
+                [
+                    _rule(
+                        "apps",
+                        ["deployments", "statefulsets", "replicasets", "daemonsets"],
+                        ["CREATE", "UPDATE"],
+                    ),
+                    _rule("batch", ["jobs"], ["CREATE", "UPDATE"]),
+                ],
+                client,
+                scope,
+                _intent_conditions("object.spec.template", "oldObject.spec.template"),
+                side_effects="NoneOnDryRun",
+            ),
+            _webhook(
+                f"cronjobs.{GROUP}",
+                VALIDATE_CRONJOB,
+                [_rule("batch", ["cronjobs"], ["CREATE", "UPDATE"])],
+                client,
+                scope,
+                _intent_conditions(
+                    "object.spec.jobTemplate.spec.template",
+                    "oldObject.spec.jobTemplate.spec.template",
+                ),
+                side_effects="NoneOnDryRun",
+            ),
+            _webhook(
+                f"checkpoint-status.{GROUP}",
+                VALIDATE_CHECKPOINT_STATUS,
+                [_rule(GROUP, ["checkpoints/status", "persistentcheckpoints/status"], ["UPDATE"])],
+                client,
+                scope,
+                [],
+                # A control-plane outage must not stall a migration under way; the
+                # control plane re-checks every transition it observes.
+                failure_policy="Ignore",
+            ),
+        ],
+    }
+    return mutating, validating

@@ -1,0 +1,1 @@
+"""Control plane: Checkpoint and PersistentCheckpoint lifecycles, transfers, GC."""

@@ -1,0 +1,155 @@
+"""The thin I/O shell over the Kubernetes API that the handlers use.
+
+Built on the official ``kubernetes`` client; its calls block, so each runs in a
+worker thread and the kopf event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from architect.engine.admission.workloads import Op, plural
+from architect.policy.annotations import GROUP, VERSION
+
+NotFound = 404
+Conflict = 409
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster configuration when running in a pod, else the kubeconfig."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)
+    return client.ApiClient()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    # --- policies -------------------------------------------------------
+
+    def _list_policies_sync(self, namespace: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for kind, name in (("HibernationPolicy", "hibernationpolicies"), ("MigrationPolicy", "migrationpolicies")):
+            items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, name)["items"]
+            for item in items:
+                item.setdefault("kind", kind)
+            out.extend(items)
+        return out
+
+    async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._list_policies_sync, namespace)
+
+    def _apply_sync(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            res = plural(op.kind)
+            if op.verb == "create":
+                self.custom.create_namespaced_custom_object(GROUP, VERSION, op.namespace, res, op.body)
+            elif op.verb == "replace":
+                body = dict(op.body or {})
+                body["metadata"] = {**body["metadata"], "resourceVersion": op.resource_version}
+                self.custom.replace_namespaced_custom_object(
+                    GROUP, VERSION, op.namespace, res, op.name, body
+                )
+            else:
+                try:
+                    self.custom.delete_namespaced_custom_object(GROUP, VERSION, op.namespace, res, op.name)
+                except ApiException as err:
+                    if err.status != NotFound:
+                        raise
+
+    async def apply(self, ops: Sequence[Op]) -> None:
+        await asyncio.to_thread(self._apply_sync, ops)
+
+    # --- generic custom objects ----------------------------------------------
+
+    async def get(self, plural_: str, namespace: str, name: str) -> dict[str, Any] | None:
+        def _get() -> dict[str, Any] | None:
+            try:
+                obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural_, name
+                )
+                return obj
+            except ApiException as err:
+                if err.status == NotFound:
+                    return None
+                raise
+
+        return await asyncio.to_thread(_get)
+
+    async def list(
+        self, plural_: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        def _list() -> list[dict[str, Any]]:
+            kw: dict[str, Any] = {}
+            if label_selector:
+                kw["label_selector"] = label_selector
+            if namespace is None:
+                res = self.custom.list_cluster_custom_object(GROUP, VERSION, plural_, **kw)
+            else:
+                res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural_, **kw)
+            items: list[dict[str, Any]] = res["items"]
+            return items
+
+        return await asyncio.to_thread(_list)
+
+    async def patch_status(
+        self, plural_: str, namespace: str, name: str, patch: Sequence[Mapping[str, Any]] | Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """JSON patch (a list, may hold ``test`` ops: compare-and-swap) or merge patch."""
+
+        def _patch() -> dict[str, Any]:
+            api = self.custom.api_client
+            content = "application/json-patch+json" if isinstance(patch, Sequence) else "application/merge-patch+json"
+            path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural_}/{name}/status"
+            data, _, _ = api.call_api(
+                path,
+                "PATCH",
+                header_params={"Content-Type": content, "Accept": "application/json"},
+                body=patch,
+                response_type="object",
+                auth_settings=["BearerToken"],
+                _return_http_data_only=False,
+            )
+            return data  # type: ignore[no-any-return]
+
+        return await asyncio.to_thread(_patch)
+
+    async def patch_meta(self, plural_: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch labels / annotations of a custom object."""
+
+        def _patch() -> None:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural_, name, patch)
+
+        await asyncio.to_thread(_patch)
+
+    async def delete(self, plural_: str, namespace: str, name: str) -> None:
+        def _delete() -> None:
+            try:
+                self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural_, name)
+            except ApiException as err:
+                if err.status != NotFound:
+                    raise
+
+        await asyncio.to_thread(_delete)
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def _get() -> dict[str, Any] | None:
+            try:
+                pod = self.core.read_namespaced_pod(name, namespace)
+            except ApiException as err:
+                if err.status == NotFound:
+                    return None
+                raise
+            out: dict[str, Any] = self.core.api_client.sanitize_for_serialization(pod)
+            return out
+
+        return await asyncio.to_thread(_get)

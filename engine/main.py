@@ -1,0 +1,29 @@
+"""``architect operator``: run the admission webhooks and the control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from architect.engine import config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config.parser().parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("architect operator: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    cfg = config.from_args(args)
+    import kopf
+
+    from architect.engine import operator
+
+    operator.CONFIG = cfg
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(kopf.operator(clusterwide=True, standalone=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

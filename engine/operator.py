@@ -1,0 +1,167 @@
+"""kopf wiring only: every handler is a few lines that call ``engine.handlers``.
+
+Watches: kopf sends no label selectors, so the operator watches only
+Architect's own, few objects (Checkpoint, PersistentCheckpoint). Pods and
+workloads reach it through admission webhooks scoped by CEL matchConditions;
+the per-node pod watch belongs to the daemon (filtered by spec.nodeName).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from architect.engine import handlers, metrics
+from architect.engine.admission.webhooks import (
+    MUTATE_POD,
+    VALIDATE_CHECKPOINT_STATUS,
+    VALIDATE_CRONJOB,
+    VALIDATE_POD,
+    VALIDATE_WORKLOAD,
+)
+from architect.engine.admission.workloads import AdmissionDenied
+from architect.engine.config import OperatorConfig
+from architect.engine.kube import Kube, load_config
+from architect.policy.annotations import GROUP, VERSION
+
+log = logging.getLogger("architect.engine")
+CONFIG: OperatorConfig = OperatorConfig()  # set by engine.main before kopf starts
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _post_event(obj: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
+    kopf.event(dict(obj), type=etype, reason=reason, message=message)
+
+
+def _deny(err: AdmissionDenied, handler: str) -> kopf.AdmissionError:
+    metrics.ADMISSIONS.labels(handler=handler, allowed="false").inc()
+    return kopf.AdmissionError(str(err), code=400)
+
+
+async def _gc_loop(kube: Kube, config: OperatorConfig) -> None:
+    while True:
+        try:
+            await handlers.collect_garbage(
+                kube=kube, now=_now(), settings=config.gc, post_event=_post_event
+            )
+        except Exception:  # one failed pass must not end collection for good
+            log.exception("garbage collection pass failed")
+        await asyncio.sleep(config.gc_interval.total_seconds())
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = CONFIG
+    settings.admission.server = kopf.WebhookServer(
+        addr=cfg.webhook_addr,
+        port=cfg.webhook_port,
+        host=cfg.webhook_host,
+        certfile=cfg.cert_file,
+        pkeyfile=cfg.key_file,
+    )
+    settings.admission.managed = None  # engine.admission.webhooks builds the configurations
+    # Our CRDs' status has a schema, so kopf's state goes in annotations only.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf." + GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf." + GROUP)
+    settings.posting.level = logging.WARNING
+    memo.kube = Kube(load_config())
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port)
+    memo.gc_task = asyncio.create_task(_gc_loop(memo.kube, cfg))
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("gc_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --- admission ---------------------------------------------------------------
+
+
+@kopf.on.mutate("v1", "pods", id=MUTATE_POD, operations=["CREATE"])
+def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    try:
+        new = handlers.mutate_pod(dict(body), CONFIG.sidecar)
+    except AdmissionDenied as err:
+        raise _deny(err, MUTATE_POD) from None
+
+    def replace(raw: Any) -> None:
+        raw.clear()
+        raw.update(new)
+
+    patch.fns.append(replace)
+    metrics.ADMISSIONS.labels(handler=MUTATE_POD, allowed="true").inc()
+
+
+async def _review(body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], hid: str) -> None:
+    try:
+        warnings.extend(await handlers.review_workload(dict(body), dryrun=dryrun, kube=memo.kube))
+    except AdmissionDenied as err:
+        raise _deny(err, hid) from None
+    metrics.ADMISSIONS.labels(handler=hid, allowed="true").inc()
+
+
+@kopf.on.validate("v1", "pods", id=VALIDATE_POD, operations=["CREATE"], side_effects=True)
+async def validate_pod(body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
+    await _review(body, dryrun, memo, warnings, VALIDATE_POD)
+
+
+@kopf.on.validate("apps", "v1", "deployments", id=VALIDATE_WORKLOAD, side_effects=True)
+@kopf.on.validate("apps", "v1", "statefulsets", id=VALIDATE_WORKLOAD, side_effects=True)
+@kopf.on.validate("apps", "v1", "replicasets", id=VALIDATE_WORKLOAD, side_effects=True)
+@kopf.on.validate("apps", "v1", "daemonsets", id=VALIDATE_WORKLOAD, side_effects=True)
+@kopf.on.validate("batch", "v1", "jobs", id=VALIDATE_WORKLOAD, side_effects=True)
+async def validate_workload(
+    body: kopf.Body, dryrun: bool, operation: str, memo: kopf.Memo, warnings: list[str], **_: Any
+) -> None:
+    if operation in ("CREATE", "UPDATE"):
+        await _review(body, dryrun, memo, warnings, VALIDATE_WORKLOAD)
+
+
+@kopf.on.validate("batch", "v1", "cronjobs", id=VALIDATE_CRONJOB, side_effects=True)
+async def validate_cronjob(
+    body: kopf.Body, dryrun: bool, operation: str, memo: kopf.Memo, warnings: list[str], **_: Any
+) -> None:
+    if operation in ("CREATE", "UPDATE"):
+        await _review(body, dryrun, memo, warnings, VALIDATE_CRONJOB)
+
+
+@kopf.on.validate(GROUP, VERSION, "checkpoints", id=VALIDATE_CHECKPOINT_STATUS, subresource="status")
+@kopf.on.validate(
+    GROUP, VERSION, "persistentcheckpoints", id=VALIDATE_CHECKPOINT_STATUS, subresource="status"
+)
+def validate_status(old: kopf.Body | None, new: kopf.Body | None, **_: Any) -> None:
+    kind = (new or old or {}).get("kind", "Checkpoint")
+    try:
+        handlers.review_status_update(kind, old, new)
+    except AdmissionDenied as err:
+        raise _deny(err, VALIDATE_CHECKPOINT_STATUS) from None
+
+
+# --- control plane -----------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "checkpoints")
+async def checkpoint_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if type != "DELETED":
+        await handlers.on_checkpoint(dict(body), kube=memo.kube, now=_now(), post_event=_post_event)
+
+
+@kopf.on.event(GROUP, VERSION, "persistentcheckpoints")
+async def persistent_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if type != "DELETED":
+        await handlers.on_persistent(dict(body), kube=memo.kube, now=_now(), post_event=_post_event)
