@@ -6,10 +6,10 @@ own errors to a JSON log file instead, read back when the command fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,20 +66,15 @@ class Runc:
     async def run(self, *args: str, stdin_data: bytes | None = None) -> str:
         """Run a runc command that owns no container stdio; return its stdout."""
         argv = self._argv(*args)
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            stdin_f = None
-            if stdin_data is not None:
-                stdin_f = tempfile.TemporaryFile()
-                stdin_f.write(stdin_data)
-                stdin_f.seek(0)
-            try:
-                _, done = self.reaper.spawn(
-                    argv, stdin=stdin_f if stdin_f else subprocess.DEVNULL, stdout=out, stderr=err
-                )
-                code = await done
-            finally:
-                if stdin_f is not None:
-                    stdin_f.close()
+        with (
+            tempfile.TemporaryFile() as out,
+            tempfile.TemporaryFile() as err,
+            tempfile.TemporaryFile() as stdin_f,
+        ):
+            stdin_f.write(stdin_data or b"")
+            stdin_f.seek(0)
+            _, done = self.reaper.spawn(argv, stdin=stdin_f, stdout=out, stderr=err)
+            code = await done
             out.seek(0)
             err.seek(0)
             text = out.read().decode(errors="replace")
@@ -186,7 +181,5 @@ def read_pid(path: Path) -> int:
 def close_fds(*fds: int) -> None:
     for fd in fds:
         if fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -207,7 +208,7 @@ class Server:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def start(self, sock: object) -> None:
+    async def start(self, sock: socket.socket) -> None:
         """Serve on an already bound, listening socket (inherited from `start`)."""
 
         async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -219,7 +220,7 @@ class Server:
             finally:
                 self._conns.discard(task)
 
-        self._server = await asyncio.start_unix_server(on_conn, sock=sock)  # type: ignore[arg-type]
+        self._server = await asyncio.start_unix_server(on_conn, sock=sock)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -1,0 +1,1 @@
+"""containerd shim v2 (io.containerd.architect.v1) that keeps hibernated containers RUNNING."""

@@ -1,0 +1,144 @@
+"""The shim's local control API for the node daemon: JSON lines on a unix socket.
+
+Requests, one JSON object a line, answered by one line each:
+  {"op": "status"}                          -> {"ok": true, "containers": [...]}
+  {"op": "hibernate", "id": "<container>"}  -> {"ok": true, "seconds": 0.41, ...}
+  {"op": "wake", "id": "<container>"}       -> {"ok": true, "seconds": 0.22, ...}
+  {"op": "migrate-on-stop", "id": "<container>", "enabled": true}
+  {"op": "watch"}  -> {"ok": true}, then one line per event, e.g.
+                      {"event": "woken", "id": "...", "reason": "exec"}
+Errors: {"ok": false, "error": "<what was wrong>"}.
+
+Where to find a container's shim: ``<run_dir>/<namespace>/<container id>`` is a
+symlink to the control socket of the shim that runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from architect.runtime.shim.service import TaskService
+from architect.runtime.shim.ttrpc import TtrpcError
+
+log = logging.getLogger(__name__)
+MAX_LINE = 64 * 1024
+
+
+class RequestError(ValueError):
+    pass
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """Validate one request line (pure)."""
+    try:
+        req = json.loads(line)
+    except ValueError as e:
+        raise RequestError(f"request is not JSON: {e}") from e
+    if not isinstance(req, dict):
+        raise RequestError("request must be a JSON object")
+    op = req.get("op")
+    if op not in ("status", "hibernate", "wake", "migrate-on-stop", "watch"):
+        raise RequestError(
+            f"op {op!r}: want one of status, hibernate, wake, migrate-on-stop, watch"
+        )
+    if op in ("hibernate", "wake", "migrate-on-stop") and not isinstance(req.get("id"), str):
+        raise RequestError(f"op {op!r} needs a string 'id' (the container id)")
+    return req
+
+
+class ControlServer:
+    def __init__(self, service: TaskService, path: Path) -> None:
+        self.service = service
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=MAX_LINE
+        )
+        self.path.chmod(0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.path.unlink(missing_ok=True)
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req["op"]
+        svc = self.service
+        if op == "status":
+            return {"ok": True, "containers": svc.status()}
+        if op == "hibernate":
+            return {"ok": True, **await svc.hibernate(req["id"])}
+        if op == "wake":
+            return {"ok": True, **await svc.wake(req["id"])}
+        if op == "migrate-on-stop":
+            c = svc.get(req["id"])
+            c.migrate_on_stop = bool(req.get("enabled", True))
+            return {"ok": True, "id": c.id, "migrate_on_stop": c.migrate_on_stop}
+        raise RequestError(f"op {op!r} not handled")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send(obj: dict[str, Any]) -> None:
+            writer.write(json.dumps(obj).encode() + b"\n")
+            await writer.drain()
+
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:
+                    await send({"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                    break
+                if not line:
+                    break
+                try:
+                    req = parse_request(line)
+                    if req["op"] == "watch":
+                        await send({"ok": True})
+                        await self._watch(send)
+                        break
+                    resp = await self.handle(req)
+                except (RequestError, TtrpcError) as e:
+                    resp = {"ok": False, "error": getattr(e, "message", str(e))}
+                except Exception as e:
+                    log.exception("control request failed")
+                    resp = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                await send(resp)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _watch(self, send: Any) -> None:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self.service.watchers.append(q)
+        try:
+            while True:
+                await send(await q.get())
+        finally:
+            self.service.watchers.remove(q)
+
+
+async def request(path: Path, req: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """One request to a shim's control socket (for the daemon, tools and tests)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    try:
+        writer.write(json.dumps(req).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        resp = json.loads(line)
+        if not isinstance(resp, dict):
+            raise RequestError("control answer is not a JSON object")
+        return resp
+    finally:
+        writer.close()

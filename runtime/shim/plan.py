@@ -1,0 +1,127 @@
+"""Pure decisions of the shim: where a container starts from, and where images live.
+
+No I/O beyond looking at paths handed in; tested without containerd.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "architect.loopholelabs.io/"
+ANN_PERSISTENT = PREFIX + "start-from-persistent-checkpoint"
+ANN_TEMPLATE_HASH = PREFIX + "pod-template-hash"
+ANN_SCALEUP_TIMEOUT = PREFIX + "scaleup-timeout-containers"
+ANN_MANAGED = PREFIX + "managed-containers"
+ANN_MANAGED_POD = PREFIX + "managed-pod"
+CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
+CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+GROUP_LABELS = ("io.containerd.runc.v2.group", CRI_SANDBOX_ID)
+DEFAULT_SCALEUP_TIMEOUT = 30.0
+READY_MARK = "ready"  # handover dirs hold an image once this file exists
+PENDING_MARK = "pending"  # the daemon is still transferring: wait up to scaleup-timeout
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class PlanError(ValueError):
+    pass
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration such as ``500ms``, ``30s``, ``1m30s``."""
+    pos, total = 0, 0.0
+    if not text:
+        raise PlanError("empty duration")
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text):
+        raise PlanError(f"duration {text!r}: want Go syntax such as 500ms, 30s, 1m30s")
+    return total
+
+
+def grouping(shim_id: str, annotations: dict[str, str]) -> str:
+    """One shim per pod: containers of a sandbox share the sandbox id's shim."""
+    for key in GROUP_LABELS:
+        if annotations.get(key):
+            return annotations[key]
+    return shim_id
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    path: str  # "fresh" | "restore"
+    reason: str
+    image: Path | None = None
+    wait_seconds: float = 0.0  # how long to wait for a pending handover
+
+
+def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
+    import json
+
+    raw = annotations.get(ANN_SCALEUP_TIMEOUT)
+    if not raw:
+        return DEFAULT_SCALEUP_TIMEOUT
+    try:
+        table = json.loads(raw)
+    except ValueError as e:
+        raise PlanError(f"{ANN_SCALEUP_TIMEOUT}: value {raw!r}: not JSON") from e
+    if not isinstance(table, dict):
+        raise PlanError(f"{ANN_SCALEUP_TIMEOUT}: value {raw!r}: want a JSON object")
+    value = table.get(container)
+    return parse_duration(str(value)) if value is not None else DEFAULT_SCALEUP_TIMEOUT
+
+
+def handover_dir(root: Path, template_hash: str, container: str) -> Path:
+    return root / "handover" / template_hash / container
+
+
+def persistent_dir(root: Path, namespace: str, ref: str) -> Path:
+    """Where the daemon puts a downloaded PersistentCheckpoint (``name`` or ``ns/name``)."""
+    ns, _, name = ref.rpartition("/")
+    return root / "persistent" / (ns or namespace) / name
+
+
+def plan_start(
+    runtime: str,
+    annotations: dict[str, str],
+    state_root: Path,
+    own_image: Path | None,
+) -> StartPlan:
+    """Decide where a container being created starts from.
+
+    - its own hibernation image (the shim died while it was hibernated): restore;
+    - runsc: the PersistentCheckpoint named by the annotation, or fresh; never the
+      template-hash path;
+    - runc: a handover image for the same pod-template-hash and container name,
+      waiting up to scaleup-timeout while the daemon marks it pending; else fresh.
+    """
+    if own_image is not None and (own_image / READY_MARK).exists():
+        return StartPlan("restore", "own hibernation image", own_image)
+    name = annotations.get(CRI_CONTAINER_NAME, "")
+    if runtime == "runsc":
+        ref = annotations.get(ANN_PERSISTENT, "")
+        if not ref:
+            return StartPlan("fresh", "no start-from-persistent-checkpoint")
+        ns = annotations.get(CRI_SANDBOX_NAMESPACE, "default")
+        d = persistent_dir(state_root, ns, ref)
+        if (d / READY_MARK).exists():
+            return StartPlan("restore", f"PersistentCheckpoint {ref}", d)
+        return StartPlan("fresh", f"PersistentCheckpoint {ref} not available on this node")
+    thash = annotations.get(ANN_TEMPLATE_HASH, "")
+    if not thash or not name:
+        return StartPlan("fresh", "no pod-template-hash / container name")
+    d = handover_dir(state_root, thash, name)
+    if (d / READY_MARK).exists():
+        return StartPlan("restore", f"handover checkpoint for {thash}/{name}", d)
+    if (d / PENDING_MARK).exists():
+        wait = scaleup_timeout(annotations, name)
+        return StartPlan("restore", f"handover checkpoint for {thash}/{name} pending", d, wait)
+    return StartPlan("fresh", f"no checkpoint for {thash}/{name}")

@@ -1,0 +1,753 @@
+"""containerd.task.v2.Task for one shim process (one pod, one or more containers).
+
+A hibernated container has no processes, yet State and Wait answer as for a running
+one and no TaskExit is published: containerd and kubelet see it RUNNING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from architect.runtime.shim import plan
+from architect.runtime.shim.events import Publisher
+from architect.runtime.shim.pb import (
+    cgroups_metrics_pb2,
+    events_pb2,
+    runc_options_pb2,
+    shim_pb2,
+    task_pb2,
+)
+from architect.runtime.shim.reaper import Reaper
+from architect.runtime.shim.runc import Runc, RuncError
+from architect.runtime.shim.stdio import ConsoleIO, PipeIO
+from architect.runtime.shim.ttrpc import Code, Server, TtrpcError
+
+log = logging.getLogger(__name__)
+
+SERVICE = "containerd.task.v2.Task"
+VERSION = "architect-shim-0.1"
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+
+CREATED, RUNNING, STOPPED, PAUSED = (
+    task_pb2.CREATED,
+    task_pb2.RUNNING,
+    task_pb2.STOPPED,
+    task_pb2.PAUSED,
+)
+
+
+def _ts(when: datetime | None) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if when is not None:
+        ts.FromDatetime(when)
+    return ts
+
+
+@dataclass
+class Proc:
+    exec_id: str
+    stdin: str
+    stdout: str
+    stderr: str
+    terminal: bool
+    pid: int = 0
+    status: int = CREATED
+    exit_status: int = 0
+    exited_at: datetime | None = None
+    io: PipeIO | ConsoleIO | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    spec: bytes = b""
+
+
+@dataclass
+class Container:
+    id: str
+    bundle: Path
+    runtime: str  # "runc" | "runsc"
+    annotations: dict[str, str]
+    init: Proc
+    state_dir: Path
+    execs: dict[str, Proc] = field(default_factory=dict)
+    hibernated: bool = False
+    checkpointing: bool = False  # the init's exit during a dump is no exit
+    migrate_on_stop: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    start_path: str = "fresh"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Path:
+        return self.state_dir / "image"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "bundle": str(self.bundle),
+            "runtime": self.runtime,
+            "pid": self.init.pid,
+            "hibernated": self.hibernated,
+            "image": str(self.image),
+            "start_path": self.start_path,
+        }
+
+
+class ShimError(TtrpcError):
+    pass
+
+
+def not_found(cid: str, exec_id: str = "") -> TtrpcError:
+    what = f"exec {exec_id!r} of container {cid!r}" if exec_id else f"container {cid!r}"
+    return TtrpcError(Code.NOT_FOUND, f"{what}: not found")
+
+
+def read_annotations(bundle: Path) -> dict[str, str]:
+    try:
+        spec = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    ann = spec.get("annotations") or {}
+    return {str(k): str(v) for k, v in ann.items()} if isinstance(ann, dict) else {}
+
+
+def cgroup_path(bundle: Path) -> str:
+    try:
+        spec = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str((spec.get("linux") or {}).get("cgroupsPath") or "")
+
+
+def runtime_options(opt: any_pb2.Any) -> runc_options_pb2.Options:
+    o = runc_options_pb2.Options()
+    if opt.type_url.endswith(RUNC_OPTIONS_URL):
+        o.ParseFromString(opt.value)
+    return o
+
+
+class TaskService:
+    """The Task API. Handlers take and return protobuf messages."""
+
+    def __init__(
+        self,
+        reaper: Reaper,
+        publisher: Publisher,
+        namespace: str,
+        state_root: Path,
+        runc_root: Path,
+        on_empty: Callable[[], None] | None = None,
+    ) -> None:
+        self.reaper = reaper
+        self.publisher = publisher
+        self.namespace = namespace
+        self.state_root = state_root
+        self.runc_root = runc_root
+        self.containers: dict[str, Container] = {}
+        self.on_empty = on_empty
+        self.watchers: list[asyncio.Queue[dict[str, Any]]] = []
+        self._runcs: dict[str, Runc] = {}
+        reaper.subscribe(self._on_exit)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def runc(self, binary: str) -> Runc:
+        if binary not in self._runcs:
+            self._runcs[binary] = Runc(self.reaper, self.runc_root / binary, binary)
+        return self._runcs[binary]
+
+    def get(self, cid: str) -> Container:
+        c = self.containers.get(cid)
+        if c is None:
+            raise not_found(cid)
+        return c
+
+    def proc(self, cid: str, exec_id: str) -> tuple[Container, Proc]:
+        c = self.get(cid)
+        if not exec_id:
+            return c, c.init
+        p = c.execs.get(exec_id)
+        if p is None:
+            raise not_found(cid, exec_id)
+        return c, p
+
+    def container_state_dir(self, cid: str) -> Path:
+        return self.state_root / "containers" / self.namespace / cid
+
+    def persist(self, c: Container) -> None:
+        c.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = c.state_dir / ".state.json"
+        tmp.write_text(json.dumps(c.record()))
+        tmp.replace(c.state_dir / "state.json")
+
+    control_path: Path | None = None  # this shim's control socket
+    run_dir: Path | None = None
+
+    def _link_path(self, cid: str) -> Path | None:
+        return self.run_dir / self.namespace / cid if self.run_dir is not None else None
+
+    def _link_control(self, cid: str) -> None:
+        link = self._link_path(cid)
+        if link is None or self.control_path is None:
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(self.control_path)
+
+    def _unlink_control(self, cid: str) -> None:
+        link = self._link_path(cid)
+        if link is not None:
+            link.unlink(missing_ok=True)
+
+    def notify(self, event: dict[str, Any]) -> None:
+        for q in self.watchers:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+
+    def publish(self, event: Message) -> None:
+        self.publisher.publish(event)
+
+    # -- exits -------------------------------------------------------------------
+
+    def _on_exit(self, pid: int, code: int) -> None:
+        for c in self.containers.values():
+            if c.init.pid == pid and c.init.status in (RUNNING, PAUSED, CREATED):
+                if c.checkpointing:
+                    log.info("%s: init %d gone by checkpoint, not an exit", c.id, pid)
+                    return
+                asyncio.get_running_loop().create_task(self._exited(c, c.init, code))
+                return
+            for p in c.execs.values():
+                if p.pid == pid and p.status == RUNNING:
+                    asyncio.get_running_loop().create_task(self._exited(c, p, code))
+                    return
+
+    async def _exited(self, c: Container, p: Proc, code: int) -> None:
+        p.status = STOPPED
+        p.exit_status = code
+        p.exited_at = datetime.now(UTC)
+        if p is c.init:
+            # The init's death ends the pid namespace: execs die with it.
+            for e in c.execs.values():
+                if e.status == RUNNING and e.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(e.pid, signal.SIGKILL)
+        if p.io is not None:
+            await p.io.finish()
+        log.info("%s%s: exited %d", c.id, f"/{p.exec_id}" if p.exec_id else "", code)
+        self.publish(
+            events_pb2.TaskExit(
+                container_id=c.id,
+                id=p.exec_id or c.id,
+                pid=p.pid,
+                exit_status=code,
+                exited_at=_ts(p.exited_at),
+            )
+        )
+        p.exited.set()
+
+    # -- Task API ----------------------------------------------------------------
+
+    async def create(self, req: shim_pb2.CreateTaskRequest) -> shim_pb2.CreateTaskResponse:
+        if req.id in self.containers:
+            raise TtrpcError(Code.ALREADY_EXISTS, f"container {req.id!r}: already exists")
+        bundle = Path(req.bundle)
+        opts = runtime_options(req.options)
+        binary = opts.binary_name or "runc"
+        runtime = "runsc" if Path(binary).name.startswith("runsc") else "runc"
+        annotations = read_annotations(bundle)
+        self._mount_rootfs(bundle, req.rootfs)
+        init = Proc("", req.stdin, req.stdout, req.stderr, req.terminal)
+        c = Container(
+            req.id, bundle, runtime, annotations, init, self.container_state_dir(req.id)
+        )
+        c.timings["runc"] = 0.0
+        self._binary = binary
+        r = self.runc(binary)
+        decision = plan.plan_start(runtime, annotations, self.state_root, self._own_image(c))
+        self.containers[c.id] = c
+        try:
+            init.io = await self._new_io(c, init)
+            pid_file = bundle / "init.pid"
+            if decision.path == "restore" and not req.terminal:
+                pid = await self._restore_on_create(c, decision)
+                if pid:
+                    init.pid = pid
+                    init.status = RUNNING  # restored processes run at once
+                    c.start_path = "restore"
+            if not init.pid:
+                log.info("%s: starting fresh (%s)", c.id, decision.reason)
+                console = c.state_dir / "console.sock" if req.terminal else None
+                stdio = init.io.stdio() if isinstance(init.io, PipeIO) else None
+                if console is not None:
+                    c.state_dir.mkdir(parents=True, exist_ok=True)
+                    assert isinstance(init.io, ConsoleIO)
+                    got = asyncio.create_task(init.io.receive())
+                    init.pid = await r.create(c.id, bundle, pid_file, None, console)
+                    await got
+                else:
+                    init.pid = await r.create(c.id, bundle, pid_file, stdio)
+        except (RuncError, OSError, plan.PlanError, TimeoutError) as e:
+            self.containers.pop(c.id, None)
+            if init.io is not None:
+                init.io.close()
+            raise TtrpcError(Code.UNKNOWN, f"create {req.id}: {e}") from e
+        self.persist(c)
+        self._link_control(c.id)
+        self.publish(
+            events_pb2.TaskCreate(
+                container_id=c.id,
+                bundle=req.bundle,
+                rootfs=list(req.rootfs),
+                io=events_pb2.TaskIO(
+                    stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal
+                ),
+                checkpoint=req.checkpoint,
+                pid=init.pid,
+            )
+        )
+        return shim_pb2.CreateTaskResponse(pid=init.pid)
+
+    def _own_image(self, c: Container) -> Path | None:
+        return c.image if c.image.exists() else None
+
+    def _mount_rootfs(self, bundle: Path, mounts: Any) -> None:
+        if not mounts:
+            return
+        import subprocess
+
+        target = bundle / "rootfs"
+        target.mkdir(exist_ok=True)
+        for m in mounts:
+            argv = ["mount", "-t", m.type, m.source, str(target)]
+            if m.options:
+                argv += ["-o", ",".join(m.options)]
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                raise TtrpcError(Code.UNKNOWN, f"mount rootfs {m.type}: {res.stderr.strip()}")
+
+    async def _new_io(self, c: Container, p: Proc) -> PipeIO | ConsoleIO:
+        if p.terminal:
+            c.state_dir.mkdir(parents=True, exist_ok=True)
+            name = f"console-{p.exec_id or 'init'}.sock"
+            return ConsoleIO(c.state_dir / name, p.stdin, p.stdout)
+        return PipeIO(p.stdin, p.stdout, p.stderr)
+
+    async def _restore_on_create(self, c: Container, decision: plan.StartPlan) -> int:
+        """Restore from ``decision.image``; 0 when the caller must start fresh."""
+        assert decision.image is not None and isinstance(c.init.io, PipeIO)
+        deadline = time.monotonic() + decision.wait_seconds
+        while not (decision.image / plan.READY_MARK).exists():
+            if time.monotonic() >= deadline:
+                log.info("%s: scaleup-timeout passed waiting for %s: starting fresh",
+                         c.id, decision.image)
+                return 0
+            await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        try:
+            pid = await self.runc(self._binary).restore(
+                c.id, c.bundle, decision.image, c.state_dir / "restore-work",
+                c.bundle / "init.pid", c.init.io.stdio(),
+            )
+        except (RuncError, OSError) as e:
+            log.warning("%s: restore from %s failed, starting fresh: %s", c.id, decision.image, e)
+            with contextlib.suppress(RuncError):
+                await self.runc(self._binary).delete(c.id, force=True)
+            return 0
+        c.timings["restore"] = time.monotonic() - t0
+        log.info("%s: restored from %s (%s) in %.3fs",
+                 c.id, decision.image, decision.reason, c.timings["restore"])
+        if decision.image == c.image:
+            shutil.rmtree(c.image, ignore_errors=True)
+        return pid
+
+    async def start(self, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
+        c, p = self.proc(req.id, req.exec_id)
+        if p is c.init:
+            if p.status == RUNNING:  # restored on create: already running
+                self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
+                return shim_pb2.StartResponse(pid=p.pid)
+            if p.status != CREATED:
+                raise TtrpcError(Code.FAILED_PRECONDITION, f"container {c.id!r} is not created")
+            try:
+                await self.runc(self._binary).start(c.id)
+            except RuncError as e:
+                raise TtrpcError(Code.UNKNOWN, f"start {c.id}: {e}") from e
+            p.status = RUNNING
+            self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
+            return shim_pb2.StartResponse(pid=p.pid)
+        return await self._start_exec(c, p)
+
+    async def _start_exec(self, c: Container, p: Proc) -> shim_pb2.StartResponse:
+        async with c.lock:
+            if c.hibernated:
+                await self._wake(c, reason="exec")
+            spec = c.state_dir / f"exec-{p.exec_id}.json"
+            c.state_dir.mkdir(parents=True, exist_ok=True)
+            spec.write_bytes(p.spec)
+            p.io = await self._new_io(c, p)
+            pid_file = c.state_dir / f"exec-{p.exec_id}.pid"
+            try:
+                if isinstance(p.io, ConsoleIO):
+                    got = asyncio.create_task(p.io.receive())
+                    p.pid = await self.runc(self._binary).exec(
+                        c.id, spec, pid_file, None, p.io.sock_path
+                    )
+                    await got
+                else:
+                    p.pid = await self.runc(self._binary).exec(c.id, spec, pid_file, p.io.stdio())
+            except (RuncError, OSError, TimeoutError) as e:
+                p.io.close()
+                raise TtrpcError(Code.UNKNOWN, f"exec {c.id}/{p.exec_id}: {e}") from e
+            p.status = RUNNING
+            if isinstance(p.io, PipeIO):
+                # The exec's own fds now live in the process; the shim keeps none.
+                for fd in (p.io.in_r, p.io.out_w, p.io.err_w):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                p.io.in_r = p.io.out_w = p.io.err_w = -1
+        self.publish(events_pb2.TaskExecStarted(container_id=c.id, exec_id=p.exec_id, pid=p.pid))
+        code = self.reaper.exited(p.pid)
+        if code is not None:  # exited before its pid was known
+            await self._exited(c, p, code)
+        return shim_pb2.StartResponse(pid=p.pid)
+
+    async def state(self, req: shim_pb2.StateRequest) -> shim_pb2.StateResponse:
+        c, p = self.proc(req.id, req.exec_id)
+        return shim_pb2.StateResponse(
+            id=p.exec_id or c.id,
+            exec_id=p.exec_id,
+            bundle=str(c.bundle),
+            pid=p.pid,
+            status=task_pb2.Status.Name(p.status),  # a hibernated init stays RUNNING
+            stdin=p.stdin,
+            stdout=p.stdout,
+            stderr=p.stderr,
+            terminal=p.terminal,
+            exit_status=p.exit_status,
+            exited_at=_ts(p.exited_at),
+        )
+
+    async def wait(self, req: shim_pb2.WaitRequest) -> shim_pb2.WaitResponse:
+        _, p = self.proc(req.id, req.exec_id)
+        await p.exited.wait()
+        return shim_pb2.WaitResponse(exit_status=p.exit_status, exited_at=_ts(p.exited_at))
+
+    async def kill(self, req: shim_pb2.KillRequest) -> None:
+        c, p = self.proc(req.id, req.exec_id)
+        if p is not c.init:
+            if p.status == RUNNING:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, req.signal)
+            return
+        if p.status == STOPPED:
+            raise TtrpcError(Code.NOT_FOUND, f"container {c.id!r}: process already finished")
+        async with c.lock:
+            if c.migrate_on_stop and req.signal in (signal.SIGTERM, signal.SIGKILL):
+                await self._checkpoint_for_migration(c)
+            if c.hibernated:
+                # Nothing runs: the signal's effect is the exit it would cause.
+                if req.signal == 0:
+                    return
+                c.hibernated = False
+                self.persist(c)
+                if not c.migrate_on_stop:
+                    shutil.rmtree(c.image, ignore_errors=True)
+                await self._exited(c, p, 128 + req.signal)
+                return
+        if p.status == CREATED and not p.pid:
+            return
+        try:
+            await self.runc(self._binary).kill(c.id, req.signal, req.all)
+        except RuncError as e:
+            raise TtrpcError(Code.NOT_FOUND, f"kill {c.id}: {e}") from e
+
+    async def delete(self, req: shim_pb2.DeleteRequest) -> shim_pb2.DeleteResponse:
+        c, p = self.proc(req.id, req.exec_id)
+        if p is not c.init:
+            if p.status == RUNNING:
+                raise TtrpcError(Code.FAILED_PRECONDITION, f"exec {p.exec_id!r} is running")
+            c.execs.pop(p.exec_id, None)
+            with contextlib.suppress(OSError):
+                (c.state_dir / f"exec-{p.exec_id}.json").unlink()
+            return shim_pb2.DeleteResponse(
+                pid=p.pid, exit_status=p.exit_status, exited_at=_ts(p.exited_at)
+            )
+        if p.status in (RUNNING, PAUSED) and not c.hibernated:
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"container {c.id!r} is running")
+        with contextlib.suppress(RuncError):
+            await self.runc(self._binary).delete(c.id, force=True)
+        if p.io is not None:
+            p.io.close()
+        self.containers.pop(c.id, None)
+        keep = c.hibernated or c.migrate_on_stop
+        if not keep:
+            shutil.rmtree(c.state_dir, ignore_errors=True)
+        self._unmount_rootfs(c.bundle)
+        self.publish(
+            events_pb2.TaskDelete(
+                container_id=c.id, pid=p.pid, exit_status=p.exit_status,
+                exited_at=_ts(p.exited_at), id=c.id,
+            )
+        )
+        self._unlink_control(c.id)
+        return shim_pb2.DeleteResponse(
+            pid=p.pid, exit_status=p.exit_status, exited_at=_ts(p.exited_at)
+        )
+
+    def _unmount_rootfs(self, bundle: Path) -> None:
+        rootfs = bundle / "rootfs"
+        if os.path.ismount(rootfs):
+            import subprocess
+
+            subprocess.run(["umount", "-l", str(rootfs)], capture_output=True, timeout=30)
+
+    async def exec(self, req: shim_pb2.ExecProcessRequest) -> None:
+        c = self.get(req.id)
+        if req.exec_id in c.execs:
+            raise TtrpcError(Code.ALREADY_EXISTS, f"exec {req.exec_id!r}: already exists")
+        if c.init.status == STOPPED:
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"container {c.id!r} is stopped")
+        p = Proc(req.exec_id, req.stdin, req.stdout, req.stderr, req.terminal, spec=req.spec.value)
+        c.execs[req.exec_id] = p
+        if c.hibernated:
+            # kubectl exec wakes the container: restore before the exec starts.
+            async with c.lock:
+                if c.hibernated:
+                    await self._wake(c, reason="exec")
+        self.publish(events_pb2.TaskExecAdded(container_id=c.id, exec_id=req.exec_id))
+
+    async def resize_pty(self, req: shim_pb2.ResizePtyRequest) -> None:
+        _, p = self.proc(req.id, req.exec_id)
+        if isinstance(p.io, ConsoleIO):
+            p.io.resize(req.width, req.height)
+
+    async def close_io(self, req: shim_pb2.CloseIORequest) -> None:
+        _, p = self.proc(req.id, req.exec_id)
+        if req.stdin and p.io is not None:
+            p.io.close_stdin()
+
+    async def pids(self, req: shim_pb2.PidsRequest) -> shim_pb2.PidsResponse:
+        c = self.get(req.id)
+        if c.hibernated:
+            return shim_pb2.PidsResponse()
+        try:
+            pids = await self.runc(self._binary).ps(c.id)
+        except RuncError as e:
+            raise TtrpcError(Code.UNKNOWN, f"pids {c.id}: {e}") from e
+        return shim_pb2.PidsResponse(processes=[task_pb2.ProcessInfo(pid=pid) for pid in pids])
+
+    async def pause(self, req: shim_pb2.PauseRequest) -> None:
+        c = self.get(req.id)
+        await self.runc(self._binary).pause(c.id)
+        c.init.status = PAUSED
+        self.publish(events_pb2.TaskPaused(container_id=c.id))
+
+    async def resume(self, req: shim_pb2.ResumeRequest) -> None:
+        c = self.get(req.id)
+        await self.runc(self._binary).resume(c.id)
+        c.init.status = RUNNING
+        self.publish(events_pb2.TaskResumed(container_id=c.id))
+
+    async def update(self, req: shim_pb2.UpdateTaskRequest) -> None:
+        c = self.get(req.id)
+        if c.hibernated:
+            log.info("%s: update while hibernated: applies to the cgroup only", c.id)
+            return
+        try:
+            await self.runc(self._binary).update(c.id, req.resources.value)
+        except RuncError as e:
+            raise TtrpcError(Code.UNKNOWN, f"update {c.id}: {e}") from e
+
+    async def stats(self, req: shim_pb2.StatsRequest) -> shim_pb2.StatsResponse:
+        c = self.get(req.id)
+        metrics = read_cgroup_metrics(cgroup_path(c.bundle))
+        return shim_pb2.StatsResponse(
+            stats=any_pb2.Any(
+                type_url="io.containerd.cgroups.v1.Metrics", value=metrics.SerializeToString()
+            )
+        )
+
+    async def connect(self, req: shim_pb2.ConnectRequest) -> shim_pb2.ConnectResponse:
+        c = self.containers.get(req.id)
+        return shim_pb2.ConnectResponse(
+            shim_pid=os.getpid(), task_pid=c.init.pid if c else 0, version=VERSION
+        )
+
+    async def shutdown(self, req: shim_pb2.ShutdownRequest) -> None:
+        if (req.now or not self.containers) and self.on_empty is not None:
+            self.on_empty()
+
+    async def checkpoint_task(self, req: shim_pb2.CheckpointTaskRequest) -> None:
+        raise TtrpcError(
+            Code.UNIMPLEMENTED,
+            "Checkpoint through containerd is not offered: Architect's daemon "
+            "hibernates through the shim's control socket",
+        )
+
+    # -- hibernation -------------------------------------------------------------
+
+    async def hibernate(self, cid: str) -> dict[str, Any]:
+        c = self.get(cid)
+        async with c.lock:
+            if c.hibernated:
+                return {"id": cid, "hibernated": True, "seconds": 0.0}
+            if c.init.status != RUNNING:
+                raise TtrpcError(Code.FAILED_PRECONDITION, f"container {cid!r} is not running")
+            if c.init.terminal:
+                raise TtrpcError(
+                    Code.FAILED_PRECONDITION, f"container {cid!r} has a TTY: not hibernated"
+                )
+            running = [e.exec_id for e in c.execs.values() if e.status == RUNNING]
+            if running:
+                raise TtrpcError(
+                    Code.FAILED_PRECONDITION, f"container {cid!r} has running execs {running}"
+                )
+            t0 = time.monotonic()
+            shutil.rmtree(c.image, ignore_errors=True)
+            c.checkpointing = True
+            try:
+                await self.runc(self._binary).checkpoint(c.id, c.image, c.state_dir / "work")
+            except RuncError as e:
+                c.checkpointing = False
+                shutil.rmtree(c.image, ignore_errors=True)
+                raise TtrpcError(Code.UNKNOWN, f"hibernate {cid}: {e}") from e
+            (c.image / plan.READY_MARK).touch()
+            c.hibernated = True
+            c.checkpointing = False
+            c.timings["hibernate"] = time.monotonic() - t0
+            self.persist(c)
+        log.info("%s: hibernated in %.3fs", cid, c.timings["hibernate"])
+        self.notify({"event": "hibernated", "id": cid})
+        return {"id": cid, "hibernated": True, "seconds": c.timings["hibernate"]}
+
+    async def wake(self, cid: str, reason: str = "request") -> dict[str, Any]:
+        c = self.get(cid)
+        async with c.lock:
+            if not c.hibernated:
+                return {"id": cid, "hibernated": False, "seconds": 0.0}
+            await self._wake(c, reason)
+        return {"id": cid, "hibernated": False, "seconds": c.timings["wake"], "pid": c.init.pid}
+
+    async def _wake(self, c: Container, reason: str) -> None:
+        assert isinstance(c.init.io, PipeIO)
+        t0 = time.monotonic()
+        try:
+            pid = await self.runc(self._binary).restore(
+                c.id, c.bundle, c.image, c.state_dir / "restore-work",
+                c.state_dir / "init.pid", c.init.io.stdio(),
+            )
+        except RuncError as e:
+            raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
+        c.init.pid = pid
+        c.hibernated = False
+        c.timings["wake"] = time.monotonic() - t0
+        shutil.rmtree(c.image, ignore_errors=True)
+        self.persist(c)
+        log.info("%s: woken (%s) in %.3fs, pid %d", c.id, reason, c.timings["wake"], pid)
+        self.notify({"event": "woken", "id": c.id, "reason": reason})
+
+    async def _checkpoint_for_migration(self, c: Container) -> None:
+        """Pod deletion of a managed container: leave its state for the replacement."""
+        thash = c.annotations.get(plan.ANN_TEMPLATE_HASH, "")
+        name = c.annotations.get(plan.CRI_CONTAINER_NAME, c.id)
+        dest = plan.handover_dir(self.state_root, thash or "unknown", name)
+        if not c.hibernated:
+            c.checkpointing = True
+            shutil.rmtree(c.image, ignore_errors=True)
+            try:
+                await self.runc(self._binary).checkpoint(c.id, c.image, c.state_dir / "work")
+            except RuncError as e:
+                c.checkpointing = False
+                log.error("%s: checkpoint for migration failed, stopping: %s", c.id, e)
+                return
+            c.checkpointing = False
+            c.hibernated = True
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(c.image), dest)
+        (dest / plan.READY_MARK).touch()
+        log.info("%s: checkpointed for migration into %s", c.id, dest)
+        self.notify({"event": "migrated", "id": c.id, "image": str(dest)})
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for c in self.containers.values():
+            rec = c.record()
+            rec["status"] = "SCALED_DOWN" if c.hibernated else task_pb2.Status.Name(c.init.status)
+            rec["timings"] = dict(c.timings)
+            rec["migrate_on_stop"] = c.migrate_on_stop
+            out.append(rec)
+        return out
+
+    # -- wiring ------------------------------------------------------------------
+
+    def register(self, server: Server) -> None:
+        def unary(
+            req_type: type[Message],
+            fn: Callable[[Any], Awaitable[Message | None]],
+        ) -> Callable[[bytes], Awaitable[bytes]]:
+            async def handler(payload: bytes) -> bytes:
+                req = req_type()
+                req.ParseFromString(payload)
+                resp = await fn(req)
+                return resp.SerializeToString() if resp is not None else b""
+
+            return handler
+
+        table: dict[str, tuple[type[Message], Callable[[Any], Awaitable[Message | None]]]] = {
+            "State": (shim_pb2.StateRequest, self.state),
+            "Create": (shim_pb2.CreateTaskRequest, self.create),
+            "Start": (shim_pb2.StartRequest, self.start),
+            "Delete": (shim_pb2.DeleteRequest, self.delete),
+            "Pids": (shim_pb2.PidsRequest, self.pids),
+            "Pause": (shim_pb2.PauseRequest, self.pause),
+            "Resume": (shim_pb2.ResumeRequest, self.resume),
+            "Checkpoint": (shim_pb2.CheckpointTaskRequest, self.checkpoint_task),
+            "Kill": (shim_pb2.KillRequest, self.kill),
+            "Exec": (shim_pb2.ExecProcessRequest, self.exec),
+            "ResizePty": (shim_pb2.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (shim_pb2.CloseIORequest, self.close_io),
+            "Update": (shim_pb2.UpdateTaskRequest, self.update),
+            "Wait": (shim_pb2.WaitRequest, self.wait),
+            "Stats": (shim_pb2.StatsRequest, self.stats),
+            "Connect": (shim_pb2.ConnectRequest, self.connect),
+            "Shutdown": (shim_pb2.ShutdownRequest, self.shutdown),
+        }
+        for method, (req_type, fn) in table.items():
+            server.register(SERVICE, method, unary(req_type, fn))
+
+    _binary: str = "runc"
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def read_cgroup_metrics(cg: str, root: Path = Path("/sys/fs/cgroup")) -> Message:
+    """cgroup v1 metrics of a container (memory, cpu, pids) as containerd expects."""
+    m = cgroups_metrics_pb2.Metrics()
+    if not cg or ":" in cg:  # systemd-style paths are not resolved here
+        return m
+    rel = cg.lstrip("/")
+    m.memory.usage.usage = _read_int(root / "memory" / rel / "memory.usage_in_bytes")
+    m.memory.usage.limit = _read_int(root / "memory" / rel / "memory.limit_in_bytes")
+    m.cpu.usage.total = _read_int(root / "cpuacct" / rel / "cpuacct.usage")
+    m.pids.current = _read_int(root / "pids" / rel / "pids.current")
+    return m
