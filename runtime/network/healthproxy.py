@@ -128,9 +128,7 @@ def parse_args(argv: list[str]) -> ProxyConfig:
     shadows = [m.shadow_port for m in mappings]
     if len(set(shadows)) != len(shadows):
         raise UsageError(f"shadowPort listed twice in {shadows}")
-    return ProxyConfig(
-        tuple(mappings), a.status_file, a.listen_host, a.target_host, a.source_host
-    )
+    return ProxyConfig(tuple(mappings), a.status_file, a.listen_host, a.target_host, a.source_host)
 
 
 def should_forward(state: str | None) -> bool:
@@ -198,9 +196,7 @@ async def _forward(
 ) -> None:
     try:
         ur, uw = await asyncio.wait_for(
-            asyncio.open_connection(
-                cfg.target_host, m.app_port, local_addr=(cfg.source_host, 0)
-            ),
+            asyncio.open_connection(cfg.target_host, m.app_port, local_addr=(cfg.source_host, 0)),
             cfg.connect_timeout,
         )
     except (OSError, TimeoutError) as e:

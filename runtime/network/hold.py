@@ -109,6 +109,7 @@ class HoldStats:
     wake_finished_at: float | None = None
     released_at: float | None = None
     released_packets: int = 0
+    release_seconds: float = 0.0  # issuing the verdicts of the held packets
     passed_packets: int = 0
 
     @property
@@ -210,6 +211,7 @@ class PacketHold:
 
     def release(self, outcome: str = "released") -> None:
         """Accept the held packets in order and let all later ones pass."""
+        t0 = time.monotonic()
         packets = self.core.release(outcome)
         for p in packets:
             with contextlib.suppress(RuntimeError):  # queue already unbound
@@ -217,6 +219,7 @@ class PacketHold:
         if packets or self.stats.released_at is None:
             self.stats.released_packets += len(packets)
             self.stats.released_at = time.monotonic()
+            self.stats.release_seconds = self.stats.released_at - t0
         self._released.set()
 
     async def wait_released(self, timeout: float | None = None) -> str:

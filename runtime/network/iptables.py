@@ -99,6 +99,5 @@ def architect_chains(ns: NetNs) -> list[str]:
 def activity_packets(ns: NetNs, spec: NetSpec) -> int:
     """Packets counted as activity so far (both families); grows monotonically."""
     return sum(
-        count_packets(save(ns, family, counters=True), spec.activity_chain)
-        for family in FAMILIES
+        count_packets(save(ns, family, counters=True), spec.activity_chain) for family in FAMILIES
     )

@@ -9,57 +9,17 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-
-from architect.runtime.network.netns import NetNs
+from network_apps import NetPair
 
 _counter = itertools.count(1)
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
-
-
-@dataclass
-class NetPair:
-    client_name: str
-    pod_name: str
-    client_ip: str
-    pod_ip: str
-
-    @property
-    def client(self) -> NetNs:
-        return NetNs.named(self.client_name)
-
-    @property
-    def pod(self) -> NetNs:
-        return NetNs.named(self.pod_name)
-
-    def sock(self, ns: NetNs, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        """A non-blocking socket that belongs to ``ns``."""
-
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, kind)
-            s.setblocking(False)
-            return s
-
-        return ns.call(make)
-
-    def sockets(self, ns: NetNs, n: int, kind: int = socket.SOCK_STREAM) -> list[socket.socket]:
-        def make() -> list[socket.socket]:
-            out = []
-            for _ in range(n):
-                s = socket.socket(socket.AF_INET, kind)
-                s.setblocking(False)
-                out.append(s)
-            return out
-
-        return ns.call(make)
 
 
 @pytest.fixture
@@ -76,7 +36,9 @@ def netpair() -> Iterator[NetPair]:
         for name in (client, pod):
             _ip("netns", "add", name)
             made.append(name)
-        _ip("link", "add", "vc", "netns", client, "type", "veth", "peer", "name", "vp", "netns", pod)
+        _ip(
+            "link", "add", "vc", "netns", client, "type", "veth", "peer", "name", "vp", "netns", pod
+        )
         for name, dev, addr in ((client, "vc", pair.client_ip), (pod, "vp", pair.pod_ip)):
             _ip("-n", name, "addr", "add", f"{addr}/24", "dev", dev)
             _ip("-n", name, "link", "set", dev, "up")

@@ -12,6 +12,43 @@ from architect.runtime.network.netns import NetNs
 GREETING = b"hello\n"
 
 
+@dataclass
+class NetPair:
+    client_name: str
+    pod_name: str
+    client_ip: str
+    pod_ip: str
+
+    @property
+    def client(self) -> NetNs:
+        return NetNs.named(self.client_name)
+
+    @property
+    def pod(self) -> NetNs:
+        return NetNs.named(self.pod_name)
+
+    def sock(self, ns: NetNs, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A non-blocking socket that belongs to ``ns``."""
+
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_INET, kind)
+            s.setblocking(False)
+            return s
+
+        return ns.call(make)
+
+    def sockets(self, ns: NetNs, n: int, kind: int = socket.SOCK_STREAM) -> list[socket.socket]:
+        def make() -> list[socket.socket]:
+            out = []
+            for _ in range(n):
+                s = socket.socket(socket.AF_INET, kind)
+                s.setblocking(False)
+                out.append(s)
+            return out
+
+        return ns.call(make)
+
+
 def tcp_total_retrans(s: socket.socket) -> int:
     """tcpi_total_retrans of struct tcp_info (offset 100): SYN retransmits included."""
     info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)

@@ -7,8 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import NetPair
-from network_apps import GREETING, connect_and_greet, start_tcp_app
+from network_apps import GREETING, NetPair, connect_and_greet, start_tcp_app
 
 from architect.runtime.network import iptables
 from architect.runtime.network.activity import ActivitySampler

@@ -10,8 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import NetPair
-from network_apps import GREETING, connect_and_greet, start_tcp_app
+from network_apps import GREETING, NetPair, connect_and_greet, start_tcp_app
 
 from architect.runtime.network import iptables
 

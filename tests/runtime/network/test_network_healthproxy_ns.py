@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NetPair
-from network_apps import GREETING, start_tcp_app
+from network_apps import GREETING, NetPair, start_tcp_app
 
 from architect.runtime.network import iptables
 from architect.runtime.network.hold import PacketHold
@@ -72,9 +71,7 @@ async def _http_get(pair: NetPair, port: int) -> bytes:
         s.close()
 
 
-async def test_answers_200_while_hibernated_and_never_wakes(
-    netpair: NetPair, proxy: Path
-) -> None:
+async def test_answers_200_while_hibernated_and_never_wakes(netpair: NetPair, proxy: Path) -> None:
     _write_status(proxy, "SCALED_DOWN")
     wakes = 0
 

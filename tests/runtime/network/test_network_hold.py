@@ -7,9 +7,9 @@ import socket
 import time
 
 import pytest
-from conftest import NetPair
 from network_apps import (
     GREETING,
+    NetPair,
     connect_and_greet,
     start_tcp_app,
     start_udp_app,
