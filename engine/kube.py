@@ -36,7 +36,7 @@ class Kube:
 
     # --- policies -------------------------------------------------------
 
-    def _list_policies_sync(self, namespace: str) -> list[dict[str, Any]]:
+    def list_policies_sync(self, namespace: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for kind, name in (("HibernationPolicy", "hibernationpolicies"), ("MigrationPolicy", "migrationpolicies")):
             items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, name)["items"]
@@ -46,7 +46,7 @@ class Kube:
         return out
 
     async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._list_policies_sync, namespace)
+        return await asyncio.to_thread(self.list_policies_sync, namespace)
 
     def _apply_sync(self, ops: Sequence[Op]) -> None:
         for op in ops:

@@ -81,8 +81,6 @@ def plan_gc(
 ) -> list[GcAction]:
     """PersistentCheckpoints stuck in Checkpointing fail; they are never deleted
     (users own them)."""
-    from architect.engine.controlplane.checkpoints import _since
-
     out = []
     for pc in pcs:
         if phase_of(pc) != "Checkpointing":
