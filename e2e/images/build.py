@@ -10,6 +10,7 @@ in DIR under names keyed by what they are built from, so a second run is instant
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,8 @@ class Image:
 def _run(cmd: list[str], what: str) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise ImageError(f"{what}: `{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise ImageError(
+            f"{what}: `{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc.stdout
 
 
@@ -52,7 +54,8 @@ def _base_dirs(root: Path) -> None:
     tmp = root / "tmp"
     tmp.mkdir(exist_ok=True)
     tmp.chmod(0o1777)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    (root / "etc/passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
     (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
 
 
@@ -94,7 +97,7 @@ IMAGES: dict[str, Image] = {
     "busybox": Image(
         "busybox",
         ImageSpec(ref="architect.local/busybox:1.35", cmd=("sh",)),
-        lambda: "busybox-static-" + _deb_version("busybox-static").replace(":", "_").replace("+", "_"),
+        lambda: "busybox-static-" + re.sub(r"[^A-Za-z0-9.-]", "_", _deb_version("busybox-static")),
         busybox_rootfs,
     ),
     "pause": Image(

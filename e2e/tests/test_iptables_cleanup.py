@@ -44,7 +44,9 @@ def test_shared_portmap_chains_go_once_empty() -> None:
     only_ours = "\n".join(line for line in SAVE.splitlines()
                           if "other-net" not in line and "CNI-DN-bbb" not in line)
     # Without the MASQ chain's own rule, it is empty once our rules are gone.
-    only_ours = only_ours.replace("-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE\n", "")
+    masq_rule = "-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE\n"
+    assert masq_rule in only_ours
+    only_ours = only_ours.replace(masq_rule, "")
     rules, chains = plan(*parse(only_ours), "architect-e2e")
     assert set(chains) == {"CNI-DN-aaa", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ"}
     targets = {(r.chain, r.target) for r in rules}

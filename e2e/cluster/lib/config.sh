@@ -28,6 +28,8 @@ state = "$E2E_RUN/containerd/state"
   # Built locally by e2e/images; nothing is ever pulled.
   sandbox_image = "$PAUSE_IMAGE"
   stream_server_address = "127.0.0.1"
+  # Pod network namespaces under our state dir, so `down` finds and removes them.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$E2E_STATE/cni/net.d"
