@@ -40,6 +40,7 @@ class ContainerActivity:
     last_packet_at: datetime | None
     open_connections: int
     activity_packets: int = 0  # cumulative counter the clock was derived from
+    held_packets: int = 0  # waiting in the packet hold (hibernated containers)
 
 
 # --- /proc/net/{tcp,tcp6,udp,udp6} ------------------------------------------

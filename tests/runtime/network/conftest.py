@@ -31,6 +31,7 @@ def netpair() -> Iterator[NetPair]:
     client, pod = f"arch-c{tag}", f"arch-p{tag}"
     octet = (os.getpid() + n) % 250 + 1
     pair = NetPair(client, pod, f"10.213.{octet}.1", f"10.213.{octet}.2")
+    v6 = {client: f"fd00:213:{octet:x}::1", pod: f"fd00:213:{octet:x}::2"}
     made: list[str] = []
     try:
         for name in (client, pod):
@@ -41,6 +42,8 @@ def netpair() -> Iterator[NetPair]:
         )
         for name, dev, addr in ((client, "vc", pair.client_ip), (pod, "vp", pair.pod_ip)):
             _ip("-n", name, "addr", "add", f"{addr}/24", "dev", dev)
+            # nodad: the address is usable at once, no duplicate detection wait
+            _ip("-n", name, "addr", "add", f"{v6[name]}/64", "dev", dev, "nodad")
             _ip("-n", name, "link", "set", dev, "up")
             _ip("-n", name, "link", "set", "lo", "up")
         yield pair

@@ -20,6 +20,12 @@ class NetPair:
     pod_ip: str
 
     @property
+    def pod_ip6(self) -> str:
+        """The pod's IPv6 address (a ULA inside the test namespaces only)."""
+        octet = int(self.pod_ip.split(".")[2])
+        return f"fd00:213:{octet:x}::2"
+
+    @property
     def client(self) -> NetNs:
         return NetNs.named(self.client_name)
 
@@ -27,11 +33,13 @@ class NetPair:
     def pod(self) -> NetNs:
         return NetNs.named(self.pod_name)
 
-    def sock(self, ns: NetNs, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    def sock(
+        self, ns: NetNs, kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET
+    ) -> socket.socket:
         """A non-blocking socket that belongs to ``ns``."""
 
         def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, kind)
+            s = socket.socket(family, kind)
             s.setblocking(False)
             return s
 
@@ -59,7 +67,7 @@ async def start_tcp_app(ns: NetNs, port: int, host: str = "0.0.0.0") -> asyncio.
     """A TCP server in ``ns`` that greets each client and then echoes lines."""
 
     def make() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
         s.listen(1024)
@@ -111,7 +119,7 @@ async def start_udp_app(ns: NetNs, port: int) -> UdpApp:
 
 
 async def connect_and_greet(
-    s: socket.socket, addr: tuple[str, int], timeout: float = 10.0
+    s: socket.socket, addr: tuple[str, int] | tuple[str, int, int, int], timeout: float = 10.0
 ) -> bytes:
     loop = asyncio.get_running_loop()
     await asyncio.wait_for(loop.sock_connect(s, addr), timeout)

@@ -61,6 +61,27 @@ async def test_syn_held_until_wake_then_answered_without_reset(netpair: NetPair)
     assert iptables.architect_chains(netpair.pod) == []
 
 
+async def test_ipv6_syn_held_until_wake(netpair: NetPair) -> None:
+    servers: list[asyncio.Server] = []
+
+    async def wake() -> None:
+        await asyncio.sleep(0.2)
+        servers.append(await start_tcp_app(netpair.pod, PORT, host="::"))
+
+    hold = PacketHold(netpair.pod, NetSpec(tag="t6", tcp_ports=(PORT,), queue_num=12), wake)
+    await hold.start()
+    s = netpair.sock(netpair.client, family=socket.AF_INET6)
+    try:
+        assert await connect_and_greet(s, (netpair.pod_ip6, PORT, 0, 0)) == GREETING
+        assert hold.core.outcome == "woken" and hold.stats.released_packets == 1
+        assert tcp_total_retrans(s) == 0
+    finally:
+        s.close()
+        await hold.close()
+        for srv in servers:
+            srv.close()
+
+
 async def test_hundred_concurrent_connections_during_one_wake(netpair: NetPair) -> None:
     servers: list[asyncio.Server] = []
     wakes = 0

@@ -1,0 +1,98 @@
+"""One managed container's network side, as the daemon drives it.
+
+    net = ContainerNetwork(NetNs.of_pid(sandbox_pid), spec)
+    await net.setup()                   # pod start: counters, shadow redirects
+    activity = net.sample(now)          # every sampling period -> telemetry
+    await net.hibernate(wake)           # before the checkpoint: hold its ports
+    await net.resume()                  # once restored: release, drop the hold
+    await net.teardown()                # pod gone or container unmanaged
+
+After a daemon restart, ``iptables.cleanup(ns, "ARCHITECT-HOLD-")`` removes the
+holds the previous daemon left (they were failing open meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterable
+from datetime import datetime
+
+from . import iptables
+from .activity import ActivitySampler, ContainerActivity
+from .hold import PacketHold, WakeFn
+from .netns import NetNs
+from .rules import HEALTH_PROXY_SOURCE, NetSpec, ShadowPort, SpecError
+
+NETWORK_MODES = ("none", "packets", "connections")
+
+
+def net_spec(
+    index: int,
+    mode: str,
+    tcp_ports: Iterable[int],
+    udp_ports: Iterable[int] = (),
+    shadow_ports: Iterable[tuple[int, int]] = (),
+    exclude_sources: Iterable[str] = (),
+) -> NetSpec | None:
+    """The spec of the ``index``-th managed container of a pod; None for mode "none".
+
+    ``tcp_ports``/``udp_ports``: the container's declared ports, or, when it
+    declares none, the ports it listens on (``activity.container_listening_ports``).
+    connections mode watches TCP only: UDP has no connection to keep it up.
+    ``shadow_ports``: (appPort, shadowPort) pairs of the shadow-ports mapping. The
+    health-check-proxy mapping adds nothing here: its shadowPort is the sidecar's
+    own listener, and the sidecar's source address is always excluded.
+    """
+    if mode not in NETWORK_MODES:
+        raise SpecError(f"network mode {mode!r}: must be one of {', '.join(NETWORK_MODES)}")
+    if mode == "none":
+        return None
+    if not 0 <= index <= 255:
+        raise SpecError(f"container index {index}: must be in 0..255")
+    return NetSpec(
+        tag=f"c{index}",
+        tcp_ports=tuple(sorted(set(tcp_ports))),
+        udp_ports=tuple(sorted(set(udp_ports))) if mode == "packets" else (),
+        shadow=tuple(ShadowPort(a, s) for a, s in shadow_ports),
+        exclude_sources=(f"{HEALTH_PROXY_SOURCE}/32", *exclude_sources),
+        queue_num=index,
+    )
+
+
+class ContainerNetwork:
+    """Rules, packet hold and activity sampling of one managed container."""
+
+    def __init__(self, ns: NetNs, spec: NetSpec) -> None:
+        self.ns, self.spec = ns, spec
+        self.sampler = ActivitySampler(ns, spec)
+        self.hold: PacketHold | None = None
+
+    async def setup(self) -> None:
+        await asyncio.to_thread(iptables.install_base, self.ns, self.spec)
+
+    async def hibernate(
+        self, wake: WakeFn, *, wake_timeout: float = 30.0, max_held: int = 1024
+    ) -> PacketHold:
+        """Hold the container's ports; the first packet calls ``wake``."""
+        if self.hold is not None:
+            await self.resume()
+        hold = PacketHold(self.ns, self.spec, wake, wake_timeout=wake_timeout, max_held=max_held)
+        await hold.start()
+        self.hold = hold
+        return hold
+
+    async def resume(self) -> None:
+        """Release whatever is held and remove the hold (the container runs)."""
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            await hold.close()
+
+    def sample(self, now: datetime) -> ContainerActivity:
+        act = self.sampler.sample(now)
+        held = self.hold.held_count if self.hold is not None else 0
+        return dataclasses.replace(act, held_packets=held)
+
+    async def teardown(self) -> None:
+        await self.resume()
+        await asyncio.to_thread(iptables.remove_container, self.ns, self.spec)

@@ -1,0 +1,110 @@
+"""The daemon-facing facade: spec building (pure) and a full lifecycle (root)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from network_apps import GREETING, NetPair, connect_and_greet, start_tcp_app
+
+from architect.runtime.network import iptables
+from architect.runtime.network.activity import container_listening_ports
+from architect.runtime.network.container import ContainerNetwork, net_spec
+from architect.runtime.network.netns import NetNs
+from architect.runtime.network.rules import ShadowPort, SpecError
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_net_spec_per_mode() -> None:
+    assert net_spec(0, "none", (80,)) is None
+    p = net_spec(2, "packets", (80, 80, 443), (53,), [(80, 9080)], ["10.0.0.1/32"])
+    assert p is not None
+    assert (p.tag, p.queue_num, p.tcp_ports, p.udp_ports) == ("c2", 2, (80, 443), (53,))
+    assert p.shadow == (ShadowPort(80, 9080),)
+    assert p.exclude_sources == ("127.0.0.6/32", "10.0.0.1/32")
+    c = net_spec(1, "connections", (80,), (53,))
+    assert c is not None and c.udp_ports == ()  # UDP has no connection to keep it up
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((0, "sometimes", (80,)), "network mode 'sometimes': must be one of none, packets"),
+        ((300, "packets", (80,)), "container index 300: must be in 0..255"),
+        ((0, "connections", ()), "tag c0: no tcp_ports or udp_ports to watch"),
+    ],
+)
+def test_net_spec_errors(args: tuple[int, str, tuple[int, ...]], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        net_spec(*args)
+
+
+@pytest.mark.root
+async def test_lifecycle_setup_hibernate_wake_resume_teardown(netpair: NetPair) -> None:
+    spec = net_spec(0, "packets", (8080,), shadow_ports=[(8080, 9080)])
+    assert spec is not None
+    net = ContainerNetwork(netpair.pod, spec)
+    servers: list[asyncio.Server] = []
+    woke = asyncio.Event()
+
+    async def wake() -> None:
+        servers.append(await start_tcp_app(netpair.pod, 8080))
+        woke.set()
+
+    await net.setup()
+    try:
+        assert net.sample(T0).last_packet_at is None
+        await net.hibernate(wake)
+        s = netpair.sock(netpair.client)
+        pending = asyncio.ensure_future(connect_and_greet(s, (netpair.pod_ip, 8080)))
+        assert await pending == GREETING
+        t1 = T0 + timedelta(seconds=5)
+        act = net.sample(t1)
+        assert act.last_packet_at == t1 and act.open_connections == 1 and act.held_packets == 0
+        await net.resume()
+        assert sorted(iptables.architect_chains(netpair.pod)) == [
+            "ARCHITECT-ACT-c0",
+            "ARCHITECT-SHD-c0",
+        ]
+        s.close()
+    finally:
+        await net.teardown()
+        for srv in servers:
+            srv.close()
+    assert iptables.architect_chains(netpair.pod) == []
+
+
+@pytest.mark.root
+def test_container_listening_ports_only_of_its_processes(netpair: NetPair) -> None:
+    code = (
+        "import socket,sys,time\n"
+        "t=socket.socket(); t.bind(('0.0.0.0', int(sys.argv[1]))); t.listen()\n"
+        "u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', int(sys.argv[2])))\n"
+        "print('up', flush=True); time.sleep(30)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [*netpair.pod.argv([sys.executable, "-c", code, tcp, udp])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for tcp, udp in (("8080", "5353"), ("7000", "7001"))
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "up"
+        # Through /proc/<pid>/net (a pid path) and through setns (a named path).
+        by_pid = NetNs.of_pid(procs[0].pid)
+        assert container_listening_ports(by_pid, [procs[0].pid]) == ((8080,), (5353,))
+        assert container_listening_ports(netpair.pod, [p.pid for p in procs]) == (
+            (7000, 8080),
+            (5353, 7001),
+        )
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
