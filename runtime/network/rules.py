@@ -8,13 +8,19 @@ comment, so a daemon restart or a cluster teardown finds them by name alone
 - ``ARCHITECT-HOLD-<tag>`` (filter INPUT, only while hibernated): the
   container's ports go to NFQUEUE with ``--queue-bypass``, so when no holder is
   bound (it crashed, or was never started) packets are accepted, never
-  blackholed. Shadow-port connections are answered with a TCP reset (see
-  ``shadow``).
+  blackholed. Shadow-port connections are refused with a TCP reset, see below.
 - ``ARCHITECT-ACT-<tag>`` (mangle INPUT, always): counts incoming packets to the
   container's ports for the packets-mode activity clock. mangle INPUT runs before
   filter INPUT, so held packets are counted when they arrive.
 - ``ARCHITECT-SHD-<tag>`` (nat PREROUTING and OUTPUT, always): shadowPort is
   redirected to appPort.
+
+Shadow ports while hibernated: a connection to the shadow port is refused at
+once (``REJECT --reject-with tcp-reset``), it neither wakes the container nor
+hangs. Chosen over serving the last scrape cached by the daemon because the daemon
+has no listener inside the pod's namespace, and a cached scrape would pass stale
+metrics off as current; a refused scrape is immediate and honest (Prometheus
+records ``up == 0``).
 
 Traffic that is not activity: packets whose conntrack original destination port
 is a shadow port (after REDIRECT the socket only sees appPort, conntrack still
