@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ class ControlServer:
         op = req["op"]
         svc = self.service
         if op == "status":
-            return {"ok": True, "containers": svc.status()}
+            return {"ok": True, "shim_pid": os.getpid(), "containers": svc.status()}
         if op == "hibernate":
             return {"ok": True, **await svc.hibernate(req["id"])}
         if op == "wake":

@@ -1,0 +1,177 @@
+"""The shim under a real containerd 1.6 with real runc and CRIU, driven by ctr."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.shim.conftest import NS, Containerd, wait_for
+
+pytestmark = pytest.mark.root
+
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+# Holds ~24 MiB in a shell variable, then counts: memory that hibernation must free.
+HOG = (
+    "x=$(head -c 25000000 /dev/zero | tr '\\0' a); echo ready > /tmp/ready; " + COUNTER
+)
+
+
+def count(rootfs: Path) -> int:
+    try:
+        return int((rootfs / "tmp" / "count").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def cgroup_rss(cid: str) -> int:
+    """total_rss of the container's memory cgroup (ctr's cgroupsPath is /<ns>/<id>).
+
+    0 when the cgroup is gone: runc removes it with the checkpointed container.
+    """
+    try:
+        stat = Path(f"/sys/fs/cgroup/memory/{NS}/{cid}/memory.stat").read_text()
+    except FileNotFoundError:
+        return 0
+    for line in stat.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "total_rss":
+            return int(value)
+    raise AssertionError("no total_rss in memory.stat")
+
+
+def test_lifecycle_run_state_kill_delete(containerd: Containerd, rootfs: Path) -> None:
+    pid = containerd.run_container("life", rootfs, COUNTER)
+    assert alive(pid)
+    wait_for(lambda: count(rootfs) >= 3, 20, "the container counting")
+    ps = containerd.ctr("task", "ps", "life")
+    assert str(pid) in ps
+    containerd.ctr("task", "kill", "-s", "SIGKILL", "life")
+    wait_for(lambda: containerd.tasks()["life"][1] == "STOPPED", 20, "STOPPED")
+    assert not alive(pid)
+    containerd.ctr("task", "rm", "life")
+    containerd.ctr("container", "rm", "life")
+    assert "life" not in containerd.tasks()
+    # The shim of that container exits once containerd is done with it.
+    wait_for(lambda: not (containerd.shim_run / NS / "life").exists(), 10, "control link gone")
+
+
+def test_exec_stdio_and_exit_code(containerd: Containerd, rootfs: Path) -> None:
+    containerd.run_container("ex", rootfs, COUNTER)
+    res = containerd.run_result("task", "exec", "--exec-id", "e1", "ex", "/bin/echo", "hello shim")
+    assert res.returncode == 0, res.stderr
+    assert "hello shim" in res.stdout
+    res = containerd.run_result("task", "exec", "--exec-id", "e2", "ex", "/bin/sh", "-c", "exit 7")
+    assert res.returncode == 7, (res.returncode, res.stderr)
+    containerd.remove("ex")
+
+
+def test_hibernate_keeps_running_then_exec_wakes(containerd: Containerd, rootfs: Path) -> None:
+    pid = containerd.run_container("hib", rootfs, HOG)
+    wait_for(lambda: (rootfs / "tmp" / "ready").exists(), 60, "memory allocated")
+    wait_for(lambda: count(rootfs) >= 20, 20, "counting")
+    rss_before = cgroup_rss("hib")
+    assert rss_before > 20 << 20, rss_before
+
+    resp = containerd.control("hib", {"op": "hibernate", "id": "hib"})
+    assert resp["ok"], resp
+    frozen = count(rootfs)
+    # containerd still sees a running task, and no exit event reached it.
+    assert containerd.tasks()["hib"] == (pid, "RUNNING")
+    assert not alive(pid)
+    rss_after = cgroup_rss("hib")
+    assert rss_after < rss_before // 10, (rss_before, rss_after)
+    time.sleep(0.5)
+    assert count(rootfs) == frozen  # nothing runs
+    status = containerd.control("hib", {"op": "status"})
+    (rec,) = [c for c in status["containers"] if c["id"] == "hib"]
+    assert rec["status"] == "SCALED_DOWN"
+
+    # kubectl exec's path: an exec restores the container first.
+    res = containerd.run_result("task", "exec", "--exec-id", "w", "hib", "/bin/cat", "/tmp/count")
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.strip()) >= frozen
+    # The shell's variable survived: counting goes on from where it stopped.
+    wait_for(lambda: count(rootfs) != frozen, 20, "counting on after wake")
+    assert count(rootfs) > frozen
+    tasks = containerd.tasks()
+    assert tasks["hib"][1] == "RUNNING"
+    assert alive(tasks["hib"][0])
+    assert cgroup_rss("hib") > 20 << 20
+    containerd.remove("hib")
+
+
+def test_wake_through_control_api(containerd: Containerd, rootfs: Path) -> None:
+    containerd.run_container("wk", rootfs, COUNTER)
+    wait_for(lambda: count(rootfs) >= 3, 20, "counting")
+    assert containerd.control("wk", {"op": "hibernate", "id": "wk"})["ok"]
+    frozen = count(rootfs)
+    resp = containerd.control("wk", {"op": "wake", "id": "wk"})
+    assert resp["ok"] and resp["pid"] > 0, resp
+    wait_for(lambda: count(rootfs) > frozen + 3, 20, "counting after wake")
+    assert containerd.tasks()["wk"] == (resp["pid"], "RUNNING")
+    bad = containerd.control("wk", {"op": "hibernate", "id": "nope"})
+    assert not bad["ok"] and "nope" in bad["error"]
+    containerd.remove("wk")
+
+
+def test_delete_after_hibernation_cleans_up(containerd: Containerd, rootfs: Path) -> None:
+    containerd.run_container("del", rootfs, COUNTER)
+    wait_for(lambda: count(rootfs) >= 2, 20, "counting")
+    assert containerd.control("del", {"op": "hibernate", "id": "del"})["ok"]
+    state_dir = containerd.shim_state / "containers" / NS / "del"
+    assert (state_dir / "image" / "ready").exists()
+    containerd.ctr("task", "kill", "-s", "SIGKILL", "del")
+    wait_for(lambda: containerd.tasks()["del"][1] == "STOPPED", 20, "STOPPED")
+    res = containerd.run_result("task", "rm", "del")
+    assert res.returncode == 0, res.stderr
+    containerd.ctr("container", "rm", "del")
+    assert not state_dir.exists()
+    runc_state = containerd.shim_run / "runtime" / NS / "runc" / "del"
+    assert not runc_state.exists()
+
+
+def test_killed_shim_keeps_checkpoint_and_create_restores(
+    containerd: Containerd, rootfs: Path
+) -> None:
+    containerd.run_container("sk", rootfs, COUNTER)
+    wait_for(lambda: count(rootfs) >= 20, 20, "counting")
+    assert containerd.control("sk", {"op": "hibernate", "id": "sk"})["ok"]
+    frozen = count(rootfs)
+    shim_pid = containerd.control("sk", {"op": "status"})["shim_pid"]
+    os.kill(shim_pid, signal.SIGKILL)
+    # containerd notices the dead shim, runs `shim delete`, drops the task.
+    wait_for(lambda: "sk" not in containerd.tasks(), 30, "task dropped after shim death")
+    image = containerd.shim_state / "containers" / NS / "sk" / "image"
+    assert (image / "ready").exists(), "the hibernation image was lost"
+    # A new task for the container restores from it instead of starting fresh
+    # (once containerd's clean-up of the dead shim, `shim delete`, is through).
+    def started() -> bool:
+        res = containerd.run_result("task", "start", "-d", "sk")
+        assert res.returncode == 0 or "already exists" in res.stderr, res.stderr
+        return res.returncode == 0
+
+    wait_for(started, 30, "a new task for sk", interval=0.5)
+    wait_for(lambda: containerd.tasks().get("sk", (0, ""))[1] == "RUNNING", 30, "RUNNING again")
+    wait_for(lambda: count(rootfs) != frozen, 20, "counting after restore")
+    assert count(rootfs) > frozen, "started fresh instead of restoring"
+    assert not image.exists()
+    containerd.remove("sk")
