@@ -167,7 +167,10 @@ class PacketHold:
             return nfq
 
         self._loop = asyncio.get_running_loop()
-        self._nfq = await asyncio.to_thread(self.ns.call, bind)
+        try:
+            self._nfq = await asyncio.to_thread(self.ns.call, bind)
+        except OSError as e:  # e.g. the queue number is taken in this namespace
+            raise NetNsError(f"{self.ns.path}: NFQUEUE {self.spec.queue_num}: {e}") from e
         self._fd = self._nfq.get_fd()
         self._loop.add_reader(self._fd, self._drain)
         if self.manage_rules:

@@ -18,6 +18,7 @@ from network_apps import (
 
 from architect.runtime.network import iptables
 from architect.runtime.network.hold import PacketHold, Phase, queue_stats
+from architect.runtime.network.netns import NetNsError
 from architect.runtime.network.rules import NetSpec
 
 pytestmark = pytest.mark.root
@@ -89,7 +90,7 @@ async def test_hundred_concurrent_connections_during_one_wake(netpair: NetPair) 
     async def wake() -> None:
         nonlocal wakes
         wakes += 1
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)  # well under the 1 s SYN retransmit timeout
         servers.append(await start_tcp_app(netpair.pod, PORT))
 
     hold = PacketHold(netpair.pod, NetSpec(tag="t", tcp_ports=(PORT,), queue_num=2), wake)
@@ -231,3 +232,19 @@ async def test_queue_bound_delays_tcp_but_does_not_refuse(netpair: NetPair) -> N
         await hold.close()
         for srv in servers:
             srv.close()
+
+
+async def test_queue_number_taken_is_a_clear_error(netpair: NetPair) -> None:
+    async def wake() -> None:
+        pass
+
+    first = PacketHold(netpair.pod, NetSpec(tag="q1", tcp_ports=(PORT,), queue_num=8), wake)
+    second = PacketHold(netpair.pod, NetSpec(tag="q2", tcp_ports=(PORT + 1,), queue_num=8), wake)
+    await first.start()
+    try:
+        with pytest.raises(NetNsError, match=f"{netpair.pod.path}: NFQUEUE 8: "):
+            await second.start()
+        # the failed hold installed nothing
+        assert iptables.architect_chains(netpair.pod) == ["ARCHITECT-HOLD-q1"]
+    finally:
+        await first.close()
