@@ -44,7 +44,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tls-cert", default=env("ARCHITECT_TLS_CERT"), help="PEM certificate file")
     ap.add_argument("--tls-key", default=env("ARCHITECT_TLS_KEY"), help="PEM private key file")
     ap.add_argument("--metrics-port", type=int, default=int(env("ARCHITECT_METRICS_PORT", "0")))
-    ap.add_argument("--gc-interval", type=_duration, default=_duration(env("ARCHITECT_GC_INTERVAL", "60s")))
+    ap.add_argument(
+        "--gc-interval", type=_duration, default=_duration(env("ARCHITECT_GC_INTERVAL", "60s"))
+    )
     ap.add_argument("--consumed-ttl", type=_duration, default=_duration("10m"))
     ap.add_argument("--failed-ttl", type=_duration, default=_duration("1h"))
     ap.add_argument("--unclaimed-ttl", type=_duration, default=_duration("24h"))

@@ -25,8 +25,8 @@ from architect.engine.directives import (
     PolicyStats,
     ResizeTarget,
 )
-from architect.engine.pods import PodInfo
 from architect.engine.labels import Matcher, compile_selector
+from architect.engine.pods import PodInfo
 from architect.engine.telemetry import (
     TRANSITIONAL,
     ContainerKey,

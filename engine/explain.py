@@ -33,7 +33,9 @@ def _time(text: str | None) -> datetime | None:
         return None
 
 
-def telemetry_from_pod(pod: Mapping[str, Any]) -> tuple[dict[ContainerKey, ContainerTelemetry], list[str]]:
+def telemetry_from_pod(
+    pod: Mapping[str, Any],
+) -> tuple[dict[ContainerKey, ContainerTelemetry], list[str]]:
     """What the API shows of each container's state (the status annotation).
 
     Packet and connection counters live in the daemon only, so idle time is
@@ -76,7 +78,9 @@ def telemetry_from_pod(pod: Mapping[str, Any]) -> tuple[dict[ContainerKey, Conta
     return out, notes
 
 
-def parse_policies(objs: Sequence[Mapping[str, Any]]) -> tuple[list[HibernationPolicy | MigrationPolicy], list[str]]:
+def parse_policies(
+    objs: Sequence[Mapping[str, Any]],
+) -> tuple[list[HibernationPolicy | MigrationPolicy], list[str]]:
     out: list[HibernationPolicy | MigrationPolicy] = []
     notes = []
     for obj in objs:
@@ -139,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def explain_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     from architect.engine.kube import Kube, load_config

@@ -46,7 +46,9 @@ class KubeLike(Protocol):
     async def list(
         self, plural_: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]: ...
-    async def patch_status(self, plural_: str, namespace: str, name: str, patch: Any) -> dict[str, Any]: ...
+    async def patch_status(
+        self, plural_: str, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any]: ...
     async def patch_meta(self, plural_: str, namespace: str, name: str, patch: Any) -> None: ...
     async def delete(self, plural_: str, namespace: str, name: str) -> None: ...
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -60,9 +62,7 @@ def mutate_pod(body: Mapping[str, Any], sidecar: SidecarConfig) -> dict[str, Any
     return admit_pod(body, sidecar)
 
 
-async def review_workload(
-    body: Mapping[str, Any], *, dryrun: bool, kube: KubeLike
-) -> list[str]:
+async def review_workload(body: Mapping[str, Any], *, dryrun: bool, kube: KubeLike) -> list[str]:
     """Validate a Pod or workload and record its compiled policies; warnings out."""
     policies = validate_workload(body)
     warnings: list[str] = []
@@ -119,7 +119,12 @@ def _record(kind: str, body: Mapping[str, Any], change: PhaseChange, now: dateti
         metrics.CHECKPOINT_DURATION.labels(
             runtime=spec.get("runtime", ""), reason=spec.get("reason", "")
         ).observe(max(0.0, (now - created).total_seconds()))
-    if kind == "Checkpoint" and change.new == "Consumed" and change.old == "Restoring" and change.since:
+    if (
+        kind == "Checkpoint"
+        and change.new == "Consumed"
+        and change.old == "Restoring"
+        and change.since
+    ):
         metrics.RESTORE_DURATION.labels(runtime=spec.get("runtime", "")).observe(
             max(0.0, (now - change.since).total_seconds())
         )
@@ -155,7 +160,9 @@ async def _observe(
     post_event(body, etype, reason, text)
     _record(kind, body, change, now)
     await kube.patch_meta(
-        plural_, str(meta.get("namespace")), str(meta.get("name")),
+        plural_,
+        str(meta.get("namespace")),
+        str(meta.get("name")),
         {"metadata": {"annotations": change.annotations}},
     )
 
@@ -171,11 +178,20 @@ async def on_persistent(
         source = None
     step = persistent.next_step(body, source)
     if step.labels:
-        await kube.patch_meta("persistentcheckpoints", ns, name, {"metadata": {"labels": step.labels}})
+        await kube.patch_meta(
+            "persistentcheckpoints", ns, name, {"metadata": {"labels": step.labels}}
+        )
     if step.status:
         await kube.patch_status("persistentcheckpoints", ns, name, {"status": step.status})
         return
-    await _observe("PersistentCheckpoint", "persistentcheckpoints", body, kube=kube, now=now, post_event=post_event)
+    await _observe(
+        "PersistentCheckpoint",
+        "persistentcheckpoints",
+        body,
+        kube=kube,
+        now=now,
+        post_event=post_event,
+    )
 
 
 async def collect_garbage(
@@ -193,13 +209,17 @@ async def collect_garbage(
             post_event(body, "Normal", "CheckpointDeleted", f"garbage-collected: {action.reason}")
         else:
             await kube.patch_status(
-                "checkpoints", action.namespace, action.name,
+                "checkpoints",
+                action.namespace,
+                action.name,
                 {"status": {"phase": "Failed", "message": action.reason}},
             )
         done += 1
-    for action in persistent.plan_gc(pcs, now, settings):
+    for action in persistent.plan_gc(list(pcs), now, settings):
         await kube.patch_status(
-            "persistentcheckpoints", action.namespace, action.name,
+            "persistentcheckpoints",
+            action.namespace,
+            action.name,
             {"status": {"phase": "Failed", "message": action.reason}},
         )
         done += 1

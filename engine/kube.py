@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from architect.engine.admission.workloads import Op, plural
 from architect.policy.annotations import GROUP, VERSION
@@ -23,9 +23,9 @@ Conflict = 409
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster configuration when running in a pod, else the kubeconfig."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -38,8 +38,15 @@ class Kube:
 
     def list_policies_sync(self, namespace: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for kind, name in (("HibernationPolicy", "hibernationpolicies"), ("MigrationPolicy", "migrationpolicies")):
-            items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, name)["items"]
+        for kind, name in (
+            ("HibernationPolicy", "hibernationpolicies"),
+            ("MigrationPolicy", "migrationpolicies"),
+        ):
+            res = cast(
+                dict[str, Any],
+                self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, name),
+            )
+            items: list[dict[str, Any]] = res["items"]
             for item in items:
                 item.setdefault("kind", kind)
             out.extend(items)
@@ -52,7 +59,9 @@ class Kube:
         for op in ops:
             res = plural(op.kind)
             if op.verb == "create":
-                self.custom.create_namespaced_custom_object(GROUP, VERSION, op.namespace, res, op.body)
+                self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, op.namespace, res, dict(op.body or {})
+                )
             elif op.verb == "replace":
                 body = dict(op.body or {})
                 body["metadata"] = {**body["metadata"], "resourceVersion": op.resource_version}
@@ -61,7 +70,9 @@ class Kube:
                 )
             else:
                 try:
-                    self.custom.delete_namespaced_custom_object(GROUP, VERSION, op.namespace, res, op.name)
+                    self.custom.delete_namespaced_custom_object(
+                        GROUP, VERSION, op.namespace, res, op.name
+                    )
                 except ApiException as err:
                     if err.status != NotFound:
                         raise
@@ -74,10 +85,10 @@ class Kube:
     async def get(self, plural_: str, namespace: str, name: str) -> dict[str, Any] | None:
         def _get() -> dict[str, Any] | None:
             try:
-                obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                obj = self.custom.get_namespaced_custom_object(
                     GROUP, VERSION, namespace, plural_, name
                 )
-                return obj
+                return cast(dict[str, Any], obj)
             except ApiException as err:
                 if err.status == NotFound:
                     return None
@@ -95,20 +106,30 @@ class Kube:
             if namespace is None:
                 res = self.custom.list_cluster_custom_object(GROUP, VERSION, plural_, **kw)
             else:
-                res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural_, **kw)
-            items: list[dict[str, Any]] = res["items"]
+                res = self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural_, **kw
+                )
+            items: list[dict[str, Any]] = cast(dict[str, Any], res)["items"]
             return items
 
         return await asyncio.to_thread(_list)
 
     async def patch_status(
-        self, plural_: str, namespace: str, name: str, patch: Sequence[Mapping[str, Any]] | Mapping[str, Any]
+        self,
+        plural_: str,
+        namespace: str,
+        name: str,
+        patch: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     ) -> dict[str, Any]:
         """JSON patch (a list, may hold ``test`` ops: compare-and-swap) or merge patch."""
 
         def _patch() -> dict[str, Any]:
             api = self.custom.api_client
-            content = "application/json-patch+json" if isinstance(patch, Sequence) else "application/merge-patch+json"
+            content = (
+                "application/json-patch+json"
+                if isinstance(patch, Sequence)
+                else "application/merge-patch+json"
+            )
             path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural_}/{name}/status"
             data, _, _ = api.call_api(
                 path,
@@ -123,18 +144,24 @@ class Kube:
 
         return await asyncio.to_thread(_patch)
 
-    async def patch_meta(self, plural_: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    async def patch_meta(
+        self, plural_: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> None:
         """Merge-patch labels / annotations of a custom object."""
 
         def _patch() -> None:
-            self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural_, name, patch)
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural_, name, dict(patch)
+            )
 
         await asyncio.to_thread(_patch)
 
     async def delete(self, plural_: str, namespace: str, name: str) -> None:
         def _delete() -> None:
             try:
-                self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural_, name)
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural_, name
+                )
             except ApiException as err:
                 if err.status != NotFound:
                     raise

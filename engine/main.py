@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     from architect.engine import operator
 
     operator.CONFIG = cfg
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(kopf.operator(clusterwide=True, standalone=True))
     return 0
 

@@ -22,9 +22,7 @@ RESTORE_DURATION = Histogram(
     ["runtime"],
     buckets=_BUCKETS,
 )
-CONTAINERS = Gauge(
-    "architect_containers", "Managed containers by state.", ["state"]
-)
+CONTAINERS = Gauge("architect_containers", "Managed containers by state.", ["state"])
 TRANSITIONS = Counter(
     "architect_checkpoint_transitions_total",
     "Checkpoint and PersistentCheckpoint phase changes observed.",

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
@@ -40,7 +40,7 @@ def _now() -> datetime:
 
 
 def _post_event(obj: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
-    kopf.event(dict(obj), type=etype, reason=reason, message=message)
+    kopf.event(kopf.Body(cast(kopf.RawBody, dict(obj))), type=etype, reason=reason, message=message)
 
 
 def _deny(err: AdmissionDenied, handler: str) -> kopf.AdmissionError:
@@ -107,7 +107,9 @@ def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     metrics.ADMISSIONS.labels(handler=MUTATE_POD, allowed="true").inc()
 
 
-async def _review(body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], hid: str) -> None:
+async def _review(
+    body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], hid: str
+) -> None:
     try:
         warnings.extend(await handlers.review_workload(dict(body), dryrun=dryrun, kube=memo.kube))
     except AdmissionDenied as err:
@@ -116,7 +118,9 @@ async def _review(body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list
 
 
 @kopf.on.validate("v1", "pods", id=VALIDATE_POD, operations=["CREATE"], side_effects=True)
-async def validate_pod(body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
+async def validate_pod(
+    body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], **_: Any
+) -> None:
     await _review(body, dryrun, memo, warnings, VALIDATE_POD)
 
 
@@ -126,26 +130,29 @@ async def validate_pod(body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings:
 @kopf.on.validate("apps", "v1", "daemonsets", id=VALIDATE_WORKLOAD, side_effects=True)
 @kopf.on.validate("batch", "v1", "jobs", id=VALIDATE_WORKLOAD, side_effects=True)
 async def validate_workload(
-    body: kopf.Body, dryrun: bool, operation: str, memo: kopf.Memo, warnings: list[str], **_: Any
+    body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], **kwargs: Any
 ) -> None:
-    if operation in ("CREATE", "UPDATE"):
+    if kwargs.get("operation") in ("CREATE", "UPDATE"):
         await _review(body, dryrun, memo, warnings, VALIDATE_WORKLOAD)
 
 
 @kopf.on.validate("batch", "v1", "cronjobs", id=VALIDATE_CRONJOB, side_effects=True)
 async def validate_cronjob(
-    body: kopf.Body, dryrun: bool, operation: str, memo: kopf.Memo, warnings: list[str], **_: Any
+    body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], **kwargs: Any
 ) -> None:
-    if operation in ("CREATE", "UPDATE"):
+    if kwargs.get("operation") in ("CREATE", "UPDATE"):
         await _review(body, dryrun, memo, warnings, VALIDATE_CRONJOB)
 
 
-@kopf.on.validate(GROUP, VERSION, "checkpoints", id=VALIDATE_CHECKPOINT_STATUS, subresource="status")
+@kopf.on.validate(
+    GROUP, VERSION, "checkpoints", id=VALIDATE_CHECKPOINT_STATUS, subresource="status"
+)
 @kopf.on.validate(
     GROUP, VERSION, "persistentcheckpoints", id=VALIDATE_CHECKPOINT_STATUS, subresource="status"
 )
-def validate_status(old: kopf.Body | None, new: kopf.Body | None, **_: Any) -> None:
-    kind = (new or old or {}).get("kind", "Checkpoint")
+def validate_status(body: kopf.Body, **kwargs: Any) -> None:
+    old, new = kwargs.get("old"), kwargs.get("new")
+    kind = str(body.get("kind", "Checkpoint"))
     try:
         handlers.review_status_update(kind, old, new)
     except AdmissionDenied as err:

@@ -142,7 +142,9 @@ def mutate_pod(
         del spec["initContainers"]
     volumes = spec.get("volumes") or []
     if injected and not any(v.get("name") == STATUS_VOLUME for v in volumes):
-        volumes.append({"name": STATUS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+        volumes.append(
+            {"name": STATUS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+        )
         spec["volumes"] = volumes
     return out
 

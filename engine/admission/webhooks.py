@@ -9,7 +9,7 @@ See docs/engine.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,8 @@ class Scope:
     # Namespaces never sent to the webhook: the system's own, so a broken
     # webhook can never block the pods that would repair it.
     excluded_namespaces: Sequence[str] = field(default=("kube-system", "architect-system"))
+    # Only namespaces with these labels (None: all but the excluded ones).
+    namespace_labels: Mapping[str, str] | None = None
     timeout_seconds: int = 5
 
 
@@ -68,7 +70,7 @@ def intent_expression(template: str) -> str:
 
 
 def _namespace_selector(scope: Scope) -> dict[str, Any]:
-    return {
+    sel: dict[str, Any] = {
         "matchExpressions": [
             {
                 "key": "kubernetes.io/metadata.name",
@@ -77,6 +79,9 @@ def _namespace_selector(scope: Scope) -> dict[str, Any]:
             }
         ]
     }
+    if scope.namespace_labels:
+        sel["matchLabels"] = dict(scope.namespace_labels)
+    return sel
 
 
 def _webhook(
@@ -130,13 +135,13 @@ def _intent_conditions(template_of_object: str, template_of_old: str) -> list[di
 
 
 def build_configurations(
-    client: ClientConfig, scope: Scope = Scope()
+    client: ClientConfig, scope: Scope = Scope(), name: str = CONFIG_NAME
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(MutatingWebhookConfiguration, ValidatingWebhookConfiguration)."""
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": CONFIG_NAME},
+        "metadata": {"name": name},
         "webhooks": [
             _webhook(
                 f"mutate-pods.{GROUP}",
@@ -151,7 +156,7 @@ def build_configurations(
     validating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": CONFIG_NAME},
+        "metadata": {"name": name},
         "webhooks": [
             # Validation of pods runs after the API server has given the pod its
             # uid, which a bare pod's compiled policies need as their owner.

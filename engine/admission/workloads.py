@@ -132,9 +132,7 @@ def plan_sync(
     a policy that the workload does not own is refused, never overwritten.
     """
     uid = str((owner.get("metadata") or {}).get("uid"))
-    by_key = {
-        (e.get("kind"), (e.get("metadata") or {}).get("name")): e for e in existing
-    }
+    by_key = {(e.get("kind"), (e.get("metadata") or {}).get("name")): e for e in existing}
     ops: list[Op] = []
     wanted = set()
     for d in desired:
@@ -161,7 +159,9 @@ def plan_sync(
         key = (e.get("kind"), meta.get("name"))
         compiled = (meta.get("labels") or {}).get(COMPILED_LABEL) == COMPILED_FROM_ANNOTATIONS
         if key not in wanted and compiled and _owned_by(e, uid):
-            ops.append(Op("delete", str(e.get("kind")), str(meta.get("namespace")), str(meta.get("name"))))
+            ops.append(
+                Op("delete", str(e.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+            )
     return ops
 
 

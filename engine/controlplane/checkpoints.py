@@ -80,7 +80,9 @@ class PhaseChange:
     annotations: dict[str, str]
 
 
-def observe_phase(obj: Mapping[str, Any], now: datetime, default: str = "Pending") -> PhaseChange | None:
+def observe_phase(
+    obj: Mapping[str, Any], now: datetime, default: str = "Pending"
+) -> PhaseChange | None:
     """What changed since the control plane last looked; None when nothing did."""
     meta = obj.get("metadata") or {}
     ann = meta.get("annotations") or {}
@@ -99,7 +101,11 @@ def event_for(kind: str, name: str, change: PhaseChange, message: str) -> tuple[
     text = f"{kind} {name} is {change.new}{before}"
     if message:
         text += f": {message}"
-    return etype, f"Checkpoint{change.new}" if kind == "Checkpoint" else f"Persistent{change.new}", text
+    return (
+        etype,
+        f"Checkpoint{change.new}" if kind == "Checkpoint" else f"Persistent{change.new}",
+        text,
+    )
 
 
 # --- lookup for a replacement pod ----------------------------------------------
@@ -150,7 +156,11 @@ def claim_patch(pod: str, now: datetime) -> list[dict[str, Any]]:
         {"op": "test", "path": "/status/phase", "value": "Ready"},
         {"op": "replace", "path": "/status/phase", "value": "Restoring"},
         {"op": "replace", "path": "/status/consumedBy", "value": pod},
-        {"op": "replace", "path": "/status/message", "value": f"claimed by {pod} at {fmt_time(now)}"},
+        {
+            "op": "replace",
+            "path": "/status/message",
+            "value": f"claimed by {pod} at {fmt_time(now)}",
+        },
     ]
 
 
@@ -165,6 +175,9 @@ class GcSettings:
     pending_timeout: timedelta = timedelta(minutes=15)  # a checkpoint that never finished
     restoring_timeout: timedelta = timedelta(minutes=10)
     checkpointing_timeout: timedelta = timedelta(minutes=30)  # PersistentCheckpoint
+
+
+DEFAULT_GC = GcSettings()
 
 
 @dataclass(frozen=True)
@@ -187,7 +200,7 @@ def phase_since(obj: Mapping[str, Any]) -> datetime | None:
 
 
 def plan_gc(
-    checkpoints: Iterable[Mapping[str, Any]], now: datetime, settings: GcSettings = GcSettings()
+    checkpoints: Iterable[Mapping[str, Any]], now: datetime, settings: GcSettings = DEFAULT_GC
 ) -> list[GcAction]:
     """Checkpoints to delete (consumed, failed, never claimed) or fail (stuck)."""
     out = []

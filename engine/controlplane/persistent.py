@@ -9,12 +9,13 @@ that says what.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from architect.engine.controlplane.checkpoints import (
+    DEFAULT_GC,
     GcAction,
     GcSettings,
     fmt_time,
@@ -77,7 +78,7 @@ def next_step(pc: Mapping[str, Any], source_pod: Mapping[str, Any] | None) -> St
 
 
 def plan_gc(
-    pcs: list[Mapping[str, Any]], now: datetime, settings: GcSettings = GcSettings()
+    pcs: Sequence[Mapping[str, Any]], now: datetime, settings: GcSettings = DEFAULT_GC
 ) -> list[GcAction]:
     """PersistentCheckpoints stuck in Checkpointing fail; they are never deleted
     (users own them)."""
@@ -137,7 +138,9 @@ def resolve_start(
     phase = phase_of(pc)
     image = (pc.get("status") or {}).get("image")
     if phase != "Ready" or not image:
-        return StartDecision(False, f"PersistentCheckpoint {ns}/{name} is {phase}, not Ready: starting fresh")
+        return StartDecision(
+            False, f"PersistentCheckpoint {ns}/{name} is {phase}, not Ready: starting fresh"
+        )
     return StartDecision(True, why, image)
 
 
@@ -146,5 +149,14 @@ def ready_status(image: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     return {"phase": "Ready", "image": dict(image), "completedAt": fmt_time(now), "message": ""}
 
 
-__all__ = ["NODE_LABEL", "StartDecision", "Step", "may_start_from", "next_step", "parse_time",
-           "plan_gc", "ready_status", "resolve_start"]
+__all__ = [
+    "NODE_LABEL",
+    "StartDecision",
+    "Step",
+    "may_start_from",
+    "next_step",
+    "parse_time",
+    "plan_gc",
+    "ready_status",
+    "resolve_start",
+]

@@ -94,7 +94,9 @@ def authorize(
     """The source daemon's checks before it serves an image."""
     ref = f"{ticket.namespace}/{ticket.name}"
     if ticket.source_node != self_node:
-        raise TransferError(f"ticket for {ref} names source node {ticket.source_node}, not {self_node}")
+        raise TransferError(
+            f"ticket for {ref} names source node {ticket.source_node}, not {self_node}"
+        )
     if ticket.destination_node != peer_node:
         raise TransferError(
             f"ticket for {ref} is for node {ticket.destination_node}; the caller is {peer_node}"
@@ -134,4 +136,6 @@ class DigestVerifier:
             raise TransferError(f"image is {self._n} bytes, expected {self.size}")
         got = self._h.hexdigest()
         if not hmac.compare_digest(got, self.expected):
-            raise TransferError(f"digest mismatch: got sha256:{got}, expected sha256:{self.expected}")
+            raise TransferError(
+                f"digest mismatch: got sha256:{got}, expected sha256:{self.expected}"
+            )

@@ -74,7 +74,10 @@ def deployment(annotations: dict[str, str], uid: str | None = "uid-1") -> dict[s
         "metadata": meta,
         "spec": {
             "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}, "annotations": annotations}, "spec": p["spec"]},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": annotations},
+                "spec": p["spec"],
+            },
         },
     }
 
@@ -89,8 +92,16 @@ def test_sidecar_injected_and_probes_rewritten() -> None:
     assert sidecar["image"] == "example/architect:test"
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["command"] == [
-        "architect", "health-proxy", "--listen", "9080", "--forward", "8080",
-        "--status-file", "/run/architect/status.json", "--container", "app",
+        "architect",
+        "health-proxy",
+        "--listen",
+        "9080",
+        "--forward",
+        "8080",
+        "--status-file",
+        "/run/architect/status.json",
+        "--container",
+        "app",
     ]
     assert sidecar["volumeMounts"][0]["mountPath"] == "/run/architect"
     assert any(v["name"] == STATUS_VOLUME and "emptyDir" in v for v in out["spec"]["volumes"])
@@ -120,12 +131,17 @@ def test_pod_without_proxy_gets_only_the_label() -> None:
         ({PREFIX + "managed-containers": "app"}, "not valid JSON"),
         ({PREFIX + "scaledown-durations": '{"app":"30s"}'}, "requires the annotation"),
         (
-            {PREFIX + "managed-containers": '["app"]', PREFIX + "scaledown-durations": '{"app":"soon"}'},
+            {
+                PREFIX + "managed-containers": '["app"]',
+                PREFIX + "scaledown-durations": '{"app":"soon"}',
+            },
             "scaledown-durations: value 'soon'",
         ),
     ],
 )
-def test_bad_annotations_denied_with_compiler_message(annotations: dict[str, str], message: str) -> None:
+def test_bad_annotations_denied_with_compiler_message(
+    annotations: dict[str, str], message: str
+) -> None:
     with pytest.raises(AdmissionDenied) as err:
         admit_pod(pod(annotations), CFG)
     text = str(err.value)
@@ -138,7 +154,9 @@ def test_shadow_port_clash_with_a_container_port_is_denied() -> None:
     ann[PREFIX + "health-check-proxy"] = json.dumps(
         {"mappings": [{"containerName": "app", "appPort": 9090, "shadowPort": 8080}]}
     )
-    with pytest.raises(AdmissionDenied, match="shadowPort 8080 of container 'app' is already a port"):
+    with pytest.raises(
+        AdmissionDenied, match="shadowPort 8080 of container 'app' is already a port"
+    ):
         admit_pod(pod(ann), CFG)
 
 
@@ -150,8 +168,12 @@ def test_workload_validation_and_ownership() -> None:
     for obj in desired:
         (ref,) = obj["metadata"]["ownerReferences"]
         assert ref == {
-            "apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "uid-1",
-            "controller": True, "blockOwnerDeletion": False,
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": "web",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": False,
         }
         assert obj["metadata"]["namespace"] == "default"
     with pytest.raises(ValueError, match="no uid"):
@@ -160,7 +182,13 @@ def test_workload_validation_and_ownership() -> None:
 
 @pytest.mark.parametrize(
     ("owner_kind", "owns"),
-    [(None, True), ("ReplicaSet", False), ("Deployment", False), ("CronJob", False), ("Rollout", True)],
+    [
+        (None, True),
+        ("ReplicaSet", False),
+        ("Deployment", False),
+        ("CronJob", False),
+        ("Rollout", True),
+    ],
 )
 def test_who_owns_the_policies(owner_kind: str | None, owns: bool) -> None:
     obj = pod(HEALTH)

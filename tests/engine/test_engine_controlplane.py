@@ -40,17 +40,26 @@ def ckpt(
 ) -> dict[str, Any]:
     ann = {}
     if observed:
-        ann = {OBSERVED_PHASE: observed[0], PHASE_SINCE: fmt_time(NOW - timedelta(seconds=observed[1]))}
+        ann = {
+            OBSERVED_PHASE: observed[0],
+            PHASE_SINCE: fmt_time(NOW - timedelta(seconds=observed[1])),
+        }
     obj: dict[str, Any] = {
         "kind": "Checkpoint",
         "metadata": {
-            "name": name, "namespace": "default", "uid": f"uid-{name}",
+            "name": name,
+            "namespace": "default",
+            "uid": f"uid-{name}",
             "creationTimestamp": fmt_time(NOW - timedelta(seconds=created)),
             "annotations": ann,
         },
         "spec": {
-            "templateHash": th, "container": container, "runtime": "runc", "sourcePod": source,
-            "sourceNode": "n1", "reason": reason,
+            "templateHash": th,
+            "container": container,
+            "runtime": "runc",
+            "sourcePod": source,
+            "sourceNode": "n1",
+            "reason": reason,
         },
     }
     if image:
@@ -63,9 +72,15 @@ def ckpt(
 @pytest.mark.parametrize(
     ("old", "new", "ok"),
     [
-        ("Pending", "Ready", True), ("Ready", "Restoring", True), ("Restoring", "Consumed", True),
-        ("Restoring", "Ready", True), ("Pending", "Failed", True), ("Pending", "Pending", True),
-        ("Pending", "Restoring", False), ("Consumed", "Ready", False), ("Failed", "Ready", False),
+        ("Pending", "Ready", True),
+        ("Ready", "Restoring", True),
+        ("Restoring", "Consumed", True),
+        ("Restoring", "Ready", True),
+        ("Pending", "Failed", True),
+        ("Pending", "Pending", True),
+        ("Pending", "Restoring", False),
+        ("Consumed", "Ready", False),
+        ("Failed", "Ready", False),
         ("Ready", "Consumed", False),
     ],
 )
@@ -92,14 +107,21 @@ def test_lookup_picks_newest_ready_of_same_hash_and_container() -> None:
         ckpt("mine", created=1, source="web-new"),
         ckpt("no-image", created=1, image=False),
     ]
-    got = find_for_replacement(cands, namespace="default", template_hash="h1", container="app", pod="web-new")
+    got = find_for_replacement(
+        cands, namespace="default", template_hash="h1", container="app", pod="web-new"
+    )
     assert got is not None and got["metadata"]["name"] == "new"
-    assert find_for_replacement(cands, namespace="x", template_hash="h1", container="app", pod="p") is None
+    assert (
+        find_for_replacement(cands, namespace="x", template_hash="h1", container="app", pod="p")
+        is None
+    )
 
 
 def test_lookup_prefers_migration_at_equal_age() -> None:
     cands = [ckpt("hib", reason="Hibernation"), ckpt("mig", reason="Migration")]
-    got = find_for_replacement(cands, namespace="default", template_hash="h1", container="app", pod="p")
+    got = find_for_replacement(
+        cands, namespace="default", template_hash="h1", container="app", pod="p"
+    )
     assert got is not None and got["metadata"]["name"] == "mig"
 
 
@@ -121,9 +143,14 @@ def test_observe_phase_records_once() -> None:
 @pytest.mark.parametrize(
     ("phase", "age", "verb"),
     [
-        ("Consumed", 601, "delete"), ("Consumed", 60, None),
-        ("Failed", 3601, "delete"), ("Ready", 86401, "delete"), ("Ready", 3600, None),
-        ("Pending", 901, "fail"), ("Restoring", 601, "fail"), ("Restoring", 30, None),
+        ("Consumed", 601, "delete"),
+        ("Consumed", 60, None),
+        ("Failed", 3601, "delete"),
+        ("Ready", 86401, "delete"),
+        ("Ready", 3600, None),
+        ("Pending", 901, "fail"),
+        ("Restoring", 601, "fail"),
+        ("Restoring", 30, None),
     ],
 )
 def test_gc(phase: str, age: float, verb: str | None) -> None:
@@ -133,18 +160,26 @@ def test_gc(phase: str, age: float, verb: str | None) -> None:
         assert phase in actions[0].reason
 
 
-def pc(phase: str | None = "Pending", allowed: list[str] | None = None, ns: str = "team-a") -> dict[str, Any]:
+def pc(
+    phase: str | None = "Pending", allowed: list[str] | None = None, ns: str = "team-a"
+) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "kind": "PersistentCheckpoint",
         "metadata": {"name": "warm", "namespace": ns, "creationTimestamp": fmt_time(NOW)},
-        "spec": {"sourcePod": "warm-0", "storage": {"nodeLocal": True}, "allowedNamespaces": allowed or []},
+        "spec": {
+            "sourcePod": "warm-0",
+            "storage": {"nodeLocal": True},
+            "allowedNamespaces": allowed or [],
+        },
     }
     if phase:
         obj["status"] = {"phase": phase}
     return obj
 
 
-def source_pod(runtime: str = "runsc-architect", managed: bool = True, node: str | None = "n1") -> dict[str, Any]:
+def source_pod(
+    runtime: str = "runsc-architect", managed: bool = True, node: str | None = "n1"
+) -> dict[str, Any]:
     ann = {"architect.loopholelabs.io/managed-pod": "true"} if managed else {}
     spec: dict[str, Any] = {"runtimeClassName": runtime}
     if node:
@@ -164,7 +199,9 @@ def source_pod(runtime: str = "runsc-architect", managed: bool = True, node: str
         (pc("Ready"), source_pod(), None, None),
     ],
 )
-def test_persistent_steps(obj: dict[str, Any], pod: dict[str, Any] | None, phase: str | None, message: str | None) -> None:
+def test_persistent_steps(
+    obj: dict[str, Any], pod: dict[str, Any] | None, phase: str | None, message: str | None
+) -> None:
     step = persistent.next_step(obj, pod)
     if phase is None:
         assert step.status is None
@@ -189,7 +226,10 @@ def test_allowed_namespaces() -> None:
 
 def test_persistent_gc_fails_stuck_checkpointing() -> None:
     stuck = pc("Checkpointing")
-    stuck["metadata"]["annotations"] = {OBSERVED_PHASE: "Checkpointing", PHASE_SINCE: fmt_time(NOW - timedelta(hours=1))}
+    stuck["metadata"]["annotations"] = {
+        OBSERVED_PHASE: "Checkpointing",
+        PHASE_SINCE: fmt_time(NOW - timedelta(hours=1)),
+    }
     (a,) = persistent.plan_gc([stuck], NOW)
     assert a.verb == "fail"
     assert persistent.plan_gc([pc("Ready")], NOW) == []
@@ -200,8 +240,14 @@ KEY = b"k" * 32
 
 def ticket(**kw: Any) -> transfer.Ticket:
     base: dict[str, Any] = dict(
-        namespace="default", name="c1", uid="uid-c1", digest=DIGEST, size_bytes=3,
-        source_node="n1", destination_node="n2", destination_pod="web-new",
+        namespace="default",
+        name="c1",
+        uid="uid-c1",
+        digest=DIGEST,
+        size_bytes=3,
+        source_node="n1",
+        destination_node="n2",
+        destination_pod="web-new",
         expires_at=int((NOW + timedelta(minutes=5)).timestamp()),
     )
     base.update(kw)
@@ -211,7 +257,7 @@ def ticket(**kw: Any) -> transfer.Ticket:
 def test_ticket_round_trip_and_tamper() -> None:
     token = transfer.issue(ticket(), KEY)
     assert transfer.verify(token, KEY, NOW) == ticket()
-    body, sig = token.split(".")
+    _, sig = token.split(".")
     forged = transfer.issue(ticket(destination_node="evil"), b"x" * 32).split(".")[0] + "." + sig
     with pytest.raises(transfer.TransferError, match="signature"):
         transfer.verify(forged, KEY, NOW)

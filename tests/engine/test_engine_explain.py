@@ -11,8 +11,15 @@ from architect.engine.explain import explain_pod
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def policy(name: str, *, priority: int = 0, compiled: bool = False, after: str = "30s") -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": "default", "uid": "u", "resourceVersion": "1"}
+def policy(
+    name: str, *, priority: int = 0, compiled: bool = False, after: str = "30s"
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "default",
+        "uid": "u",
+        "resourceVersion": "1",
+    }
     if compiled:
         meta["labels"] = {"architect.loopholelabs.io/compiled-from": "annotations"}
     return {
@@ -31,8 +38,16 @@ def policy(name: str, *, priority: int = 0, compiled: bool = False, after: str =
 def pod(status: dict[str, str] | None, started: str = "2026-01-01T11:59:50Z") -> dict[str, Any]:
     ann = {"architect.loopholelabs.io/status": json.dumps(status)} if status is not None else {}
     return {
-        "metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"}, "annotations": ann},
-        "spec": {"runtimeClassName": "runc-architect", "containers": [{"name": "app"}, {"name": "log"}]},
+        "metadata": {
+            "name": "web-1",
+            "namespace": "default",
+            "labels": {"app": "web"},
+            "annotations": ann,
+        },
+        "spec": {
+            "runtimeClassName": "runc-architect",
+            "containers": [{"name": "app"}, {"name": "log"}],
+        },
         "status": {"startTime": started},
     }
 

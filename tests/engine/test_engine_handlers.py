@@ -1,0 +1,223 @@
+"""The handlers' logic with an in-memory stand-in for the API (no cluster)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from architect.engine import handlers
+from architect.engine.admission.workloads import AdmissionDenied, Op
+from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, GcSettings, fmt_time
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+P = "architect.loopholelabs.io/"
+
+
+class FakeKube:
+    """Records calls; holds objects by (plural, namespace, name)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, ...]] = []
+
+    async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(o)
+            for (pl, ns, _), o in self.objects.items()
+            if ns == namespace and pl.endswith("policies")
+        ]
+
+    async def apply(self, ops: list[Op]) -> None:
+        for op in ops:
+            pl = "hibernationpolicies" if op.kind == "HibernationPolicy" else "migrationpolicies"
+            self.calls.append((op.verb, op.kind, op.name))
+            if op.verb == "delete":
+                self.objects.pop((pl, op.namespace, op.name), None)
+            else:
+                self.objects[(pl, op.namespace, op.name)] = copy.deepcopy(op.body or {})
+
+    async def get(self, plural_: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((plural_, namespace, name))
+
+    async def list(
+        self, plural_: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        return [o for (pl, _, _), o in self.objects.items() if pl == plural_]
+
+    async def patch_status(
+        self, plural_: str, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any]:
+        self.calls.append(("status", name, patch["status"]["phase"]))
+        obj = self.objects[(plural_, namespace, name)]
+        obj.setdefault("status", {}).update(patch["status"])
+        return obj
+
+    async def patch_meta(self, plural_: str, namespace: str, name: str, patch: Any) -> None:
+        obj = self.objects[(plural_, namespace, name)]
+        for k, v in patch["metadata"].items():
+            obj["metadata"].setdefault(k, {}).update(v)
+
+    async def delete(self, plural_: str, namespace: str, name: str) -> None:
+        self.calls.append(("delete", name))
+        self.objects.pop((plural_, namespace, name), None)
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get((namespace, name))
+
+
+def workload(annotations: dict[str, str], owner: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "web", "namespace": "ns", "uid": "u1"}
+    if owner:
+        meta["ownerReferences"] = [{"kind": owner, "name": "o", "uid": "o1", "controller": True}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": meta,
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": annotations},
+                "spec": {"runtimeClassName": "runc-architect", "containers": [{"name": "app"}]},
+            }
+        },
+    }
+
+
+GOOD = {P + "managed-containers": '["app"]'}
+
+
+async def test_review_records_policies_once() -> None:
+    kube = FakeKube()
+    assert await handlers.review_workload(workload(GOOD), dryrun=False, kube=kube) == []
+    assert sorted(kube.calls) == [
+        ("create", "HibernationPolicy", "web"),
+        ("create", "MigrationPolicy", "web"),
+    ]
+    kube.calls.clear()
+    await handlers.review_workload(workload(GOOD), dryrun=False, kube=kube)
+    assert kube.calls == []  # nothing changed: no writes
+
+
+@pytest.mark.parametrize(("dryrun", "owner"), [(True, None), (False, "Deployment")])
+async def test_review_writes_nothing_for_dry_runs_and_owned_objects(
+    dryrun: bool, owner: str | None
+) -> None:
+    kube = FakeKube()
+    await handlers.review_workload(workload(GOOD, owner), dryrun=dryrun, kube=kube)
+    assert kube.calls == []
+
+
+async def test_review_denies_bad_annotations_before_any_write() -> None:
+    kube = FakeKube()
+    with pytest.raises(AdmissionDenied, match="managed-containers: value 'x'"):
+        await handlers.review_workload(
+            workload({P + "managed-containers": '["x"]'}), dryrun=False, kube=kube
+        )
+    assert kube.calls == []
+
+
+async def test_start_from_warning() -> None:
+    kube = FakeKube()
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "namespace": "b",
+            "annotations": {P + "start-from-persistent-checkpoint": "a/warm"},
+        },
+    }
+    (w,) = await handlers.start_from_warnings(pod, kube)
+    assert "PersistentCheckpoint a/warm not found" in w
+    kube.objects[("persistentcheckpoints", "a", "warm")] = {
+        "metadata": {"namespace": "a", "name": "warm"},
+        "spec": {"allowedNamespaces": ["b"]},
+        "status": {"phase": "Ready", "image": {"digest": "x"}},
+    }
+    assert await handlers.start_from_warnings(pod, kube) == []
+
+
+def test_status_review() -> None:
+    old = {"status": {"phase": "Consumed"}}
+    new = {"metadata": {"name": "c"}, "status": {"phase": "Ready"}}
+    with pytest.raises(
+        AdmissionDenied, match="Checkpoint c: phase Consumed -> Ready is not allowed"
+    ):
+        handlers.review_status_update("Checkpoint", old, new)
+    handlers.review_status_update(
+        "Checkpoint", {"status": {"phase": "Ready"}}, {"status": {"phase": "Restoring"}}
+    )
+
+
+async def test_checkpoint_events_once_per_transition() -> None:
+    kube = FakeKube()
+    body: dict[str, Any] = {
+        "kind": "Checkpoint",
+        "metadata": {
+            "name": "c",
+            "namespace": "ns",
+            "creationTimestamp": fmt_time(NOW - timedelta(seconds=5)),
+        },
+        "spec": {"runtime": "runc", "reason": "Migration"},
+    }
+    kube.objects[("checkpoints", "ns", "c")] = body
+    events: list[tuple[str, str, str]] = []
+
+    def post(obj: Any, t: str, r: str, m: str) -> None:
+        events.append((t, r, m))
+
+    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    assert body["status"]["phase"] == "Pending" and events == []
+    for _ in range(2):  # the same state seen twice: one event
+        await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    assert [e[1] for e in events] == ["CheckpointPending"]
+    body["status"]["phase"] = "Failed"
+    body["status"]["message"] = "criu dump failed"
+    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    assert events[-1] == (
+        "Warning",
+        "CheckpointFailed",
+        "Checkpoint c is Failed (was Pending): criu dump failed",
+    )
+    assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Failed"
+
+
+async def test_persistent_moves_to_checkpointing() -> None:
+    kube = FakeKube()
+    pc: dict[str, Any] = {
+        "kind": "PersistentCheckpoint",
+        "metadata": {"name": "w", "namespace": "ns"},
+        "spec": {"sourcePod": "w-0"},
+    }
+    kube.objects[("persistentcheckpoints", "ns", "w")] = pc
+    kube.pods[("ns", "w-0")] = {
+        "metadata": {"annotations": {P + "managed-pod": "true"}},
+        "spec": {"runtimeClassName": "runsc-architect", "nodeName": "n1"},
+    }
+    noop = lambda *a: None  # noqa: E731
+    await handlers.on_persistent(pc, kube=kube, now=NOW, post_event=noop)
+    assert pc["status"]["phase"] == "Pending"
+    await handlers.on_persistent(pc, kube=kube, now=NOW, post_event=noop)
+    assert pc["status"]["phase"] == "Checkpointing"
+    assert pc["metadata"]["labels"] == {P + "node": "n1"}
+
+
+async def test_gc_pass() -> None:
+    kube = FakeKube()
+    old = fmt_time(NOW - timedelta(hours=2))
+    for name, phase in (("done", "Consumed"), ("stuck", "Restoring"), ("fresh", "Ready")):
+        kube.objects[("checkpoints", "ns", name)] = {
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "creationTimestamp": old if name != "fresh" else fmt_time(NOW),
+            },
+            "status": {"phase": phase},
+        }
+    n = await handlers.collect_garbage(
+        kube=kube, now=NOW, settings=GcSettings(), post_event=lambda *a: None
+    )
+    assert n == 2
+    assert ("delete", "done") in kube.calls and ("status", "stuck", "Failed") in kube.calls
+    assert ("checkpoints", "ns", "fresh") in kube.objects
