@@ -29,6 +29,7 @@ from architect.runtime.shim.pb import (
     cgroups_metrics_pb2,
     events_pb2,
     runc_options_pb2,
+    runtime_options_pb2,
     shim_pb2,
     task_pb2,
 )
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 SERVICE = "containerd.task.v2.Task"
 VERSION = "architect-shim-0.1"
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+RUNTIME_OPTIONS_URL = "runtimeoptions.v1.Options"
 
 CREATED, RUNNING, STOPPED, PAUSED = (
     task_pb2.CREATED,
@@ -132,11 +134,42 @@ def cgroup_path(bundle: Path) -> str:
     return str((spec.get("linux") or {}).get("cgroupsPath") or "")
 
 
-def runtime_options(opt: any_pb2.Any) -> runc_options_pb2.Options:
-    o = runc_options_pb2.Options()
+def runtime_binary(opt: any_pb2.Any) -> str:
+    """The OCI runtime binary named by containerd's task options (default runc).
+
+    runc's Options carry ``binary_name``. CRI hands runtimes it does not know a
+    ``runtimeoptions.v1.Options`` whose ``config_path`` names a TOML file (the
+    ``ConfigPath`` of the runtime's options in containerd's config); ours holds
+    ``binary_name = "runsc"`` for runsc-architect.
+    """
     if opt.type_url.endswith(RUNC_OPTIONS_URL):
+        o = runc_options_pb2.Options()
         o.ParseFromString(opt.value)
-    return o
+        return o.binary_name or "runc"
+    if opt.type_url.endswith(RUNTIME_OPTIONS_URL):
+        ro = runtime_options_pb2.Options()
+        ro.ParseFromString(opt.value)
+        if ro.config_path:
+            return binary_from_config(Path(ro.config_path))
+    return "runc"
+
+
+def binary_from_config(path: Path) -> str:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise TtrpcError(Code.INVALID_ARGUMENT, f"runtime config {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise TtrpcError(Code.INVALID_ARGUMENT, f"runtime config {path}: not TOML: {e}") from e
+    binary = data.get("binary_name", "runc")
+    if not isinstance(binary, str) or Path(binary).name not in ("runc", "runsc"):
+        raise TtrpcError(
+            Code.INVALID_ARGUMENT,
+            f"runtime config {path}: binary_name {binary!r}: want runc or runsc",
+        )
+    return binary
 
 
 class TaskService:
@@ -265,8 +298,7 @@ class TaskService:
         if req.id in self.containers:
             raise TtrpcError(Code.ALREADY_EXISTS, f"container {req.id!r}: already exists")
         bundle = Path(req.bundle)
-        opts = runtime_options(req.options)
-        binary = opts.binary_name or "runc"
+        binary = runtime_binary(req.options)
         runtime = "runsc" if Path(binary).name.startswith("runsc") else "runc"
         annotations = read_annotations(bundle)
         self._mount_rootfs(bundle, req.rootfs)
@@ -740,7 +772,9 @@ def _read_int(path: Path) -> int:
         return 0
 
 
-def read_cgroup_metrics(cg: str, root: Path = Path("/sys/fs/cgroup")) -> Message:
+def read_cgroup_metrics(
+    cg: str, root: Path = Path("/sys/fs/cgroup")
+) -> cgroups_metrics_pb2.Metrics:
     """cgroup v1 metrics of a container (memory, cpu, pids) as containerd expects."""
     m = cgroups_metrics_pb2.Metrics()
     if not cg or ":" in cg:  # systemd-style paths are not resolved here

@@ -8,6 +8,7 @@ containerd or the e2e cluster's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -154,11 +155,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         wait_for(lambda: cd.run_result("version").returncode == 0, 30, "containerd answering")
         yield cd
     finally:
-        try:
+        with contextlib.suppress(Exception):  # best effort: containerd may be gone
             for cid in list(cd.tasks()):
                 cd.remove(cid)
-        except Exception:
-            pass
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
@@ -182,10 +181,8 @@ def _kill_leftover_shims(base: Path) -> None:
         except OSError:
             continue
         if f"ARCHITECT_SHIM_RUN={base}/shimrun".encode() in env.split(b"\0"):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(d.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture

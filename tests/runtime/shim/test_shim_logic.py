@@ -1,0 +1,233 @@
+"""Pure parts of the shim: flags, socket address, start plan, control requests, events."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from google.protobuf import any_pb2
+
+from architect.runtime.shim import control, events, main, plan, reaper, runc, service
+from architect.runtime.shim.pb import events_pb2, runc_options_pb2, runtime_options_pb2
+from architect.runtime.shim.ttrpc import TtrpcError
+
+# -- flags ------------------------------------------------------------------------
+
+
+def test_go_flag_syntax_as_containerd_passes_it() -> None:
+    a = main.parse_args(
+        ["-namespace", "k8s.io", "-address", "/run/c.sock", "-publish-binary",
+         "/usr/bin/containerd", "-id", "abc", "-debug", "start"]
+    )
+    assert (a.namespace, a.address, a.publish_binary, a.id, a.debug, a.action) == (
+        "k8s.io", "/run/c.sock", "/usr/bin/containerd", "abc", True, "start"
+    )
+    b = main.parse_args(["--namespace=ns", "-id=x", "-bundle", "/b", "delete"])
+    assert (b.namespace, b.id, b.bundle, b.action) == ("ns", "x", "/b", "delete")
+    assert main.parse_args(["-namespace", "n", "-id", "i"]).action == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-id", "x", "start"], "namespace cannot be empty"),
+        (["-namespace", "n", "start"], "id cannot be empty"),
+        (["-namespace", "n", "-id", "x", "-bogus", "start"], "not defined: -bogus"),
+        (["-namespace", "n", "-id"], "-id needs a value"),
+        (["-namespace", "n", "-id", "x", "launch"], "unknown action 'launch'"),
+    ],
+)
+def test_bad_flags_are_named(argv: list[str], message: str) -> None:
+    with pytest.raises(main.UsageError, match=message):
+        main.parse_args(argv)
+
+
+def test_main_reports_usage_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["-namespace", "n", "-id", "x", "frobnicate"]) == 2
+    assert "unknown action 'frobnicate'" in capsys.readouterr().err
+
+
+def test_socket_address_matches_containerd() -> None:
+    # shim.SocketAddress: sha256(filepath.Join(address, ns, id)) under /run/containerd/s
+    want = hashlib.sha256(b"/run/containerd/containerd.sock/default/abc").hexdigest()
+    assert main.socket_address("/run/containerd/containerd.sock", "default", "abc") == (
+        f"unix:///run/containerd/s/{want}"
+    )
+    assert len(main.socket_address("/x", "k8s.io", "y" * 64)) - len("unix://") < 106
+
+
+# -- plan -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("1m30s", 90), ("2h", 7200)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert plan.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "30", "s", "1x", "30s "])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(plan.PlanError):
+        plan.parse_duration(text)
+
+
+def test_grouping_prefers_sandbox_id() -> None:
+    assert plan.grouping("c1", {}) == "c1"
+    assert plan.grouping("c1", {plan.CRI_SANDBOX_ID: "sb"}) == "sb"
+    assert plan.grouping("c1", {"io.containerd.runc.v2.group": "g", plan.CRI_SANDBOX_ID: "sb"}) == "g"
+
+
+def _ready(d: Path, mark: str = plan.READY_MARK) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / mark).touch()
+    return d
+
+
+def test_plan_runc_paths(tmp_path: Path) -> None:
+    ann = {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app"}
+    assert plan.plan_start("runc", ann, tmp_path, None).path == "fresh"
+    own = _ready(tmp_path / "own")
+    p = plan.plan_start("runc", ann, tmp_path, own)
+    assert (p.path, p.image) == ("restore", own)
+    d = plan.handover_dir(tmp_path, "5d9c", "app")
+    _ready(d, plan.PENDING_MARK)
+    p = plan.plan_start("runc", {**ann, plan.ANN_SCALEUP_TIMEOUT: '{"app": "45s"}'}, tmp_path, None)
+    assert (p.path, p.wait_seconds) == ("restore", 45)
+    _ready(d)
+    p = plan.plan_start("runc", ann, tmp_path, None)
+    assert (p.path, p.image, p.wait_seconds) == ("restore", d, 0)
+    # runsc never takes the template-hash path.
+    assert plan.plan_start("runsc", ann, tmp_path, None).path == "fresh"
+
+
+def test_plan_runsc_persistent_checkpoint(tmp_path: Path) -> None:
+    ann = {plan.ANN_PERSISTENT: "warm", plan.CRI_SANDBOX_NAMESPACE: "team-a"}
+    p = plan.plan_start("runsc", ann, tmp_path, None)
+    assert p.path == "fresh" and "not available" in p.reason
+    d = _ready(tmp_path / "persistent" / "team-a" / "warm")
+    assert plan.plan_start("runsc", ann, tmp_path, None).image == d
+    other = _ready(tmp_path / "persistent" / "other" / "warm")
+    ann2 = {**ann, plan.ANN_PERSISTENT: "other/warm"}
+    assert plan.plan_start("runsc", ann2, tmp_path, None).image == other
+
+
+def test_bad_scaleup_timeout_is_named() -> None:
+    with pytest.raises(plan.PlanError, match="scaleup-timeout-containers"):
+        plan.scaleup_timeout({plan.ANN_SCALEUP_TIMEOUT: "nope"}, "app")
+    assert plan.scaleup_timeout({}, "app") == plan.DEFAULT_SCALEUP_TIMEOUT
+
+
+# -- runtime options ----------------------------------------------------------------
+
+
+def test_runtime_binary_from_options(tmp_path: Path) -> None:
+    assert service.runtime_binary(any_pb2.Any()) == "runc"
+    ro = runc_options_pb2.Options(binary_name="runsc")
+    packed = any_pb2.Any(type_url="containerd.runc.v1.Options", value=ro.SerializeToString())
+    assert service.runtime_binary(packed) == "runsc"
+    cfg = tmp_path / "runsc.toml"
+    cfg.write_text('binary_name = "runsc"\n')
+    opt = runtime_options_pb2.Options(config_path=str(cfg))
+    packed = any_pb2.Any(type_url="runtimeoptions.v1.Options", value=opt.SerializeToString())
+    assert service.runtime_binary(packed) == "runsc"
+    cfg.write_text('binary_name = "sh"\n')
+    with pytest.raises(TtrpcError, match="binary_name 'sh'"):
+        service.runtime_binary(packed)
+    cfg.write_text("binary_name = \n")
+    with pytest.raises(TtrpcError, match="not TOML"):
+        service.runtime_binary(packed)
+
+
+def test_cgroup_metrics_read_v1_files(tmp_path: Path) -> None:
+    for sub, name, value in (
+        ("memory", "memory.usage_in_bytes", "1234"),
+        ("memory", "memory.limit_in_bytes", "99999"),
+        ("cpuacct", "cpuacct.usage", "777"),
+        ("pids", "pids.current", "3"),
+    ):
+        d = tmp_path / sub / "ns" / "c1"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(value + "\n")
+    m = service.read_cgroup_metrics("/ns/c1", tmp_path)
+    assert (m.memory.usage.usage, m.memory.usage.limit, m.cpu.usage.total, m.pids.current) == (
+        1234, 99999, 777, 3
+    )
+    assert service.read_cgroup_metrics("", tmp_path).memory.usage.usage == 0
+
+
+# -- control requests ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1]", "JSON object"),
+        (b'{"op": "explode"}', "op 'explode'"),
+        (b'{"op": "hibernate"}', "needs a string 'id'"),
+    ],
+)
+def test_control_request_errors(line: bytes, message: str) -> None:
+    with pytest.raises(control.RequestError, match=message):
+        control.parse_request(line)
+
+
+def test_control_request_ok() -> None:
+    assert control.parse_request(b'{"op": "wake", "id": "c"}') == {"op": "wake", "id": "c"}
+
+
+# -- events -------------------------------------------------------------------------
+
+
+def test_event_envelope_is_containerd_typeurl() -> None:
+    topic, data = events.encode_event(events_pb2.TaskExit(container_id="c", pid=7, exit_status=3))
+    assert topic == "/tasks/exit"
+    wrapped = any_pb2.Any()
+    wrapped.ParseFromString(data)
+    assert wrapped.type_url == "containerd.events.TaskExit"
+    ev = events_pb2.TaskExit()
+    ev.ParseFromString(wrapped.value)
+    assert (ev.container_id, ev.pid, ev.exit_status) == ("c", 7, 3)
+
+
+def test_runc_log_error_is_the_last_error() -> None:
+    text = (
+        '{"level":"info","msg":"starting"}\n'
+        '{"level":"error","msg":"first"}\n'
+        '{"level":"error","msg":"exec: \\"sh\\": not found"}\n'
+    )
+    assert runc.last_log_error(text) == 'exec: "sh": not found'
+    assert runc.last_log_error("plain failure\n") == "plain failure"
+
+
+# -- reaper (real child processes) ----------------------------------------------------
+
+
+async def test_reaper_exit_codes_and_early_exits() -> None:
+    r = reaper.Reaper()
+    r.install(asyncio.get_running_loop())
+    seen: list[tuple[int, int]] = []
+    r.subscribe(lambda pid, code: seen.append((pid, code)))
+    try:
+        pid, done = r.spawn(["sh", "-c", "exit 3"])
+        assert await asyncio.wait_for(done, 10) == 3
+        pid2, done2 = r.spawn(["sh", "-c", "kill -9 $$"])
+        assert await asyncio.wait_for(done2, 10) == 128 + signal.SIGKILL
+        assert (pid, 3) in seen and (pid2, 137) in seen
+        # An exit nobody waited for yet is kept for whoever asks later.
+        r.deliver(999999, 5)
+        assert r.exited(999999) == 5
+        assert await r.wait(999999) == 5
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+
+
+def test_exit_code_of_wait_status() -> None:
+    assert reaper.exit_code(3 << 8) == 3
+    assert reaper.exit_code(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert os.WIFEXITED(0)
