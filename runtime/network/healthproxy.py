@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("architect.health-proxy")
@@ -211,7 +211,7 @@ async def _forward(
 
 def _handler(
     cfg: ProxyConfig, m: Mapping, status: StatusFile
-) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], asyncio.Future[None]]:
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             if should_forward(status.state(m.container)):
@@ -223,10 +223,7 @@ def _handler(
             with contextlib.suppress(Exception):
                 await w.wait_closed()
 
-    def start(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> asyncio.Future[None]:
-        return asyncio.ensure_future(handle(r, w))
-
-    return start
+    return handle
 
 
 async def serve(

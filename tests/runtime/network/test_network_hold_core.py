@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 
 from architect.runtime.network.hold import HoldCore, Phase, parse_nfnetlink_queue
@@ -51,3 +53,15 @@ def test_parse_nfnetlink_queue() -> None:
     assert (q[5].portid, q[5].waiting, q[5].dropped, q[5].user_dropped) == (12345, 3, 3, 0)
     assert q[6].user_dropped == 2
     assert parse_nfnetlink_queue("") == {}
+
+
+def test_holder_rejects_bad_arguments() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "architect.runtime.network.hold", "--netns", "/x", "--tcp", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "tcp_ports: port 0 is not an integer in 1..65535" in proc.stderr
+    assert "Traceback" not in proc.stderr
