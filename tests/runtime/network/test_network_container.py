@@ -10,6 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from network_apps import GREETING, NetPair, connect_and_greet, start_tcp_app
 
+from architect.engine.directives import Action
+from architect.engine.evaluate import evaluate
+from architect.engine.pods import PodInfo
+from architect.engine.telemetry import ContainerKey, ContainerState, ContainerTelemetry
+from architect.policy.models import HibernationPolicy
 from architect.runtime.network import iptables
 from architect.runtime.network.activity import container_listening_ports
 from architect.runtime.network.container import ContainerNetwork, net_spec
@@ -108,3 +113,59 @@ def test_container_listening_ports_only_of_its_processes(netpair: NetPair) -> No
         for p in procs:
             p.kill()
             p.wait(timeout=10)
+
+
+@pytest.mark.root
+async def test_connections_mode_keeps_awake_while_open_then_lets_go(netpair: NetPair) -> None:
+    """Real telemetry from the namespace, decided by the engine's evaluator."""
+    spec = net_spec(0, "connections", (8080,))
+    assert spec is not None
+    net = ContainerNetwork(netpair.pod, spec)
+    policy = HibernationPolicy.model_validate(
+        {
+            "metadata": {"name": "hp", "namespace": "default"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "runtime": "runc",
+                "containers": [
+                    {"name": "app", "scaledownAfter": "30s", "wakeOn": {"network": "connections"}}
+                ],
+            },
+        }
+    )
+    pod = PodInfo("default", "web-1", {"app": "web"}, "runc-architect", ("app",))
+    key = ContainerKey("default", "web-1", "app")
+
+    def decide(at: float) -> Action:
+        now = T0 + timedelta(seconds=at)
+        act = net.sample(now)
+        t = ContainerTelemetry(
+            state=ContainerState.RUNNING,
+            state_since=T0,
+            last_activity=act.last_packet_at,
+            open_connections=act.open_connections,
+        )
+        (d,) = evaluate([policy], [pod], {key: t}, now).for_pod("default", "web-1")
+        return d.action
+
+    await net.setup()
+    server = await start_tcp_app(netpair.pod, 8080)
+    s = netpair.sock(netpair.client)
+    try:
+        assert decide(0) is not Action.HIBERNATE  # baseline sample
+        assert await connect_and_greet(s, (netpair.pod_ip, 8080)) == GREETING
+        # Long past scaledownAfter, but a connection is open: stay awake.
+        assert decide(100) is Action.STAY_AWAKE
+        assert decide(200) is Action.STAY_AWAKE
+        s.close()
+        for _ in range(100):
+            if net.sample(T0 + timedelta(seconds=200)).open_connections == 0:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the closing handshake's last packets land
+        assert decide(210) is not Action.HIBERNATE  # the close was the last activity
+        assert decide(241) is Action.HIBERNATE  # 30s after it: let go
+    finally:
+        s.close()
+        server.close()
+        await net.teardown()
