@@ -94,8 +94,12 @@ class Containerd:
             "run", "-d", "--env", "PATH=/bin", "--runtime", RUNTIME, "--rootfs", str(rootfs),
             cid, "/bin/sh", "-c", script,
         )
-        return wait_for(lambda: self.tasks().get(cid, (0, ""))[1] == "RUNNING" and
-                        self.tasks()[cid][0], 30, f"{cid} RUNNING")
+        pid: int = wait_for(
+            lambda: self.tasks().get(cid, (0, ""))[1] == "RUNNING" and self.tasks()[cid][0],
+            30,
+            f"{cid} RUNNING",
+        )
+        return pid
 
     def control(self, cid: str, req: dict[str, Any]) -> dict[str, Any]:
         from architect.runtime.shim.control import request

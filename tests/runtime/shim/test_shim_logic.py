@@ -231,3 +231,24 @@ def test_exit_code_of_wait_status() -> None:
     assert reaper.exit_code(3 << 8) == 3
     assert reaper.exit_code(signal.SIGTERM) == 128 + signal.SIGTERM
     assert os.WIFEXITED(0)
+
+
+# -- generated code -------------------------------------------------------------------
+
+
+def test_generated_protobuf_code_does_not_drift(tmp_path: Path) -> None:
+    import subprocess
+
+    shim_dir = Path(main.__file__).resolve().parent
+    res = subprocess.run(
+        [str(shim_dir / "gen-proto")], env={**os.environ, "GEN_PROTO_OUT": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    fresh = sorted(p.name for p in tmp_path.glob("*_pb2.py*"))
+    committed = sorted(p.name for p in (shim_dir / "pb").glob("*_pb2.py*"))
+    assert fresh == committed
+    for name in fresh:
+        assert (tmp_path / name).read_text() == (shim_dir / "pb" / name).read_text(), (
+            f"runtime/shim/pb/{name} drifted: run runtime/shim/gen-proto"
+        )
