@@ -26,7 +26,7 @@ from architect.engine.directives import (
     ResizeTarget,
 )
 from architect.engine.labels import Matcher, compile_selector
-from architect.engine.pods import PodInfo
+from architect.engine.pods import POD_SCOPE, PodInfo
 from architect.engine.telemetry import (
     TRANSITIONAL,
     ContainerKey,
@@ -37,7 +37,6 @@ from architect.policy.annotations import COMPILED_FROM_ANNOTATIONS, COMPILED_LAB
 from architect.policy.durations import parse_positive_duration
 from architect.policy.models import HibernationPolicy, MigrationPolicy
 
-POD_SCOPE = ""  # the container name of a pod-scoped (runsc managed-pod) unit
 HP_KIND = "HibernationPolicy"
 
 _RUNNING = ContainerState.RUNNING

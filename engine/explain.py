@@ -8,7 +8,6 @@ the cluster.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,65 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from architect.engine.directives import Conflict, Directive
-from architect.engine.evaluate import POD_SCOPE, evaluate
-from architect.engine.pods import pod_info
-from architect.engine.telemetry import ContainerKey, ContainerState, ContainerTelemetry
-from architect.policy.annotations import STATUS_ANNOTATION
+from architect.engine.evaluate import evaluate
+from architect.engine.pods import pod_info, telemetry_from_pod
 from architect.policy.models import HibernationPolicy, MigrationPolicy
-
-
-def _time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def telemetry_from_pod(
-    pod: Mapping[str, Any],
-) -> tuple[dict[ContainerKey, ContainerTelemetry], list[str]]:
-    """What the API shows of each container's state (the status annotation).
-
-    Packet and connection counters live in the daemon only, so idle time is
-    counted from the last state change: the hibernation time shown is the
-    earliest it can happen.
-    """
-    info = pod_info(pod)
-    meta = pod.get("metadata") or {}
-    notes: list[str] = []
-    raw = (meta.get("annotations") or {}).get(STATUS_ANNOTATION)
-    states: dict[str, str] = {}
-    if raw:
-        try:
-            parsed = json.loads(raw)
-            if isinstance(parsed, dict):
-                states = {str(k): str(v) for k, v in parsed.items()}
-            else:
-                notes.append(f"{STATUS_ANNOTATION}: value '{raw}': expected a JSON object")
-        except json.JSONDecodeError:
-            notes.append(f"{STATUS_ANNOTATION}: value '{raw}': not valid JSON")
-    since = (
-        _time((pod.get("status") or {}).get("startTime"))
-        or _time(meta.get("creationTimestamp"))
-        or datetime.now(UTC)
-    )
-    out: dict[ContainerKey, ContainerTelemetry] = {}
-    units = (POD_SCOPE,) if info.runtime == "runsc" else info.containers
-    for unit in units:
-        value = states.get(unit or "pod", "RUNNING" if not states else None)
-        if value is None:
-            continue
-        try:
-            state = ContainerState(value)
-        except ValueError:
-            notes.append(f"{STATUS_ANNOTATION}: container '{unit}': unknown state '{value}'")
-            continue
-        out[ContainerKey(info.namespace, info.name, unit)] = ContainerTelemetry(
-            state=state, state_since=since, resources_reduced=state is ContainerState.SCALED_DOWN
-        )
-    return out, notes
 
 
 def parse_policies(

@@ -33,6 +33,12 @@ from architect.engine.controlplane.checkpoints import (
     phase_of,
     plan_gc,
 )
+from architect.engine.directives import PolicyRef
+from architect.engine.evaluate import evaluate
+from architect.engine.explain import parse_policies
+from architect.engine.pods import pod_info, telemetry_from_pod
+from architect.engine.status import selector_string, statuses
+from architect.engine.telemetry import ContainerKey, ContainerTelemetry
 from architect.policy.annotations import START_FROM_PERSISTENT
 
 # (object, type, reason, message): posts a Kubernetes Event about the object.
@@ -43,7 +49,7 @@ class KubeLike(Protocol):
     async def list_policies(self, namespace: str) -> list[dict[str, Any]]: ...
     async def apply(self, ops: list[Op]) -> None: ...
     async def get(self, plural_: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def list(
+    async def list_objects(
         self, plural_: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]: ...
     async def patch_status(
@@ -52,6 +58,7 @@ class KubeLike(Protocol):
     async def patch_meta(self, plural_: str, namespace: str, name: str, patch: Any) -> None: ...
     async def delete(self, plural_: str, namespace: str, name: str) -> None: ...
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
 
 
 # --- admission ---------------------------------------------------------------
@@ -199,8 +206,8 @@ async def collect_garbage(
 ) -> int:
     """One GC pass over all Checkpoints and PersistentCheckpoints; actions taken."""
     done = 0
-    ckpts = await kube.list("checkpoints")
-    pcs = await kube.list("persistentcheckpoints")
+    ckpts = await kube.list_objects("checkpoints")
+    pcs = await kube.list_objects("persistentcheckpoints")
     by_key = {(c["metadata"]["namespace"], c["metadata"]["name"]): c for c in ckpts}
     for action in plan_gc(ckpts, now, settings):
         body = by_key[(action.namespace, action.name)]
@@ -224,3 +231,47 @@ async def collect_garbage(
         )
         done += 1
     return done
+
+
+async def refresh_policy_status(*, kube: KubeLike, now: datetime) -> int:
+    """Evaluate each namespace's policies on the pods they select and write the
+    statuses that changed (conflicts on the losing policy). Pods are listed per
+    policy with its selector, so the API server does the filtering; statuses
+    written."""
+    objs = [
+        *await kube.list_objects("hibernationpolicies"),
+        *await kube.list_objects("migrationpolicies"),
+    ]
+    for o, kind in ((o, o.get("kind")) for o in objs):
+        if kind is None:
+            o["kind"] = (
+                "HibernationPolicy" if "managedPod" in (o.get("spec") or {}) else "MigrationPolicy"
+            )
+    by_ns: dict[str, list[dict[str, Any]]] = {}
+    for o in objs:
+        by_ns.setdefault(str(o["metadata"]["namespace"]), []).append(o)
+    written = 0
+    for ns, ns_objs in sorted(by_ns.items()):
+        policies, _ = parse_policies(ns_objs)
+        pods: dict[str, dict[str, Any]] = {}
+        for p in policies:
+            sel = selector_string(p.spec.selector)
+            if sel is None:
+                continue
+            for pod in await kube.list_pods(ns, sel):
+                pods[pod["metadata"]["name"]] = pod
+        telemetry: dict[ContainerKey, ContainerTelemetry] = {}
+        for pod in pods.values():
+            telemetry.update(telemetry_from_pod(pod)[0])
+        ev = evaluate(policies, [pod_info(p) for p in pods.values()], telemetry, now)
+        previous = {
+            PolicyRef(str(o["kind"]), ns, str(o["metadata"]["name"])): o.get("status")
+            for o in ns_objs
+        }
+        for ref, status in statuses(ev, previous, now).items():
+            plural_ = (
+                "hibernationpolicies" if ref.kind == "HibernationPolicy" else "migrationpolicies"
+            )
+            await kube.patch_status(plural_, ns, ref.name, {"status": status})
+            written += 1
+    return written

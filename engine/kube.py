@@ -96,7 +96,7 @@ class Kube:
 
         return await asyncio.to_thread(_get)
 
-    async def list(
+    async def list_objects(
         self, plural_: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         def _list() -> list[dict[str, Any]]:
@@ -167,6 +167,16 @@ class Kube:
                     raise
 
         await asyncio.to_thread(_delete)
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        def _list() -> list[dict[str, Any]]:
+            res = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
+            out: list[dict[str, Any]] = self.core.api_client.sanitize_for_serialization(res)[
+                "items"
+            ]
+            return out
+
+        return await asyncio.to_thread(_list)
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         def _get() -> dict[str, Any] | None:

@@ -54,8 +54,9 @@ async def _gc_loop(kube: Kube, config: OperatorConfig) -> None:
             await handlers.collect_garbage(
                 kube=kube, now=_now(), settings=config.gc, post_event=_post_event
             )
-        except Exception:  # one failed pass must not end collection for good
-            log.exception("garbage collection pass failed")
+            await handlers.refresh_policy_status(kube=kube, now=_now())
+        except Exception:  # one failed pass must not end the loop for good
+            log.exception("garbage collection / status pass failed")
         await asyncio.sleep(config.gc_interval.total_seconds())
 
 

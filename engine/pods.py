@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from architect.policy.annotations import RUNTIME_CLASSES, TEMPLATE_HASH_LABEL
+from architect.engine.telemetry import ContainerKey, ContainerState, ContainerTelemetry
+from architect.policy.annotations import RUNTIME_CLASSES, STATUS_ANNOTATION, TEMPLATE_HASH_LABEL
+
+POD_SCOPE = ""  # the container name of a pod-scoped (runsc managed-pod) unit
 
 # The label the ReplicaSet controller puts on every pod of a Deployment.
 K8S_TEMPLATE_HASH_LABEL = "pod-template-hash"
@@ -46,3 +51,57 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo:
         node=spec.get("nodeName"),
         template_hash=labels.get(TEMPLATE_HASH_LABEL) or labels.get(K8S_TEMPLATE_HASH_LABEL),
     )
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def telemetry_from_pod(
+    pod: Mapping[str, Any],
+) -> tuple[dict[ContainerKey, ContainerTelemetry], list[str]]:
+    """What the API shows of each container's state (the status annotation).
+
+    Packet and connection counters live in the daemon only, so idle time is
+    counted from the last state change: the hibernation time shown is the
+    earliest it can happen.
+    """
+    info = pod_info(pod)
+    meta = pod.get("metadata") or {}
+    notes: list[str] = []
+    raw = (meta.get("annotations") or {}).get(STATUS_ANNOTATION)
+    states: dict[str, str] = {}
+    if raw:
+        try:
+            parsed = json.loads(raw)
+            if isinstance(parsed, dict):
+                states = {str(k): str(v) for k, v in parsed.items()}
+            else:
+                notes.append(f"{STATUS_ANNOTATION}: value '{raw}': expected a JSON object")
+        except json.JSONDecodeError:
+            notes.append(f"{STATUS_ANNOTATION}: value '{raw}': not valid JSON")
+    since = (
+        _time((pod.get("status") or {}).get("startTime"))
+        or _time(meta.get("creationTimestamp"))
+        or datetime.now(UTC)
+    )
+    out: dict[ContainerKey, ContainerTelemetry] = {}
+    units = (POD_SCOPE,) if info.runtime == "runsc" else info.containers
+    for unit in units:
+        value = states.get(unit or "pod", "RUNNING" if not states else None)
+        if value is None:
+            continue
+        try:
+            state = ContainerState(value)
+        except ValueError:
+            notes.append(f"{STATUS_ANNOTATION}: container '{unit}': unknown state '{value}'")
+            continue
+        out[ContainerKey(info.namespace, info.name, unit)] = ContainerTelemetry(
+            state=state, state_since=since, resources_reduced=state is ContainerState.SCALED_DOWN
+        )
+    return out, notes

@@ -43,7 +43,7 @@ class FakeKube:
     async def get(self, plural_: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((plural_, namespace, name))
 
-    async def list(
+    async def list_objects(
         self, plural_: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         return [o for (pl, _, _), o in self.objects.items() if pl == plural_]
@@ -51,7 +51,7 @@ class FakeKube:
     async def patch_status(
         self, plural_: str, namespace: str, name: str, patch: Any
     ) -> dict[str, Any]:
-        self.calls.append(("status", name, patch["status"]["phase"]))
+        self.calls.append(("status", name, patch["status"].get("phase", "")))
         obj = self.objects[(plural_, namespace, name)]
         obj.setdefault("status", {}).update(patch["status"])
         return obj
@@ -67,6 +67,15 @@ class FakeKube:
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get((namespace, name))
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        want = dict(kv.split("=") for kv in label_selector.split(","))
+        return [
+            p
+            for (ns, _), p in self.pods.items()
+            if ns == namespace
+            and all(p["metadata"].get("labels", {}).get(k) == v for k, v in want.items())
+        ]
 
 
 def workload(annotations: dict[str, str], owner: str | None = None) -> dict[str, Any]:
@@ -221,3 +230,34 @@ async def test_gc_pass() -> None:
     assert n == 2
     assert ("delete", "done") in kube.calls and ("status", "stuck", "Failed") in kube.calls
     assert ("checkpoints", "ns", "fresh") in kube.objects
+
+
+async def test_policy_status_pass_marks_the_loser() -> None:
+    kube = FakeKube()
+    for name, prio in (("a", 0), ("b", 5)):
+        kube.objects[("hibernationpolicies", "ns", name)] = {
+            "kind": "HibernationPolicy",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "runtime": "runc",
+                "priority": prio,
+                "containers": [{"name": "app"}],
+            },
+        }
+    kube.pods[("ns", "web-1")] = {
+        "metadata": {
+            "name": "web-1",
+            "namespace": "ns",
+            "labels": {"app": "web"},
+            "annotations": {P + "status": '{"app": "SCALED_DOWN"}'},
+        },
+        "spec": {"runtimeClassName": "runc-architect", "containers": [{"name": "app"}]},
+    }
+    assert await handlers.refresh_policy_status(kube=kube, now=NOW) == 2
+    a = kube.objects[("hibernationpolicies", "ns", "a")]["status"]
+    b = kube.objects[("hibernationpolicies", "ns", "b")]["status"]
+    assert {c["type"]: c["status"] for c in a["conditions"]}["Conflicted"] == "True"
+    assert {c["type"]: c["status"] for c in b["conditions"]}["Conflicted"] == "False"
+    assert (b["matchedPods"], b["hibernatedContainers"]) == (1, 1)
+    assert await handlers.refresh_policy_status(kube=kube, now=NOW) == 0  # nothing changed
