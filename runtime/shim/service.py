@@ -402,8 +402,8 @@ class TaskService:
         c.timings["restore"] = time.monotonic() - t0
         log.info("%s: restored from %s (%s) in %.3fs",
                  c.id, decision.image, decision.reason, c.timings["restore"])
-        if decision.image == c.image:
-            shutil.rmtree(c.image, ignore_errors=True)
+        # Consumed: no second container may restore the same state.
+        shutil.rmtree(decision.image, ignore_errors=True)
         return pid
 
     async def start(self, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
@@ -525,8 +525,7 @@ class TaskService:
         if p.io is not None:
             p.io.close()
         self.containers.pop(c.id, None)
-        keep = c.hibernated or c.migrate_on_stop
-        if not keep:
+        if not c.hibernated:  # a hibernation image outlives the task (shim restarts)
             shutil.rmtree(c.state_dir, ignore_errors=True)
         self._unmount_rootfs(c.bundle)
         self.publish(

@@ -89,10 +89,15 @@ class Containerd:
                 rows[parts[0]] = (int(parts[1]), parts[2])
         return rows
 
-    def run_container(self, cid: str, rootfs: Path, script: str) -> int:
+    def run_container(
+        self, cid: str, rootfs: Path, script: str, annotations: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> int:
+        ann = [f"--annotation={k}={v}" for k, v in (annotations or {}).items()]
+        # --rootfs is a switch: the rootfs path is the first positional argument.
         self.ctr(
-            "run", "-d", "--env", "PATH=/bin", "--runtime", RUNTIME, "--rootfs", str(rootfs),
-            cid, "/bin/sh", "-c", script,
+            "run", "-d", "--env", "PATH=/bin", "--runtime", RUNTIME, *ann, *extra,
+            "--rootfs", str(rootfs), cid, "/bin/sh", "-c", script,
         )
         pid: int = wait_for(
             lambda: self.tasks().get(cid, (0, ""))[1] == "RUNNING" and self.tasks()[cid][0],

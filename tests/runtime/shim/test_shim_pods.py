@@ -1,0 +1,103 @@
+"""One shim per pod, exec-wake notices, migration on stop and restore on create."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.shim.conftest import NS, Containerd, wait_for
+from tests.runtime.shim.test_shim_containerd import COUNTER, alive, count
+
+pytestmark = pytest.mark.root
+
+GROUP = "io.containerd.runc.v2.group"
+HASH = "architect.loopholelabs.io/pod-template-hash"
+NAME = "io.kubernetes.cri.container-name"
+
+
+def test_containers_of_a_pod_share_one_shim(containerd: Containerd, rootfs: Path) -> None:
+    other = rootfs.parent / (rootfs.name + "-b")
+    from tests.runtime.shim.conftest import build_busybox_rootfs
+
+    build_busybox_rootfs(other)
+    containerd.run_container("pa", rootfs, COUNTER, {GROUP: "pod-a"})
+    containerd.run_container("pb", other, COUNTER, {GROUP: "pod-a"})
+    sa = containerd.control("pa", {"op": "status"})
+    sb = containerd.control("pb", {"op": "status"})
+    assert sa["shim_pid"] == sb["shim_pid"]
+    assert {c["id"] for c in sa["containers"]} == {"pa", "pb"}
+    containerd.remove("pa")
+    # The pod's shim goes on serving the other container.
+    assert alive(sa["shim_pid"])
+    assert containerd.tasks()["pb"][1] == "RUNNING"
+    containerd.remove("pb")
+    wait_for(lambda: not alive(sa["shim_pid"]), 20, "the pod's shim to exit")
+
+
+def test_watch_reports_exec_wake(containerd: Containerd, rootfs: Path) -> None:
+    containerd.run_container("ww", rootfs, COUNTER)
+    wait_for(lambda: count(rootfs) >= 3, 20, "counting")
+    assert containerd.control("ww", {"op": "hibernate", "id": "ww"})["ok"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(containerd.shim_run / NS / "ww"))
+        f = s.makefile("rwb")
+        f.write(b'{"op": "watch"}\n')
+        f.flush()
+        assert json.loads(f.readline()) == {"ok": True}
+        res = containerd.run_result("task", "exec", "--exec-id", "x", "ww", "/bin/true")
+        assert res.returncode == 0, res.stderr
+        event = json.loads(f.readline())
+    assert event == {"event": "woken", "id": "ww", "reason": "exec"}
+    containerd.remove("ww")
+
+
+def test_stop_checkpoints_for_migration_and_replacement_restores(
+    containerd: Containerd, rootfs: Path
+) -> None:
+    ann = {HASH: "5d9c7b7f6", NAME: "app"}
+    containerd.run_container("src", rootfs, COUNTER, ann)
+    wait_for(lambda: count(rootfs) >= 20, 20, "counting")
+    resp = containerd.control("src", {"op": "migrate-on-stop", "id": "src"})
+    assert resp["ok"] and resp["migrate_on_stop"]
+    # The pod is being deleted: kubelet stops the container with SIGTERM.
+    containerd.ctr("task", "kill", "-s", "SIGTERM", "src")
+    wait_for(lambda: containerd.tasks()["src"][1] == "STOPPED", 30, "src STOPPED")
+    frozen = count(rootfs)
+    handover = containerd.shim_state / "handover" / "5d9c7b7f6" / "app"
+    assert (handover / "ready").exists()
+    containerd.ctr("task", "rm", "src")
+    containerd.ctr("container", "rm", "src")
+    assert (handover / "ready").exists(), "deleting the source lost the handover image"
+
+    # The replacement (same template hash and container name) restores.
+    containerd.run_container("dst", rootfs, COUNTER, ann)
+    wait_for(lambda: count(rootfs) != frozen, 20, "counting in the replacement")
+    assert count(rootfs) > frozen, "the replacement started fresh"
+    assert not handover.exists(), "a consumed handover image must not be restored twice"
+    rec = containerd.control("dst", {"op": "status"})["containers"][0]
+    assert rec["start_path"] == "restore"
+    containerd.remove("dst")
+
+
+def test_pending_checkpoint_waits_scaleup_timeout_then_starts_fresh(
+    containerd: Containerd, rootfs: Path
+) -> None:
+    ann = {
+        HASH: "pending1", NAME: "app",
+        "architect.loopholelabs.io/scaleup-timeout-containers": '{"app": "1500ms"}',
+    }
+    pending = containerd.shim_state / "handover" / "pending1" / "app"
+    pending.mkdir(parents=True)
+    (pending / "pending").touch()
+    t0 = time.monotonic()
+    containerd.run_container("pend", rootfs, COUNTER, ann)
+    assert time.monotonic() - t0 >= 1.5
+    rec = containerd.control("pend", {"op": "status"})["containers"][0]
+    assert rec["start_path"] == "fresh"
+    wait_for(lambda: count(rootfs) >= 1, 20, "counting from scratch")
+    containerd.remove("pend")
