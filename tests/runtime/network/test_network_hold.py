@@ -62,6 +62,35 @@ async def test_syn_held_until_wake_then_answered_without_reset(netpair: NetPair)
     assert iptables.architect_chains(netpair.pod) == []
 
 
+async def test_wake_longer_than_syn_timeout_holds_retransmits_and_still_connects(
+    netpair: NetPair,
+) -> None:
+    # A 2.5 s restore: the client retransmits its SYN meanwhile; every copy is
+    # held (duplicates of one connection, not a storm), released together, and
+    # the connection comes up without a reset.
+    servers: list[asyncio.Server] = []
+
+    async def wake() -> None:
+        await asyncio.sleep(2.5)
+        servers.append(await start_tcp_app(netpair.pod, PORT))
+
+    hold = PacketHold(netpair.pod, NetSpec(tag="l", tcp_ports=(PORT,), queue_num=13), wake)
+    await hold.start()
+    s = netpair.sock(netpair.client)
+    try:
+        assert await connect_and_greet(s, (netpair.pod_ip, PORT)) == GREETING
+        # Every held packet is one of the client's own SYN transmissions (its
+        # retransmit schedule is the kernel's, e.g. linear 1 s timeouts on 6.x).
+        retrans = tcp_total_retrans(s)
+        assert retrans >= 1
+        assert hold.stats.released_packets == 1 + retrans
+    finally:
+        s.close()
+        await hold.close()
+        for srv in servers:
+            srv.close()
+
+
 async def test_ipv6_syn_held_until_wake(netpair: NetPair) -> None:
     servers: list[asyncio.Server] = []
 
