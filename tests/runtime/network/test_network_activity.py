@@ -58,6 +58,34 @@ async def test_packets_clock_counts_app_traffic_not_shadow_traffic(netpair: NetP
     assert iptables.architect_chains(netpair.pod) == []
 
 
+async def test_shadow_port_from_inside_the_pod_is_redirected_and_not_counted(
+    netpair: NetPair,
+) -> None:
+    # A scraper in the pod itself (e.g. a metrics sidecar) reaches the shadow port
+    # over localhost: nat OUTPUT redirects it too.
+    spec = _spec()
+    iptables.install_base(netpair.pod, spec)
+    server = await start_tcp_app(netpair.pod, APP)
+    try:
+        for _ in range(2):
+            s = netpair.sock(netpair.pod)
+            try:
+                assert await connect_and_greet(s, ("127.0.0.1", SHADOW)) == GREETING
+            finally:
+                s.close()
+        await asyncio.sleep(0.3)
+        assert iptables.activity_packets(netpair.pod, spec) == 0
+        s = netpair.sock(netpair.pod)
+        try:
+            assert await connect_and_greet(s, ("127.0.0.1", APP)) == GREETING
+        finally:
+            s.close()
+        assert iptables.activity_packets(netpair.pod, spec) > 0  # the app port counts
+    finally:
+        server.close()
+        iptables.remove_container(netpair.pod, spec)
+
+
 async def test_connections_mode_counts_open_connections_until_closed(netpair: NetPair) -> None:
     spec = _spec()
     iptables.install_base(netpair.pod, spec)
