@@ -52,13 +52,18 @@ def last_log_error(text: str) -> str:
 
 
 class Runc:
-    def __init__(self, reaper: Reaper, root: Path, binary: str = "runc") -> None:
+    def __init__(
+        self, reaper: Reaper, root: Path, binary: str = "runc", flags: tuple[str, ...] = ()
+    ) -> None:
         self.reaper = reaper
+        self.flags = flags
         self.root = root
         self.binary = shutil.which(binary) or binary
+        # runsc speaks runc's CLI except for checkpoint/restore's CRIU flags.
+        self.gvisor = Path(binary).name.startswith("runsc")
 
     def _argv(self, *args: str, log: Path | None = None) -> list[str]:
-        argv = [self.binary, "--root", str(self.root)]
+        argv = [self.binary, "--root", str(self.root), *self.flags]
         if log is not None:
             argv += ["--log", str(log), "--log-format", "json"]
         return argv + list(args)
@@ -156,20 +161,26 @@ class Runc:
         self, cid: str, image: Path, work: Path, leave_running: bool = False
     ) -> None:
         image.mkdir(parents=True, exist_ok=True)
-        work.mkdir(parents=True, exist_ok=True)
-        args = ["checkpoint", "--image-path", str(image), "--work-path", str(work)]
-        args += ["--tcp-established", "--file-locks"]
+        args = ["checkpoint", "--image-path", str(image)]
+        if not self.gvisor:
+            work.mkdir(parents=True, exist_ok=True)
+            args += ["--work-path", str(work), "--tcp-established", "--file-locks"]
         if leave_running:
             args.append("--leave-running")
         await self.run(*args, cid)
+        if self.gvisor and not leave_running:
+            # runsc keeps a stopped record; the id must be free for the restore.
+            with contextlib.suppress(RuncError):
+                await self.delete(cid, force=True)
 
     async def restore(
         self, cid: str, bundle: Path, image: Path, work: Path, pid_file: Path, stdio: Stdio | None
     ) -> int:
-        work.mkdir(parents=True, exist_ok=True)
         args = ["restore", "--detach", "--bundle", str(bundle), "--image-path", str(image)]
-        args += ["--work-path", str(work), "--pid-file", str(pid_file)]
-        args += ["--tcp-established", "--file-locks"]
+        args += ["--pid-file", str(pid_file)]
+        if not self.gvisor:
+            work.mkdir(parents=True, exist_ok=True)
+            args += ["--work-path", str(work), "--tcp-established", "--file-locks"]
         await self.run_with_stdio(stdio, bundle / "runc-restore.log", *args, cid)
         return read_pid(pid_file)
 

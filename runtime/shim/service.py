@@ -134,27 +134,38 @@ def cgroup_path(bundle: Path) -> str:
     return str((spec.get("linux") or {}).get("cgroupsPath") or "")
 
 
-def runtime_binary(opt: any_pb2.Any) -> str:
-    """The OCI runtime binary named by containerd's task options (default runc).
+@dataclass(frozen=True)
+class RuntimeConfig:
+    binary: str = "runc"
+    flags: tuple[str, ...] = ()  # global flags for every call, e.g. runsc's --network=none
+
+
+def runtime_config(opt: any_pb2.Any) -> RuntimeConfig:
+    """The OCI runtime named by containerd's task options (default runc).
 
     runc's Options carry ``binary_name``. CRI hands runtimes it does not know a
     ``runtimeoptions.v1.Options`` whose ``config_path`` names a TOML file (the
     ``ConfigPath`` of the runtime's options in containerd's config); ours holds
-    ``binary_name = "runsc"`` for runsc-architect.
+    ``binary_name = "runsc"`` for runsc-architect and, like gVisor's own shim,
+    a ``[runsc_config]`` table of runsc flags.
     """
     if opt.type_url.endswith(RUNC_OPTIONS_URL):
         o = runc_options_pb2.Options()
         o.ParseFromString(opt.value)
-        return o.binary_name or "runc"
+        return RuntimeConfig(o.binary_name or "runc")
     if opt.type_url.endswith(RUNTIME_OPTIONS_URL):
         ro = runtime_options_pb2.Options()
         ro.ParseFromString(opt.value)
         if ro.config_path:
-            return binary_from_config(Path(ro.config_path))
-    return "runc"
+            return config_file(Path(ro.config_path))
+    return RuntimeConfig()
 
 
-def binary_from_config(path: Path) -> str:
+def runtime_binary(opt: any_pb2.Any) -> str:
+    return runtime_config(opt).binary
+
+
+def config_file(path: Path) -> RuntimeConfig:
     import tomllib
 
     try:
@@ -169,7 +180,18 @@ def binary_from_config(path: Path) -> str:
             Code.INVALID_ARGUMENT,
             f"runtime config {path}: binary_name {binary!r}: want runc or runsc",
         )
-    return binary
+    table = data.get("runsc_config", {})
+    if not isinstance(table, dict) or not all(
+        isinstance(v, str | bool | int) for v in table.values()
+    ):
+        raise TtrpcError(
+            Code.INVALID_ARGUMENT,
+            f"runtime config {path}: runsc_config: want a table of flag = value",
+        )
+    flags = tuple(
+        f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(table.items())
+    )
+    return RuntimeConfig(binary, flags)
 
 
 class TaskService:
@@ -199,7 +221,8 @@ class TaskService:
 
     def runc(self, binary: str) -> Runc:
         if binary not in self._runcs:
-            self._runcs[binary] = Runc(self.reaper, self.runc_root / binary, binary)
+            name = Path(binary).name
+            self._runcs[binary] = Runc(self.reaper, self.runc_root / name, binary, self._flags)
         return self._runcs[binary]
 
     def get(self, cid: str) -> Container:
@@ -298,7 +321,9 @@ class TaskService:
         if req.id in self.containers:
             raise TtrpcError(Code.ALREADY_EXISTS, f"container {req.id!r}: already exists")
         bundle = Path(req.bundle)
-        binary = runtime_binary(req.options)
+        rc = runtime_config(req.options)
+        binary = rc.binary
+        self._flags = rc.flags
         runtime = "runsc" if Path(binary).name.startswith("runsc") else "runc"
         annotations = read_annotations(bundle)
         self._mount_rootfs(bundle, req.rootfs)
@@ -501,6 +526,15 @@ class TaskService:
                 await self._exited(c, p, 128 + req.signal)
                 return
         if p.status == CREATED and not p.pid:
+            return
+        if p.status == CREATED and req.signal in (signal.SIGKILL, signal.SIGTERM):
+            # Never started: runsc's sandbox ignores signals then; delete ends it.
+            with contextlib.suppress(RuncError):
+                await self.runc(self._binary).delete(c.id, force=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(p.exited.wait(), 5)
+            if not p.exited.is_set():
+                await self._exited(c, p, 128 + req.signal)
             return
         try:
             await self.runc(self._binary).kill(c.id, req.signal, req.all)
@@ -762,6 +796,7 @@ class TaskService:
             server.register(SERVICE, method, unary(req_type, fn))
 
     _binary: str = "runc"
+    _flags: tuple[str, ...] = ()
 
 
 def _read_int(path: Path) -> int:

@@ -252,3 +252,16 @@ def test_generated_protobuf_code_does_not_drift(tmp_path: Path) -> None:
         assert (tmp_path / name).read_text() == (shim_dir / "pb" / name).read_text(), (
             f"runtime/shim/pb/{name} drifted: run runtime/shim/gen-proto"
         )
+
+
+def test_runsc_config_table_becomes_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "r.toml"
+    cfg.write_text('binary_name = "runsc"\n[runsc_config]\nnetwork = "none"\ndebug = true\n')
+    assert service.config_file(cfg) == service.RuntimeConfig(
+        "runsc", ("--debug=true", "--network=none")
+    )
+    cfg.write_text('binary_name = "runsc"\nrunsc_config = ["x"]\n')
+    with pytest.raises(TtrpcError, match="runsc_config"):
+        service.config_file(cfg)
+    with pytest.raises(TtrpcError, match="No such file"):
+        service.config_file(tmp_path / "missing.toml")
