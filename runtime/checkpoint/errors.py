@@ -30,7 +30,8 @@ class CheckpointFailed(CheckpointError):
     """The engine failed to checkpoint; the container is left as the engine left it."""
 
     def __init__(self, where: str | Path, message: str, log: str = "") -> None:
-        super().__init__(where, message)
+        # The engine's own error lines are what an operator needs to see.
+        super().__init__(where, f"{message}\n{log}" if log else message)
         self.log = log
 
 
@@ -38,7 +39,8 @@ class RestoreFailed(CheckpointError):
     """The engine failed to restore; no half-restored container is left behind."""
 
     def __init__(self, where: str | Path, message: str, log: str = "") -> None:
-        super().__init__(where, message)
+        # The engine's own error lines are what an operator needs to see.
+        super().__init__(where, f"{message}\n{log}" if log else message)
         self.log = log
 
 

@@ -7,6 +7,7 @@ bound to the old pod IP are rewritten in CRIU's files.img before restore.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +23,7 @@ from architect.runtime.checkpoint.api import (
 from architect.runtime.checkpoint.base import EngineBackend
 from architect.runtime.checkpoint.errors import BackendUnavailable
 
+DEFAULT_RUNC_ROOT = Path("/run/runc")
 CRIU_MIN = (4, 0)  # 3.x fails on current kernels (vDSO bounds, socket options)
 
 
@@ -113,6 +115,11 @@ class RuncCriuBackend(EngineBackend):
 
     async def _remove(self, container: Container) -> None:
         await run([*self._base(container), "delete", "--force", container.id], 60)
+        # A restore that failed early leaves runc's state dir without a
+        # state.json; `runc delete` cannot see it but a new restore trips on it.
+        state_dir = (container.state_root or DEFAULT_RUNC_ROOT) / container.id
+        if state_dir.is_dir() and not (state_dir / "state.json").exists():
+            shutil.rmtree(state_dir, ignore_errors=True)
 
     def _memory_bytes(self, engine_dir: Path) -> int:
         return sum(p.stat().st_size for p in engine_dir.glob("pages-*.img"))

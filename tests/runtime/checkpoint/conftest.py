@@ -1,0 +1,79 @@
+"""Fixtures of the checkpoint tests: a namespace lab, runtime state roots, the app."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .ckpt_lab import Lab, build_server, sh
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("checkpoint engine tests need root (runtime/checkpoint/install, then sudo)")
+
+
+@pytest.fixture(scope="session")
+def server_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_server(tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    _need_root()
+    lab = Lab()
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def _cleanup_root(binary: str, root: Path, force_flag: str) -> None:
+    done = sh(binary, "--root", str(root), "list", "-q", check=False)
+    for cid in done.stdout.split():
+        sh(binary, "--root", str(root), "delete", force_flag, cid, check=False)
+
+
+@pytest.fixture
+def runc_root(tmp_path: Path) -> Iterator[Path]:
+    _need_root()
+    root = tmp_path / "runc-state"
+    root.mkdir()
+    try:
+        yield root
+    finally:
+        _cleanup_root("runc", root, "--force")
+
+
+@pytest.fixture
+def runsc_root(tmp_path: Path) -> Iterator[Path]:
+    _need_root()
+    root = tmp_path / "runsc-state"
+    root.mkdir()
+    try:
+        yield root
+    finally:
+        _cleanup_root("runsc", root, "-force")
+
+
+def start(binary: str, root: Path, cid: str, bundle: Path, *flags: str) -> int:
+    """`<runtime> run -d` with stdio on /dev/null; returns the container's pid."""
+    pid_file = bundle / f"{cid}.pid"
+    log = bundle / f"{cid}.runtime.log"
+    # stdio on /dev/null: the container inherits it, and CRIU can only reopen
+    # files it can find from inside the container (not a pipe or a host temp file).
+    done = subprocess.run(
+        [binary, "--root", str(root), "--log", str(log), *flags, "run", "--detach",
+         "--bundle", str(bundle), "--pid-file", str(pid_file), cid],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        raise AssertionError(f"{binary} run {cid} failed: {text[-2000:]}")
+    return int(pid_file.read_text())

@@ -1,0 +1,205 @@
+"""The image format on real files: pack, verify, unpack, and every way to break it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from architect.runtime.checkpoint import (
+    ImageCorrupt,
+    ImageEmpty,
+    ImageError,
+    ImageMissing,
+    ImageTruncated,
+    Scope,
+)
+from architect.runtime.checkpoint import image as img
+
+
+def _engine(tmp_path: Path, pages: bytes) -> Path:
+    d = tmp_path / "engine-src"
+    d.mkdir()
+    (d / "pages-1.img").write_bytes(pages)
+    (d / "core-1.img").write_bytes(b"core" * 100)
+    (d / "sub").mkdir()
+    (d / "sub" / "x.img").write_bytes(b"")
+    return d
+
+
+def _pack(tmp_path: Path, pages: bytes = b"\0" * 300_000, **kw: object) -> Path:
+    out = tmp_path / "image"
+    img.pack(
+        out, _engine(tmp_path, pages), kw.pop("empty_dirs", ()),  # type: ignore[arg-type]
+        backend="runc-criu", backend_version="test", scope=Scope.CONTAINER,
+        container="c1", pod_template_hash="abc", memory_bytes=len(pages),
+        compression=str(kw.pop("compression", "auto")),
+    )  # fmt: skip
+    return out
+
+
+def test_choose_compression_by_measured_ratio() -> None:
+    assert img.choose_compression(b"\0" * 100_000) == "zstd"
+    assert img.choose_compression(os.urandom(100_000)) == "none"
+    assert img.choose_compression(b"") == "none"
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "auto"])
+def test_round_trip(tmp_path: Path, compression: str) -> None:
+    pages = os.urandom(50_000) + b"\0" * 200_000
+    m = img.pack(
+        tmp_path / "i", _engine(tmp_path, pages), (), backend="runsc", backend_version="v",
+        scope=Scope.SANDBOX, container="c", pod_template_hash="h", memory_bytes=1,
+        compression=compression,
+    )  # fmt: skip
+    assert img.read_manifest(tmp_path / "i") == m
+    got = img.unpack(tmp_path / "i", tmp_path / "out")
+    assert got == m
+    assert (tmp_path / "out/engine/pages-1.img").read_bytes() == pages
+    assert (tmp_path / "out/engine/sub/x.img").read_bytes() == b""
+    assert {f.path for f in m.files} == {
+        "engine/pages-1.img", "engine/core-1.img", "engine/sub/x.img"}  # fmt: skip
+    if compression != "none":
+        assert m.payload.compression == "zstd" and m.payload.size < m.payload.raw_size
+
+
+def test_manifest_is_plain_json_with_digests(tmp_path: Path) -> None:
+    d = json.loads((_pack(tmp_path) / "manifest.json").read_text())
+    assert d["backend"] == "runc-criu" and d["scope"] == "container"
+    assert len(d["payload"]["sha256"]) == 64 and d["created"].endswith("Z")
+    assert all(len(f["sha256"]) == 64 for f in d["files"])
+
+
+def test_empty_dirs_round_trip(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    (vol / "a" / "b").mkdir(parents=True)
+    (vol / "a" / "b" / "f").write_text("deep")
+    (vol / "top").write_text("top")
+    os.mkfifo(vol / "fifo")
+    image = _pack(tmp_path, empty_dirs=(vol,))
+    shutil.rmtree(vol)
+    vol.mkdir()
+    (vol / "junk").write_text("x")
+    m = img.unpack(image, tmp_path / "u")
+    img.put_back_empty_dirs(tmp_path / "u", m)
+    assert (vol / "a" / "b" / "f").read_text() == "deep"
+    assert (vol / "top").read_text() == "top"
+    assert (vol / "fifo").is_fifo()
+    assert not (vol / "junk").exists()
+
+
+def _payload(image: Path) -> Path:
+    return image / json.loads((image / "manifest.json").read_text())["payload"]["file"]
+
+
+def _flip(p: Path, at: float) -> None:
+    b = bytearray(p.read_bytes())
+    b[int(len(b) * at)] ^= 0x5A
+    p.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("flip-start", ImageCorrupt),
+        ("flip-middle", ImageCorrupt),
+        ("flip-end", ImageCorrupt),
+        ("truncate", ImageTruncated),
+        ("append", ImageCorrupt),
+        ("empty-payload", ImageEmpty),
+        ("empty-manifest", ImageEmpty),
+        ("bad-json", ImageCorrupt),
+        ("manifest-field-missing", ImageCorrupt),
+        ("manifest-wrong-type", ImageCorrupt),
+        ("file-digest", ImageCorrupt),
+        ("no-manifest", ImageMissing),
+        ("no-payload", ImageMissing),
+        ("no-dir", ImageMissing),
+    ],
+)
+def test_bad_image_is_typed_and_leaves_nothing(
+    tmp_path: Path, kind: str, error: type[ImageError], compression: str
+) -> None:
+    image = _pack(tmp_path, pages=os.urandom(40_000) + b"\0" * 100_000, compression=compression)
+    mpath = image / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    match kind:
+        case "flip-start":
+            _flip(_payload(image), 0.0)
+        case "flip-middle":
+            _flip(_payload(image), 0.5)
+        case "flip-end":
+            _flip(_payload(image), 0.999)
+        case "truncate":
+            p = _payload(image)
+            p.write_bytes(p.read_bytes()[:-100])
+        case "append":
+            with open(_payload(image), "ab") as f:
+                f.write(b"x")
+        case "empty-payload":
+            _payload(image).write_bytes(b"")
+        case "empty-manifest":
+            mpath.write_text("  \n")
+        case "bad-json":
+            mpath.write_text('{"format_version": 1,')
+        case "manifest-field-missing":
+            del manifest["payload"]["sha256"]
+            mpath.write_text(json.dumps(manifest))
+        case "manifest-wrong-type":
+            manifest["payload"]["size"] = "12"
+            mpath.write_text(json.dumps(manifest))
+        case "file-digest":
+            manifest["files"][0]["sha256"] = "0" * 64
+            mpath.write_text(json.dumps(manifest))
+        case "no-manifest":
+            mpath.unlink()
+        case "no-payload":
+            _payload(image).unlink()
+        case "no-dir":
+            shutil.rmtree(image)
+    with pytest.raises(error) as info:
+        img.unpack(image, tmp_path / "out")
+    assert str(image) in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsafe_member_path_rejected(tmp_path: Path) -> None:
+    """A payload whose digests match but whose tar escapes the scratch dir."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (tmp_path / "x").write_text("x")
+    with tarfile.open(evil / "payload.tar", "w") as tar:
+        tar.add(tmp_path / "x", arcname="engine/../../escape")
+    import hashlib
+
+    data = (evil / "payload.tar").read_bytes()
+    good = json.loads((_pack(tmp_path) / "manifest.json").read_text())
+    good["payload"].update(
+        file="payload.tar", compression="none", size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), raw_size=len(data),
+    )  # fmt: skip
+    good["files"] = []
+    (evil / "manifest.json").write_text(json.dumps(good))
+    with pytest.raises(ImageCorrupt, match="unsafe member"):
+        img.unpack(evil, tmp_path / "out")
+    assert not (tmp_path / "escape").exists()
+
+
+def test_manifest_from_dict_names_the_field() -> None:
+    with pytest.raises(ImageCorrupt, match="'backend'"):
+        img.manifest_from_dict(
+            {"format_version": 1, "scope": "sandbox",
+             "payload": {"compression": "none", "file": "payload.tar", "size": 1,
+                         "sha256": "", "raw_size": 1},
+             "files": [], "empty_dirs": []},
+            "here",
+        )  # fmt: skip
+    with pytest.raises(ImageCorrupt, match="format_version 2"):
+        img.manifest_from_dict({"format_version": 2}, "here")
+    with pytest.raises(ImageCorrupt, match="not a JSON object"):
+        img.manifest_from_dict([], "here")

@@ -1,0 +1,280 @@
+"""runc + CRIU against the real engines, in namespaces the tests create."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from architect.runtime.checkpoint import (
+    AddressRewrite,
+    CheckpointOptions,
+    Container,
+    ContainerNotFound,
+    ImageCorrupt,
+    ImageEmpty,
+    ImageError,
+    ImageMismatch,
+    ImageMissing,
+    ImageTruncated,
+    RestoreFailed,
+    RestoreOptions,
+    backend,
+)
+from architect.runtime.checkpoint import image as image_mod
+from architect.runtime.checkpoint.runc import RuncCriuBackend
+
+from .ckpt_lab import (
+    Lab,
+    http_request,
+    make_bundle,
+    memory_cgroup_bytes,
+    pid_alive,
+    sh,
+    wait_until,
+    with_netns,
+)
+from .conftest import start
+
+pytestmark = pytest.mark.root
+MIB = 1 << 20
+
+
+def _answers(lab: Lab, host: str) -> bool:
+    return lab.accepts(host)
+
+
+def _runc_has(root: Path, cid: str) -> bool:
+    return sh("runc", "--root", str(root), "state", cid, check=False).returncode == 0
+
+
+def _launch(
+    tmp_path: Path,
+    lab: Lab,
+    server_bin: Path,
+    runc_root: Path,
+    cid: str,
+    addr: str,
+    mem_mib: int = 8,
+    mounts: dict[str, Path] | None = None,
+    empty_dirs: tuple[Path, ...] = (),
+) -> tuple[Container, int]:
+    pod = lab.pods[0]
+    cg = f"/architect-test/{cid}-{lab.tag}"
+    bundle = make_bundle(
+        tmp_path / f"bundle-{cid}", server_bin, ["/server", addr, "8080", str(mem_mib)],
+        pod.netns_path, mounts=mounts, cgroups_path=cg,
+    )  # fmt: skip
+    pid = start("runc", runc_root, cid, bundle)
+    host = pod.ip6 if ":" in addr else pod.ip4
+    assert wait_until(lambda: _answers(lab, host), 10), "server never answered"
+    return Container(cid, bundle, runc_root, "7c9d8f", empty_dirs), pid
+
+
+async def test_checkpoint_frees_process_and_memory_restore_continues_counter(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+) -> None:
+    pod = lab.add_pod()
+    c, pid = _launch(tmp_path, lab, server_bin, runc_root, "web", pod.ip4, mem_mib=64)
+    assert [lab.get(pod.ip4) for _ in range(3)] == ["1", "2", "3"]
+    cg = json.loads((c.bundle / "config.json").read_text())["linux"]["cgroupsPath"]
+    used = memory_cgroup_bytes(cg)
+    assert used is not None and used >= 64 * MIB
+
+    b = backend("runc-architect")
+    m = await b.checkpoint(c, tmp_path / "img")
+
+    assert wait_until(lambda: not pid_alive(pid), 5)
+    assert not _runc_has(runc_root, "web")
+    # The memory went with the cgroup (or the cgroup holds next to nothing).
+    assert (memory_cgroup_bytes(cg) or 0) < 4 * MIB
+    assert m.backend == "runc-criu" and "criu 4.1" in m.backend_version
+    assert m.container == "web" and m.pod_template_hash == "7c9d8f"
+    assert m.memory_bytes >= 64 * MIB
+    assert b.describe(tmp_path / "img") == m
+
+    r = await b.restore(c, tmp_path / "img")
+    assert pid_alive(r.pid) and r.pid != pid
+    assert lab.get(pod.ip4) == "4"  # the counter lived only in memory
+    assert (memory_cgroup_bytes(cg) or 0) >= 64 * MIB
+
+
+async def test_leave_running_keeps_serving(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+) -> None:
+    pod = lab.add_pod()
+    c, pid = _launch(tmp_path, lab, server_bin, runc_root, "pre", pod.ip4)
+    assert lab.get(pod.ip4) == "1"
+    await RuncCriuBackend().checkpoint(c, tmp_path / "img", CheckpointOptions(leave_running=True))
+    assert pid_alive(pid)
+    assert lab.get(pod.ip4) == "2"
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+async def test_listener_moves_to_another_pod_ip(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path, family: str
+) -> None:
+    a, b_pod = lab.add_pod(), lab.add_pod()
+    old, new = (a.ip4, b_pod.ip4) if family == "ipv4" else (a.ip6, b_pod.ip6)
+    c, _ = _launch(tmp_path, lab, server_bin, runc_root, "mv", old)
+    assert lab.get(old) == "1"
+    b = RuncCriuBackend()
+    await b.checkpoint(c, tmp_path / "img")
+
+    moved = with_netns(c.bundle, tmp_path / "bundle-b", b_pod.netns_path)
+    rewrite = AddressRewrite(ipaddress.ip_address(old), ipaddress.ip_address(new))
+    await b.restore(c, tmp_path / "img", RestoreOptions(rewrites=(rewrite,), bundle=moved))
+    assert lab.get(new) == "2"
+
+
+async def test_established_connection_survives_move(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+) -> None:
+    """A client talks to a Service VIP that maps to the pod (see Lab.map_vip).
+    The pod moves to another IP; the same TCP connection goes on."""
+    a, b_pod = lab.add_pod(), lab.add_pod()
+    vip = "198.19.0.1"
+    # The server listens on the wildcard, as most pods do; the accepted
+    # connection's source is the pod IP all the same.
+    c, _ = _launch(tmp_path, lab, server_bin, runc_root, "tcp", "0.0.0.0")
+    lab.map_vip(vip, 8080, a.ip4)
+    with lab.socket() as s:
+        s.connect((vip, 8080))
+        assert http_request(s) == "1"
+        b = RuncCriuBackend()
+        m = await b.checkpoint(c, tmp_path / "img")
+        assert any(f.path.startswith("engine/tcp-stream-") for f in m.files)
+
+        lab.map_vip(vip, 8080, b_pod.ip4)  # the Service now points at the new pod
+        moved = with_netns(c.bundle, tmp_path / "bundle-b", b_pod.netns_path)
+        rewrite = AddressRewrite(ipaddress.ip_address(a.ip4), ipaddress.ip_address(b_pod.ip4))
+        await b.restore(c, tmp_path / "img", RestoreOptions(rewrites=(rewrite,), bundle=moved))
+        assert http_request(s) == "2"  # same socket, same connection
+        assert http_request(s) == "3"
+
+
+async def test_empty_dir_travels_in_image(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+) -> None:
+    lab.add_pod()
+    data = tmp_path / "emptydir"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "state.bin").write_bytes(bytes(range(256)) * 1000)
+    (data / "note.txt").write_text("before checkpoint\n")
+    (data / "link").symlink_to("note.txt")
+    c, _ = _launch(
+        tmp_path, lab, server_bin, runc_root, "ed", lab.pods[0].ip4,
+        mounts={"/data": data}, empty_dirs=(data,),
+    )  # fmt: skip
+    # The container itself writes into the volume too.
+    sh("runc", "--root", str(runc_root), "exec", "ed", "/bin/busybox", "sh", "-c",
+       "echo from-container > /data/inside.txt")  # fmt: skip
+    b = RuncCriuBackend()
+    m = await b.checkpoint(c, tmp_path / "img")
+    assert m.empty_dirs == (str(data),)
+    # The replacement pod starts with a fresh, empty emptyDir.
+    shutil.rmtree(data)
+    data.mkdir()
+    (data / "stale").write_text("must go")
+    await b.restore(c, tmp_path / "img")
+    assert (data / "sub" / "state.bin").read_bytes() == bytes(range(256)) * 1000
+    assert (data / "note.txt").read_text() == "before checkpoint\n"
+    assert (data / "link").is_symlink() and (data / "link").read_text() == "before checkpoint\n"
+    assert (data / "inside.txt").read_text() == "from-container\n"
+    assert not (data / "stale").exists()
+    done = sh("runc", "--root", str(runc_root), "exec", "ed", "/bin/busybox", "cat",
+              "/data/inside.txt")  # fmt: skip
+    assert done.stdout == "from-container\n"
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _corruptions() -> dict[str, tuple[type[ImageError], object]]:
+    def payload(d: Path) -> Path:
+        return d / json.loads((d / "manifest.json").read_text())["payload"]["file"]
+
+    return {
+        "flipped-byte": (ImageCorrupt, lambda d: _flip_middle(payload(d))),
+        "truncated": (ImageTruncated, lambda d: payload(d).write_bytes(
+            payload(d).read_bytes()[:-4096])),
+        "empty-payload": (ImageEmpty, lambda d: payload(d).write_bytes(b"")),
+        "empty-manifest": (ImageEmpty, lambda d: (d / "manifest.json").write_text("")),
+        "bad-json": (ImageCorrupt, lambda d: (d / "manifest.json").write_text("{nope")),
+        "no-manifest": (ImageMissing, lambda d: (d / "manifest.json").unlink()),
+        "no-payload": (ImageMissing, lambda d: payload(d).unlink()),
+        "missing-dir": (ImageMissing, lambda d: shutil.rmtree(d)),
+        "wrong-backend": (ImageMismatch, lambda d: (d / "manifest.json").write_text(
+            (d / "manifest.json").read_text().replace('"runc-criu"', '"runsc"'))),
+    }  # fmt: skip
+
+
+async def test_each_corrupt_image_fails_cleanly_then_good_image_restores(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+) -> None:
+    pod = lab.add_pod()
+    c, _ = _launch(tmp_path, lab, server_bin, runc_root, "bad", pod.ip4)
+    assert lab.get(pod.ip4) == "1"
+    b = RuncCriuBackend()
+    good = tmp_path / "good"
+    await b.checkpoint(c, good)
+    for kind, (error, corrupt) in _corruptions().items():
+        bad = tmp_path / f"bad-{kind}"
+        shutil.copytree(good, bad)
+        assert callable(corrupt)
+        corrupt(bad)
+        with pytest.raises(error) as info:
+            await b.restore(c, bad)
+        assert str(bad) in str(info.value), kind  # the error names the image
+        assert not _runc_has(runc_root, "bad"), kind
+        assert not _answers(lab, pod.ip4), kind
+        assert not list(tmp_path.glob(".bad-*restore*")), kind  # no scratch left
+    await b.restore(c, good)
+    assert lab.get(pod.ip4) == "2"
+
+
+async def test_engine_rejects_image_no_half_restored_container(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+) -> None:
+    """Digests fine, content wrong for CRIU: RestoreFailed and nothing left running."""
+    pod = lab.add_pod()
+    c, _ = _launch(tmp_path, lab, server_bin, runc_root, "half", pod.ip4)
+    b = RuncCriuBackend()
+    good = tmp_path / "good"
+    await b.checkpoint(c, good)
+    unpacked = tmp_path / "unpacked"
+    m = image_mod.unpack(good, unpacked)
+    pages = sorted((unpacked / "engine").glob("pages-*.img"))[0]
+    pages.write_bytes(pages.read_bytes()[: pages.stat().st_size // 2])
+    forged = tmp_path / "forged"
+    image_mod.pack(
+        forged, unpacked / "engine", (), backend=m.backend, backend_version=m.backend_version,
+        scope=m.scope, container=m.container, pod_template_hash="", memory_bytes=0,
+    )  # fmt: skip
+    with pytest.raises(RestoreFailed) as info:
+        await b.restore(c, forged)
+    assert "restore failed" in str(info.value) and info.value.log
+    assert not _runc_has(runc_root, "half")
+    assert sh("pgrep", "-f", f"/server {pod.ip4} 8080", check=False).returncode != 0
+    await b.restore(c, good)
+    assert lab.get(pod.ip4) == "1"
+
+
+async def test_checkpoint_of_unknown_container_is_typed(tmp_path: Path, runc_root: Path) -> None:
+    c = Container("nope", tmp_path, runc_root)
+    with pytest.raises(ContainerNotFound, match="nope"):
+        await RuncCriuBackend().checkpoint(c, tmp_path / "img")
+    assert not (tmp_path / "img").exists()
+
+
+async def test_socket_family_is_checked(tmp_path: Path) -> None:
+    rw = AddressRewrite(ipaddress.ip_address("198.18.1.2"), ipaddress.ip_address("fd0c:1::2"))
+    c = Container("x", tmp_path)
+    with pytest.raises(Exception, match="families differ"):
+        await RuncCriuBackend().restore(c, tmp_path / "img", RestoreOptions(rewrites=(rw,)))
