@@ -123,8 +123,9 @@ class Containerd:
         self.run_result("container", "rm", cid)
 
 
-@pytest.fixture(scope="session")
-def containerd() -> Iterator[Containerd]:
+@contextlib.contextmanager
+def private_containerd() -> Iterator[Containerd]:
+    """containerd with its own config, root, state and socket; the shim from this tree."""
     for tool in ("containerd", "ctr", "runc", "criu"):
         if shutil.which(tool, path="/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin") is None:
             raise RuntimeError(f"{tool} missing: run runtime/shim/install")
@@ -178,6 +179,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         subprocess.run(["umount", "-R", "-l", str(base / "state")], capture_output=True)
         if os.environ.get("ARCHITECT_KEEP_TEST_DIRS") != "1":
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[Containerd]:
+    with private_containerd() as cd:
+        yield cd
 
 
 def _kill_leftover_shims(base: Path) -> None:

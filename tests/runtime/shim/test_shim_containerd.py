@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,10 +22,19 @@ HOG = (
 
 
 def count(rootfs: Path) -> int:
-    try:
-        return int((rootfs / "tmp" / "count").read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+    """The container's counter; 0 before it first wrote one.
+
+    `echo $i > f` truncates before it writes: an empty read is a write in flight.
+    """
+    for _ in range(100):
+        try:
+            text = (rootfs / "tmp" / "count").read_text().strip()
+        except FileNotFoundError:
+            return 0
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    raise AssertionError("counter file stayed empty for a second")
 
 
 def alive(pid: int) -> bool:
@@ -175,3 +185,58 @@ def test_killed_shim_keeps_checkpoint_and_create_restores(
     assert count(rootfs) > frozen, "started fresh instead of restoring"
     assert not image.exists()
     containerd.remove("sk")
+
+
+def test_stdin_metrics_update_pause(containerd: Containerd, rootfs: Path) -> None:
+    containerd.run_container("misc", rootfs, COUNTER)
+    # stdin reaches the exec, and its end (CloseIO) ends cat.
+    res = subprocess.run(
+        ["ctr", "--address", str(containerd.sock), "-n", NS, "task", "exec", "--exec-id", "in",
+         "misc", "/bin/cat"],
+        input="through stdin\n", capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "through stdin" in res.stdout
+    metrics = containerd.ctr("task", "metrics", "misc")
+    assert "memory.usage_in_bytes" in metrics
+    usage = [ln for ln in metrics.splitlines() if ln.startswith("memory.usage_in_bytes")]
+    assert int(usage[0].split()[-1]) > 0
+    # ctr 1.6 has no `task update`: call the shim's Update as containerd would.
+    update_memory_limit(containerd, "misc", 64 << 20)
+    limit = Path(f"/sys/fs/cgroup/memory/{NS}/misc/memory.limit_in_bytes").read_text()
+    assert int(limit) == 64 << 20
+    containerd.ctr("task", "pause", "misc")
+    assert containerd.tasks()["misc"][1] == "PAUSED"
+    frozen = count(rootfs)
+    time.sleep(0.5)
+    assert count(rootfs) == frozen
+    containerd.ctr("task", "resume", "misc")
+    wait_for(lambda: count(rootfs) > frozen, 10, "counting after resume")
+    containerd.remove("misc")
+
+
+def update_memory_limit(containerd: Containerd, cid: str, limit: int) -> None:
+    import asyncio
+    import json
+
+    from google.protobuf import any_pb2
+
+    from architect.runtime.shim import ttrpc
+    from architect.runtime.shim.pb import shim_pb2
+
+    bundle = containerd.base / "state" / "io.containerd.runtime.v2.task" / NS / cid
+    address = (bundle / "address").read_text()
+    resources = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+        value=json.dumps({"memory": {"limit": limit}}).encode(),
+    )
+
+    async def call() -> None:
+        client = await ttrpc.Client.connect(address)
+        try:
+            req = shim_pb2.UpdateTaskRequest(id=cid, resources=resources)
+            await client.call("containerd.task.v2.Task", "Update", req.SerializeToString())
+        finally:
+            await client.close()
+
+    asyncio.run(call())

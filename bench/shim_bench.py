@@ -1,0 +1,171 @@
+"""Shim benchmark: memory per pod, and hibernate / wake times as containerd sees them.
+
+Runs a private containerd (as the shim tests do) and reports, in one run:
+- RSS and PSS of Architect's shim per pod (1 container a pod, and one pod of 4),
+  next to containerd's own Go shim (io.containerd.runc.v2) for the same pods;
+- hibernate and wake times through the control socket, the exec-wake time seen by
+  `ctr task exec` on a hibernated container against the same exec on a running one,
+  and the container's cgroup RSS before and after hibernation.
+
+Needs root and runtime/shim/install. Usage: python bench/shim_bench.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.runtime.shim.conftest import (
+    NS,
+    Containerd,
+    build_busybox_rootfs,
+    private_containerd,
+    wait_for,
+)
+
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+HOG = "x=$(head -c 25000000 /dev/zero | tr '\\0' a); echo ready > /tmp/ready; " + COUNTER
+
+
+def mem_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of a process in KiB."""
+    rss = pss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1])
+    return rss, pss
+
+
+def shim_pids(marker: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(marker.encode() in c for c in cmd) and b"start" not in cmd and b"delete" not in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def run(cd: Containerd, runtime: str, cid: str, rootfs: Path, script: str,
+        annotations: dict[str, str] | None = None) -> None:
+    ann = [f"--annotation={k}={v}" for k, v in (annotations or {}).items()]
+    cd.ctr("run", "-d", "--env", "PATH=/bin", "--runtime", runtime, *ann,
+           "--rootfs", str(rootfs), cid, "/bin/sh", "-c", script)
+    wait_for(lambda: cd.tasks().get(cid, (0, ""))[1] == "RUNNING", 30, cid)
+
+
+def shim_memory(cd: Containerd, runtime: str, marker: str, pods: int, per_pod: int) -> dict[str, float]:
+    ids = []
+    for p in range(pods):
+        for c in range(per_pod):
+            cid = f"m{p}x{c}"
+            rootfs = build_busybox_rootfs(cd.base / "rootfs" / cid)
+            run(cd, runtime, cid, rootfs, COUNTER, {"io.containerd.runc.v2.group": f"pod{p}"})
+            ids.append(cid)
+    time.sleep(1.0)
+    pids = shim_pids(marker)
+    mems = [mem_kib(pid) for pid in pids]
+    for cid in ids:
+        cd.remove(cid)
+    return {
+        "shims": len(pids),
+        "rss_per_pod_kib": sum(m[0] for m in mems) / pods,
+        "pss_per_pod_kib": sum(m[1] for m in mems) / pods,
+    }
+
+
+def timed(fn: object) -> float:
+    t0 = time.monotonic()
+    fn()  # type: ignore[operator]
+    return time.monotonic() - t0
+
+
+def cgroup_rss(cid: str) -> int:
+    try:
+        stat = Path(f"/sys/fs/cgroup/memory/{NS}/{cid}/memory.stat").read_text()
+    except FileNotFoundError:
+        return 0
+    for line in stat.splitlines():
+        if line.startswith("total_rss "):
+            return int(line.split()[1])
+    return 0
+
+
+def hibernation_round(cd: Containerd, i: int) -> dict[str, float]:
+    cid = f"h{i}"
+    rootfs = build_busybox_rootfs(cd.base / "rootfs" / cid)
+    run(cd, "io.containerd.architect.v1", cid, rootfs, HOG)
+    wait_for(lambda: (rootfs / "tmp" / "ready").exists(), 60, "memory allocated")
+
+    def exec_cat(eid: str) -> None:
+        res = cd.run_result("task", "exec", "--exec-id", eid, cid, "/bin/cat", "/tmp/count")
+        assert res.returncode == 0, res.stderr
+
+    exec_running = timed(lambda: exec_cat("r"))
+    rss_before = cgroup_rss(cid)
+    hib = cd.control(cid, {"op": "hibernate", "id": cid})
+    assert hib["ok"], hib
+    assert cd.tasks()[cid][1] == "RUNNING"
+    rss_after = cgroup_rss(cid)
+    exec_wake = timed(lambda: exec_cat("w"))
+    hib2 = cd.control(cid, {"op": "hibernate", "id": cid})
+    wake = cd.control(cid, {"op": "wake", "id": cid})
+    assert wake["ok"], wake
+    cd.remove(cid)
+    return {
+        "hibernate_s": hib["seconds"],
+        "hibernate2_s": hib2["seconds"],
+        "wake_s": wake["seconds"],
+        "exec_running_s": exec_running,
+        "exec_wake_s": exec_wake,
+        "rss_before_kib": rss_before / 1024,
+        "rss_after_kib": rss_after / 1024,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pods", type=int, default=4)
+    args = ap.parse_args()
+    if not 1 <= args.rounds <= 20 or not 1 <= args.pods <= 16:
+        ap.error("--rounds must be 1..20 and --pods 1..16")
+    with private_containerd() as cd:
+        ours_1 = shim_memory(cd, "io.containerd.architect.v1", "architect.runtime.shim",
+                             args.pods, 1)
+        go_1 = shim_memory(cd, "io.containerd.runc.v2", "containerd-shim-runc-v2", args.pods, 1)
+        ours_4 = shim_memory(cd, "io.containerd.architect.v1", "architect.runtime.shim", 1, 4)
+        rounds = [hibernation_round(cd, i) for i in range(args.rounds)]
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    print(f"shim memory, {args.pods} pods x 1 container:")
+    print(f"  architect: RSS {ours_1['rss_per_pod_kib']:.0f} KiB/pod, "
+          f"PSS {ours_1['pss_per_pod_kib']:.0f} KiB/pod ({ours_1['shims']:.0f} shims)")
+    print(f"  runc-v2:   RSS {go_1['rss_per_pod_kib']:.0f} KiB/pod, "
+          f"PSS {go_1['pss_per_pod_kib']:.0f} KiB/pod ({go_1['shims']:.0f} shims)")
+    print(f"  ratio architect/runc-v2: RSS {ours_1['rss_per_pod_kib'] / go_1['rss_per_pod_kib']:.2f}, "
+          f"PSS {ours_1['pss_per_pod_kib'] / go_1['pss_per_pod_kib']:.2f}")
+    print(f"  one pod of 4 containers: RSS {ours_4['rss_per_pod_kib']:.0f} KiB "
+          f"({ours_4['shims']:.0f} shim), {ours_4['rss_per_pod_kib'] / ours_1['rss_per_pod_kib']:.2f}"
+          " x a 1-container pod")
+    print(f"hibernation, median of {args.rounds} rounds (25 MB shell heap):")
+    print(f"  hibernate {med['hibernate_s']:.3f}s (again after wake {med['hibernate2_s']:.3f}s), "
+          f"wake {med['wake_s']:.3f}s")
+    print(f"  ctr task exec: running {med['exec_running_s']:.3f}s, hibernated (restore+exec) "
+          f"{med['exec_wake_s']:.3f}s, ratio {med['exec_wake_s'] / med['exec_running_s']:.1f}")
+    print(f"  container cgroup RSS {med['rss_before_kib']:.0f} KiB -> {med['rss_after_kib']:.0f} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
