@@ -14,7 +14,10 @@ from tests.runtime.shim.conftest import NS, Containerd, wait_for
 
 pytestmark = pytest.mark.root
 
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+# Written through a rename so a reader never sees a truncated file.
+COUNTER = (
+    "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; sleep 0.1; done"
+)
 # Holds ~24 MiB in a shell variable, then counts: memory that hibernation must free.
 HOG = (
     "x=$(head -c 25000000 /dev/zero | tr '\\0' a); echo ready > /tmp/ready; " + COUNTER
@@ -22,10 +25,7 @@ HOG = (
 
 
 def count(rootfs: Path) -> int:
-    """The container's counter; 0 before it first wrote one.
-
-    `echo $i > f` truncates before it writes: an empty read is a write in flight.
-    """
+    """The container's counter; 0 before it first wrote one."""
     for _ in range(100):
         try:
             text = (rootfs / "tmp" / "count").read_text().strip()
