@@ -347,16 +347,12 @@ class TaskService:
                     c.start_path = "restore"
             if not init.pid:
                 log.info("%s: starting fresh (%s)", c.id, decision.reason)
-                console = c.state_dir / "console.sock" if req.terminal else None
-                stdio = init.io.stdio() if isinstance(init.io, PipeIO) else None
-                if console is not None:
-                    c.state_dir.mkdir(parents=True, exist_ok=True)
-                    assert isinstance(init.io, ConsoleIO)
+                if isinstance(init.io, ConsoleIO):
                     got = asyncio.create_task(init.io.receive())
-                    init.pid = await r.create(c.id, bundle, pid_file, None, console)
+                    init.pid = await r.create(c.id, bundle, pid_file, None, init.io.sock_path)
                     await got
                 else:
-                    init.pid = await r.create(c.id, bundle, pid_file, stdio)
+                    init.pid = await r.create(c.id, bundle, pid_file, init.io.stdio())
         except (RuncError, OSError, plan.PlanError, TimeoutError) as e:
             self.containers.pop(c.id, None)
             if init.io is not None:

@@ -240,3 +240,28 @@ def update_memory_limit(containerd: Containerd, cid: str, limit: int) -> None:
             await client.close()
 
     asyncio.run(call())
+
+
+def test_tty_through_console_socket(containerd: Containerd, rootfs: Path) -> None:
+    # ctr -t needs a terminal of its own: util-linux `script` gives it one.
+    base = f"ctr --address {containerd.sock} -n {NS}"
+    cmd = (
+        f"{base} run -t --rm --env PATH=/bin --runtime io.containerd.architect.v1 "
+        f"--rootfs {rootfs} tty1 /bin/sh -c 'tty; echo done-$((6*7)); exit 5'"
+    )
+    res = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert "/dev/pts/" in res.stdout, res.stdout + res.stderr
+    assert "done-42" in res.stdout
+    assert res.returncode == 5, res.returncode
+    containerd.run_container("ttyx", rootfs, COUNTER)
+    cmd = f"{base} task exec -t --exec-id t1 ttyx /bin/sh -c 'tty; echo exec-$((6*7))'"
+    res = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert "/dev/pts/" in res.stdout and "exec-42" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0
+    containerd.remove("ttyx")
