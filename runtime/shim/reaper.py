@@ -104,6 +104,7 @@ class Reaper:
         pass_fds: Sequence[int] = (),
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        new_session: bool = False,
     ) -> tuple[int, asyncio.Future[int]]:
         """Start ``argv``; return its pid and a future of its exit code."""
         proc = subprocess.Popen(
@@ -115,6 +116,7 @@ class Reaper:
             cwd=cwd,
             env=env,
             close_fds=True,
+            start_new_session=new_session,
         )
         # Registered before the loop can run the SIGCHLD handler: no exit is missed.
         fut = self.wait(proc.pid)

@@ -6,10 +6,12 @@ own errors to a JSON log file instead, read back when the command fails.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,9 +55,15 @@ def last_log_error(text: str) -> str:
 
 class Runc:
     def __init__(
-        self, reaper: Reaper, root: Path, binary: str = "runc", flags: tuple[str, ...] = ()
+        self,
+        reaper: Reaper,
+        root: Path,
+        binary: str = "runc",
+        flags: tuple[str, ...] = (),
+        timeout: float = 300.0,
     ) -> None:
         self.reaper = reaper
+        self.timeout = timeout
         self.flags = flags
         self.root = root
         self.binary = shutil.which(binary) or binary
@@ -78,8 +86,10 @@ class Runc:
         ):
             stdin_f.write(stdin_data or b"")
             stdin_f.seek(0)
-            _, done = self.reaper.spawn(argv, stdin=stdin_f, stdout=out, stderr=err)
-            code = await done
+            pid, done = self.reaper.spawn(
+                argv, stdin=stdin_f, stdout=out, stderr=err, new_session=True
+            )
+            code = await self._bounded(argv, pid, done)
             out.seek(0)
             err.seek(0)
             text = out.read().decode(errors="replace")
@@ -87,16 +97,28 @@ class Runc:
                 raise RuncError(argv, code, err.read().decode(errors="replace") + text)
             return text
 
+    async def _bounded(self, argv: list[str], pid: int, done: asyncio.Future[int]) -> int:
+        """Wait for a runtime command; past the timeout kill its process group (criu too)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self.timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, 10)
+            raise RuncError(argv, -9, f"timed out after {self.timeout:.0f}s") from None
+
     async def run_with_stdio(self, stdio: Stdio | None, log: Path, *args: str) -> None:
         argv = self._argv(*args, log=log)
         log.unlink(missing_ok=True)
         if stdio is None:
-            _, done = self.reaper.spawn(argv)
+            pid, done = self.reaper.spawn(argv, new_session=True)
         else:
-            _, done = self.reaper.spawn(
-                argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr
+            pid, done = self.reaper.spawn(
+                argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr,
+                new_session=True,
             )
-        code = await done
+        code = await self._bounded(argv, pid, done)
         if code != 0:
             text = log.read_text(errors="replace") if log.exists() else ""
             raise RuncError(argv, code, last_log_error(text) or text)

@@ -265,3 +265,20 @@ def test_runsc_config_table_becomes_flags(tmp_path: Path) -> None:
         service.config_file(cfg)
     with pytest.raises(TtrpcError, match="No such file"):
         service.config_file(tmp_path / "missing.toml")
+
+
+async def test_runtime_command_is_bounded_in_time(tmp_path: Path) -> None:
+    r = reaper.Reaper()
+    r.install(asyncio.get_running_loop())
+    fake = tmp_path / "runc"
+    fake.write_text("#!/bin/sh\nsleep 30 &\nsleep 30\n")
+    fake.chmod(0o755)
+    try:
+        client = runc.Runc(r, tmp_path / "root", str(fake), timeout=0.5)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(runc.RuncError, match="timed out"):
+            await client.state("c1")
+        assert loop.time() - t0 < 10
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
