@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from architect.runtime.checkpoint.errors import BackendUnavailable
 
@@ -39,23 +42,49 @@ def which(binary: str) -> str:
     return path
 
 
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def kill_cgroup(cgroups_path: str) -> int:
+    """SIGKILL every process of a container's cgroup (v1 or v2); how many were found.
+
+    The last resort when the runtime lost track of a container (a restore that
+    died half-way): its processes are still in the cgroup it was restored into.
+    """
+    rel = cgroups_path.strip("/")
+    if not rel or ":" in rel:  # empty, or a systemd slice spec: not a path
+        return 0
+    pids: set[int] = set()
+    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
+        procs = Path(base) / rel / "cgroup.procs"
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(x) for x in procs.read_text().split())
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
 async def run(argv: Sequence[str], timeout: float = 300.0) -> Completed:
     """Run ``argv``; on timeout kill it and report exit code -9."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        # Own process group: on timeout the engine's helpers (runc's `criu swrk`)
+        # die with it instead of spinning on as orphans.
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err
-        )
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
         try:
             code = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _kill_group(proc.pid)
             await proc.wait()
             code = -9
             err.write(f"\ntimed out after {timeout:.0f}s\n".encode())
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _kill_group(proc.pid)
             raise
         out.seek(0)
         err.seek(0)

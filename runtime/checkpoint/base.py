@@ -6,15 +6,13 @@ container exists, and removes one; everything about the image is here.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import time
 import uuid
 from abc import abstractmethod
 from pathlib import Path
 
 from architect.runtime.checkpoint import image
+from architect.runtime.checkpoint._fs import safe_rmtree
 from architect.runtime.checkpoint._proc import Completed
 from architect.runtime.checkpoint.api import (
     DEFAULT_CHECKPOINT,
@@ -68,8 +66,10 @@ class EngineBackend(Backend):
         """Have the engine restore ``container`` from ``engine_dir``, detached."""
 
     @abstractmethod
-    async def _remove(self, container: Container) -> None:
-        """Kill and delete whatever the runtime has of ``container``; never raises."""
+    async def _remove(self, container: Container, bundle: Path | None = None) -> None:
+        """Kill and delete whatever the runtime has of ``container``; never raises.
+
+        ``bundle`` is the one a failed restore used (its config names the cgroup)."""
 
     def _prepare(self, engine_dir: Path, options: RestoreOptions) -> dict[str, float]:
         """Engine-specific edits of the unpacked image (e.g. address rewriting)."""
@@ -124,10 +124,10 @@ class EngineBackend(Backend):
                 )
             except BaseException:
                 # A half-written image must not look like one.
-                shutil.rmtree(image_dir, ignore_errors=True)
+                safe_rmtree(image_dir)
                 raise
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            safe_rmtree(scratch)
 
     # ------------------------------------------------------------ restore
 
@@ -162,35 +162,17 @@ class EngineBackend(Backend):
             done = await self._restore(container, bundle, engine_dir, work_dir, pid_file, options)
             if not done.ok:
                 log = self._failure_log(work_dir, engine_dir, done)
-                await self._remove(container)
+                await self._remove(container, bundle)
                 raise RestoreFailed(
                     container.id, f"{self.name} restore failed (exit {done.returncode})", log
                 )
             try:
                 pid = int(pid_file.read_text().strip())
             except (OSError, ValueError):
-                await self._remove(container)
+                await self._remove(container, bundle)
                 raise RestoreFailed(container.id, f"{self.name} restore wrote no pid") from None
             t_done = time.monotonic()
             details.update(verify_unpack=t_verified - t0, engine_restore=t_done - t_engine)
             return RestoreResult(container.id, pid, manifest, t_done - t0, details)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+            safe_rmtree(scratch)

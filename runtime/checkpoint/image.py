@@ -348,7 +348,7 @@ def unpack(image_dir: Path, dest: Path) -> Manifest:
     try:
         _extract(image_dir / m.payload.file, dest, m, where)
     except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(dest, ignore_errors=True)  # only we wrote there: no mounts
         raise
     return m
 

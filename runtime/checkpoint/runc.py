@@ -6,14 +6,16 @@ bound to the old pod IP are rewritten in CRIU's files.img before restore.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import ClassVar
 
 from architect.runtime.checkpoint import rewrite
-from architect.runtime.checkpoint._proc import Completed, run, which
+from architect.runtime.checkpoint._fs import safe_rmtree
+from architect.runtime.checkpoint._proc import Completed, kill_cgroup, run, which
 from architect.runtime.checkpoint.api import (
     CheckpointOptions,
     Container,
@@ -32,6 +34,16 @@ def parse_criu_version(text: str) -> tuple[int, ...] | None:
     if m is None:
         return None
     return tuple(int(g) for g in m.groups() if g is not None)
+
+
+def cgroups_path(bundle: Path, container_id: str) -> str:
+    """The container's cgroup as runc (cgroupfs driver) derives it from config.json."""
+    try:
+        config = json.loads((bundle / "config.json").read_text())
+        path = config.get("linux", {}).get("cgroupsPath") or ""
+    except (OSError, ValueError, AttributeError):
+        path = ""
+    return str(path) if path else f"/{container_id}"
 
 
 class RuncCriuBackend(EngineBackend):
@@ -113,13 +125,21 @@ class RuncCriuBackend(EngineBackend):
             argv.append("--tcp-established")
         return await run([*argv, container.id], self._timeout)
 
-    async def _remove(self, container: Container) -> None:
-        await run([*self._base(container), "delete", "--force", container.id], 60)
-        # A restore that failed early leaves runc's state dir without a
-        # state.json; `runc delete` cannot see it but a new restore trips on it.
+    async def _remove(self, container: Container, bundle: Path | None = None) -> None:
         state_dir = (container.state_root or DEFAULT_RUNC_ROOT) / container.id
         if state_dir.is_dir() and not (state_dir / "state.json").exists():
-            shutil.rmtree(state_dir, ignore_errors=True)
+            # A restore that died half-way: runc's state dir has no state.json
+            # but still the rootfs bind-mounted at criu-root. `runc delete`
+            # would RemoveAll through that mount and empty the rootfs: detach
+            # first, then remove the dir ourselves.
+            safe_rmtree(state_dir)
+        else:
+            await run([*self._base(container), "delete", "--force", container.id], 60)
+        # Whatever CRIU had already restored is in the container's cgroup.
+        for _ in range(50):
+            if kill_cgroup(cgroups_path(bundle or container.bundle, container.id)) == 0:
+                break
+            await asyncio.sleep(0.1)
 
     def _memory_bytes(self, engine_dir: Path) -> int:
         return sum(p.stat().st_size for p in engine_dir.glob("pages-*.img"))

@@ -88,7 +88,7 @@ class RunscBackend(EngineBackend):
         ]  # fmt: skip
         return await run(argv, self._timeout)
 
-    async def _remove(self, container: Container) -> None:
+    async def _remove(self, container: Container, bundle: Path | None = None) -> None:
         await run([*self._base(container), "delete", "-force", container.id], 60)
 
     def _memory_bytes(self, engine_dir: Path) -> int:

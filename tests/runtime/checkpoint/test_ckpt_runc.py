@@ -239,29 +239,37 @@ async def test_each_corrupt_image_fails_cleanly_then_good_image_restores(
     assert lab.get(pod.ip4) == "2"
 
 
+@pytest.mark.parametrize("forgery", ["garbage-pstree", "half-pages"])
 async def test_engine_rejects_image_no_half_restored_container(
-    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path, forgery: str
 ) -> None:
-    """Digests fine, content wrong for CRIU: RestoreFailed and nothing left running."""
+    """Digests fine, content wrong for CRIU: RestoreFailed and nothing left running.
+
+    Half a pages file makes CRIU's restorer spin forever: the backend's timeout
+    must kill the engine's whole process group and the container's cgroup."""
     pod = lab.add_pod()
     c, _ = _launch(tmp_path, lab, server_bin, runc_root, "half", pod.ip4)
-    b = RuncCriuBackend()
     good = tmp_path / "good"
-    await b.checkpoint(c, good)
+    await RuncCriuBackend().checkpoint(c, good)
     unpacked = tmp_path / "unpacked"
     m = image_mod.unpack(good, unpacked)
-    pages = sorted((unpacked / "engine").glob("pages-*.img"))[0]
-    pages.write_bytes(pages.read_bytes()[: pages.stat().st_size // 2])
+    engine = unpacked / "engine"
+    if forgery == "garbage-pstree":
+        (engine / "pstree.img").write_bytes(b"\x00garbage" * 10)
+    else:
+        pages = sorted(engine.glob("pages-*.img"))[0]
+        pages.write_bytes(pages.read_bytes()[: pages.stat().st_size // 2])
     forged = tmp_path / "forged"
     image_mod.pack(
-        forged, unpacked / "engine", (), backend=m.backend, backend_version=m.backend_version,
+        forged, engine, (), backend=m.backend, backend_version=m.backend_version,
         scope=m.scope, container=m.container, pod_template_hash="", memory_bytes=0,
     )  # fmt: skip
+    b = RuncCriuBackend(timeout=15)
     with pytest.raises(RestoreFailed) as info:
         await b.restore(c, forged)
     assert "restore failed" in str(info.value) and info.value.log
     assert not _runc_has(runc_root, "half")
-    assert sh("pgrep", "-f", f"/server {pod.ip4} 8080", check=False).returncode != 0
+    assert wait_until(lambda: sh("pgrep", "-f", str(tmp_path), check=False).returncode != 0, 10)
     await b.restore(c, good)
     assert lab.get(pod.ip4) == "1"
 
