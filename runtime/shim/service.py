@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from architect.runtime.shim import plan
 from architect.runtime.shim.events import Publisher
+from architect.runtime.shim.oom import OomWatcher
 from architect.runtime.shim.pb import (
     cgroups_metrics_pb2,
     events_pb2,
@@ -215,6 +216,9 @@ class TaskService:
         self.on_empty = on_empty
         self.watchers: list[asyncio.Queue[dict[str, Any]]] = []
         self._runcs: dict[str, Runc] = {}
+        self.oom = OomWatcher(
+            lambda cid: self.publish(events_pb2.TaskOOM(container_id=cid))
+        )
         reaper.subscribe(self._on_exit)
 
     # -- helpers -----------------------------------------------------------------
@@ -431,6 +435,7 @@ class TaskService:
         c, p = self.proc(req.id, req.exec_id)
         if p is c.init:
             if p.status == RUNNING:  # restored on create: already running
+                self.oom.watch(c.id, cgroup_path(c.bundle))
                 self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
                 return shim_pb2.StartResponse(pid=p.pid)
             if p.status != CREATED:
@@ -440,6 +445,7 @@ class TaskService:
             except RuncError as e:
                 raise TtrpcError(Code.UNKNOWN, f"start {c.id}: {e}") from e
             p.status = RUNNING
+            self.oom.watch(c.id, cgroup_path(c.bundle))
             self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
             return shim_pb2.StartResponse(pid=p.pid)
         return await self._start_exec(c, p)
@@ -555,6 +561,7 @@ class TaskService:
         if p.io is not None:
             p.io.close()
         self.containers.pop(c.id, None)
+        self.oom.unwatch(c.id)
         if not c.hibernated:  # a hibernation image outlives the task (shim restarts)
             shutil.rmtree(c.state_dir, ignore_errors=True)
         self._unmount_rootfs(c.bundle)
@@ -716,6 +723,7 @@ class TaskService:
         c.init.pid = pid
         c.hibernated = False
         c.timings["wake"] = time.monotonic() - t0
+        self.oom.watch(c.id, cgroup_path(c.bundle))  # the restore made a new cgroup
         shutil.rmtree(c.image, ignore_errors=True)
         self.persist(c)
         log.info("%s: woken (%s) in %.3fs, pid %d", c.id, reason, c.timings["wake"], pid)

@@ -132,12 +132,16 @@ def test_hibernate_keeps_running_then_exec_wakes(containerd: Containerd, rootfs:
 def test_wake_through_control_api(containerd: Containerd, rootfs: Path) -> None:
     containerd.run_container("wk", rootfs, COUNTER)
     wait_for(lambda: count(rootfs) >= 3, 20, "counting")
+    log = containerd.base / "containerd.log"
+    ooms = log.read_text(errors="replace").count("topic=/tasks/oom")
     assert containerd.control("wk", {"op": "hibernate", "id": "wk"})["ok"]
     frozen = count(rootfs)
     resp = containerd.control("wk", {"op": "wake", "id": "wk"})
     assert resp["ok"] and resp["pid"] > 0, resp
     wait_for(lambda: count(rootfs) > frozen + 3, 20, "counting after wake")
     assert containerd.tasks()["wk"] == (resp["pid"], "RUNNING")
+    # Removing the cgroup at checkpoint fires the OOM eventfd: no OOM may be reported.
+    assert log.read_text(errors="replace").count("topic=/tasks/oom") == ooms
     bad = containerd.control("wk", {"op": "hibernate", "id": "nope"})
     assert not bad["ok"] and "nope" in bad["error"]
     containerd.remove("wk")
@@ -265,3 +269,18 @@ def test_tty_through_console_socket(containerd: Containerd, rootfs: Path) -> Non
     assert "/dev/pts/" in res.stdout and "exec-42" in res.stdout, res.stdout + res.stderr
     assert res.returncode == 0
     containerd.remove("ttyx")
+
+
+def test_oom_kill_is_published(containerd: Containerd, rootfs: Path) -> None:
+    log = containerd.base / "containerd.log"
+    before = log.read_text(errors="replace").count("topic=/tasks/oom")
+    containerd.run_container(
+        "oom", rootfs, "sleep 1; x=$(head -c 80000000 /dev/zero | tr '\\0' a); sleep 100",
+        extra=("--memory-limit", str(16 << 20)),
+    )
+    wait_for(lambda: containerd.tasks()["oom"][1] == "STOPPED", 60, "the OOM kill")
+    wait_for(
+        lambda: log.read_text(errors="replace").count("topic=/tasks/oom") > before,
+        10, "a /tasks/oom event in containerd's log",
+    )
+    containerd.remove("oom")

@@ -282,3 +282,10 @@ async def test_runtime_command_is_bounded_in_time(tmp_path: Path) -> None:
         assert loop.time() - t0 < 10
     finally:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+
+
+def test_oom_kill_counter() -> None:
+    from architect.runtime.shim.oom import oom_kills
+
+    assert oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n") == 3
+    assert oom_kills("oom_kill_disable 0\nunder_oom 0\n") == 0
