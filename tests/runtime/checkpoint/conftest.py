@@ -34,7 +34,9 @@ def lab() -> Iterator[Lab]:
 
 
 def _cleanup_root(binary: str, root: Path, force_flag: str) -> None:
-    done = sh(binary, "--root", str(root), "list", "-q", check=False)
+    # runc spells it -q, runsc -quiet; both take the long Go flag form.
+    done = sh(binary, "--root", str(root), "list", "-quiet" if binary == "runsc" else "-q",
+              check=False)  # fmt: skip
     for cid in done.stdout.split():
         sh(binary, "--root", str(root), "delete", force_flag, cid, check=False)
 
