@@ -259,3 +259,21 @@ def wait_until(pred: object, timeout: float = 10.0, step: float = 0.05) -> bool:
                 return True
         time.sleep(step)
     return False
+
+
+def start(binary: str, root: Path, cid: str, bundle: Path, *flags: str) -> int:
+    """`<runtime> run -d` with stdio on /dev/null; returns the container's pid."""
+    pid_file = bundle / f"{cid}.pid"
+    log = bundle / f"{cid}.runtime.log"
+    # stdio on /dev/null: the container inherits it, and CRIU can only reopen
+    # files it can find from inside the container (not a pipe or a host temp file).
+    done = subprocess.run(
+        [binary, "--root", str(root), "--log", str(log), *flags, "run", "--detach",
+         "--bundle", str(bundle), "--pid-file", str(pid_file), cid],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        raise AssertionError(f"{binary} run {cid} failed: {text[-2000:]}")
+    return int(pid_file.read_text())

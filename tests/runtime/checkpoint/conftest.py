@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,21 +60,3 @@ def runsc_root(tmp_path: Path) -> Iterator[Path]:
         yield root
     finally:
         _cleanup_root("runsc", root, "-force")
-
-
-def start(binary: str, root: Path, cid: str, bundle: Path, *flags: str) -> int:
-    """`<runtime> run -d` with stdio on /dev/null; returns the container's pid."""
-    pid_file = bundle / f"{cid}.pid"
-    log = bundle / f"{cid}.runtime.log"
-    # stdio on /dev/null: the container inherits it, and CRIU can only reopen
-    # files it can find from inside the container (not a pipe or a host temp file).
-    done = subprocess.run(
-        [binary, "--root", str(root), "--log", str(log), *flags, "run", "--detach",
-         "--bundle", str(bundle), "--pid-file", str(pid_file), cid],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        timeout=120,
-    )  # fmt: skip
-    if done.returncode != 0:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        raise AssertionError(f"{binary} run {cid} failed: {text[-2000:]}")
-    return int(pid_file.read_text())

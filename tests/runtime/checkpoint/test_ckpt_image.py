@@ -93,7 +93,8 @@ def test_empty_dirs_round_trip(tmp_path: Path) -> None:
 
 
 def _payload(image: Path) -> Path:
-    return image / json.loads((image / "manifest.json").read_text())["payload"]["file"]
+    name: str = json.loads((image / "manifest.json").read_text())["payload"]["file"]
+    return image / name
 
 
 def _flip(p: Path, at: float) -> None:

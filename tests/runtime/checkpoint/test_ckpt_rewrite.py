@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from architect.runtime.checkpoint import AddressRewrite
+from architect.runtime.checkpoint import AddressRewrite, ImageCorrupt
 from architect.runtime.checkpoint import rewrite as rw
 
 A4, B4 = ipaddress.ip_address("198.18.1.2"), ipaddress.ip_address("198.18.2.2")
@@ -122,5 +122,5 @@ def test_truncated_image_is_typed(tmp_path: Path) -> None:
     _files_img(tmp_path / "files.img", [_inet_entry(1, rw.TCP_LISTEN, A4, None)])
     p = tmp_path / "files.img"
     p.write_bytes(p.read_bytes()[:-3])
-    with pytest.raises(rw.ImageCorrupt, match="cut"):
+    with pytest.raises(ImageCorrupt, match="cut"):
         rw.rewrite_image_dir(tmp_path, RULES)

@@ -34,10 +34,10 @@ from .ckpt_lab import (
     memory_cgroup_bytes,
     pid_alive,
     sh,
+    start,
     wait_until,
     with_netns,
 )
-from .conftest import start
 
 pytestmark = pytest.mark.root
 MIB = 1 << 20
@@ -198,7 +198,8 @@ def _flip_middle(path: Path) -> None:
 
 def _corruptions() -> dict[str, tuple[type[ImageError], object]]:
     def payload(d: Path) -> Path:
-        return d / json.loads((d / "manifest.json").read_text())["payload"]["file"]
+        name: str = json.loads((d / "manifest.json").read_text())["payload"]["file"]
+        return d / name
 
     return {
         "flipped-byte": (ImageCorrupt, lambda d: _flip_middle(payload(d))),

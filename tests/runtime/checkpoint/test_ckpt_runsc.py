@@ -29,8 +29,7 @@ from architect.runtime.checkpoint import (
 from architect.runtime.checkpoint import image as image_mod
 from architect.runtime.checkpoint.runsc import RunscBackend
 
-from .ckpt_lab import make_bundle, memory_cgroup_bytes, pid_alive, sh, wait_until
-from .conftest import start
+from .ckpt_lab import make_bundle, memory_cgroup_bytes, pid_alive, sh, start, wait_until
 
 pytestmark = pytest.mark.root
 FLAGS = ("--network=none",)
@@ -99,7 +98,9 @@ async def test_sandbox_checkpoint_frees_it_restore_continues_counter(
     assert _get(runsc_root, c.id) == "3"  # the counter lived only in sandbox memory
 
 
-async def test_sandbox_empty_dir_travels(tmp_path: Path, server_bin: Path, runsc_root: Path) -> None:
+async def test_sandbox_empty_dir_travels(
+    tmp_path: Path, server_bin: Path, runsc_root: Path
+) -> None:
     data = tmp_path / "emptydir"
     (data / "d").mkdir(parents=True)
     (data / "d" / "f.txt").write_text("kept\n")
@@ -128,7 +129,8 @@ async def test_sandbox_bad_images_fail_cleanly(
     await b.checkpoint(c, good)
 
     def payload(d: Path) -> Path:
-        return d / json.loads((d / "manifest.json").read_text())["payload"]["file"]
+        name: str = json.loads((d / "manifest.json").read_text())["payload"]["file"]
+        return d / name
 
     flipped = tmp_path / "flipped"
     shutil.copytree(good, flipped)
