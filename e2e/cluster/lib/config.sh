@@ -28,8 +28,11 @@ state = "$E2E_RUN/containerd/state"
   # Built locally by e2e/images; nothing is ever pulled.
   sandbox_image = "$PAUSE_IMAGE"
   stream_server_address = "127.0.0.1"
-  # Pod network namespaces under our state dir, so `down` finds and removes them.
+  # Pod network namespaces under our state dir, so e2e/cluster/down finds and removes them.
   netns_mounts_under_state_dir = true
+  # This machine's root lacks CAP_SYS_RESOURCE, so runc cannot lower
+  # oom_score_adj (the kubelet asks -998 for sandboxes); clamp to containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$E2E_STATE/cni/net.d"
@@ -41,6 +44,7 @@ state = "$E2E_RUN/containerd/state"
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
     BinaryName = "/usr/sbin/runc"
+    Root = "$E2E_RUN/runc"
     SystemdCgroup = false
 
 # ---- extra runtime handlers from $E2E_ETC/containerd-runtimes.d/*.toml ----
