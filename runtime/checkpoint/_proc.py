@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from architect.runtime.checkpoint.errors import BackendUnavailable
 
@@ -67,15 +68,24 @@ def kill_cgroup(cgroups_path: str) -> int:
     return len(pids)
 
 
-async def run(argv: Sequence[str], timeout: float = 300.0) -> Completed:
-    """Run ``argv``; on timeout kill it and report exit code -9."""
+async def run(
+    argv: Sequence[str], timeout: float = 300.0, stdio: tuple[int, int, int] | None = None
+) -> Completed:
+    """Run ``argv``; on timeout kill it and report exit code -9.
+
+    With ``stdio`` the command runs on those descriptors (what it prints is
+    then not captured: pass the engine a --log file for diagnostics)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        stdin: int = asyncio.subprocess.DEVNULL
+        stdout: int | IO[bytes] = out
+        stderr: int | IO[bytes] = err
+        if stdio is not None:
+            stdin, stdout, stderr = stdio
         # Own process group: on timeout the engine's helpers (runc's `criu swrk`)
         # die with it instead of spinning on as orphans.
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-            start_new_session=True,
-        )  # fmt: skip
+            *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True
+        )
         try:
             code = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:

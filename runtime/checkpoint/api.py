@@ -67,6 +67,10 @@ class RestoreOptions:
     # Restore into this bundle instead of the container's own (e.g. the
     # replacement pod's bundle, whose config.json names the new network namespace).
     bundle: Path | None = None
+    # File descriptors (stdin, stdout, stderr) for the restored container: the
+    # engine is started with them, and a container whose stdio were pipes gets
+    # these in their place (runc's inherit-fd). None: /dev/null and log files.
+    stdio: tuple[int, int, int] | None = None
 
 
 DEFAULT_CHECKPOINT = CheckpointOptions()

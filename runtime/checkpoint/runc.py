@@ -114,6 +114,7 @@ class RuncCriuBackend(EngineBackend):
     ) -> Completed:
         argv = [
             *self._base(container),
+            "--log", str(work_dir / "runc.log"),
             "restore", "--detach",
             "--image-path", str(engine_dir),
             "--work-path", str(work_dir),
@@ -123,7 +124,7 @@ class RuncCriuBackend(EngineBackend):
         ]  # fmt: skip
         if options.tcp_established:
             argv.append("--tcp-established")
-        return await run([*argv, container.id], self._timeout)
+        return await run([*argv, container.id], self._timeout, options.stdio)
 
     async def _remove(self, container: Container, bundle: Path | None = None) -> None:
         state_dir = (container.state_root or DEFAULT_RUNC_ROOT) / container.id
@@ -148,7 +149,8 @@ class RuncCriuBackend(EngineBackend):
         """runc's own message plus CRIU's error lines (dump.log / restore.log)."""
         lines = [done.tail(6)]
         for log in sorted(work_dir.glob("*.log")):
-            errors = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln]
+            text = log.read_text(errors="replace").splitlines()
+            errors = [ln for ln in text if "error" in ln.lower() and "RLIMIT_NOFILE" not in ln]
             if errors:
                 lines.append(f"{log.name}: " + "\n".join(errors[-10:]))
         return "\n".join(lines)

@@ -80,16 +80,25 @@ class RunscBackend(EngineBackend):
             )
         argv = [
             *self._base(container),
+            "--log", str(work_dir / "runsc.log"),
             "restore", "-detach",
             "--image-path", str(engine_dir),
             "--bundle", str(bundle),
             "--pid-file", str(pid_file),
             container.id,
         ]  # fmt: skip
-        return await run(argv, self._timeout)
+        return await run(argv, self._timeout, options.stdio)
 
     async def _remove(self, container: Container, bundle: Path | None = None) -> None:
         await run([*self._base(container), "delete", "-force", container.id], 60)
 
     def _memory_bytes(self, engine_dir: Path) -> int:
         return sum(p.stat().st_size for p in engine_dir.iterdir() if p.is_file())
+
+    def _failure_log(self, work_dir: Path, engine_dir: Path, done: Completed) -> str:
+        lines = [done.tail(6)]
+        log = work_dir / "runsc.log"
+        if log.exists():
+            text = log.read_text(errors="replace").splitlines()
+            lines += [ln for ln in text if "error" in ln.lower()][-10:]
+        return "\n".join(ln for ln in lines if ln)

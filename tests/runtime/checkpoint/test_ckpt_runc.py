@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import select
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -287,3 +291,61 @@ async def test_socket_family_is_checked(tmp_path: Path) -> None:
     c = Container("x", tmp_path)
     with pytest.raises(Exception, match="families differ"):
         await RuncCriuBackend().restore(c, tmp_path / "img", RestoreOptions(rewrites=(rw,)))
+
+
+async def test_pipe_stdio_is_handed_to_restored_container(
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+) -> None:
+    """A container whose stdout is a pipe (as under containerd) writes, after
+    restore, into the pipe the caller passes in RestoreOptions.stdio."""
+    pod = lab.add_pod()
+    script = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"
+    bundle = make_bundle(
+        tmp_path / "bundle-log", server_bin, ["/bin/busybox", "sh", "-c", script],
+        pod.netns_path, cgroups_path=f"/architect-test/log-{lab.tag}",
+    )  # fmt: skip
+    r1, w1 = os.pipe()
+    subprocess.run(
+        ["runc", "--root", str(runc_root), "run", "--detach", "--bundle", str(bundle), "log"],
+        stdin=subprocess.DEVNULL, stdout=w1, stderr=w1, check=True, timeout=60,
+    )  # fmt: skip
+    os.close(w1)
+    first = _read_numbers(r1, 3)
+    c = Container("log", bundle, runc_root)
+    b = RuncCriuBackend()
+    await b.checkpoint(c, tmp_path / "img")
+    last_before = max(_read_numbers(r1, 0) + first)  # drain what was written before
+    os.close(r1)
+
+    r2, w2 = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        await b.restore(c, tmp_path / "img", RestoreOptions(stdio=(null, w2, w2)))
+    finally:
+        os.close(w2)
+        os.close(null)
+    after = _read_numbers(r2, 3)
+    os.close(r2)
+    # The shell's counter went on from where it was: its memory came back.
+    assert after[0] == last_before + 1, (last_before, after)
+
+
+def _read_numbers(fd: int, want: int, timeout: float = 10) -> list[int]:
+    """Read lines of integers from ``fd`` until ``want`` came (0: what is there now)."""
+    os.set_blocking(fd, False)
+    data, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                chunk = b""
+            if not chunk and not want:
+                break
+            data += chunk
+        elif not want:
+            break
+        if want and data.count(b"\n") >= want:
+            break
+    return [int(x) for x in data.split()]
