@@ -61,6 +61,7 @@ class StartPlan:
     reason: str
     image: Path | None = None
     wait_seconds: float = 0.0  # how long to wait for a pending handover
+    consume: bool = True  # remove the image once restored (not a PersistentCheckpoint's)
 
 
 def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
@@ -113,7 +114,7 @@ def plan_start(
         ns = annotations.get(CRI_SANDBOX_NAMESPACE, "default")
         d = persistent_dir(state_root, ns, ref)
         if (d / READY_MARK).exists():
-            return StartPlan("restore", f"PersistentCheckpoint {ref}", d)
+            return StartPlan("restore", f"PersistentCheckpoint {ref}", d, consume=False)
         return StartPlan("fresh", f"PersistentCheckpoint {ref} not available on this node")
     thash = annotations.get(ANN_TEMPLATE_HASH, "")
     if not thash or not name:

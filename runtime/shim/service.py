@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +88,8 @@ class Container:
     execs: dict[str, Proc] = field(default_factory=dict)
     hibernated: bool = False
     checkpointing: bool = False  # the init's exit during a dump is no exit
+    starting: bool = False  # an init exit now waits until TaskStart is out
+    pending_exit: int | None = None
     migrate_on_stop: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     start_path: str = "fresh"
@@ -216,6 +218,7 @@ class TaskService:
         self.on_empty = on_empty
         self.watchers: list[asyncio.Queue[dict[str, Any]]] = []
         self._runcs: dict[str, Runc] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.oom = OomWatcher(
             lambda cid: self.publish(events_pb2.TaskOOM(container_id=cid))
         )
@@ -288,12 +291,20 @@ class TaskService:
                 if c.checkpointing:
                     log.info("%s: init %d gone by checkpoint, not an exit", c.id, pid)
                     return
-                asyncio.get_running_loop().create_task(self._exited(c, c.init, code))
+                if c.starting:  # exited before Start answered: report after TaskStart
+                    c.pending_exit = code
+                    return
+                self._spawn(self._exited(c, c.init, code))
                 return
             for p in c.execs.values():
                 if p.pid == pid and p.status == RUNNING:
-                    asyncio.get_running_loop().create_task(self._exited(c, p, code))
+                    self._spawn(self._exited(c, p, code))
                     return
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _exited(self, c: Container, p: Proc, code: int) -> None:
         p.status = STOPPED
@@ -427,8 +438,8 @@ class TaskService:
         c.timings["restore"] = time.monotonic() - t0
         log.info("%s: restored from %s (%s) in %.3fs",
                  c.id, decision.image, decision.reason, c.timings["restore"])
-        # Consumed: no second container may restore the same state.
-        shutil.rmtree(decision.image, ignore_errors=True)
+        if decision.consume:  # no second container may restore the same state
+            shutil.rmtree(decision.image, ignore_errors=True)
         return pid
 
     async def start(self, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
@@ -440,13 +451,19 @@ class TaskService:
                 return shim_pb2.StartResponse(pid=p.pid)
             if p.status != CREATED:
                 raise TtrpcError(Code.FAILED_PRECONDITION, f"container {c.id!r} is not created")
+            c.starting = True
             try:
                 await self.runc(self._binary).start(c.id)
             except RuncError as e:
                 raise TtrpcError(Code.UNKNOWN, f"start {c.id}: {e}") from e
+            finally:
+                c.starting = False
             p.status = RUNNING
             self.oom.watch(c.id, cgroup_path(c.bundle))
             self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
+            if c.pending_exit is not None:
+                code, c.pending_exit = c.pending_exit, None
+                self._spawn(self._exited(c, p, code))
             return shim_pb2.StartResponse(pid=p.pid)
         return await self._start_exec(c, p)
 

@@ -110,7 +110,8 @@ def test_plan_runsc_persistent_checkpoint(tmp_path: Path) -> None:
     p = plan.plan_start("runsc", ann, tmp_path, None)
     assert p.path == "fresh" and "not available" in p.reason
     d = _ready(tmp_path / "persistent" / "team-a" / "warm")
-    assert plan.plan_start("runsc", ann, tmp_path, None).image == d
+    p = plan.plan_start("runsc", ann, tmp_path, None)
+    assert (p.image, p.consume) == (d, False)
     other = _ready(tmp_path / "persistent" / "other" / "warm")
     ann2 = {**ann, plan.ANN_PERSISTENT: "other/warm"}
     assert plan.plan_start("runsc", ann2, tmp_path, None).image == other
@@ -236,6 +237,7 @@ def test_exit_code_of_wait_status() -> None:
 # -- generated code -------------------------------------------------------------------
 
 
+@pytest.mark.root  # needs runtime/shim/install's packages (containerd's .proto sources)
 def test_generated_protobuf_code_does_not_drift(tmp_path: Path) -> None:
     import subprocess
 

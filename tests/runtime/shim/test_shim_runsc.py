@@ -37,3 +37,28 @@ def test_runsc_hibernate_and_exec_wake(containerd: Containerd, rootfs: Path) -> 
     assert first >= 10, "gVisor started fresh instead of restoring"
     wait_for(lambda: exec_count(containerd, "gv", "c2") > first, 20, "counting on", 0.5)
     containerd.remove("gv")
+
+
+def test_runsc_create_restores_persistent_checkpoint(containerd: Containerd, rootfs: Path) -> None:
+    cfg = containerd.base / "runsc-test.toml"
+    cfg.write_text('binary_name = "runsc"\n[runsc_config]\nnetwork = "none"\n')
+    extra = ("--runtime-config-path", str(cfg))
+    containerd.run_container("pcsrc", rootfs, COUNTER, extra=extra)
+    wait_for(lambda: exec_count(containerd, "pcsrc", "c0") >= 20, 30, "counting", 0.5)
+    assert containerd.control("pcsrc", {"op": "hibernate", "id": "pcsrc"})["ok"]
+    # Stand in for the daemon: put the image where a downloaded PersistentCheckpoint goes.
+    image = containerd.shim_state / "containers" / "shimtest" / "pcsrc" / "image"
+    dest = containerd.shim_state / "persistent" / "team-a" / "warm"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    image.rename(dest)
+    containerd.remove("pcsrc")
+    ann = {
+        "architect.loopholelabs.io/start-from-persistent-checkpoint": "warm",
+        "io.kubernetes.cri.sandbox-namespace": "team-a",
+    }
+    containerd.run_container("pcdst", rootfs, COUNTER, ann, extra=extra)
+    rec = containerd.control("pcdst", {"op": "status"})["containers"][0]
+    assert rec["start_path"] == "restore"
+    assert exec_count(containerd, "pcdst", "c1") >= 20, "started fresh"
+    assert (dest / "ready").exists(), "a PersistentCheckpoint is not consumed by one pod"
+    containerd.remove("pcdst")
