@@ -207,6 +207,10 @@ def delete(a: Args) -> bytes:
 
         shutil.rmtree(sdir, ignore_errors=True)
     (run_root() / a.namespace / a.id).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the dead shim's socket, unless a live shim serves it
+        path = (bundle / "address").read_text().strip().removeprefix("unix://")
+        if path and not _can_connect(path):
+            os.unlink(path)
     resp = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + signal.SIGKILL)
     resp.exited_at.FromDatetime(datetime.now(UTC))
     data: bytes = resp.SerializeToString()
@@ -258,7 +262,9 @@ async def serve(a: Args) -> None:
     svc.run_dir = run_root()
     server = Server()
     svc.register(server)
-    await server.start(socket.socket(fileno=fd))
+    listener = socket.socket(fileno=fd)
+    sock_path = listener.getsockname()
+    await server.start(listener)
     control = ControlServer(svc, svc.control_path)
     await control.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -269,6 +275,9 @@ async def serve(a: Args) -> None:
         await publisher.drain(5)
     await control.close()
     await server.close()
+    if isinstance(sock_path, str) and sock_path:
+        with contextlib.suppress(OSError):  # as the runc shim does on shutdown
+            os.unlink(sock_path)
     log.info("shim for %s/%s exiting", a.namespace, group)
 
 

@@ -71,6 +71,9 @@ def cgroup_rss(cid: str) -> int:
 def test_lifecycle_run_state_kill_delete(containerd: Containerd, rootfs: Path) -> None:
     pid = containerd.run_container("life", rootfs, COUNTER)
     assert alive(pid)
+    bundle = containerd.base / "state" / "io.containerd.runtime.v2.task" / NS / "life"
+    address = (bundle / "address").read_text()
+    assert Path(address.removeprefix("unix://")).exists()
     wait_for(lambda: count(rootfs) >= 3, 20, "the container counting")
     ps = containerd.ctr("task", "ps", "life")
     assert str(pid) in ps
@@ -80,8 +83,9 @@ def test_lifecycle_run_state_kill_delete(containerd: Containerd, rootfs: Path) -
     containerd.ctr("task", "rm", "life")
     containerd.ctr("container", "rm", "life")
     assert "life" not in containerd.tasks()
-    # The shim of that container exits once containerd is done with it.
+    # The shim of that container exits once containerd is done with it, and cleans up.
     wait_for(lambda: not (containerd.shim_run / NS / "life").exists(), 10, "control link gone")
+    wait_for(lambda: not Path(address.removeprefix("unix://")).exists(), 10, "socket removed")
 
 
 def test_exec_stdio_and_exit_code(containerd: Containerd, rootfs: Path) -> None:
@@ -171,11 +175,14 @@ def test_killed_shim_keeps_checkpoint_and_create_restores(
     assert containerd.control("sk", {"op": "hibernate", "id": "sk"})["ok"]
     frozen = count(rootfs)
     shim_pid = containerd.control("sk", {"op": "status"})["shim_pid"]
+    bundle = containerd.base / "state" / "io.containerd.runtime.v2.task" / NS / "sk"
+    sock = Path((bundle / "address").read_text().removeprefix("unix://"))
     os.kill(shim_pid, signal.SIGKILL)
     # containerd notices the dead shim, runs `shim delete`, drops the task.
     wait_for(lambda: "sk" not in containerd.tasks(), 30, "task dropped after shim death")
     image = containerd.shim_state / "containers" / NS / "sk" / "image"
     assert (image / "ready").exists(), "the hibernation image was lost"
+    wait_for(lambda: not sock.exists(), 10, "`shim delete` removing the dead shim's socket")
     # A new task for the container restores from it instead of starting fresh
     # (once containerd's clean-up of the dead shim, `shim delete`, is through).
     def started() -> bool:
