@@ -13,7 +13,7 @@ from pathlib import Path
 
 from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint._fs import safe_rmtree
-from architect.runtime.checkpoint._proc import Completed
+from architect.runtime.checkpoint._proc import Completed, run
 from architect.runtime.checkpoint.api import (
     DEFAULT_CHECKPOINT,
     DEFAULT_RESTORE,
@@ -44,8 +44,12 @@ def scratch_beside(path: Path, what: str) -> Path:
 
 class EngineBackend(Backend):
     @abstractmethod
+    def _base(self, container: Container) -> list[str]:
+        """The runtime's argv up to the subcommand (binary, --root, global flags)."""
+
     async def _exists(self, container: Container) -> bool:
         """Whether the runtime has a record of ``container``."""
+        return (await run([*self._base(container), "state", container.id], 30)).ok
 
     @abstractmethod
     async def _dump(

@@ -79,9 +79,6 @@ class RuncCriuBackend(EngineBackend):
             self._version = f"runc {runc_line}; criu {'.'.join(map(str, parsed))}"
         return self._version
 
-    async def _exists(self, container: Container) -> bool:
-        return (await run([*self._base(container), "state", container.id], 30)).ok
-
     async def _dump(
         self, container: Container, engine_dir: Path, work_dir: Path, options: CheckpointOptions
     ) -> Completed:

@@ -49,9 +49,6 @@ class RunscBackend(EngineBackend):
             self._version = done.stdout.splitlines()[0].strip()
         return self._version
 
-    async def _exists(self, container: Container) -> bool:
-        return (await run([*self._base(container), "state", container.id], 30)).ok
-
     async def _dump(
         self, container: Container, engine_dir: Path, work_dir: Path, options: CheckpointOptions
     ) -> Completed:
