@@ -113,15 +113,16 @@ class Lab:
         conntrack surgery; the restored socket's first packet (CRIU's window
         probe) already finds its way back to the client's socket.
         """
+        fam, ipx = ("ip6", "ip6") if ":" in vip else ("ip", "ip")
         subprocess.run(
-            ["ip", "netns", "exec", self.client, "nft", "delete", "table", "ip", "vip"],
+            ["ip", "netns", "exec", self.client, "nft", "delete", "table", fam, "vip"],
             capture_output=True, timeout=20,
         )  # fmt: skip
-        rules = f"""table ip vip {{
+        rules = f"""table {fam} vip {{
   chain out {{ type route hook output priority -300;
-    ip daddr {vip} tcp dport {port} ip daddr set {target}; }}
+    {ipx} daddr {vip} tcp dport {port} {ipx} daddr set {target}; }}
   chain in {{ type filter hook prerouting priority -300;
-    ip saddr {target} tcp sport {port} ip saddr set {vip}; }}
+    {ipx} saddr {target} tcp sport {port} {ipx} saddr set {vip}; }}
 }}
 """
         done = subprocess.run(
@@ -131,7 +132,8 @@ class Lab:
         if done.returncode != 0:
             raise AssertionError(f"nft: {done.stderr}")
         # Some route must exist for the VIP; the route chain re-routes after rewriting.
-        sh("ip", "-n", self.client, "route", "replace", vip, "dev", f"ck{self.tag}1")
+        v6 = ["-6"] if ":" in vip else []
+        sh("ip", "-n", self.client, *v6, "route", "replace", vip, "dev", f"ck{self.tag}1")
 
     def accepts(self, host: str, port: int = 8080, timeout: float = 1) -> bool:
         """Whether a TCP connect from the client namespace succeeds (no request sent)."""

@@ -7,6 +7,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -134,27 +135,29 @@ async def test_listener_moves_to_another_pod_ip(
     assert lab.get(new) == "2"
 
 
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 async def test_established_connection_survives_move(
-    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path
+    tmp_path: Path, lab: Lab, server_bin: Path, runc_root: Path, family: str
 ) -> None:
     """A client talks to a Service VIP that maps to the pod (see Lab.map_vip).
     The pod moves to another IP; the same TCP connection goes on."""
     a, b_pod = lab.add_pod(), lab.add_pod()
-    vip = "198.19.0.1"
+    v6 = family == "ipv6"
+    vip, old, new = ("fd0c:ff::1", a.ip6, b_pod.ip6) if v6 else ("198.19.0.1", a.ip4, b_pod.ip4)
     # The server listens on the wildcard, as most pods do; the accepted
     # connection's source is the pod IP all the same.
-    c, _ = _launch(tmp_path, lab, server_bin, runc_root, "tcp", "0.0.0.0")
-    lab.map_vip(vip, 8080, a.ip4)
-    with lab.socket() as s:
+    c, _ = _launch(tmp_path, lab, server_bin, runc_root, "tcp", "::" if v6 else "0.0.0.0")
+    lab.map_vip(vip, 8080, old)
+    with lab.socket(socket.AF_INET6 if v6 else socket.AF_INET) as s:
         s.connect((vip, 8080))
         assert http_request(s) == "1"
         b = RuncCriuBackend()
         m = await b.checkpoint(c, tmp_path / "img")
         assert any(f.path.startswith("engine/tcp-stream-") for f in m.files)
 
-        lab.map_vip(vip, 8080, b_pod.ip4)  # the Service now points at the new pod
+        lab.map_vip(vip, 8080, new)  # the Service now points at the new pod
         moved = with_netns(c.bundle, tmp_path / "bundle-b", b_pod.netns_path)
-        rewrite = AddressRewrite(ipaddress.ip_address(a.ip4), ipaddress.ip_address(b_pod.ip4))
+        rewrite = AddressRewrite(ipaddress.ip_address(old), ipaddress.ip_address(new))
         await b.restore(c, tmp_path / "img", RestoreOptions(rewrites=(rewrite,), bundle=moved))
         assert http_request(s) == "2"  # same socket, same connection
         assert http_request(s) == "3"
