@@ -101,3 +101,19 @@ def test_pending_checkpoint_waits_scaleup_timeout_then_starts_fresh(
     assert rec["start_path"] == "fresh"
     wait_for(lambda: count(rootfs) >= 1, 20, "counting from scratch")
     containerd.remove("pend")
+
+
+def test_broken_handover_image_falls_back_to_fresh(containerd: Containerd, rootfs: Path) -> None:
+    ann = {HASH: "broken1", NAME: "app"}
+    bad = containerd.shim_state / "handover" / "broken1" / "app"
+    bad.mkdir(parents=True)
+    (bad / "inventory.img").write_bytes(b"not a CRIU image")
+    (bad / "ready").touch()
+    containerd.run_container("brk", rootfs, COUNTER, ann)
+    rec = containerd.control("brk", {"op": "status"})["containers"][0]
+    assert rec["start_path"] == "fresh"
+    wait_for(lambda: count(rootfs) >= 1, 20, "counting from scratch")
+    assert count(rootfs) < 50
+    logs = "".join(p.read_text() for p in (containerd.shim_run / "logs" / NS).glob("*.log"))
+    assert "brk: restore from" in logs and "failed, starting fresh" in logs
+    containerd.remove("brk")
