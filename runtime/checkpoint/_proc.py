@@ -68,6 +68,17 @@ def kill_cgroup(cgroups_path: str) -> int:
     return len(pids)
 
 
+def remove_cgroup(cgroups_path: str) -> None:
+    """rmdir the container's cgroup in every hierarchy (only empty ones go: safe)."""
+    rel = cgroups_path.strip("/")
+    if not rel or ":" in rel:
+        return
+    for base in Path("/sys/fs/cgroup").iterdir():
+        for d in (base / rel, Path("/sys/fs/cgroup") / rel):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
 async def run(
     argv: Sequence[str], timeout: float = 300.0, stdio: tuple[int, int, int] | None = None
 ) -> Completed:

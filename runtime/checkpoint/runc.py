@@ -15,7 +15,13 @@ from typing import ClassVar
 
 from architect.runtime.checkpoint import rewrite
 from architect.runtime.checkpoint._fs import safe_rmtree
-from architect.runtime.checkpoint._proc import Completed, kill_cgroup, run, which
+from architect.runtime.checkpoint._proc import (
+    Completed,
+    kill_cgroup,
+    remove_cgroup,
+    run,
+    which,
+)
 from architect.runtime.checkpoint.api import (
     CheckpointOptions,
     Container,
@@ -134,10 +140,12 @@ class RuncCriuBackend(EngineBackend):
         else:
             await run([*self._base(container), "delete", "--force", container.id], 60)
         # Whatever CRIU had already restored is in the container's cgroup.
+        cgroup = cgroups_path(bundle or container.bundle, container.id)
         for _ in range(50):
-            if kill_cgroup(cgroups_path(bundle or container.bundle, container.id)) == 0:
+            if kill_cgroup(cgroup) == 0:
                 break
             await asyncio.sleep(0.1)
+        remove_cgroup(cgroup)
 
     def _memory_bytes(self, engine_dir: Path) -> int:
         return sum(p.stat().st_size for p in engine_dir.glob("pages-*.img"))

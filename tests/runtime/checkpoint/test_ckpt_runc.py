@@ -277,6 +277,8 @@ async def test_engine_rejects_image_no_half_restored_container(
         await b.restore(c, forged)
     assert "restore failed" in str(info.value) and info.value.log
     assert not _runc_has(runc_root, "half")
+    cg = json.loads((c.bundle / "config.json").read_text())["linux"]["cgroupsPath"]
+    assert memory_cgroup_bytes(cg) is None  # the cgroup is gone, not just emptied
     assert wait_until(lambda: sh("pgrep", "-f", str(tmp_path), check=False).returncode != 0, 10)
     await b.restore(c, good)
     assert lab.get(pod.ip4) == "1"
