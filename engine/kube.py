@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -124,23 +125,15 @@ class Kube:
         """JSON patch (a list, may hold ``test`` ops: compare-and-swap) or merge patch."""
 
         def _patch() -> dict[str, Any]:
-            api = self.custom.api_client
-            content = (
-                "application/json-patch+json"
-                if isinstance(patch, Sequence)
-                else "application/merge-patch+json"
+            if isinstance(patch, Sequence):
+                body: Any = [dict(op) for op in patch]
+                content = "application/json-patch+json"
+            else:
+                body, content = dict(patch), "application/merge-patch+json"
+            res = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural_, name, body, _content_type=content
             )
-            path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural_}/{name}/status"
-            data, _, _ = api.call_api(
-                path,
-                "PATCH",
-                header_params={"Content-Type": content, "Accept": "application/json"},
-                body=patch,
-                response_type="object",
-                auth_settings=["BearerToken"],
-                _return_http_data_only=False,
-            )
-            return data  # type: ignore[no-any-return]
+            return cast(dict[str, Any], res)
 
         return await asyncio.to_thread(_patch)
 
@@ -151,7 +144,13 @@ class Kube:
 
         def _patch() -> None:
             self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural_, name, dict(patch)
+                GROUP,
+                VERSION,
+                namespace,
+                plural_,
+                name,
+                dict(patch),
+                _content_type="application/merge-patch+json",
             )
 
         await asyncio.to_thread(_patch)
@@ -167,6 +166,32 @@ class Kube:
                     raise
 
         await asyncio.to_thread(_delete)
+
+    async def post_event(
+        self, obj: Mapping[str, Any], etype: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about ``obj`` (for code outside kopf's handler context)."""
+        meta = obj.get("metadata") or {}
+        ns = str(meta.get("namespace") or "default")
+        now = datetime.now(UTC)
+        event = {
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": ns,
+                "uid": meta.get("uid"),
+            },
+            "type": etype,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "architect"},
+            "firstTimestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "lastTimestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "count": 1,
+        }
+        await asyncio.to_thread(self.core.create_namespaced_event, ns, event)
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         def _list() -> list[dict[str, Any]]:

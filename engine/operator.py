@@ -39,8 +39,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_KUBE: list[Kube] = []  # set at startup; for events posted outside kopf's handlers
+_PENDING: set[asyncio.Task[None]] = set()
+
+
 def _post_event(obj: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
-    kopf.event(kopf.Body(cast(kopf.RawBody, dict(obj))), type=etype, reason=reason, message=message)
+    try:
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, dict(obj))), type=etype, reason=reason, message=message
+        )
+    except LookupError:
+        # kopf's event queue exists only inside its handlers' context (not in
+        # the background GC task): post directly.
+        if _KUBE:
+            task = asyncio.get_running_loop().create_task(
+                _KUBE[0].post_event(dict(obj), etype, reason, message)
+            )
+            _PENDING.add(task)
+            task.add_done_callback(_PENDING.discard)
 
 
 def _deny(err: AdmissionDenied, handler: str) -> kopf.AdmissionError:
@@ -76,6 +92,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf." + GROUP)
     settings.posting.level = logging.WARNING
     memo.kube = Kube(load_config())
+    _KUBE[:] = [memo.kube]
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
     memo.gc_task = asyncio.create_task(_gc_loop(memo.kube, cfg))

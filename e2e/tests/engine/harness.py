@@ -67,6 +67,16 @@ class Operator:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
         kubectl(self.cluster, "create", "namespace", name)
         kubectl(self.cluster, "label", "namespace", name, f"{NS_LABEL}={self.label}")
+        # Pods need the namespace's default ServiceAccount; without a
+        # controller-manager (control-plane tier) nobody else makes it.
+        kubectl(self.cluster, "create", "serviceaccount", "default", "-n", name, check=False)
+        eventually(
+            "default serviceaccount",
+            lambda: (
+                kubectl(self.cluster, "get", "sa/default", "-n", name, check=False).returncode == 0
+            ),
+            timeout_s=30,
+        )
         return name
 
 

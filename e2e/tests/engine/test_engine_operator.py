@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from contextlib import redirect_stdout
 from typing import Any
 
@@ -111,17 +112,16 @@ def test_dry_run_records_nothing(operator: Operator) -> None:
 def test_objects_without_architect_intent_never_reach_the_webhook(operator: Operator) -> None:
     ns = operator.namespace("eng-plain")
     before = operator.metric("architect_admission_reviews_total")
-    plain = deployment("plain", {}, runtime="")
-    plain_obj = json.loads(plain)
+    plain_obj = json.loads(deployment("plain", {}))
     del plain_obj["spec"]["template"]["spec"]["runtimeClassName"]
     kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(plain_obj))
     kubectl(operator.cluster, "run", "plain-pod", "-n", ns, "--image", "busybox", "--restart=Never")
-    kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=deployment("fancy", GOOD))
-    # Only the annotated Deployment was reviewed (mutate + validate count 1 here).
-    eventually(
-        "one review counted", lambda: operator.metric("architect_admission_reviews_total") > before
-    )
-    assert operator.metric("architect_admission_reviews_total") == before + 1
+    # Give a controller-manager (node tier) time to make the ReplicaSet and pods too.
+    time.sleep(3)
+    assert operator.metric("architect_admission_reviews_total") == before
+    # The control: an annotated pod is reviewed (mutated and validated).
+    kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=bare_pod("fancy", GOOD))
+    assert operator.metric("architect_admission_reviews_total") == before + 2
 
 
 def bare_pod(name: str, annotations: dict[str, str], runtime: str = "runc-architect") -> str:
