@@ -172,6 +172,29 @@ def test_bare_pod_gets_sidecar_probe_rewrite_and_policies(operator: Operator) ->
     items = policies(operator, ns)
     assert {i["metadata"]["ownerReferences"][0]["uid"] for i in items} == {pod["metadata"]["uid"]}
 
+    # A hand-written policy for the same container loses to the compiled one
+    # at equal priority; the control plane says so on its status.
+    hand = {
+        "apiVersion": "architect.loopholelabs.io/v1alpha1",
+        "kind": "HibernationPolicy",
+        "metadata": {"name": "hand"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "solo"}},
+            "runtime": "runc",
+            "containers": [{"name": "app", "scaledownAfter": "5m"}],
+        },
+    }
+    kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(hand))
+
+    def conflicted() -> str:
+        obj = get_json(operator.cluster, "hibernationpolicy/hand", "-n", ns)
+        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+        c = conds.get("Conflicted", {})
+        return str(c.get("message", "")) if c.get("status") == "True" else ""
+
+    eventually("Conflicted on the losing policy", lambda: bool(conflicted()), timeout_s=30)
+    assert f"HibernationPolicy {ns}/solo governs app of pod {ns}/solo" in conflicted()
+
     out = io.StringIO()
     with redirect_stdout(out):
         assert (
@@ -184,6 +207,7 @@ def test_bare_pod_gets_sidecar_probe_rewrite_and_policies(operator: Operator) ->
     assert f"hibernation: HibernationPolicy {ns}/solo" in text
     assert f"migration:   MigrationPolicy {ns}/solo" in text
     assert "decision:" in text
+    assert f"overrides:   HibernationPolicy {ns}/hand (compiled from annotations" in text
 
 
 def test_explain_missing_pod_is_a_clear_error(
