@@ -152,8 +152,9 @@ class Backend(ABC):
         on RestoreFailed nothing of the container is left running.
         """
 
-    def describe(self, image_dir: Path) -> Manifest:
-        """Read and check the manifest of ``image_dir`` (payload digest not verified)."""
-        from architect.runtime.checkpoint.image import read_manifest
+    def describe(self, image_dir: Path, verify: bool = False) -> Manifest:
+        """The manifest of ``image_dir``, its payload's presence and size checked;
+        with ``verify`` every digest too (reads the whole image, writes nothing)."""
+        from architect.runtime.checkpoint import image
 
-        return read_manifest(image_dir)
+        return image.verify(image_dir) if verify else image.read_manifest(image_dir)

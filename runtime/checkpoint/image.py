@@ -353,7 +353,14 @@ def unpack(image_dir: Path, dest: Path) -> Manifest:
     return m
 
 
-def _extract(payload: Path, dest: Path, m: Manifest, where: str) -> None:
+def verify(image_dir: Path) -> Manifest:
+    """Check every digest of the image without extracting it (reads it once)."""
+    m = read_manifest(image_dir)
+    _extract(image_dir / m.payload.file, None, m, str(image_dir))
+    return m
+
+
+def _extract(payload: Path, dest: Path | None, m: Manifest, where: str) -> None:
     expected = {f.path: f for f in m.files}
     seen: set[str] = set()
     with open(payload, "rb") as f:
@@ -386,13 +393,25 @@ def _extract(payload: Path, dest: Path, m: Manifest, where: str) -> None:
 def _extract_member(
     tar: tarfile.TarFile,
     ti: tarfile.TarInfo,
-    dest: Path,
+    dest: Path | None,
     expected: dict[str, FileInfo],
     seen: set[str],
     where: str,
 ) -> None:
     rel = safe_member_path(ti.name, where)
+    if dest is None:  # verify only
+        if ti.isfile():
+            _check_file(tar, ti, None, expected, where)
+            seen.add(ti.name)
+        elif not (ti.isdir() or ti.issym() or ti.isfifo()):
+            raise ImageCorrupt(where, f"payload member '{ti.name}' has an unsupported type")
+        return
     target = dest.joinpath(*rel.parts)
+    # A symlink member must not let a later member write outside ``dest``.
+    root = os.path.realpath(dest)
+    parent = os.path.realpath(target.parent)
+    if (parent != root and not parent.startswith(root + os.sep)) or target.is_symlink():
+        raise ImageCorrupt(where, f"payload member '{ti.name}' would write through a symlink")
     if ti.isdir():
         target.mkdir(parents=True, exist_ok=True)
         os.chmod(target, ti.mode & 0o7777)
@@ -400,22 +419,9 @@ def _extract_member(
         target.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(ti.linkname, target)
     elif ti.isfile():
-        info = expected.get(ti.name)
-        if info is None:
-            raise ImageCorrupt(where, f"payload member '{ti.name}' not in the manifest")
-        fobj = tar.extractfile(ti)
-        if fobj is None:
-            raise ImageCorrupt(where, f"payload member '{ti.name}' unreadable")
-        sha = hashlib.sha256()
-        size = 0
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:
-            while chunk := fobj.read(CHUNK):
-                sha.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
-        if size != info.size or sha.hexdigest() != info.sha256:
-            raise ImageCorrupt(where, f"payload member '{ti.name}' does not match its digest")
+        with open(target, "xb") as out:
+            _check_file(tar, ti, out, expected, where)
         os.chmod(target, ti.mode & 0o7777)
         seen.add(ti.name)
     elif ti.isfifo():
@@ -427,6 +433,31 @@ def _extract_member(
         os.lchown(target, ti.uid, ti.gid)
     if not ti.issym():
         os.utime(target, (ti.mtime, ti.mtime))
+
+
+def _check_file(
+    tar: tarfile.TarFile,
+    ti: tarfile.TarInfo,
+    out: BinaryIO | None,
+    expected: dict[str, FileInfo],
+    where: str,
+) -> None:
+    """Stream one regular member (into ``out`` if given) and check its digest."""
+    info = expected.get(ti.name)
+    if info is None:
+        raise ImageCorrupt(where, f"payload member '{ti.name}' not in the manifest")
+    fobj = tar.extractfile(ti)
+    if fobj is None:
+        raise ImageCorrupt(where, f"payload member '{ti.name}' unreadable")
+    sha = hashlib.sha256()
+    size = 0
+    while chunk := fobj.read(CHUNK):
+        sha.update(chunk)
+        size += len(chunk)
+        if out is not None:
+            out.write(chunk)
+    if size != info.size or sha.hexdigest() != info.sha256:
+        raise ImageCorrupt(where, f"payload member '{ti.name}' does not match its digest")
 
 
 def put_back_empty_dirs(unpacked: Path, m: Manifest) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,7 @@ def test_round_trip(tmp_path: Path, compression: str) -> None:
         compression=compression,
     )  # fmt: skip
     assert img.read_manifest(tmp_path / "i") == m
+    assert img.verify(tmp_path / "i") == m
     got = img.unpack(tmp_path / "i", tmp_path / "out")
     assert got == m
     assert (tmp_path / "out/engine/pages-1.img").read_bytes() == pages
@@ -164,31 +167,57 @@ def test_bad_image_is_typed_and_leaves_nothing(
         case "no-dir":
             shutil.rmtree(image)
     with pytest.raises(error) as info:
+        img.verify(image)  # the same verdict without extracting
+    assert str(image) in str(info.value)
+    with pytest.raises(error) as info:
         img.unpack(image, tmp_path / "out")
     assert str(image) in str(info.value)
     assert not (tmp_path / "out").exists()
 
 
-def test_unsafe_member_path_rejected(tmp_path: Path) -> None:
-    """A payload whose digests match but whose tar escapes the scratch dir."""
+def _evil_image(tmp_path: Path, build: Callable[[tarfile.TarFile], None]) -> Path:
+    """An image whose digests all match a hand-made (hostile) tar."""
     evil = tmp_path / "evil"
     evil.mkdir()
-    (tmp_path / "x").write_text("x")
     with tarfile.open(evil / "payload.tar", "w") as tar:
-        tar.add(tmp_path / "x", arcname="engine/../../escape")
-    import hashlib
-
+        build(tar)
     data = (evil / "payload.tar").read_bytes()
     good = json.loads((_pack(tmp_path) / "manifest.json").read_text())
     good["payload"].update(
         file="payload.tar", compression="none", size=len(data),
         sha256=hashlib.sha256(data).hexdigest(), raw_size=len(data),
     )  # fmt: skip
-    good["files"] = []
+    good["files"] = [
+        {"path": "engine/link/x", "size": 1, "sha256": hashlib.sha256(b"x").hexdigest()}
+    ]
     (evil / "manifest.json").write_text(json.dumps(good))
+    return evil
+
+
+def test_unsafe_member_path_rejected(tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("x")
+    evil = _evil_image(tmp_path, lambda t: t.add(tmp_path / "x", arcname="engine/../../escape"))
     with pytest.raises(ImageCorrupt, match="unsafe member"):
         img.unpack(evil, tmp_path / "out")
     assert not (tmp_path / "escape").exists()
+
+
+def test_symlink_member_cannot_redirect_a_write(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "x").write_text("x")
+
+    def build(tar: tarfile.TarFile) -> None:
+        link = tarfile.TarInfo("engine/link")
+        link.type, link.linkname = tarfile.SYMTYPE, str(outside)
+        tar.addfile(link)
+        tar.add(tmp_path / "x", arcname="engine/link/x")
+
+    evil = _evil_image(tmp_path, build)
+    with pytest.raises(ImageCorrupt, match="through a symlink"):
+        img.unpack(evil, tmp_path / "out")
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_manifest_from_dict_names_the_field() -> None:

@@ -99,7 +99,7 @@ async def test_checkpoint_frees_process_and_memory_restore_continues_counter(
     assert m.backend == "runc-criu" and "criu 4.1" in m.backend_version
     assert m.container == "web" and m.pod_template_hash == "7c9d8f"
     assert m.memory_bytes >= 64 * MIB
-    assert b.describe(tmp_path / "img") == m
+    assert b.describe(tmp_path / "img") == m == b.describe(tmp_path / "img", verify=True)
 
     r = await b.restore(c, tmp_path / "img")
     assert pid_alive(r.pid) and r.pid != pid
