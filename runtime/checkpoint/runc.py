@@ -63,7 +63,8 @@ class RuncCriuBackend(EngineBackend):
         self._version: str | None = None
 
     def _base(self, container: Container) -> list[str]:
-        argv = [which(self._runc)]
+        # --criu: runc would look for criu on its PATH, which may lack /usr/local/sbin.
+        argv = [which(self._runc), "--criu", which(self._criu)]
         if container.state_root is not None:
             argv += ["--root", str(container.state_root)]
         return argv
