@@ -67,7 +67,7 @@ def pod_side_rss() -> int:
 
 def timed(cmd: list[str]) -> float:
     start = time.monotonic()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - start
 
 

@@ -4,7 +4,7 @@
 
 CNI's bridge and portmap plugins tag their rules with a comment naming the network
 (`name: "NETWORK"`). Those rules go; so do the per-container chains they jump to,
-and the shared CNI-HOSTPORT-* chains once they are empty.
+and the shared CNI-HOSTPORT-* chains once no per-container chain is left.
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ def plan(chains: list[str], rules: list[Rule], network: str) -> tuple[list[Rule]
     # Rules inside doomed chains go with the chain (flush), not one by one.
     doomed_rules = [r for r in doomed_rules if r.chain not in doomed_chains]
     remaining = [r for r in rules if r not in doomed_rules and r.chain not in doomed_chains]
-    # Shared portmap chains: remove once nothing but jumps into them remains.
-    for shared in [c for c in chains if c.startswith(SHARED_PREFIX)]:
-        if not any(r.chain == shared for r in remaining):
-            jumps = [r for r in remaining if r.target == shared]
-            doomed_rules.extend(jumps)
-            remaining = [r for r in remaining if r not in jumps]
-            doomed_chains.add(shared)
+    # Shared portmap chains serve only per-container CNI-DN-* chains; once none is
+    # left (ours are going, nobody else's exist) they are inert and portmap
+    # recreates them on its next use, so they go too.
+    if not any(c.startswith("CNI-DN-") and c not in doomed_chains for c in chains):
+        shared = {c for c in chains if c.startswith(SHARED_PREFIX)}
+        jumps = [r for r in remaining if r.target in shared and r.chain not in shared]
+        doomed_rules.extend(jumps)
+        doomed_chains |= shared
     return doomed_rules, sorted(doomed_chains)
 
 

@@ -49,7 +49,8 @@ start() {
   mkdir -p "$E2E_RUN/pids" "$E2E_LOGS"
   log "$name: starting"
   printf '\n===== %s start %s\n%s\n' "$(date -u +%FT%TZ)" "$name" "$*" >> "$E2E_LOGS/$name.log"
-  setsid nohup "$@" >> "$E2E_LOGS/$name.log" 2>&1 < /dev/null &
+  # 9>&-: the daemon must not inherit the up/down lock (see lock_cluster).
+  setsid nohup "$@" >> "$E2E_LOGS/$name.log" 2>&1 < /dev/null 9>&- &
   echo $! > "$(pid_file "$name")"
 }
 
@@ -82,3 +83,10 @@ wait_until() {
 
 kubectl_e2e() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" --context "$CONTEXT_NAME" "$@"; }
 ctr_e2e() { ctr --address "$CONTAINERD_SOCK" "$@"; }
+
+# Serialises up/down: several engineers' test sessions share this machine's cluster.
+# The lock lives outside $E2E_RUN, which `down` removes.
+lock_cluster() {
+  exec 9> /run/architect-e2e-updown.lock
+  flock -w 3600 9 || die "another e2e/cluster up/down held the lock for an hour"
+}
