@@ -191,7 +191,7 @@ class Kube:
             "lastTimestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             "count": 1,
         }
-        await asyncio.to_thread(self.core.create_namespaced_event, ns, event)
+        await asyncio.to_thread(self.core.create_namespaced_event, ns, cast(Any, event))
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         def _list() -> list[dict[str, Any]]:
