@@ -301,6 +301,7 @@ def test_checkpoint_lifecycle_and_gc(operator: Operator) -> None:
         ),
         timeout_s=30,
     )
+    eventually("GC event", lambda: "CheckpointDeleted" in _events(operator, ns, "web-app"))
 
 
 def test_persistent_checkpoint_lifecycle(operator: Operator) -> None:
