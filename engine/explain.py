@@ -87,7 +87,6 @@ def _parser() -> argparse.ArgumentParser:
 def explain_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
 
     from architect.engine.kube import Kube, load_config
 
@@ -101,7 +100,7 @@ def explain_main(argv: list[str]) -> int:
         reason = "not found" if err.status == 404 else f"{err.status} {err.reason}"
         print(f"architect explain: {what}: {reason}", file=sys.stderr)
         return 1
-    except (HTTPError, OSError, Exception) as err:  # config or connection problems
+    except Exception as err:  # kubeconfig or connection problems: a message, no traceback
         print(f"architect explain: cannot reach the cluster: {err}", file=sys.stderr)
         return 1
     sys.stdout.write(explain_pod(pod_obj, objs, datetime.now(UTC)))
