@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.pytest_cluster import Cluster
+from e2e.pytest_cluster import UP, Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
 
 pytestmark = pytest.mark.node
@@ -94,3 +96,35 @@ def test_in_place_resize_changes_the_containers_cgroup(node_cluster: Cluster) ->
         assert status["containerStatuses"][0]["restartCount"] == 0
         assert kubectl(node_cluster, "exec", "-n", ns, "r", "--", "sh", "-c",
                        quota).stdout.strip() == "30000"
+
+
+def test_runtime_handler_drop_in_reaches_containerd(node_cluster: Cluster) -> None:
+    """The extension point other parts use for runc-architect: a TOML drop-in."""
+    dropin = Path("/etc/architect-e2e/containerd-runtimes.d/zz-e2e-check.toml")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.e2e-check]\n'
+        '  runtime_type = "io.containerd.runc.v2"\n'
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.e2e-check.options]\n'
+        '  BinaryName = "/usr/sbin/runc"\n'
+        '  Root = "/run/architect-e2e/runc-e2e-check"\n')
+    try:
+        subprocess.run([str(UP)], check=True, capture_output=True, timeout=600)
+        assert "runtimes.e2e-check" in Path(
+            "/var/lib/architect-e2e/containerd/config.toml").read_text()
+        kubectl(node_cluster, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "metadata": {"name": "e2e-check"}, "handler": "e2e-check"}))
+        with namespace(node_cluster, "rtc") as ns:
+            pod = json.loads(_pod("h", BUSYBOX, ["sleep", "3600"]))
+            pod["spec"]["runtimeClassName"] = "e2e-check"
+            kubectl(node_cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(pod))
+            kubectl(node_cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/h",
+                    "--timeout=90s")
+            # The container's runc state lives under the handler's own root.
+            assert any(Path("/run/architect-e2e/runc-e2e-check/k8s.io").iterdir())
+    finally:
+        dropin.unlink(missing_ok=True)
+        kubectl(node_cluster, "delete", "runtimeclass", "e2e-check", "--ignore-not-found",
+                check=False)
+        subprocess.run([str(UP)], check=False, capture_output=True, timeout=600)
