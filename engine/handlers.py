@@ -6,7 +6,9 @@ dicts and a fake ``Kube`` or a real one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -59,6 +61,7 @@ class KubeLike(Protocol):
     async def delete(self, plural_: str, namespace: str, name: str) -> None: ...
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+    async def get_uid(self, kind: str, namespace: str, name: str) -> str | None: ...
 
 
 # --- admission ---------------------------------------------------------------
@@ -69,21 +72,62 @@ def mutate_pod(body: Mapping[str, Any], sidecar: SidecarConfig) -> dict[str, Any
     return admit_pod(body, sidecar)
 
 
-async def review_workload(body: Mapping[str, Any], *, dryrun: bool, kube: KubeLike) -> list[str]:
-    """Validate a Pod or workload and record its compiled policies; warnings out."""
+@dataclass(frozen=True)
+class Review:
+    """An admitted object: warnings for ``kubectl``, policy writes still to do."""
+
+    warnings: list[str]
+    ops: list[Op]
+
+
+async def review_workload(body: Mapping[str, Any], *, dryrun: bool, kube: KubeLike) -> Review:
+    """Validate a Pod or workload and plan the writes of its compiled policies.
+
+    The writes are not done here: during admission the object is not stored
+    yet, and the garbage collector deletes a policy whose owner it cannot find.
+    ``record_policies`` does them once the owner exists.
+    """
     policies = validate_workload(body)
     warnings: list[str] = []
     if body.get("kind") == "Pod":
         warnings.extend(await start_from_warnings(body, kube))
     if dryrun or not owns_its_policies(body):
-        return warnings
+        return Review(warnings, [])
     namespace = (body.get("metadata") or {}).get("namespace") or "default"
     desired = desired_policies(body, policies)
     existing = await kube.list_policies(namespace)
-    ops = plan_sync(body, desired, existing)
-    if ops:
-        await kube.apply(ops)
-    return warnings
+    return Review(warnings, plan_sync(body, desired, existing))
+
+
+async def record_policies(
+    body: Mapping[str, Any],
+    ops: list[Op],
+    *,
+    kube: KubeLike,
+    attempts: int = 60,
+    every_s: float = 0.25,
+) -> bool:
+    """Apply the planned writes once the owner is stored (bounded wait).
+
+    False when it never appears (the request failed after admission) or was
+    replaced by another object of the same name: then nothing is written and
+    no orphan is left.
+    """
+    meta = body.get("metadata") or {}
+    kind, ns, name = (
+        str(body.get("kind")),
+        str(meta.get("namespace") or "default"),
+        str(meta.get("name")),
+    )
+    for _ in range(attempts):
+        uid = await kube.get_uid(kind, ns, name)
+        if uid == meta.get("uid"):
+            await kube.apply(ops)
+            return True
+        if uid is not None:
+            return False
+        await asyncio.sleep(every_s)
+    return False
 
 
 async def start_from_warnings(pod: Mapping[str, Any], kube: KubeLike) -> list[str]:

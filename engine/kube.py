@@ -34,6 +34,8 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
 
     # --- policies -------------------------------------------------------
 
@@ -202,6 +204,33 @@ class Kube:
             return out
 
         return await asyncio.to_thread(_list)
+
+    async def get_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        """The uid of a stored Pod or workload; None when there is none."""
+        readers = {
+            "Pod": self.core.read_namespaced_pod,
+            "Deployment": self.apps.read_namespaced_deployment,
+            "StatefulSet": self.apps.read_namespaced_stateful_set,
+            "ReplicaSet": self.apps.read_namespaced_replica_set,
+            "DaemonSet": self.apps.read_namespaced_daemon_set,
+            "Job": self.batch.read_namespaced_job,
+            "CronJob": self.batch.read_namespaced_cron_job,
+        }
+        read = readers.get(kind)
+        if read is None:
+            return None
+
+        def _get() -> str | None:
+            try:
+                obj: Any = read(name, namespace)
+            except ApiException as err:
+                if err.status == NotFound:
+                    return None
+                raise
+            uid = obj.metadata.uid
+            return str(uid) if uid else None
+
+        return await asyncio.to_thread(_get)
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         def _get() -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from architect.engine.admission.webhooks import (
     VALIDATE_POD,
     VALIDATE_WORKLOAD,
 )
-from architect.engine.admission.workloads import AdmissionDenied
+from architect.engine.admission.workloads import AdmissionDenied, Op, describe
 from architect.engine.config import OperatorConfig
 from architect.engine.kube import Kube, load_config
 from architect.policy.annotations import GROUP, VERSION
@@ -129,10 +129,24 @@ async def _review(
     body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], hid: str
 ) -> None:
     try:
-        warnings.extend(await handlers.review_workload(dict(body), dryrun=dryrun, kube=memo.kube))
+        review = await handlers.review_workload(dict(body), dryrun=dryrun, kube=memo.kube)
     except AdmissionDenied as err:
         raise _deny(err, hid) from None
+    warnings.extend(review.warnings)
+    if review.ops:
+        # After the response: the object is stored only once admission is done.
+        task = asyncio.get_running_loop().create_task(_record(dict(body), review.ops, memo.kube))
+        _PENDING.add(task)
+        task.add_done_callback(_PENDING.discard)
     metrics.ADMISSIONS.labels(handler=hid, allowed="true").inc()
+
+
+async def _record(body: dict[str, Any], ops: list[Op], kube: Kube) -> None:
+    try:
+        if not await handlers.record_policies(body, ops, kube=kube):
+            log.info("%s was not stored; its policies were not recorded", describe(body))
+    except Exception:  # logged: admission already answered
+        log.exception("recording the policies of %s failed", describe(body))
 
 
 @kopf.on.validate("v1", "pods", id=VALIDATE_POD, operations=["CREATE"], side_effects=True)

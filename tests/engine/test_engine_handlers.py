@@ -23,6 +23,10 @@ class FakeKube:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, ...]] = []
+        self.uids: dict[tuple[str, str, str], str] = {}
+
+    async def get_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        return self.uids.get((kind, namespace, name))
 
     async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
         return [
@@ -98,16 +102,33 @@ def workload(annotations: dict[str, str], owner: str | None = None) -> dict[str,
 GOOD = {P + "managed-containers": '["app"]'}
 
 
-async def test_review_records_policies_once() -> None:
+async def review_and_record(kube: FakeKube, body: dict[str, Any]) -> bool:
+    review = await handlers.review_workload(body, dryrun=False, kube=kube)
+    assert review.warnings == []
+    assert kube.calls == [], "admission itself writes nothing"
+    return await handlers.record_policies(body, review.ops, kube=kube, attempts=3, every_s=0)
+
+
+async def test_review_records_policies_once_the_owner_exists() -> None:
     kube = FakeKube()
-    assert await handlers.review_workload(workload(GOOD), dryrun=False, kube=kube) == []
+    kube.uids[("ReplicaSet", "ns", "web")] = "u1"
+    assert await review_and_record(kube, workload(GOOD))
     assert sorted(kube.calls) == [
         ("create", "HibernationPolicy", "web"),
         ("create", "MigrationPolicy", "web"),
     ]
     kube.calls.clear()
-    await handlers.review_workload(workload(GOOD), dryrun=False, kube=kube)
-    assert kube.calls == []  # nothing changed: no writes
+    review = await handlers.review_workload(workload(GOOD), dryrun=False, kube=kube)
+    assert review.ops == []  # nothing changed: no writes
+
+
+@pytest.mark.parametrize("stored_uid", [None, "someone-else"])
+async def test_nothing_recorded_when_the_owner_never_appears(stored_uid: str | None) -> None:
+    kube = FakeKube()
+    if stored_uid:
+        kube.uids[("ReplicaSet", "ns", "web")] = stored_uid
+    assert not await review_and_record(kube, workload(GOOD))
+    assert kube.calls == []
 
 
 @pytest.mark.parametrize(("dryrun", "owner"), [(True, None), (False, "Deployment")])
@@ -115,8 +136,8 @@ async def test_review_writes_nothing_for_dry_runs_and_owned_objects(
     dryrun: bool, owner: str | None
 ) -> None:
     kube = FakeKube()
-    await handlers.review_workload(workload(GOOD, owner), dryrun=dryrun, kube=kube)
-    assert kube.calls == []
+    review = await handlers.review_workload(workload(GOOD, owner), dryrun=dryrun, kube=kube)
+    assert review.ops == [] and kube.calls == []
 
 
 async def test_review_denies_bad_annotations_before_any_write() -> None:

@@ -61,6 +61,7 @@ def test_annotated_deployment_gets_owned_policies(operator: Operator) -> None:
     ns = operator.namespace("eng-deploy")
     kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=deployment("web", GOOD))
     uid = get_json(operator.cluster, "deployment/web", "-n", ns)["metadata"]["uid"]
+    eventually("policies recorded", lambda: len(policies(operator, ns)) == 2)
     items = policies(operator, ns)
     assert sorted(i["kind"] for i in items) == ["HibernationPolicy", "MigrationPolicy"]
     for item in items:
@@ -74,11 +75,18 @@ def test_annotated_deployment_gets_owned_policies(operator: Operator) -> None:
     # An update that changes an annotation updates the policy...
     changed = {**GOOD, P + "scaledown-durations": '{"app":"2m"}'}
     kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=deployment("web", changed))
-    hp = get_json(operator.cluster, "hibernationpolicy/web", "-n", ns)
-    assert hp["spec"]["containers"][0]["scaledownAfter"] == "2m"
+    eventually(
+        "policy updated",
+        lambda: (
+            get_json(operator.cluster, "hibernationpolicy/web", "-n", ns)["spec"]["containers"][0][
+                "scaledownAfter"
+            ]
+            == "2m"
+        ),
+    )
     # ...and removing the annotations (runtime class kept) deletes them.
     kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=deployment("web", {}))
-    assert policies(operator, ns) == []
+    eventually("policies deleted", lambda: policies(operator, ns) == [])
 
 
 def test_bad_annotation_refused_at_apply(operator: Operator) -> None:
@@ -106,6 +114,7 @@ def test_dry_run_records_nothing(operator: Operator) -> None:
         "-",
         stdin=deployment("web", GOOD),
     )
+    time.sleep(2)  # recording is asynchronous: give it time to (wrongly) happen
     assert policies(operator, ns) == []
 
 
@@ -169,6 +178,7 @@ def test_bare_pod_gets_sidecar_probe_rewrite_and_policies(operator: Operator) ->
     ]
     assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] == 9080
     assert any(v["name"] == "architect-run" for v in pod["spec"]["volumes"])
+    eventually("policies recorded", lambda: len(policies(operator, ns)) == 2)
     items = policies(operator, ns)
     assert {i["metadata"]["ownerReferences"][0]["uid"] for i in items} == {pod["metadata"]["uid"]}
 
