@@ -70,10 +70,15 @@ stop() {
 }
 
 # wait_until SECONDS WHAT CMD...: polls CMD every 0.5 s; fails naming WHAT and the logs.
+# With WAIT_FOR set to a component name, fails at once if that component died.
 wait_until() {
   local limit=$1 what=$2; shift 2
   local deadline=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
+    if [[ -n ${WAIT_FOR-} ]] && ! is_running "$WAIT_FOR"; then
+      tail -n 15 "$E2E_LOGS/$WAIT_FOR.log" >&2 || true
+      die "$WAIT_FOR exited while waiting for $what (log: $E2E_LOGS/$WAIT_FOR.log, last lines above)"
+    fi
     if ((SECONDS >= deadline)); then
       die "timed out after ${limit}s waiting for $what (logs: $E2E_LOGS)"
     fi
@@ -81,7 +86,7 @@ wait_until() {
   done
 }
 
-kubectl_e2e() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" --context "$CONTEXT_NAME" "$@"; }
+kubectl_e2e() { "$KUBE_BIN/kubectl" --request-timeout 10s --kubeconfig "$KUBECONFIG_PATH" --context "$CONTEXT_NAME" "$@"; }
 ctr_e2e() { ctr --address "$CONTAINERD_SOCK" "$@"; }
 
 # Serialises up/down: several engineers' test sessions share this machine's cluster.
