@@ -2,7 +2,7 @@
 PY ?= python3
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: setup lint unit test generate bench
+.PHONY: setup lint install unit test generate bench
 
 setup:
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -14,11 +14,22 @@ lint: setup
 
 # Pure tests: no root, no cluster.
 unit: setup
-	$(PY) -m pytest -m "not root and not cluster and not node"
+	$(PY) -m pytest -m "not root and not cluster and not node" -p no:cacheprovider
 
-# Everything CI runs: installs the real parts, then every test against them.
-test: lint
+# The real parts the tests run against (root; idempotent, cached in /var/cache/architect).
+# The cluster build goes first: cold, it is most of CI's time.
+install: setup
+	e2e/cluster/install
+	runtime/checkpoint/install
+	runtime/network/install
+	runtime/shim/install
+
+# Everything CI runs: installs the real parts, then every test against them,
+# the kuttl scenarios, and a teardown that fails if anything is left behind.
+test: lint install
 	$(PY) -m pytest
+	e2e/kuttl-run
+	e2e/cluster/down
 
 # Regenerate committed outputs (CRDs, reference docs); tests fail when they drift.
 generate: setup
@@ -27,3 +38,9 @@ generate: setup
 
 bench: setup
 	$(PY) bench/policy.py
+	$(PY) bench/engine_evaluate.py
+	$(PY) bench/engine_admission.py
+	$(PY) bench/network_wake.py
+	$(PY) bench/checkpoint.py
+	$(PY) bench/shim_bench.py
+	$(PY) bench/cluster_bench.py

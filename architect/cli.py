@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", default=None)
 
     sub.add_parser("health-proxy", help="run the health-check proxy sidecar", add_help=False)
+    sub.add_parser("operator", help="run the admission webhooks and control plane", add_help=False)
     return parser
 
 
@@ -82,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from architect.runtime.network.healthproxy import main as health_proxy_main
 
         return int(health_proxy_main(args_list[1:]))
+    if args_list[:1] == ["operator"]:
+        from architect.engine.main import main as operator_main
+
+        return int(operator_main(args_list[1:]))
     args = _parser().parse_args(args_list)
     try:
         if args.command == "compile":
