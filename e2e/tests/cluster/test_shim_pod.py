@@ -1,0 +1,97 @@
+"""A runc-architect pod on the e2e node runs through Architect's shim, and hibernates
+under kubelet's eyes: the pod stays Running with no restart, its process is gone, and
+`kubectl exec` wakes it with its state intact."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.pytest_cluster import UP, Cluster
+from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+
+pytestmark = pytest.mark.node
+
+ROOT = Path(__file__).resolve().parents[3]
+DROPIN = Path("/etc/architect-e2e/containerd-runtimes.d/architect.toml")
+SHIM_RUN = Path("/run/architect/shim")
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
+
+
+def _control(container_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    """One request on the shim's control socket (JSON lines, see runtime/shim/README.md)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(120)
+        sock.connect(str(SHIM_RUN / "k8s.io" / container_id))
+        sock.sendall((json.dumps(message) + "\n").encode())
+        reply: dict[str, Any] = json.loads(sock.makefile().readline())
+    return reply
+
+
+@pytest.fixture
+def architect_handlers(node_cluster: Cluster) -> Iterator[Cluster]:
+    """containerd knows the runc-architect handler and the RuntimeClasses exist."""
+    DROPIN.parent.mkdir(parents=True, exist_ok=True)
+    DROPIN.write_text((ROOT / "runtime/shim/deploy/containerd-architect.toml").read_text())
+    try:
+        subprocess.run([str(UP)], check=True, capture_output=True, timeout=600)
+        kubectl(node_cluster, "apply", "-f",
+                str(ROOT / "runtime/shim/deploy/runtimeclasses.yaml"))
+        yield node_cluster
+    finally:
+        DROPIN.unlink(missing_ok=True)
+        subprocess.run([str(UP)], check=False, capture_output=True, timeout=600)
+
+
+def test_runc_architect_pod_hibernates_and_exec_wakes_it(architect_handlers: Cluster) -> None:
+    cluster = architect_handlers
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "counter"},
+        "spec": {
+            "runtimeClassName": "runc-architect",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "architect.local/busybox:1.35",
+                            "imagePullPolicy": "Never", "command": ["sh", "-c", COUNTER]}],
+        },
+    }
+    with namespace(cluster, "shim") as ns:
+        kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(pod))
+        kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/counter", "--timeout=90s")
+        status = get_json(cluster, "pod", "-n", ns, "counter")["status"]["containerStatuses"][0]
+        container_id = status["containerID"].removeprefix("containerd://")
+
+        # The container runs through Architect's shim, not containerd's runc shim.
+        shim = _control(container_id, {"op": "status"})
+        (entry,) = [c for c in shim["containers"] if c["id"] == container_id]
+        pid = entry["pid"]
+        assert Path(f"/proc/{pid}").exists()
+        eventually("the counter reaches 3", lambda: int(kubectl(
+            cluster, "exec", "-n", ns, "counter", "--", "cat", "/tmp/count").stdout) >= 3)
+        before = int(kubectl(cluster, "exec", "-n", ns, "counter", "--", "cat", "/tmp/count").stdout)
+
+        reply = _control(container_id, {"op": "hibernate", "id": container_id})
+        assert reply["ok"] and reply["hibernated"], reply
+        assert not Path(f"/proc/{pid}").exists(), "the hibernated process must be gone"
+        # Kubelet keeps seeing a running, ready container; nothing restarts it.
+        subprocess.run(["sleep", "6"], check=True)
+        seen = get_json(cluster, "pod", "-n", ns, "counter")["status"]
+        assert seen["phase"] == "Running"
+        assert seen["containerStatuses"][0]["ready"] is True
+        assert seen["containerStatuses"][0]["restartCount"] == 0
+
+        # kubectl exec wakes it; the counter carries on from where it stopped
+        # (a fresh start would count from 1, a process that ran on would be >= before+6).
+        after = int(kubectl(cluster, "exec", "-n", ns, "counter", "--", "cat", "/tmp/count").stdout)
+        assert before <= after < before + 6, (before, after)
+        eventually("the woken counter runs on", lambda: int(kubectl(
+            cluster, "exec", "-n", ns, "counter", "--", "cat", "/tmp/count").stdout) > after)
+        final = get_json(cluster, "pod", "-n", ns, "counter")["status"]["containerStatuses"][0]
+        assert final["restartCount"] == 0
