@@ -174,6 +174,22 @@ class PortMapping(_Model):
     )
 
 
+class _PolicySpec(_Model):
+    """What every policy spec has: whose pods, which runtime, how it ranks."""
+
+    selector: LabelSelector = Field(description="Which pods of this namespace the policy governs.")
+    runtime: Runtime = Field(
+        description="runc (runtime class runc-architect, CRIU) or runsc (runsc-architect, gVisor)."
+    )
+    priority: int = Field(
+        default=0,
+        description=(
+            "When several policies match a container the highest priority wins; at equal "
+            "priority a policy compiled from annotations wins, then the first by name."
+        ),
+    )
+
+
 # --- HibernationPolicy -------------------------------------------------------
 
 
@@ -260,7 +276,7 @@ class HibernationContainer(_Model):
     )
 
 
-class HibernationPolicySpec(_Model):
+class HibernationPolicySpec(_PolicySpec):
     """Which pods' containers hibernate when idle, and what wakes them."""
 
     model_config = ConfigDict(
@@ -293,17 +309,6 @@ class HibernationPolicySpec(_Model):
         )
     )
 
-    selector: LabelSelector = Field(description="Which pods of this namespace the policy governs.")
-    runtime: Runtime = Field(
-        description="runc (runtime class runc-architect, CRIU) or runsc (runsc-architect, gVisor)."
-    )
-    priority: int = Field(
-        default=0,
-        description=(
-            "When several policies match a container the highest priority wins; at equal "
-            "priority a policy compiled from annotations wins, then the first by name."
-        ),
-    )
     managed_pod: bool = Field(
         default=False,
         description="runsc only: the pod is managed and checkpointed as a whole.",
@@ -416,7 +421,7 @@ class StartFrom(_Model):
     )
 
 
-class MigrationPolicySpec(_Model):
+class MigrationPolicySpec(_PolicySpec):
     """What moves to a replacement pod when a selected pod is deleted."""
 
     model_config = ConfigDict(
@@ -435,17 +440,6 @@ class MigrationPolicySpec(_Model):
         )
     )
 
-    selector: LabelSelector = Field(description="Which pods of this namespace the policy governs.")
-    runtime: Runtime = Field(
-        description="runc (runtime class runc-architect, CRIU) or runsc (runsc-architect, gVisor)."
-    )
-    priority: int = Field(
-        default=0,
-        description=(
-            "When several policies match a container the highest priority wins; at equal "
-            "priority a policy compiled from annotations wins, then the first by name."
-        ),
-    )
     containers: list[MigrationContainer] = Field(
         default_factory=list,
         max_length=MAX_CONTAINERS,
