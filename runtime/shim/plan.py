@@ -5,27 +5,27 @@ No I/O beyond looking at paths handed in; tested without containerd.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-PREFIX = "architect.loopholelabs.io/"
-ANN_PERSISTENT = PREFIX + "start-from-persistent-checkpoint"
-ANN_TEMPLATE_HASH = PREFIX + "pod-template-hash"
-ANN_SCALEUP_TIMEOUT = PREFIX + "scaleup-timeout-containers"
-ANN_MANAGED = PREFIX + "managed-containers"
-ANN_MANAGED_POD = PREFIX + "managed-pod"
+from architect.policy import annotations as keys
+from architect.policy import durations
+
+# The annotation contract has one home (architect.policy.annotations); these are
+# the keys the shim reads, under the names this module has always used.
+ANN_PERSISTENT = keys.START_FROM_PERSISTENT
+ANN_TEMPLATE_HASH = keys.TEMPLATE_HASH_LABEL
+ANN_SCALEUP_TIMEOUT = keys.SCALEUP_TIMEOUT
+ANN_MANAGED = keys.MANAGED_CONTAINERS
+ANN_MANAGED_POD = keys.MANAGED_POD
 CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
 CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
 CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 GROUP_LABELS = ("io.containerd.runc.v2.group", CRI_SANDBOX_ID)
-DEFAULT_SCALEUP_TIMEOUT = 30.0
+DEFAULT_SCALEUP_TIMEOUT = durations.parse_duration(keys.DEFAULT_SCALEUP_TIMEOUT).total_seconds()
 READY_MARK = "ready"  # handover dirs hold an image once this file exists
 PENDING_MARK = "pending"  # the daemon is still transferring: wait up to scaleup-timeout
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class PlanError(ValueError):
@@ -33,18 +33,11 @@ class PlanError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a Go duration such as ``500ms``, ``30s``, ``1m30s``."""
-    pos, total = 0, 0.0
-    if not text:
-        raise PlanError("empty duration")
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text):
-        raise PlanError(f"duration {text!r}: want Go syntax such as 500ms, 30s, 1m30s")
-    return total
+    """Seconds in a Go duration (``500ms``, ``30s``, ``1m30s``), by the policy's parser."""
+    try:
+        return durations.parse_duration(text).total_seconds()
+    except ValueError as e:
+        raise PlanError(f"duration: {e}") from None
 
 
 def grouping(shim_id: str, annotations: dict[str, str]) -> str:
