@@ -21,7 +21,9 @@ pytestmark = pytest.mark.node
 ROOT = Path(__file__).resolve().parents[3]
 DROPIN = Path("/etc/architect-e2e/containerd-runtimes.d/architect.toml")
 SHIM_RUN = Path("/run/architect/shim")
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done"
+# Write then rename: `echo > /tmp/count` truncates first, so a reader could see "".
+COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; "
+           "mv /tmp/count.new /tmp/count; sleep 1; done")
 
 
 def _control(container_id: str, message: dict[str, Any]) -> dict[str, Any]:
