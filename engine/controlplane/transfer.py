@@ -1,6 +1,9 @@
-"""The node-to-node checkpoint transfer: tickets and digest checks. Pure.
+"""The node-to-node checkpoint transfer: tickets, grants and digest checks. Pure.
 
-Protocol (the daemon that speaks it is later work):
+The I/O (HTTPS server and client of the daemons) is ``runtime/transfer``; the
+control plane's coordination is ``controlplane/coordinate.py``.
+
+Protocol:
 
 1. A replacement pod claims a Ready Checkpoint (compare-and-swap to Restoring,
    ``consumedBy`` = the pod). The control plane sees the claim and issues a
@@ -9,9 +12,10 @@ Protocol (the daemon that speaks it is later work):
    under the cluster transfer key (a Secret only the control plane and the
    daemons can read). The ticket is stored in a Secret of Architect's own
    namespace, labelled with the destination node.
-2. The destination daemon calls the source daemon over mutual TLS (certs from
-   the chart's CA, CN = node name): ``GET /v1/checkpoints/NS/NAME`` with
-   ``Authorization: Architect-Ticket TOKEN``.
+2. The destination daemon reads the grant Secret (ticket, source endpoint,
+   template hash, container) and calls the source daemon over mutual TLS
+   (node certificates from the cluster transfer CA, CN = node name):
+   ``GET /v1/checkpoints/NS/NAME`` with ``Authorization: Architect-Ticket TOKEN``.
 3. The source daemon serves only if the ticket verifies (signature, expiry),
    names it as the source, names the caller's certificate CN as the
    destination, and the Checkpoint is still Restoring for the ticket's pod.
@@ -67,18 +71,34 @@ def issue(ticket: Ticket, key: bytes) -> str:
     return f"{_b64(body)}.{_b64(sig)}"
 
 
-def verify(token: str, key: bytes, now: datetime) -> Ticket:
+def _split(token: str) -> tuple[bytes, bytes]:
     try:
         body_b64, sig_b64 = token.split(".")
-        body, sig = _unb64(body_b64), _unb64(sig_b64)
+        return _unb64(body_b64), _unb64(sig_b64)
     except ValueError:
         raise TransferError("malformed ticket") from None
-    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), sig):
-        raise TransferError("ticket signature does not verify")
+
+
+def _body(body: bytes) -> Ticket:
     try:
-        ticket = Ticket(**json.loads(body))
+        return Ticket(**json.loads(body))
     except (TypeError, ValueError):
         raise TransferError("malformed ticket body") from None
+
+
+def peek(token: str) -> Ticket:
+    """The ticket's fields, unverified: for the destination, which got the token
+    from the control plane's Secret and only needs the digest and names."""
+    return _body(_split(token)[0])
+
+
+def verify(token: str, key: bytes, now: datetime) -> Ticket:
+    body, sig = _split(token)
+    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), sig):
+        raise TransferError(
+            "ticket signature does not verify (not issued under this cluster's key)"
+        )
+    ticket = _body(body)
     if now.timestamp() >= ticket.expires_at:
         raise TransferError(f"ticket for {ticket.namespace}/{ticket.name} has expired")
     return ticket
@@ -139,3 +159,54 @@ class DigestVerifier:
             raise TransferError(
                 f"digest mismatch: got sha256:{got}, expected sha256:{self.expected}"
             )
+
+
+# --- the grant: what the destination daemon needs, in one Secret ---------------
+
+# Secret data keys (values are strings); the control plane writes them,
+# runtime/transfer reads them.
+GRANT_TOKEN = "ticket"
+GRANT_ENDPOINT = "endpoint"
+GRANT_TEMPLATE_HASH = "templateHash"
+GRANT_CONTAINER = "container"
+GRANT_KEYS = (GRANT_TOKEN, GRANT_ENDPOINT, GRANT_TEMPLATE_HASH, GRANT_CONTAINER)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One transfer the destination daemon is allowed to make."""
+
+    endpoint: str  # https://HOST:PORT of the source daemon
+    token: str
+    template_hash: str
+    container: str  # "" for a pod-scoped (runsc) checkpoint
+
+    @property
+    def ticket(self) -> Ticket:
+        return peek(self.token)
+
+
+def grant_data(grant: Grant) -> dict[str, str]:
+    return {
+        GRANT_TOKEN: grant.token,
+        GRANT_ENDPOINT: grant.endpoint,
+        GRANT_TEMPLATE_HASH: grant.template_hash,
+        GRANT_CONTAINER: grant.container,
+    }
+
+
+def grant_from_data(data: Mapping[str, str], where: str = "grant") -> Grant:
+    """Parse a grant Secret's (decoded) data; TransferError names what is missing."""
+    missing = [k for k in (GRANT_TOKEN, GRANT_ENDPOINT, GRANT_TEMPLATE_HASH) if not data.get(k)]
+    if missing:
+        raise TransferError(f"{where}: missing {', '.join(missing)}")
+    grant = Grant(
+        endpoint=str(data[GRANT_ENDPOINT]),
+        token=str(data[GRANT_TOKEN]),
+        template_hash=str(data[GRANT_TEMPLATE_HASH]),
+        container=str(data.get(GRANT_CONTAINER) or ""),
+    )
+    if not grant.endpoint.startswith("https://"):
+        raise TransferError(f"{where}: endpoint {grant.endpoint!r} is not an https:// URL")
+    grant.ticket  # noqa: B018  (raises TransferError on a malformed token)
+    return grant

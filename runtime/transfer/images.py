@@ -1,0 +1,129 @@
+"""Where transfer images live on a node, and what the Checkpoint records of them.
+
+The shim leaves a handover checkpoint as the engine's raw image files in
+``handover/<template hash>/<container>/`` (marked ``ready``). To move between
+nodes it is packed once into the runtime/checkpoint image format
+(``manifest.json`` + one payload stream) under ``outgoing/<hash>/<container>/``.
+
+The Checkpoint's ``spec.image`` records ``digest`` = sha256 of manifest.json and
+``sizeBytes`` = manifest + payload bytes. The manifest holds the payload's
+sha256 and every file's, so the ticket's digest (signed by the control plane)
+pins every byte that moves: ticket -> manifest -> payload -> files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from architect.engine.controlplane.transfer import TransferError
+from architect.runtime.checkpoint import Scope, image
+from architect.runtime.checkpoint.errors import CheckpointError
+from architect.runtime.shim.plan import PENDING_MARK, READY_MARK, handover_dir
+
+OUTGOING = "outgoing"
+MARKS = frozenset({READY_MARK, PENDING_MARK})
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What the source daemon writes into the Checkpoint's ``spec.image``."""
+
+    location: str
+    digest: str
+    size_bytes: int
+
+    def as_spec(self) -> dict[str, Any]:
+        return {"location": self.location, "digest": self.digest, "sizeBytes": self.size_bytes}
+
+
+def component(value: str, what: str) -> str:
+    """A template hash or container name used as one path component."""
+    if not value or value in (".", "..") or "/" in value or "\0" in value or value.startswith("."):
+        raise TransferError(f"{what} {value!r} cannot name a directory")
+    return value
+
+
+def outgoing_dir(root: Path, template_hash: str, container: str) -> Path:
+    return (
+        root
+        / OUTGOING
+        / component(template_hash, "template hash")
+        / component(container, "container")
+    )
+
+
+def incoming_dir(root: Path, template_hash: str, container: str) -> Path:
+    """The shim's handover directory, where a downloaded image is put."""
+    return handover_dir(
+        root, component(template_hash, "template hash"), component(container, "container")
+    )
+
+
+def image_ref(image_dir: Path, location: str) -> ImageRef:
+    """Digest (of manifest.json) and total size of a packed image."""
+    try:
+        m = image.read_manifest(image_dir)  # checks the payload's presence and size
+    except CheckpointError as e:
+        raise TransferError(str(e)) from None
+    raw = (image_dir / image.MANIFEST).read_bytes()
+    return ImageRef(
+        location, "sha256:" + hashlib.sha256(raw).hexdigest(), len(raw) + m.payload.size
+    )
+
+
+def export(
+    root: Path,
+    node: str,
+    template_hash: str,
+    container: str,
+    *,
+    backend: str = "runc-criu",
+    backend_version: str = "",
+    compression: str = "auto",
+) -> ImageRef:
+    """Pack the ready handover image of ``template_hash/container`` for transfer.
+
+    Returns what the Checkpoint's ``spec.image`` records. The packed image
+    appears under ``outgoing/`` all at once (built aside, then renamed).
+    """
+    src = incoming_dir(root, template_hash, container)
+    if not (src / READY_MARK).exists():
+        raise TransferError(f"no ready handover image in {src}")
+    out = outgoing_dir(root, template_hash, container)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{container}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        image.pack(
+            staging,
+            src,
+            (),
+            backend=backend,
+            backend_version=backend_version,
+            scope=Scope.CONTAINER,
+            container=container,
+            pod_template_hash=template_hash,
+            memory_bytes=_size(src),
+            compression=compression,
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(staging, out)
+    except CheckpointError as e:
+        raise TransferError(str(e)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return image_ref(out, f"node://{node}/{OUTGOING}/{template_hash}/{container}")
+
+
+def remove_outgoing(root: Path, template_hash: str, container: str) -> None:
+    """Drop a packed image once its Checkpoint is Consumed or deleted."""
+    shutil.rmtree(outgoing_dir(root, template_hash, container), ignore_errors=True)
+
+
+def _size(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and p.name not in MARKS)
