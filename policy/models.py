@@ -533,6 +533,19 @@ class CheckpointSpec(_Model):
     )
 
 
+class CheckpointTransfer(_Model):
+    """The control plane's arrangement for moving an image between node daemons."""
+
+    destination_node: str = Field(description="Node of the replacement pod that will restore.")
+    source_endpoint: str = Field(
+        default="", description="https://host:port of the source node's transfer server."
+    )
+    ticket_secret: str = Field(
+        default="", description="Secret (same namespace) holding this transfer's ticket."
+    )
+    expires: datetime | None = Field(default=None, description="When the ticket expires.")
+
+
 class CheckpointStatus(_Model):
     """Where the checkpoint is in its lifecycle."""
 
@@ -542,6 +555,13 @@ class CheckpointStatus(_Model):
     )
     consumed_by: str = Field(default="", description="The pod that restored from it.")
     message: str = Field(default="", description="Details of the last transition.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When the phase last changed."
+    )
+    transfer: CheckpointTransfer | None = Field(
+        default=None,
+        description="Set while the image moves to the replacement pod's node (Restoring).",
+    )
 
 
 class Checkpoint(Resource):
@@ -634,6 +654,9 @@ class PersistentCheckpointStatus(_Model):
     image: CheckpointImage | None = Field(default=None, description="The image, once Ready.")
     completed_at: datetime | None = Field(default=None, description="When it became Ready.")
     message: str = Field(default="", description="Details of the last transition.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When the phase last changed."
+    )
 
 
 class PersistentCheckpoint(Resource):
