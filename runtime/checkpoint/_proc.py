@@ -1,7 +1,11 @@
-"""Run an engine's CLI as an asyncio subprocess, bounded in time.
+"""Run an engine's CLI (runc, runsc, criu) bounded in time: the one code path for it.
 
 The engine's stdout/stderr go to files, not pipes: a restored container can
 inherit runc's stdio, and a pipe it held would keep us waiting for its EOF.
+
+How the process is started and reaped is a ``Spawner``: by default asyncio's
+subprocess machinery; a child subreaper (the containerd shim) passes its own, so
+one ``waitpid`` owns every child and no exit is stolen by asyncio's watcher.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 from architect.runtime.checkpoint.errors import BackendUnavailable
 
@@ -34,6 +38,32 @@ class Completed:
     def tail(self, lines: int = 12) -> str:
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
         return "\n".join(text[-lines:])
+
+
+class Spawner(Protocol):
+    """Start ``argv`` in a new session (pgid == pid) on the given descriptors;
+    return its pid and a future of its exit code (128 + signal if killed)."""
+
+    async def __call__(
+        self, argv: Sequence[str], stdin: int, stdout: int, stderr: int
+    ) -> tuple[int, asyncio.Future[int]]: ...
+
+
+async def asyncio_spawner(
+    argv: Sequence[str], stdin: int, stdout: int, stderr: int
+) -> tuple[int, asyncio.Future[int]]:
+    """The default: asyncio's subprocess (its child watcher reaps)."""
+    # Own process group: on timeout the engine's helpers (runc's `criu swrk`)
+    # die with it instead of spinning on as orphans.
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True
+    )
+
+    async def code() -> int:
+        rc = await proc.wait()
+        return 128 - rc if rc < 0 else rc  # asyncio says -signal
+
+    return proc.pid, asyncio.ensure_future(code())
 
 
 def which(binary: str) -> str:
@@ -80,32 +110,45 @@ def remove_cgroup(cgroups_path: str) -> None:
 
 
 async def run(
-    argv: Sequence[str], timeout: float = 300.0, stdio: tuple[int, int, int] | None = None
+    argv: Sequence[str],
+    timeout: float = 300.0,
+    stdio: tuple[int, int, int] | None = None,
+    *,
+    spawner: Spawner | None = None,
+    input: bytes | None = None,
 ) -> Completed:
-    """Run ``argv``; on timeout kill it and report exit code -9.
+    """Run ``argv``; on timeout kill its process group and report exit code -9.
 
     With ``stdio`` the command runs on those descriptors (what it prints is
-    then not captured: pass the engine a --log file for diagnostics)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        stdin: int = asyncio.subprocess.DEVNULL
-        stdout: int | IO[bytes] = out
-        stderr: int | IO[bytes] = err
+    then not captured: pass the engine a --log file for diagnostics); else
+    ``input`` (if any) is its stdin and its output is captured."""
+    spawn = spawner or asyncio_spawner
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as inp,
+    ):
         if stdio is not None:
             stdin, stdout, stderr = stdio
-        # Own process group: on timeout the engine's helpers (runc's `criu swrk`)
-        # die with it instead of spinning on as orphans.
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True
-        )
+        else:
+            stdout, stderr = out.fileno(), err.fileno()
+            stdin = asyncio.subprocess.DEVNULL
+            if input is not None:
+                inp.write(input)
+                inp.seek(0)
+                stdin = inp.fileno()
+        pid, done = await spawn(argv, stdin, stdout, stderr)
         try:
-            code = await asyncio.wait_for(proc.wait(), timeout)
+            # shield: on timeout the future must stay, to collect the killed group's exit.
+            code = await asyncio.wait_for(asyncio.shield(done), timeout)
         except TimeoutError:
-            _kill_group(proc.pid)
-            await proc.wait()
+            _kill_group(pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, 10)
             code = -9
             err.write(f"\ntimed out after {timeout:.0f}s\n".encode())
         except asyncio.CancelledError:
-            _kill_group(proc.pid)
+            _kill_group(pid)
             raise
         out.seek(0)
         err.seek(0)

@@ -31,7 +31,10 @@ class Container:
     ``bundle`` is the OCI bundle directory (config.json + rootfs) it runs from;
     ``state_root`` is the runtime's ``--root`` (None: the runtime's default).
     ``empty_dirs`` are host paths of the pod's emptyDir volumes: their content
-    travels inside the image and is put back on restore.
+    travels inside the image and is put back on restore (into the restoring
+    container's own ``empty_dirs``, in the same order, when it names any).
+    ``addresses`` are the pod's IPs: a checkpoint records them in the manifest so
+    whoever restores elsewhere knows what to rewrite.
     """
 
     id: str
@@ -39,6 +42,7 @@ class Container:
     state_root: Path | None = None
     pod_template_hash: str = ""
     empty_dirs: tuple[Path, ...] = ()
+    addresses: tuple[IPAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Manifest:
     files: tuple[FileInfo, ...]
     empty_dirs: tuple[str, ...]  # host paths, in the order of the emptydir/<n> trees
     memory_bytes: int  # bytes of memory pages in the image (0 if unknown)
+    addresses: tuple[str, ...] = ()  # the pod IPs at checkpoint time (may be empty)
 
 
 @dataclass(frozen=True)

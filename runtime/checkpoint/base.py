@@ -13,7 +13,7 @@ from pathlib import Path
 
 from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint._fs import safe_rmtree
-from architect.runtime.checkpoint._proc import Completed, run
+from architect.runtime.checkpoint._proc import Completed, Spawner, run
 from architect.runtime.checkpoint.api import (
     DEFAULT_CHECKPOINT,
     DEFAULT_RESTORE,
@@ -43,13 +43,22 @@ def scratch_beside(path: Path, what: str) -> Path:
 
 
 class EngineBackend(Backend):
+    # How engine commands are started and reaped (None: asyncio's subprocess).
+    _spawner: Spawner | None = None
+
+    async def _run(
+        self, argv: list[str], timeout: float, stdio: tuple[int, int, int] | None = None
+    ) -> Completed:
+        """Every engine command goes through here (one spawner, one timeout policy)."""
+        return await run(argv, timeout, stdio, spawner=self._spawner)
+
     @abstractmethod
     def _base(self, container: Container) -> list[str]:
         """The runtime's argv up to the subcommand (binary, --root, global flags)."""
 
     async def _exists(self, container: Container) -> bool:
         """Whether the runtime has a record of ``container``."""
-        return (await run([*self._base(container), "state", container.id], 30)).ok
+        return (await self._run([*self._base(container), "state", container.id], 30)).ok
 
     @abstractmethod
     async def _dump(
@@ -125,6 +134,7 @@ class EngineBackend(Backend):
                     pod_template_hash=container.pod_template_hash,
                     memory_bytes=self._memory_bytes(engine_dir),
                     compression=options.compression,
+                    addresses=tuple(str(a) for a in container.addresses),
                 )
             except BaseException:
                 # A half-written image must not look like one.
@@ -150,6 +160,13 @@ class EngineBackend(Backend):
         if not (bundle / "config.json").is_file():
             raise RestoreFailed(container.id, f"bundle {bundle} has no config.json")
         await self.version()
+        targets = container.empty_dirs or None
+        if targets is not None and len(targets) != len(manifest.empty_dirs):
+            raise ImageMismatch(
+                image_dir,
+                f"image holds {len(manifest.empty_dirs)} emptyDir(s), "
+                f"container {container.id} has {len(targets)}",
+            )
         if await self._exists(container):
             raise RestoreFailed(container.id, f"{self.name}: container already exists")
         scratch = scratch_beside(image_dir, "restore")
@@ -160,7 +177,7 @@ class EngineBackend(Backend):
             engine_dir, work_dir = unpacked / image.ENGINE_DIR, scratch / "work"
             work_dir.mkdir()
             details = self._prepare(engine_dir, options)
-            image.put_back_empty_dirs(unpacked, manifest)
+            image.put_back_empty_dirs(unpacked, manifest, targets)
             pid_file = scratch / "pid"
             t_engine = time.monotonic()
             done = await self._restore(container, bundle, engine_dir, work_dir, pid_file, options)

@@ -32,6 +32,7 @@ from architect.runtime.checkpoint.errors import (
     CheckpointError,
     ImageCorrupt,
     ImageEmpty,
+    ImageMismatch,
     ImageMissing,
     ImageTruncated,
 )
@@ -115,6 +116,10 @@ def manifest_from_dict(d: object, where: str) -> Manifest:
     empty_dirs = _field(d, "empty_dirs", list, where)
     if not all(isinstance(e, str) for e in empty_dirs):
         raise ImageCorrupt(where, "manifest: empty_dirs must be a list of strings")
+    # Optional: images written before the field existed have none.
+    addresses = _field(d, "addresses", list, where) if "addresses" in d else []
+    if not all(isinstance(a, str) for a in addresses):
+        raise ImageCorrupt(where, "manifest: addresses must be a list of strings")
     return Manifest(
         format_version=version,
         backend=_field(d, "backend", str, where),
@@ -127,6 +132,7 @@ def manifest_from_dict(d: object, where: str) -> Manifest:
         files=tuple(files),
         empty_dirs=tuple(empty_dirs),
         memory_bytes=_field(d, "memory_bytes", int, where),
+        addresses=tuple(addresses),
     )
 
 
@@ -210,6 +216,7 @@ def pack(
     pod_template_hash: str,
     memory_bytes: int,
     compression: str = "auto",
+    addresses: Iterable[str] = (),
 ) -> Manifest:
     """Write ``engine_dir`` and the emptyDir trees as an image in ``image_dir``."""
     empty_dirs = tuple(empty_dirs)
@@ -265,6 +272,7 @@ def pack(
         files=tuple(files),
         empty_dirs=tuple(str(p) for p in empty_dirs),
         memory_bytes=memory_bytes,
+        addresses=tuple(addresses),
     )
     tmp = image_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest_to_dict(manifest), indent=2) + "\n")
@@ -460,11 +468,21 @@ def _check_file(
         raise ImageCorrupt(where, f"payload member '{ti.name}' does not match its digest")
 
 
-def put_back_empty_dirs(unpacked: Path, m: Manifest) -> None:
-    """Replace each emptyDir's content with the one saved in the image."""
-    for i, host_path in enumerate(m.empty_dirs):
+def put_back_empty_dirs(
+    unpacked: Path, m: Manifest, targets: tuple[Path, ...] | None = None
+) -> None:
+    """Replace each emptyDir's content with the one saved in the image.
+
+    ``targets``: where the n-th emptyDir goes (a replacement pod has new paths);
+    None: back where it was taken from."""
+    paths = targets if targets is not None else tuple(Path(p) for p in m.empty_dirs)
+    if len(paths) != len(m.empty_dirs):
+        raise ImageMismatch(
+            str(unpacked),
+            f"image holds {len(m.empty_dirs)} emptyDir(s), the container has {len(paths)}",
+        )
+    for i, target in enumerate(paths):
         src = unpacked / EMPTYDIR_DIR / str(i)
-        target = Path(host_path)
         target.mkdir(parents=True, exist_ok=True)
         for child in list(target.iterdir()):
             if child.is_dir() and not child.is_symlink():

@@ -107,6 +107,25 @@ def rewrite_socket(
     return changes
 
 
+def rewrites_between(old: Sequence[str], new: Sequence[str]) -> tuple[AddressRewrite, ...]:
+    """Pairs old -> new pod IP, per family (the first address of each): what to
+    rewrite when an image taken in a pod with ``old`` IPs restores into one with
+    ``new``. Equal addresses and families the new pod lacks give no pair."""
+    def first(addrs: Sequence[str], version: int) -> IPAddress | None:
+        for a in addrs:
+            ip = ipaddress.ip_address(a)
+            if ip.version == version:
+                return ip
+        return None
+
+    pairs = []
+    for version in (4, 6):
+        o, n = first(old, version), first(new, version)
+        if o is not None and n is not None and o != n:
+            pairs.append(AddressRewrite(o, n))
+    return tuple(pairs)
+
+
 def check_rewrites(rewrites: Sequence[AddressRewrite]) -> None:
     for r in rewrites:
         if r.old.version != r.new.version:

@@ -17,9 +17,9 @@ from architect.runtime.checkpoint import rewrite
 from architect.runtime.checkpoint._fs import safe_rmtree
 from architect.runtime.checkpoint._proc import (
     Completed,
+    Spawner,
     kill_cgroup,
     remove_cgroup,
-    run,
     which,
 )
 from architect.runtime.checkpoint.api import (
@@ -56,7 +56,14 @@ class RuncCriuBackend(EngineBackend):
     name: ClassVar[str] = "runc-criu"
     scope: ClassVar[Scope] = Scope.CONTAINER
 
-    def __init__(self, runc: str = "runc", criu: str = "criu", timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        runc: str = "runc",
+        criu: str = "criu",
+        timeout: float = 300.0,
+        spawner: Spawner | None = None,
+    ) -> None:
+        self._spawner = spawner
         self._runc = runc
         self._criu = criu
         self._timeout = timeout
@@ -71,9 +78,9 @@ class RuncCriuBackend(EngineBackend):
 
     async def version(self) -> str:
         if self._version is None:
-            runc_v = await run([which(self._runc), "--version"], 30)
+            runc_v = await self._run([which(self._runc), "--version"], 30)
             criu_path = which(self._criu)
-            criu_v = await run([criu_path, "--version"], 30)
+            criu_v = await self._run([criu_path, "--version"], 30)
             parsed = parse_criu_version(criu_v.stdout)
             if not runc_v.ok or not criu_v.ok or parsed is None:
                 raise BackendUnavailable(self.name, "runc or criu does not report a version")
@@ -100,7 +107,7 @@ class RuncCriuBackend(EngineBackend):
             argv.append("--tcp-established")
         if options.leave_running:
             argv.append("--leave-running")
-        return await run([*argv, container.id], self._timeout)
+        return await self._run([*argv, container.id], self._timeout)
 
     def _prepare(self, engine_dir: Path, options: RestoreOptions) -> dict[str, float]:
         t = time.monotonic()
@@ -128,7 +135,7 @@ class RuncCriuBackend(EngineBackend):
         ]  # fmt: skip
         if options.tcp_established:
             argv.append("--tcp-established")
-        return await run([*argv, container.id], self._timeout, options.stdio)
+        return await self._run([*argv, container.id], self._timeout, options.stdio)
 
     async def _remove(self, container: Container, bundle: Path | None = None) -> None:
         state_dir = (container.state_root or DEFAULT_RUNC_ROOT) / container.id
@@ -139,7 +146,7 @@ class RuncCriuBackend(EngineBackend):
             # first, then remove the dir ourselves.
             safe_rmtree(state_dir)
         else:
-            await run([*self._base(container), "delete", "--force", container.id], 60)
+            await self._run([*self._base(container), "delete", "--force", container.id], 60)
         # Whatever CRIU had already restored is in the container's cgroup.
         cgroup = cgroups_path(bundle or container.bundle, container.id)
         for _ in range(50):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from architect.runtime.checkpoint._proc import Completed, run, which
+from architect.runtime.checkpoint._proc import Completed, Spawner, which
 from architect.runtime.checkpoint.api import (
     CheckpointOptions,
     Container,
@@ -26,10 +26,15 @@ class RunscBackend(EngineBackend):
     scope: ClassVar[Scope] = Scope.SANDBOX
 
     def __init__(
-        self, runsc: str = "runsc", flags: Sequence[str] = (), timeout: float = 300.0
+        self,
+        runsc: str = "runsc",
+        flags: Sequence[str] = (),
+        timeout: float = 300.0,
+        spawner: Spawner | None = None,
     ) -> None:
         """``flags`` are runsc's global flags (e.g. --network=none), the same for
         every command so a restore boots the sandbox the way it was created."""
+        self._spawner = spawner
         self._runsc = runsc
         self._flags = tuple(flags)
         self._timeout = timeout
@@ -43,7 +48,7 @@ class RunscBackend(EngineBackend):
 
     async def version(self) -> str:
         if self._version is None:
-            done = await run([which(self._runsc), "--version"], 30)
+            done = await self._run([which(self._runsc), "--version"], 30)
             if not done.ok or not done.stdout.strip():
                 raise BackendUnavailable(self.name, "runsc does not report a version")
             self._version = done.stdout.splitlines()[0].strip()
@@ -55,7 +60,7 @@ class RunscBackend(EngineBackend):
         argv = [*self._base(container), "checkpoint", "--image-path", str(engine_dir)]
         if options.leave_running:
             argv.append("--leave-running")
-        done = await run([*argv, container.id], self._timeout)
+        done = await self._run([*argv, container.id], self._timeout)
         if done.ok and not options.leave_running:
             # runsc leaves a stopped record behind; delete it so the sandbox's
             # processes and memory are gone and the id can be restored.
@@ -84,10 +89,10 @@ class RunscBackend(EngineBackend):
             "--pid-file", str(pid_file),
             container.id,
         ]  # fmt: skip
-        return await run(argv, self._timeout, options.stdio)
+        return await self._run(argv, self._timeout, options.stdio)
 
     async def _remove(self, container: Container, bundle: Path | None = None) -> None:
-        await run([*self._base(container), "delete", "-force", container.id], 60)
+        await self._run([*self._base(container), "delete", "-force", container.id], 60)
 
     def _memory_bytes(self, engine_dir: Path) -> int:
         return sum(p.stat().st_size for p in engine_dir.iterdir() if p.is_file())

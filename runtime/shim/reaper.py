@@ -94,6 +94,13 @@ class Reaper:
             self._waiters.setdefault(pid, []).append(fut)
         return fut
 
+    async def spawner(
+        self, argv: Sequence[str], stdin: int, stdout: int, stderr: int
+    ) -> tuple[int, asyncio.Future[int]]:
+        """``spawn`` as runtime/checkpoint's Spawner: engine commands run through
+        this reaper, in their own session (a timeout kills the group)."""
+        return self.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, new_session=True)
+
     def spawn(
         self,
         argv: Sequence[str],

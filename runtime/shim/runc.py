@@ -1,23 +1,27 @@
-"""A small async client for the runc CLI, spawning through the shim's reaper.
+"""runc/runsc CLI calls of the shim's task lifecycle (create, start, exec, kill, ...).
 
-Commands whose stdio belongs to the container (create, exec, restore) write runc's
-own errors to a JSON log file instead, read back when the command fails.
+Checkpoint and restore are runtime/checkpoint's backends; every command, theirs and
+these, runs through ``architect.runtime.checkpoint._proc.run`` with the shim's reaper
+as spawner. Commands whose stdio belongs to the container (create, exec) write
+runc's own errors to a JSON log file instead, read back when the command fails.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import shutil
-import signal
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from architect.runtime.checkpoint import Backend
+from architect.runtime.checkpoint import Container as CkptContainer
+from architect.runtime.checkpoint._proc import run
+from architect.runtime.checkpoint.runc import RuncCriuBackend
+from architect.runtime.checkpoint.runsc import RunscBackend
 from architect.runtime.shim.reaper import Reaper
 
 
@@ -36,6 +40,9 @@ class Stdio:
     stdin: int
     stdout: int
     stderr: int
+
+    def fds(self) -> tuple[int, int, int]:
+        return (self.stdin, self.stdout, self.stderr)
 
 
 def last_log_error(text: str) -> str:
@@ -69,6 +76,22 @@ class Runc:
         self.binary = shutil.which(binary) or binary
         # runsc speaks runc's CLI except for checkpoint/restore's CRIU flags.
         self.gvisor = Path(binary).name.startswith("runsc")
+        self.backend: Backend = (
+            RunscBackend(self.binary, flags, timeout, spawner=reaper.spawner)
+            if self.gvisor
+            else RuncCriuBackend(self.binary, timeout=timeout, spawner=reaper.spawner)
+        )
+
+    def container(
+        self,
+        cid: str,
+        bundle: Path,
+        template_hash: str = "",
+        empty_dirs: tuple[Path, ...] = (),
+        addresses: tuple[Any, ...] = (),
+    ) -> CkptContainer:
+        """The container as the checkpoint backend knows it (same runtime root)."""
+        return CkptContainer(cid, bundle, self.root, template_hash, empty_dirs, addresses)
 
     def _argv(self, *args: str, log: Path | None = None) -> list[str]:
         argv = [self.binary, "--root", str(self.root), *self.flags]
@@ -79,49 +102,22 @@ class Runc:
     async def run(self, *args: str, stdin_data: bytes | None = None) -> str:
         """Run a runc command that owns no container stdio; return its stdout."""
         argv = self._argv(*args)
-        with (
-            tempfile.TemporaryFile() as out,
-            tempfile.TemporaryFile() as err,
-            tempfile.TemporaryFile() as stdin_f,
-        ):
-            stdin_f.write(stdin_data or b"")
-            stdin_f.seek(0)
-            pid, done = self.reaper.spawn(
-                argv, stdin=stdin_f, stdout=out, stderr=err, new_session=True
-            )
-            code = await self._bounded(argv, pid, done)
-            out.seek(0)
-            err.seek(0)
-            text = out.read().decode(errors="replace")
-            if code != 0:
-                raise RuncError(argv, code, err.read().decode(errors="replace") + text)
-            return text
-
-    async def _bounded(self, argv: list[str], pid: int, done: asyncio.Future[int]) -> int:
-        """Wait for a runtime command; past the timeout kill its process group (criu too)."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(done), self.timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done, 10)
-            raise RuncError(argv, -9, f"timed out after {self.timeout:.0f}s") from None
+        done = await run(
+            argv, self.timeout, spawner=self.reaper.spawner, input=stdin_data or b""
+        )
+        if not done.ok:
+            raise RuncError(argv, done.returncode, done.stderr + done.stdout)
+        return done.stdout
 
     async def run_with_stdio(self, stdio: Stdio | None, log: Path, *args: str) -> None:
         argv = self._argv(*args, log=log)
         log.unlink(missing_ok=True)
-        if stdio is None:
-            pid, done = self.reaper.spawn(argv, new_session=True)
-        else:
-            pid, done = self.reaper.spawn(
-                argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr,
-                new_session=True,
-            )
-        code = await self._bounded(argv, pid, done)
-        if code != 0:
+        done = await run(
+            argv, self.timeout, stdio.fds() if stdio else None, spawner=self.reaper.spawner
+        )
+        if not done.ok:
             text = log.read_text(errors="replace") if log.exists() else ""
-            raise RuncError(argv, code, last_log_error(text) or text)
+            raise RuncError(argv, done.returncode, last_log_error(text) or text or done.tail())
 
     async def create(
         self,
@@ -178,33 +174,6 @@ class Runc:
 
     async def update(self, cid: str, resources_json: bytes) -> None:
         await self.run("update", "--resources", "-", cid, stdin_data=resources_json)
-
-    async def checkpoint(
-        self, cid: str, image: Path, work: Path, leave_running: bool = False
-    ) -> None:
-        image.mkdir(parents=True, exist_ok=True)
-        args = ["checkpoint", "--image-path", str(image)]
-        if not self.gvisor:
-            work.mkdir(parents=True, exist_ok=True)
-            args += ["--work-path", str(work), "--tcp-established", "--file-locks"]
-        if leave_running:
-            args.append("--leave-running")
-        await self.run(*args, cid)
-        if self.gvisor and not leave_running:
-            # runsc keeps a stopped record; the id must be free for the restore.
-            with contextlib.suppress(RuncError):
-                await self.delete(cid, force=True)
-
-    async def restore(
-        self, cid: str, bundle: Path, image: Path, work: Path, pid_file: Path, stdio: Stdio | None
-    ) -> int:
-        args = ["restore", "--detach", "--bundle", str(bundle), "--image-path", str(image)]
-        args += ["--pid-file", str(pid_file)]
-        if not self.gvisor:
-            work.mkdir(parents=True, exist_ok=True)
-            args += ["--work-path", str(work), "--tcp-established", "--file-locks"]
-        await self.run_with_stdio(stdio, bundle / "runc-restore.log", *args, cid)
-        return read_pid(pid_file)
 
 
 def read_pid(path: Path) -> int:

@@ -23,7 +23,17 @@ from typing import Any
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from architect.runtime.shim import plan
+from architect.runtime.checkpoint import (
+    CheckpointError,
+    CheckpointOptions,
+    ImageError,
+    RestoreOptions,
+)
+from architect.runtime.checkpoint import Container as CkptContainer
+from architect.runtime.checkpoint._fs import safe_rmtree
+from architect.runtime.checkpoint.image import MANIFEST
+from architect.runtime.checkpoint.rewrite import rewrites_between
+from architect.runtime.shim import plan, podinfo
 from architect.runtime.shim.events import Publisher
 from architect.runtime.shim.oom import OomWatcher
 from architect.runtime.shim.pb import (
@@ -93,6 +103,7 @@ class Container:
     migrate_on_stop: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     start_path: str = "fresh"
+    start_reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -108,6 +119,8 @@ class Container:
             "hibernated": self.hibernated,
             "image": str(self.image),
             "start_path": self.start_path,
+            "start_reason": self.start_reason,
+            "timings": dict(self.timings),
         }
 
 
@@ -354,6 +367,7 @@ class TaskService:
         try:
             init.io = await self._new_io(c, init)
             pid_file = bundle / "init.pid"
+            c.start_reason = decision.reason
             if decision.path == "restore" and not req.terminal:
                 pid = await self._restore_on_create(c, decision)
                 if pid:
@@ -361,7 +375,7 @@ class TaskService:
                     init.status = RUNNING  # restored processes run at once
                     c.start_path = "restore"
             if not init.pid:
-                log.info("%s: starting fresh (%s)", c.id, decision.reason)
+                log.info("%s: starting fresh (%s)", c.id, c.start_reason)
                 if isinstance(init.io, ConsoleIO):
                     got = asyncio.create_task(init.io.receive())
                     init.pid = await r.create(c.id, bundle, pid_file, None, init.io.sock_path)
@@ -373,8 +387,10 @@ class TaskService:
             if init.io is not None:
                 init.io.close()
             raise TtrpcError(Code.UNKNOWN, f"create {req.id}: {e}") from e
-        self.persist(c)
+        self.persist(c)  # state.json tells the daemon which path was taken
         self._link_control(c.id)
+        self.notify({"event": "started", "id": c.id, "path": c.start_path,
+                     "reason": c.start_reason, "seconds": c.timings.get("restore", 0.0)})
         self.publish(
             events_pb2.TaskCreate(
                 container_id=c.id,
@@ -414,33 +430,60 @@ class TaskService:
             return ConsoleIO(c.state_dir / name, p.stdin, p.stdout)
         return PipeIO(p.stdin, p.stdout, p.stderr)
 
+    def _ckpt(self, c: Container, addresses: tuple[str, ...] = ()) -> CkptContainer:
+        """``c`` as the checkpoint backend sees it: its emptyDirs travel in the image."""
+        import ipaddress
+
+        return self.runc(self._binary).container(
+            c.id,
+            c.bundle,
+            c.annotations.get(plan.ANN_TEMPLATE_HASH, ""),
+            podinfo.empty_dirs(podinfo.read_spec(c.bundle)),
+            tuple(ipaddress.ip_address(a) for a in addresses),
+        )
+
+    async def _pod_addresses(self, c: Container) -> tuple[str, ...]:
+        ns = podinfo.netns_path(podinfo.read_spec(c.bundle))
+        return await podinfo.netns_addresses(ns, self.reaper.spawner) if ns else ()
+
     async def _restore_on_create(self, c: Container, decision: plan.StartPlan) -> int:
-        """Restore from ``decision.image``; 0 when the caller must start fresh."""
+        """Restore from ``decision.image``; 0 when the caller must start fresh
+        (``c.start_reason`` then says why)."""
         assert decision.image is not None and isinstance(c.init.io, PipeIO)
         deadline = time.monotonic() + decision.wait_seconds
         while not (decision.image / plan.READY_MARK).exists():
             if time.monotonic() >= deadline:
-                log.info("%s: scaleup-timeout passed waiting for %s: starting fresh",
-                         c.id, decision.image)
+                c.start_reason = f"scaleup-timeout passed waiting for {decision.image}"
+                log.info("%s: %s: starting fresh", c.id, c.start_reason)
                 return 0
             await asyncio.sleep(0.2)
         t0 = time.monotonic()
+        backend = self.runc(self._binary).backend
         try:
-            pid = await self.runc(self._binary).restore(
-                c.id, c.bundle, decision.image, c.state_dir / "restore-work",
-                c.bundle / "init.pid", c.init.io.stdio(),
+            rewrites: tuple[Any, ...] = ()
+            addresses: tuple[str, ...] = ()
+            if c.runtime == "runc":  # runsc keeps its addresses inside gVisor's state
+                addresses = await self._pod_addresses(c)
+                rewrites = rewrites_between(backend.describe(decision.image).addresses, addresses)
+            result = await backend.restore(
+                self._ckpt(c, addresses), decision.image,
+                RestoreOptions(rewrites=rewrites, stdio=c.init.io.stdio().fds()),
             )
-        except (RuncError, OSError) as e:
+        except (CheckpointError, OSError, ValueError) as e:
+            # The backend left nothing running: a fresh start is safe.
+            c.start_reason = f"restore from {decision.image} failed: {e}"
             log.warning("%s: restore from %s failed, starting fresh: %s", c.id, decision.image, e)
-            with contextlib.suppress(RuncError):
-                await self.runc(self._binary).delete(c.id, force=True)
+            if decision.consume:  # a broken handover must not fail the next pod too
+                safe_rmtree(decision.image)
             return 0
         c.timings["restore"] = time.monotonic() - t0
-        log.info("%s: restored from %s (%s) in %.3fs",
-                 c.id, decision.image, decision.reason, c.timings["restore"])
+        c.timings.update({f"restore_{k}": v for k, v in result.details.items()})
+        log.info("%s: restored from %s (%s) in %.3fs, rewrites %s",
+                 c.id, decision.image, decision.reason, c.timings["restore"],
+                 [f"{r.old}->{r.new}" for r in rewrites] or "none")
         if decision.consume:  # no second container may restore the same state
-            shutil.rmtree(decision.image, ignore_errors=True)
-        return pid
+            safe_rmtree(decision.image)
+        return result.pid
 
     async def start(self, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
         c, p = self.proc(req.id, req.exec_id)
@@ -702,22 +745,36 @@ class TaskService:
                     Code.FAILED_PRECONDITION, f"container {cid!r} has running execs {running}"
                 )
             t0 = time.monotonic()
-            shutil.rmtree(c.image, ignore_errors=True)
-            c.checkpointing = True
             try:
-                await self.runc(self._binary).checkpoint(c.id, c.image, c.state_dir / "work")
-            except RuncError as e:
-                c.checkpointing = False
-                shutil.rmtree(c.image, ignore_errors=True)
+                await self._checkpoint(c)
+            except CheckpointError as e:
                 raise TtrpcError(Code.UNKNOWN, f"hibernate {cid}: {e}") from e
-            (c.image / plan.READY_MARK).touch()
-            c.hibernated = True
-            c.checkpointing = False
             c.timings["hibernate"] = time.monotonic() - t0
             self.persist(c)
         log.info("%s: hibernated in %.3fs", cid, c.timings["hibernate"])
         self.notify({"event": "hibernated", "id": cid})
         return {"id": cid, "hibernated": True, "seconds": c.timings["hibernate"]}
+
+    async def _checkpoint(self, c: Container, compression: str = "none") -> None:
+        """Checkpoint ``c`` into its own image (processes gone, memory released).
+
+        The image records the pod IPs and carries the emptyDirs, so it can also
+        serve as a handover. Local images stay uncompressed: zstd costs more time
+        than it saves disk here (runtime/checkpoint/README.md)."""
+        safe_rmtree(c.image)
+        addresses = await self._pod_addresses(c)
+        c.checkpointing = True  # the init's exit during the dump is no exit
+        try:
+            await self.runc(self._binary).backend.checkpoint(
+                self._ckpt(c, addresses), c.image, CheckpointOptions(compression=compression)
+            )
+        except BaseException:
+            c.checkpointing = False
+            safe_rmtree(c.image)
+            raise
+        (c.image / plan.READY_MARK).touch()
+        c.hibernated = True
+        c.checkpointing = False
 
     async def wake(self, cid: str, reason: str = "request") -> dict[str, Any]:
         c = self.get(cid)
@@ -731,42 +788,60 @@ class TaskService:
         assert isinstance(c.init.io, PipeIO)
         t0 = time.monotonic()
         try:
-            pid = await self.runc(self._binary).restore(
-                c.id, c.bundle, c.image, c.state_dir / "restore-work",
-                c.state_dir / "init.pid", c.init.io.stdio(),
+            result = await self.runc(self._binary).backend.restore(
+                self._ckpt(c), c.image, RestoreOptions(stdio=c.init.io.stdio().fds())
             )
-        except RuncError as e:
+        except ImageError as e:
+            # The state is lost for good: report the exit, so kubelet's restart
+            # policy decides, rather than a container that never wakes.
+            log.error("%s: hibernation image unusable, reporting an exit: %s", c.id, e)
+            c.hibernated = False
+            self.persist(c)
+            self.notify({"event": "wake-failed", "id": c.id, "error": str(e)})
+            await self._exited(c, c.init, 255)
             raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
-        c.init.pid = pid
+        except CheckpointError as e:  # the engine failed; the image stays for a retry
+            raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
+        c.init.pid = result.pid
         c.hibernated = False
         c.timings["wake"] = time.monotonic() - t0
+        c.timings.update({f"wake_{k}": v for k, v in result.details.items()})
         self.oom.watch(c.id, cgroup_path(c.bundle))  # the restore made a new cgroup
-        shutil.rmtree(c.image, ignore_errors=True)
+        safe_rmtree(c.image)
         self.persist(c)
-        log.info("%s: woken (%s) in %.3fs, pid %d", c.id, reason, c.timings["wake"], pid)
+        log.info("%s: woken (%s) in %.3fs, pid %d", c.id, reason, c.timings["wake"], result.pid)
         self.notify({"event": "woken", "id": c.id, "reason": reason})
 
     async def _checkpoint_for_migration(self, c: Container) -> None:
-        """Pod deletion of a managed container: leave its state for the replacement."""
+        """Pod deletion of a managed container: leave its state for the replacement.
+
+        ``pending`` marks the handover while the checkpoint runs (a replacement
+        created meanwhile waits up to its scaleup-timeout); the image's files move
+        in with the manifest last, then ``ready``."""
         thash = c.annotations.get(plan.ANN_TEMPLATE_HASH, "")
         name = c.annotations.get(plan.CRI_CONTAINER_NAME, c.id)
         dest = plan.handover_dir(self.state_root, thash or "unknown", name)
+        safe_rmtree(dest)
+        dest.mkdir(parents=True)
+        (dest / plan.PENDING_MARK).touch()
+        t0 = time.monotonic()
         if not c.hibernated:
-            c.checkpointing = True
-            shutil.rmtree(c.image, ignore_errors=True)
             try:
-                await self.runc(self._binary).checkpoint(c.id, c.image, c.state_dir / "work")
-            except RuncError as e:
-                c.checkpointing = False
+                await self._checkpoint(c, compression="auto")
+            except CheckpointError as e:
+                safe_rmtree(dest)
                 log.error("%s: checkpoint for migration failed, stopping: %s", c.id, e)
+                self.notify({"event": "migrate-failed", "id": c.id, "error": str(e)})
                 return
-            c.checkpointing = False
-            c.hibernated = True
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(c.image), dest)
+        files = [f for f in c.image.iterdir() if f.name not in (plan.READY_MARK, MANIFEST)]
+        for f in [*files, c.image / MANIFEST]:
+            os.replace(f, dest / f.name)
+        safe_rmtree(c.image)
         (dest / plan.READY_MARK).touch()
-        log.info("%s: checkpointed for migration into %s", c.id, dest)
+        (dest / plan.PENDING_MARK).unlink(missing_ok=True)
+        c.timings["migrate"] = time.monotonic() - t0
+        log.info("%s: checkpointed for migration into %s in %.3fs",
+                 c.id, dest, c.timings["migrate"])
         self.notify({"event": "migrated", "id": c.id, "image": str(dest)})
 
     def status(self) -> list[dict[str, Any]]:

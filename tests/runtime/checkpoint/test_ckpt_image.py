@@ -16,6 +16,7 @@ from architect.runtime.checkpoint import (
     ImageCorrupt,
     ImageEmpty,
     ImageError,
+    ImageMismatch,
     ImageMissing,
     ImageTruncated,
     Scope,
@@ -93,6 +94,35 @@ def test_empty_dirs_round_trip(tmp_path: Path) -> None:
     assert (vol / "top").read_text() == "top"
     assert (vol / "fifo").is_fifo()
     assert not (vol / "junk").exists()
+
+
+def test_empty_dirs_go_to_the_restoring_pods_paths(tmp_path: Path) -> None:
+    """A replacement pod has new emptyDir paths: the n-th volume lands in its n-th."""
+    old_a, old_b = tmp_path / "old" / "a", tmp_path / "old" / "b"
+    for d, text in ((old_a, "A"), (old_b, "B")):
+        d.mkdir(parents=True)
+        (d / "f").write_text(text)
+    image = _pack(tmp_path, empty_dirs=(old_a, old_b))
+    m = img.unpack(image, tmp_path / "u")
+    new_a, new_b = tmp_path / "new" / "a", tmp_path / "new" / "b"
+    img.put_back_empty_dirs(tmp_path / "u", m, (new_a, new_b))
+    assert (new_a / "f").read_text() == "A" and (new_b / "f").read_text() == "B"
+    assert (old_a / "f").read_text() == "A"  # the source pod's volume is left alone
+    with pytest.raises(ImageMismatch, match="holds 2 emptyDir"):
+        img.put_back_empty_dirs(tmp_path / "u", m, (new_a,))
+
+
+def test_manifest_addresses_are_optional_and_checked(tmp_path: Path) -> None:
+    image = _pack(tmp_path)
+    data = json.loads((image / "manifest.json").read_text())
+    assert data["addresses"] == []
+    data["addresses"] = ["10.0.0.7", "fd00::7"]
+    assert img.manifest_from_dict(data, "x").addresses == ("10.0.0.7", "fd00::7")
+    del data["addresses"]  # images written before the field existed
+    assert img.manifest_from_dict(data, "x").addresses == ()
+    data["addresses"] = [7]
+    with pytest.raises(ImageCorrupt, match="addresses"):
+        img.manifest_from_dict(data, "x")
 
 
 def _payload(image: Path) -> Path:

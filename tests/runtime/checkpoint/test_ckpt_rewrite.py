@@ -124,3 +124,19 @@ def test_truncated_image_is_typed(tmp_path: Path) -> None:
     p.write_bytes(p.read_bytes()[:-3])
     with pytest.raises(ImageCorrupt, match="cut"):
         rw.rewrite_image_dir(tmp_path, RULES)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        (["198.18.1.2"], ["198.18.2.2"], [(A4, B4)]),
+        (["198.18.1.2", "fd0c:1::2"], ["fd0c:2::2", "198.18.2.2"], [(A4, B4), (A6, B6)]),
+        (["198.18.1.2"], ["198.18.1.2"], []),  # same pod IP: nothing to do
+        (["198.18.1.2"], ["fd0c:2::2"], []),  # no family in common
+        ([], ["198.18.2.2"], []),  # an image that recorded no address
+    ],
+)
+def test_rewrites_between_pairs_by_family(
+    old: list[str], new: list[str], want: list[tuple[object, object]]
+) -> None:
+    assert [(r.old, r.new) for r in rw.rewrites_between(old, new)] == want

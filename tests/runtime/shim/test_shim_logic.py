@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import any_pb2
 
-from architect.runtime.shim import control, events, main, plan, reaper, runc, service
+from architect.runtime.checkpoint import _proc
+from architect.runtime.shim import control, events, main, plan, podinfo, reaper, runc, service
 from architect.runtime.shim.pb import events_pb2, runc_options_pb2, runtime_options_pb2
 from architect.runtime.shim.ttrpc import TtrpcError
 
@@ -291,3 +292,80 @@ def test_oom_kill_counter() -> None:
 
     assert oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n") == 3
     assert oom_kills("oom_kill_disable 0\nunder_oom 0\n") == 0
+
+
+# -- one code path for engine commands -------------------------------------------------
+
+
+async def test_engine_commands_run_through_the_shims_reaper(tmp_path: Path) -> None:
+    """With the reaper as spawner, the reaper (not asyncio's watcher) sees the exit,
+    input reaches stdin, and a timeout kills the whole process group."""
+    r = reaper.Reaper()
+    r.install(asyncio.get_running_loop())
+    seen: list[int] = []
+    r.subscribe(lambda pid, code: seen.append(code))
+    try:
+        done = await _proc.run(["sh", "-c", "cat; exit 4"], 10, spawner=r.spawner, input=b"hi")
+        assert (done.returncode, done.stdout) == (4, "hi")
+        assert 4 in seen
+        marker = tmp_path / "child.pid"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        done = await _proc.run(
+            ["sh", "-c", f"sleep 30 & echo $! > {marker}; wait"], 0.5, spawner=r.spawner
+        )
+        assert done.returncode == -9 and "timed out" in done.stderr
+        assert loop.time() - t0 < 10
+        child = int(marker.read_text())
+        await asyncio.sleep(0.2)
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(
+            f"/proc/{child}/stat").read_text().split()[2], "the group's child survived"
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+
+
+async def test_default_spawner_reports_signals_like_the_reaper() -> None:
+    done = await _proc.run(["sh", "-c", "kill -9 $$"], 10)
+    assert done.returncode == 128 + signal.SIGKILL
+
+
+def test_runc_client_uses_the_backend_of_its_runtime(tmp_path: Path) -> None:
+    r = reaper.Reaper()
+    assert runc.Runc(r, tmp_path, "runc").backend.name == "runc-criu"
+    assert runc.Runc(r, tmp_path, "runsc", ("--network=none",)).backend.name == "runsc"
+    c = runc.Runc(r, tmp_path / "root", "runc").container("c1", tmp_path, "h1")
+    assert (c.state_root, c.pod_template_hash) == (tmp_path / "root", "h1")
+
+
+# -- what the OCI spec says about the pod ----------------------------------------------
+
+
+def test_empty_dirs_and_netns_from_the_spec() -> None:
+    vol = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir"
+    spec = {
+        "mounts": [
+            {"destination": "/data", "source": f"{vol}/data"},
+            {"destination": "/etc/hosts", "source": "/var/lib/kubelet/pods/u1/etc-hosts"},
+            {"destination": "/cache", "source": f"{vol}/cache"},
+            {"destination": "/cache2", "source": f"{vol}/cache"},
+        ],
+        "linux": {"namespaces": [{"type": "pid"},
+                                 {"type": "network", "path": "/var/run/netns/cni-1"}]},
+    }
+    assert podinfo.empty_dirs(spec) == (Path(f"{vol}/data"), Path(f"{vol}/cache"))
+    assert podinfo.netns_path(spec) == "/var/run/netns/cni-1"
+    assert podinfo.netns_path({"linux": {"namespaces": [{"type": "network"}]}}) is None
+    assert podinfo.netns_path({}) is None
+    assert podinfo.empty_dirs({}) == ()
+
+
+def test_pod_addresses_from_ip_json() -> None:
+    text = """[
+      {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "scope": "host"}]},
+      {"ifname": "eth0", "addr_info": [
+        {"family": "inet", "local": "10.88.0.7", "scope": "global"},
+        {"family": "inet6", "local": "fe80::1", "scope": "link"},
+        {"family": "inet6", "local": "fd00::7", "scope": "global"}]}]"""
+    assert podinfo.parse_addresses(text) == ("10.88.0.7", "fd00::7")
+    assert podinfo.parse_addresses("") == ()
+    assert podinfo.parse_addresses("not json") == ()
