@@ -53,14 +53,19 @@ def helm_binary() -> str:
         return found
     if HELM_CACHE.exists():
         return str(HELM_CACHE)
-    raise ChartError("helm not found on PATH nor at /var/cache/architect/bin: run e2e/cluster/install")
+    raise ChartError(
+        "helm not found on PATH nor at /var/cache/architect/bin: run e2e/cluster/install"
+    )
 
 
 def webhooks_json() -> str:
     # Placeholders: the template sets caBundle and the Service per release.
     client = ClientConfig(ca_bundle="", service_namespace="", service_name="", service_port=443)
     mutating, validating = build_configurations(client)
-    return json.dumps({"mutating": mutating, "validating": validating}, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps({"mutating": mutating, "validating": validating}, indent=2, sort_keys=True)
+        + "\n"
+    )
 
 
 def source_files() -> dict[Path, str]:
@@ -84,14 +89,27 @@ def render(
     chart: Path = CHART,
 ) -> str:
     """`helm template` output (CRDs included); raises ChartError with helm's message."""
-    cmd = [helm_binary(), "template", release, str(chart), "--namespace", namespace, "--include-crds",
-           "--kube-version", KUBE_VERSION]
+    cmd = [
+        helm_binary(),
+        "template",
+        release,
+        str(chart),
+        "--namespace",
+        namespace,
+        "--include-crds",
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     for v in values or []:
         cmd += ["--values", str(v)]
     for s in sets or []:
         cmd += ["--set", s]
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/architect-helm/cache",
-           "HELM_CONFIG_HOME": "/tmp/architect-helm/config", "HELM_DATA_HOME": "/tmp/architect-helm/data"}
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": "/tmp/architect-helm/cache",
+        "HELM_CONFIG_HOME": "/tmp/architect-helm/config",
+        "HELM_DATA_HOME": "/tmp/architect-helm/data",
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=120)
     if proc.returncode != 0:
         raise ChartError(f"helm template failed: {proc.stderr.strip()}")
@@ -107,7 +125,9 @@ def cases() -> dict[str, list[Path]]:
 
 
 def golden_files() -> dict[Path, str]:
-    return {GOLDEN / f"{name}.yaml": mask_generated(render(values)) for name, values in cases().items()}
+    return {
+        GOLDEN / f"{name}.yaml": mask_generated(render(values)) for name, values in cases().items()
+    }
 
 
 def expected_files() -> dict[Path, str]:
@@ -116,7 +136,9 @@ def expected_files() -> dict[Path, str]:
 
 def drifted(expected: dict[Path, str]) -> list[Path]:
     """Expected files that are missing or differ, plus stale generated files."""
-    bad = [p for p, text in expected.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+    bad = [
+        p for p, text in expected.items() if not p.exists() or p.read_text(encoding="utf-8") != text
+    ]
     for directory, pattern in ((CHART / "crds", "*.yaml"), (GOLDEN, "*.yaml")):
         bad += [p for p in sorted(directory.glob(pattern)) if p not in expected]
     return bad
@@ -134,8 +156,12 @@ def write(expected: dict[Path, str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m charts.generate", description=__doc__.split("\n")[0])
-    ap.add_argument("--check", action="store_true", help="fail naming every drifted file; write nothing")
+    ap = argparse.ArgumentParser(
+        prog="python -m charts.generate", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--check", action="store_true", help="fail naming every drifted file; write nothing"
+    )
     args = ap.parse_args(argv)
     try:
         if args.check:

@@ -110,6 +110,13 @@ def _canonical(obj: Any) -> bytes:
 
 
 def image_config(spec: ImageSpec, layer_digest: str, arch: str = "amd64") -> dict[str, Any]:
+    return layered_image_config(spec, [layer_digest], arch)
+
+
+def layered_image_config(
+    spec: ImageSpec, layer_digests: Sequence[str], arch: str = "amd64"
+) -> dict[str, Any]:
+    """Config of an image whose uncompressed layers have these digests, bottom first."""
     config: dict[str, Any] = {"Env": list(spec.env), "WorkingDir": spec.workdir}
     if spec.entrypoint:
         config["Entrypoint"] = list(spec.entrypoint)
@@ -121,8 +128,8 @@ def image_config(spec: ImageSpec, layer_digest: str, arch: str = "amd64") -> dic
         "architecture": arch,
         "os": "linux",
         "config": config,
-        # Uncompressed layer: its diff ID is its digest.
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+        # Uncompressed layers: each diff ID is the layer's digest.
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in layer_digests]},
         "history": [{"created_by": "architect e2e/images"}],
     }
 
@@ -136,12 +143,18 @@ def descriptor(media_type: str, blob: bytes) -> dict[str, Any]:
 
 
 def manifest(config_blob: bytes, layer_digest: str, layer_size: int) -> dict[str, Any]:
+    return layered_manifest(config_blob, [(layer_digest, layer_size)])
+
+
+def layered_manifest(config_blob: bytes, layers: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """Manifest of (digest, size) layers, bottom first."""
     return {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": descriptor(MEDIA_CONFIG, config_blob),
         "layers": [
-            {"mediaType": MEDIA_LAYER, "digest": f"sha256:{layer_digest}", "size": layer_size}
+            {"mediaType": MEDIA_LAYER, "digest": f"sha256:{digest}", "size": size}
+            for digest, size in layers
         ],
     }
 
@@ -171,22 +184,38 @@ def write_archive(rootfs: Path, spec: ImageSpec, out: Path) -> str:
     split_ref(spec.ref)
     out.parent.mkdir(parents=True, exist_ok=True)
     layer_tmp = out.with_name(out.name + ".layer.tmp")
-    archive_tmp = out.with_name(out.name + ".tmp")
     try:
         with layer_tmp.open("wb") as fh:
             layer_digest = write_layer(rootfs, fh)
-        layer_size = layer_tmp.stat().st_size
-        config_blob = _canonical(image_config(spec, layer_digest))
-        manifest_blob = _canonical(manifest(config_blob, layer_digest, layer_size))
+        return write_layered_archive([(layer_tmp, layer_digest)], spec, out)
+    finally:
+        layer_tmp.unlink(missing_ok=True)
+
+
+def write_layered_archive(layers: Sequence[tuple[Path, str]], spec: ImageSpec, out: Path) -> str:
+    """OCI archive at out (atomically) of (layer tar, sha256 hex) layers, bottom first.
+
+    Layers shared with other images keep their digests, so containerd stores
+    them once. Returns the manifest digest.
+    """
+    split_ref(spec.ref)
+    if not layers:
+        raise ImageError(f"image {spec.ref}: no layers")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    archive_tmp = out.with_name(out.name + ".tmp")
+    try:
+        sized = [(digest, path.stat().st_size) for path, digest in layers]
+        config_blob = _canonical(layered_image_config(spec, [d for d, _ in sized]))
+        manifest_blob = _canonical(layered_manifest(config_blob, sized))
         index_blob = _canonical(index(spec, manifest_blob))
         with tarfile.open(archive_tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, "oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
             _add_bytes(tar, "index.json", index_blob)
             for blob in (config_blob, manifest_blob):
                 _add_bytes(tar, f"blobs/sha256/{hashlib.sha256(blob).hexdigest()}", blob)
-            tar.add(str(layer_tmp), arcname=f"blobs/sha256/{layer_digest}", recursive=False)
+            for path, digest in dict.fromkeys(layers):
+                tar.add(str(path), arcname=f"blobs/sha256/{digest}", recursive=False)
         archive_tmp.replace(out)
     finally:
-        layer_tmp.unlink(missing_ok=True)
         archive_tmp.unlink(missing_ok=True)
     return f"sha256:{hashlib.sha256(manifest_blob).hexdigest()}"

@@ -1,0 +1,269 @@
+"""The chart renders what Architect needs, from the project's own sources.
+
+Needs helm (e2e/cluster/install builds it into /var/cache/architect/bin); no cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import subprocess
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from architect.engine.admission.webhooks import ClientConfig, build_configurations
+from architect.policy.crdgen import all_crds
+from charts.generate import CHART, ChartError, drifted, expected_files, helm_binary, render
+from tests.charts.render import by_kind, custom_values, objects, one, rendered
+
+NS = "architect-system"
+
+
+@pytest.fixture(scope="module")
+def default() -> list[dict[str, Any]]:
+    return rendered()
+
+
+@pytest.fixture(scope="module")
+def custom() -> list[dict[str, Any]]:
+    return rendered(values=custom_values())
+
+
+def test_generated_files_and_golden_renders_are_current() -> None:
+    bad = drifted(expected_files())
+    assert not bad, f"out of date (run `python -m charts.generate`): {[str(p) for p in bad]}"
+
+
+@pytest.mark.parametrize("values", [[], ["custom"]], ids=["default", "custom"])
+def test_helm_lint_passes(values: list[str]) -> None:
+    cmd = [helm_binary(), "lint", str(CHART), "--strict", "--kube-version", "1.33.13"]
+    for _ in values:
+        cmd += ["--values", str(custom_values()[0])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_default_render_has_every_component(default: list[dict[str, Any]]) -> None:
+    kinds = {k: len(v) for k, v in by_kind(default).items()}
+    assert kinds == {
+        "CustomResourceDefinition": 4,
+        "ServiceAccount": 2,
+        "Secret": 1,
+        "ClusterRole": 2,
+        "ClusterRoleBinding": 2,
+        "Service": 2,
+        "DaemonSet": 1,
+        "Deployment": 1,
+        "RuntimeClass": 2,
+        "MutatingWebhookConfiguration": 1,
+        "ValidatingWebhookConfiguration": 1,
+    }
+    assert {rc["metadata"]["name"]: rc["handler"] for rc in by_kind(default)["RuntimeClass"]} == {
+        "runc-architect": "runc-architect",
+        "runsc-architect": "runsc-architect",
+    }
+
+
+def test_crds_are_the_generated_ones(default: list[dict[str, Any]]) -> None:
+    assert by_kind(default)["CustomResourceDefinition"] == sorted(
+        all_crds(), key=lambda c: c["metadata"]["name"]
+    )
+
+
+def _hooks(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        h
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+        for h in one(objs, kind)["webhooks"]
+    ]
+
+
+def test_webhooks_are_the_engines_with_the_release_service(default: list[dict[str, Any]]) -> None:
+    secret = one(default, "Secret", "webhook-tls")
+    ca = secret["data"]["ca.crt"]
+    want_m, want_v = build_configurations(
+        ClientConfig(ca, service_namespace=NS, service_name="architect-webhook")
+    )
+    for kind, want in (
+        ("MutatingWebhookConfiguration", want_m),
+        ("ValidatingWebhookConfiguration", want_v),
+    ):
+        got = copy.deepcopy(one(default, kind)["webhooks"])
+        for hook in got:
+            # The chart's own scoping; the rest must be the engine's, field for field.
+            assert hook.pop("namespaceSelector") == {
+                "matchExpressions": [
+                    {
+                        "key": "kubernetes.io/metadata.name",
+                        "operator": "NotIn",
+                        "values": [NS, "kube-system"],
+                    }
+                ]
+            }
+        for hook in want["webhooks"]:
+            hook.pop("namespaceSelector")
+        assert got == want["webhooks"]
+
+
+def test_serving_certificate_is_signed_by_the_ca_for_the_service(
+    default: list[dict[str, Any]],
+) -> None:
+    data = one(default, "Secret", "webhook-tls")["data"]
+    ca = x509.load_pem_x509_certificate(base64.b64decode(data["ca.crt"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(data["tls.crt"]))
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"architect-webhook.{NS}.svc" in sans.get_values_for_type(x509.DNSName)
+    assert all(h["clientConfig"]["caBundle"] == data["ca.crt"] for h in _hooks(default))
+    deploy = one(default, "Deployment", "operator")
+    volumes = deploy["spec"]["template"]["spec"]["volumes"]
+    assert volumes == [{"name": "tls", "secret": {"secretName": "architect-webhook-tls"}}]
+
+
+def test_failure_policy_and_scope_values(custom: list[dict[str, Any]]) -> None:
+    hooks = _hooks(custom)
+    assert {h["name"]: h["failurePolicy"] for h in hooks} == {
+        "mutate-pods.architect.loopholelabs.io": "Ignore",
+        "pods.architect.loopholelabs.io": "Ignore",
+        "workloads.architect.loopholelabs.io": "Ignore",
+        "cronjobs.architect.loopholelabs.io": "Ignore",
+        "checkpoint-status.architect.loopholelabs.io": "Ignore",
+    }
+    for hook in hooks:
+        assert hook["timeoutSeconds"] == 10
+        assert hook["clientConfig"]["service"]["name"] == "arch-webhook"
+        assert hook["namespaceSelector"] == {
+            "matchLabels": {"architect.loopholelabs.io/enabled": "true"},
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": [NS, "kube-system", "monitoring"],
+                },
+                {"key": "tier", "operator": "NotIn", "values": ["system"]},
+            ],
+        }
+
+
+def test_default_failure_policy_fails_closed_except_the_status_webhook(
+    default: list[dict[str, Any]],
+) -> None:
+    policies = {h["name"]: h["failurePolicy"] for h in _hooks(default)}
+    assert policies.pop("checkpoint-status.architect.loopholelabs.io") == "Ignore"
+    assert set(policies.values()) == {"Fail"}
+
+
+def test_custom_values_drop_daemon_runtime_classes_and_metrics(
+    custom: list[dict[str, Any]],
+) -> None:
+    kinds = by_kind(custom)
+    assert "DaemonSet" not in kinds and "RuntimeClass" not in kinds
+    assert [s["metadata"]["name"] for s in kinds["Service"]] == ["arch-webhook"]
+    assert [sa["metadata"]["name"] for sa in kinds["ServiceAccount"]] == ["arch-operator"]
+    assert all(
+        o["metadata"]["labels"]["team"] == "platform"
+        for o in custom
+        if o["kind"] != "CustomResourceDefinition"
+    )
+    pod = one(custom, "Deployment", "operator")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example.test/architect:1.2.3"
+    assert container["imagePullPolicy"] == "Always"
+    assert "--sidecar-image=registry.example.test/architect-sidecar:1.2.3" in container["args"]
+    assert container["args"][-1] == "--webhook-host=arch-webhook.team.svc"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+
+
+def test_operator_runs_unprivileged_and_daemon_has_host_access(
+    default: list[dict[str, Any]],
+) -> None:
+    op = one(default, "Deployment", "operator")["spec"]["template"]["spec"]
+    assert op["securityContext"]["runAsNonRoot"] is True
+    sc = op["containers"][0]["securityContext"]
+    assert sc == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    ds = one(default, "DaemonSet")["spec"]["template"]["spec"]
+    assert ds["hostPID"] is True and ds["hostNetwork"] is True
+    daemon = ds["containers"][0]
+    assert daemon["securityContext"] == {"privileged": True}
+    assert daemon["command"] == ["python3", "-m", "architect.runtime.daemon"]
+    assert daemon["env"] == [
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    ]
+    mounts = {m["mountPath"] for m in daemon["volumeMounts"]}
+    assert {"/run/architect", "/var/lib/architect"} <= mounts
+    assert ds["serviceAccountName"] == "architect-daemon"
+
+
+def _rules(role: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    ]
+
+
+def test_rbac_is_least_privilege(default: list[dict[str, Any]]) -> None:
+    for role in by_kind(default)["ClusterRole"]:
+        rules = _rules(role)
+        assert not [r for r in rules if "*" in r], role["metadata"]["name"]
+        assert not [r for r in rules if r[1] in ("secrets", "pods/exec", "nodes/proxy")]
+        assert not [r for r in rules if r[0] == "admissionregistration.k8s.io"]
+    operator = set(_rules(one(default, "ClusterRole", "operator")))
+    # What engine/kube.py and kopf call, and nothing that writes pods or workloads.
+    assert ("architect.loopholelabs.io", "hibernationpolicies", "create") in operator
+    assert ("architect.loopholelabs.io", "checkpoints/status", "patch") in operator
+    assert ("apps", "deployments", "get") in operator
+    assert not [
+        r for r in operator if r[1] in ("pods", "deployments") and r[2] != "get" and r[2] != "list"
+    ]
+    daemon = set(_rules(one(default, "ClusterRole", "daemon")))
+    assert ("", "pods/resize", "patch") in daemon
+    assert not [r for r in daemon if r[2] == "delete"]
+
+
+def test_cluster_scoped_names_include_the_release_namespace() -> None:
+    objs = rendered(namespace="team-a", release="arch")
+    for kind in (
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ):
+        names = [o["metadata"]["name"] for o in objs if o["kind"] == kind]
+        assert names and all("team-a" in n for n in names), (kind, names)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "admission.failurePolicy=Sometimes",
+            "at '/admission/failurePolicy': value must be one of 'Fail', 'Ignore'",
+        ),
+        ("daemon.enabeld=true", "at '/daemon': additional properties 'enabeld' not allowed"),
+        ("operator.gcInterval=soon", "at '/operator/gcInterval': 'soon' does not match pattern"),
+        ("operator.webhookPort=0", "at '/operator/webhookPort': minimum"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_value(setting: str, message: str) -> None:
+    with pytest.raises(ChartError) as err:
+        render(None, [setting])
+    assert message in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_kopf_needs_no_peering_and_render_is_parseable() -> None:
+    # `standalone=True` in engine/main.py: no KopfPeering objects or permissions.
+    text = render()
+    assert "kopfpeerings" not in text
+    assert objects(text)
