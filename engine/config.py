@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from architect.engine.admission.pods import SidecarConfig
 from architect.engine.controlplane.checkpoints import GcSettings
+from architect.engine.controlplane.coordinate import TransferSettings
 from architect.policy.durations import parse_positive_duration
 
 
@@ -23,6 +24,7 @@ class OperatorConfig:
     gc_interval: timedelta = timedelta(seconds=60)
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     gc: GcSettings = field(default_factory=GcSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
 
 
 def _duration(text: str) -> timedelta:
@@ -55,6 +57,18 @@ def parser() -> argparse.ArgumentParser:
         default=env("ARCHITECT_SIDECAR_IMAGE", SidecarConfig.image),
         help="image of the health-check proxy sidecar",
     )
+    ap.add_argument(
+        "--namespace",
+        default=env("ARCHITECT_NAMESPACE", TransferSettings.namespace),
+        help="Architect's own namespace: the transfer key, node certificates, grants",
+    )
+    ap.add_argument(
+        "--transfer-port",
+        type=int,
+        default=int(env("ARCHITECT_TRANSFER_PORT", str(TransferSettings.port))),
+        help="the port the daemons serve checkpoint images on",
+    )
+    ap.add_argument("--ticket-ttl", type=_duration, default=_duration("10m"))
     ap.add_argument("--kubeconfig", default=env("KUBECONFIG"))
     return ap
 
@@ -71,5 +85,8 @@ def from_args(ns: argparse.Namespace) -> OperatorConfig:
         sidecar=SidecarConfig(image=ns.sidecar_image),
         gc=GcSettings(
             consumed_ttl=ns.consumed_ttl, failed_ttl=ns.failed_ttl, unclaimed_ttl=ns.unclaimed_ttl
+        ),
+        transfer=TransferSettings(
+            namespace=ns.namespace, port=ns.transfer_port, ticket_ttl=ns.ticket_ttl
         ),
     )

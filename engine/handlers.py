@@ -21,7 +21,7 @@ from architect.engine.admission.workloads import (
     owns_its_policies,
     plan_sync,
 )
-from architect.engine.controlplane import persistent
+from architect.engine.controlplane import coordinate, persistent, trust
 from architect.engine.controlplane.checkpoints import (
     PERSISTENT_TRANSITIONS,
     TRANSITIONS,
@@ -62,6 +62,15 @@ class KubeLike(Protocol):
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
     async def get_uid(self, kind: str, namespace: str, name: str) -> str | None: ...
+    async def get_node(self, name: str) -> dict[str, Any] | None: ...
+    async def list_nodes(self) -> list[dict[str, Any]]: ...
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def list_secrets(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+    async def put_secret(self, secret: Mapping[str, Any], *, replace: bool = True) -> bool: ...
+    async def delete_secret(self, namespace: str, name: str) -> None: ...
+    async def try_patch_status(
+        self, plural_: str, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any] | None: ...
 
 
 # --- admission ---------------------------------------------------------------
@@ -190,7 +199,11 @@ async def on_checkpoint(
     if not (body.get("status") or {}).get("phase"):
         await kube.patch_status("checkpoints", ns, name, {"status": {"phase": "Pending"}})
         return  # the resulting event records the transition
-    await _observe("Checkpoint", "checkpoints", body, kube=kube, now=now, post_event=post_event)
+    change = await _observe(
+        "Checkpoint", "checkpoints", body, kube=kube, now=now, post_event=post_event
+    )
+    if change is not None and change.old == "Restoring":
+        await revoke_grant(body, kube=kube)
 
 
 async def _observe(
@@ -201,10 +214,10 @@ async def _observe(
     kube: KubeLike,
     now: datetime,
     post_event: PostEvent,
-) -> None:
+) -> PhaseChange | None:
     change = observe_phase(body, now)
     if change is None:
-        return
+        return None
     meta = body.get("metadata") or {}
     message = str((body.get("status") or {}).get("message") or "")
     etype, reason, text = event_for(kind, str(meta.get("name")), change, message)
@@ -216,6 +229,7 @@ async def _observe(
         str(meta.get("name")),
         {"metadata": {"annotations": change.annotations}},
     )
+    return change
 
 
 async def on_persistent(
@@ -319,3 +333,125 @@ async def refresh_policy_status(*, kube: KubeLike, now: datetime) -> int:
             await kube.patch_status(plural_, ns, ref.name, {"status": status})
             written += 1
     return written
+
+
+# --- transfer between nodes ----------------------------------------------------
+
+
+async def load_trust(namespace: str, *, kube: KubeLike) -> trust.Trust:
+    """The transfer key and CA; made once per cluster (the first writer wins)."""
+    for _ in range(3):
+        secret = await kube.get_secret(namespace, trust.TRUST_SECRET)
+        if secret is not None:
+            return trust.trust_from_secret(secret)
+        await kube.put_secret(trust.new_trust_secret(namespace), replace=False)
+    raise trust.TrustError(f"Secret {namespace}/{trust.TRUST_SECRET} could not be read back")
+
+
+async def coordinate_checkpoint(
+    body: Mapping[str, Any],
+    *,
+    kube: KubeLike,
+    now: datetime,
+    key: bytes,
+    settings: coordinate.TransferSettings,
+    post_event: PostEvent,
+) -> str:
+    """One look at a Ready or Restoring Checkpoint; what was done (for logs and tests).
+
+    Ready: claim it for its replacement pod, with a grant when the pod is on
+    another node. Restoring: hand it back when its pod is gone.
+    """
+    meta = body.get("metadata") or {}
+    ns, name = str(meta.get("namespace")), str(meta.get("name"))
+    phase = phase_of(body)
+    if phase == "Restoring":
+        who = str((body.get("status") or {}).get("consumedBy") or "")
+        consumer = await kube.get_pod(ns, who) if who else None
+        patch = coordinate.handback(body, consumer)
+        if patch is None:
+            return "restoring"
+        await kube.patch_status("checkpoints", ns, name, patch)
+        return "handed back"
+    if phase != "Ready":
+        return "nothing"
+    pods = await kube.list_pods(ns, coordinate.replacement_selector(body))
+    siblings = await kube.list_objects("checkpoints", ns)
+    pod = coordinate.pick_replacement(body, pods, siblings)
+    if pod is None:
+        return "waiting for a replacement pod"
+    spec = body.get("spec") or {}
+    dest = str((pod.get("spec") or {}).get("nodeName"))
+    source_node = (
+        None if dest == spec.get("sourceNode") else await kube.get_node(str(spec.get("sourceNode")))
+    )
+    plan = coordinate.plan_claim(body, pod, source_node, key=key, now=now, settings=settings)
+    if isinstance(plan, coordinate.Fail):
+        await kube.try_patch_status(
+            "checkpoints",
+            ns,
+            name,
+            [
+                {"op": "test", "path": "/status/phase", "value": "Ready"},
+                {"op": "replace", "path": "/status/phase", "value": "Failed"},
+                {"op": "replace", "path": "/status/message", "value": plan.message},
+            ],
+        )
+        return "failed"
+    if await kube.try_patch_status("checkpoints", ns, name, plan.patch) is None:
+        return "claimed by another"
+    if plan.secret is not None:
+        try:
+            await kube.put_secret(plan.secret)
+        except Exception:
+            # Without its grant the destination cannot fetch: give the checkpoint back.
+            await kube.try_patch_status(
+                "checkpoints",
+                ns,
+                name,
+                coordinate.failed_patch(
+                    plan.pod, "the transfer grant could not be written", retry=True
+                ),
+            )
+            raise
+    await kube.patch_meta("checkpoints", ns, name, {"metadata": {"annotations": plan.annotations}})
+    if plan.secret is None:
+        return f"claimed for {plan.pod} on the source node"
+    grant = f"{plan.secret['metadata']['namespace']}/{plan.secret['metadata']['name']}"
+    post_event(
+        body,
+        "Normal",
+        "TransferGranted",
+        f"{plan.pod} on {plan.destination_node} may fetch the image from "
+        f"{spec.get('sourceNode')} ({plan.annotations[coordinate.SOURCE_ANNOTATION]}); grant {grant}",
+    )
+    return f"granted {grant}"
+
+
+async def revoke_grant(body: Mapping[str, Any], *, kube: KubeLike) -> None:
+    """The checkpoint left Restoring: its grant is of no more use."""
+    ref = ((body.get("metadata") or {}).get("annotations") or {}).get(coordinate.GRANT_ANNOTATION)
+    if ref:
+        ns, _, name = str(ref).partition("/")
+        await kube.delete_secret(ns, name)
+
+
+async def sweep_transfer(
+    *, kube: KubeLike, now: datetime, namespace: str, ca: Any
+) -> tuple[int, int]:
+    """Revoke stale grants and issue missing node certificates: (revoked, issued)."""
+    grants = await kube.list_secrets(namespace, f"{coordinate.GRANT_LABEL}=true")
+    revoked = 0
+    if grants:
+        ckpts = await kube.list_objects("checkpoints")
+        by_key = {(c["metadata"]["namespace"], c["metadata"]["name"]): c for c in ckpts}
+        for name in coordinate.grants_to_revoke(grants, by_key, now):
+            await kube.delete_secret(namespace, name)
+            revoked += 1
+    nodes = await kube.list_nodes()
+    certs = await kube.list_secrets(namespace, f"{trust.NODE_CERT_LABEL}=true")
+    issued = 0
+    for node in trust.nodes_needing_certs(nodes, certs, ca, now):
+        await kube.put_secret(trust.node_cert_secret(ca, node, namespace))
+        issued += 1
+    return revoked, issued

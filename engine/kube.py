@@ -19,6 +19,7 @@ from architect.policy.annotations import GROUP, VERSION
 
 NotFound = 404
 Conflict = 409
+Unprocessable = 422  # a JSON patch `test` op that failed
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -244,3 +245,89 @@ class Kube:
             return out
 
         return await asyncio.to_thread(_get)
+
+    # --- nodes and Secrets (transfer coordination) ---------------------------
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.core.api_client.sanitize_for_serialization(obj)
+        return out
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        def _get() -> dict[str, Any] | None:
+            try:
+                return self._plain(self.core.read_node(name))
+            except ApiException as err:
+                if err.status == NotFound:
+                    return None
+                raise
+
+        return await asyncio.to_thread(_get)
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        def _list() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = self._plain(self.core.list_node())["items"]
+            return items
+
+        return await asyncio.to_thread(_list)
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def _get() -> dict[str, Any] | None:
+            try:
+                return self._plain(self.core.read_namespaced_secret(name, namespace))
+            except ApiException as err:
+                if err.status == NotFound:
+                    return None
+                raise
+
+        return await asyncio.to_thread(_get)
+
+    async def list_secrets(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        def _list() -> list[dict[str, Any]]:
+            res = self.core.list_namespaced_secret(namespace, label_selector=label_selector)
+            items: list[dict[str, Any]] = self._plain(res)["items"]
+            return items
+
+        return await asyncio.to_thread(_list)
+
+    async def put_secret(self, secret: Mapping[str, Any], *, replace: bool = True) -> bool:
+        """Create the Secret, or replace the one of that name (``replace``).
+        False when it exists and ``replace`` is off (another writer was first)."""
+        meta = secret["metadata"]
+
+        def _put() -> bool:
+            try:
+                self.core.create_namespaced_secret(meta["namespace"], cast(Any, dict(secret)))
+                return True
+            except ApiException as err:
+                if err.status != Conflict:
+                    raise
+            if not replace:
+                return False
+            self.core.replace_namespaced_secret(
+                meta["name"], meta["namespace"], cast(Any, dict(secret))
+            )
+            return True
+
+        return await asyncio.to_thread(_put)
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        def _delete() -> None:
+            try:
+                self.core.delete_namespaced_secret(name, namespace)
+            except ApiException as err:
+                if err.status != NotFound:
+                    raise
+
+        await asyncio.to_thread(_delete)
+
+    async def try_patch_status(
+        self, plural_: str, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any] | None:
+        """A compare-and-swap JSON patch: None when a ``test`` op failed (someone
+        else changed the object first) or the object is gone."""
+        try:
+            return await self.patch_status(plural_, namespace, name, patch)
+        except ApiException as err:
+            if err.status in (NotFound, Conflict, Unprocessable):
+                return None
+            raise

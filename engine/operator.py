@@ -28,6 +28,7 @@ from architect.engine.admission.webhooks import (
 )
 from architect.engine.admission.workloads import AdmissionDenied, Op, describe
 from architect.engine.config import OperatorConfig
+from architect.engine.controlplane.trust import Trust
 from architect.engine.kube import Kube, load_config
 from architect.policy.annotations import GROUP, VERSION
 
@@ -71,9 +72,24 @@ async def _gc_loop(kube: Kube, config: OperatorConfig) -> None:
                 kube=kube, now=_now(), settings=config.gc, post_event=_post_event
             )
             await handlers.refresh_policy_status(kube=kube, now=_now())
+            trust = await _trust(kube)
+            await handlers.sweep_transfer(
+                kube=kube, now=_now(), namespace=config.transfer.namespace, ca=trust.ca
+            )
         except Exception:  # one failed pass must not end the loop for good
             log.exception("garbage collection / status pass failed")
         await asyncio.sleep(config.gc_interval.total_seconds())
+
+
+_TRUST: list[Trust] = []
+TRANSFER_INTERVAL_S = 2.0  # how often a Ready checkpoint looks for its replacement pod
+
+
+async def _trust(kube: Kube) -> Trust:
+    """Read (or make) the transfer key and CA once; the Secret outlives the operator."""
+    if not _TRUST:
+        _TRUST.append(await handlers.load_trust(CONFIG.transfer.namespace, kube=kube))
+    return _TRUST[0]
 
 
 @kopf.on.startup()
@@ -204,3 +220,32 @@ async def checkpoint_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 async def persistent_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type != "DELETED":
         await handlers.on_persistent(dict(body), kube=memo.kube, now=_now(), post_event=_post_event)
+
+
+def _transfer_candidate(body: kopf.Body, **_: Any) -> bool:
+    return (body.get("status") or {}).get("phase") in ("Ready", "Restoring")
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "checkpoints",
+    id="coordinate-transfer",
+    interval=TRANSFER_INTERVAL_S,
+    when=_transfer_candidate,
+)
+async def coordinate_transfer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Ready: claim for the replacement pod (with a grant across nodes);
+    Restoring: hand back when its pod is gone. A timer, since pods are not
+    watched: a replacement may be bound after the checkpoint is Ready."""
+    trust = await _trust(memo.kube)
+    done = await handlers.coordinate_checkpoint(
+        dict(body),
+        kube=memo.kube,
+        now=_now(),
+        key=trust.key,
+        settings=CONFIG.transfer,
+        post_event=_post_event,
+    )
+    if done not in ("restoring", "waiting for a replacement pod", "nothing"):
+        log.info("checkpoint %s/%s: %s", body.metadata.namespace, body.metadata.name, done)

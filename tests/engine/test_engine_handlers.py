@@ -81,6 +81,58 @@ class FakeKube:
             and all(p["metadata"].get("labels", {}).get(k) == v for k, v in want.items())
         ]
 
+    # Nodes and Secrets: the transfer coordination's.
+    nodes: dict[str, dict[str, Any]]
+    secrets: dict[tuple[str, str], dict[str, Any]]
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        return getattr(self, "nodes", {}).get(name)
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return list(getattr(self, "nodes", {}).values())
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return getattr(self, "secrets", {}).get((namespace, name))
+
+    async def list_secrets(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        key, _, value = label_selector.partition("=")
+        return [
+            s
+            for (ns, _), s in getattr(self, "secrets", {}).items()
+            if ns == namespace and s["metadata"].get("labels", {}).get(key) == value
+        ]
+
+    async def put_secret(self, secret: Any, *, replace: bool = True) -> bool:
+        self.secrets = getattr(self, "secrets", {})
+        key = (secret["metadata"]["namespace"], secret["metadata"]["name"])
+        if key in self.secrets and not replace:
+            return False
+        self.calls.append(("secret", key[1]))
+        self.secrets[key] = copy.deepcopy(secret)
+        return True
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        self.calls.append(("delete-secret", name))
+        getattr(self, "secrets", {}).pop((namespace, name), None)
+
+    async def try_patch_status(
+        self, plural_: str, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any] | None:
+        """JSON patch with ``test`` ops, as the API server applies it."""
+        obj = self.objects.get((plural_, namespace, name))
+        if obj is None:
+            return None
+        status = obj.setdefault("status", {})
+        for op in patch:
+            field = op["path"].removeprefix("/status/")
+            if op["op"] == "test" and status.get(field) != op["value"]:
+                return None
+        for op in patch:
+            if op["op"] == "replace":
+                status[op["path"].removeprefix("/status/")] = op["value"]
+        self.calls.append(("status", name, status.get("phase", "")))
+        return obj
+
 
 def workload(annotations: dict[str, str], owner: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": "web", "namespace": "ns", "uid": "u1"}
