@@ -1,0 +1,5 @@
+import sys
+
+from architect.runtime.daemon.main import main
+
+sys.exit(main(sys.argv[1:]))

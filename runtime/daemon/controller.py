@@ -1,0 +1,428 @@
+"""The reconcile loop's core: telemetry -> ``engine.evaluate`` -> directives carried out.
+
+Driven through the ``ports`` protocols only, so ordering and failure handling are
+tested with fakes. The rules it keeps:
+
+- Hibernate: the packet hold goes in FIRST, then the shim checkpoints; when the
+  checkpoint fails the hold is removed (fail open) and the container is RUNNING.
+- Wake (first held packet, a WAKE directive, or an exec the shim reports): the
+  shim restores, THEN the held packets are released. A failed or timed-out wake
+  releases them all the same (the client gets the application's or the
+  kernel's own answer, never a silent drop), and a fresh hold is armed.
+- One action at a time per container (a lock): a packet that arrives while the
+  checkpoint runs waits for it, then wakes the container.
+- Every transition is written to the pod's status annotation, the health-proxy
+  status file, an Event and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from architect.engine.directives import Action, Directive, Evaluation, ResizeTarget
+from architect.engine.evaluate import evaluate
+from architect.engine.pods import POD_SCOPE, pod_info
+from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.policy.models import HibernationPolicy, MigrationPolicy
+from architect.runtime.daemon import metrics
+from architect.runtime.daemon.ports import Network, Reporter, Shim, ShimError
+from architect.runtime.daemon.targets import (
+    Target,
+    annotated_states,
+    build_target,
+    index_policies,
+    status_annotation,
+)
+from architect.runtime.daemon.tracker import Tracker, adopted_state
+
+log = logging.getLogger("architect.daemon")
+
+Clock = Callable[[], datetime]
+PodKey = tuple[str, str]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _pod_key(pod: Mapping[str, Any]) -> PodKey:
+    meta = pod.get("metadata") or {}
+    return (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+
+
+def _unit(key: ContainerKey) -> str:
+    return f"container {key.container} of pod {key.namespace}/{key.pod}"
+
+
+class Controller:
+    def __init__(
+        self,
+        shim: Shim,
+        net: Network,
+        reporter: Reporter,
+        *,
+        wake_timeout: float = 30.0,
+        resize: bool = False,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.shim, self.net, self.reporter = shim, net, reporter
+        self.wake_timeout, self.resize_enabled, self.clock = wake_timeout, resize, clock
+        self.tracker = Tracker()
+        self.targets: dict[ContainerKey, Target] = {}
+        self.pods: dict[PodKey, Mapping[str, Any]] = {}
+        self.ignored: dict[ContainerKey, str] = {}  # why a governed container is not driven
+        self._locks: dict[ContainerKey, asyncio.Lock] = {}
+        self._published: dict[PodKey, str] = {}
+        self._by_id: dict[str, ContainerKey] = {}
+        self._held: set[ContainerKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.last: Evaluation | None = None
+
+    def _lock(self, key: ContainerKey) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    # --- the tick ---------------------------------------------------------------
+
+    async def tick(
+        self,
+        pods: Sequence[Mapping[str, Any]],
+        policies: Sequence[HibernationPolicy | MigrationPolicy],
+    ) -> Evaluation:
+        """One reconcile pass: sample, evaluate, adopt/forget, act, publish."""
+        self.pods = {_pod_key(p): p for p in pods}
+        await self._sample()
+        if not self.resize_enabled:
+            # Without resize nothing is given back, so nothing is owed: keep the
+            # evaluator from asking for a Resize it will not get.
+            for t in self.tracker.items.values():
+                t.resources_reduced = t.state is ContainerState.SCALED_DOWN
+        now = self.clock()
+        ev = evaluate(policies, [pod_info(p) for p in pods], self.tracker.telemetry(), now)
+        self.last = ev
+        refs = index_policies(policies)
+        governed: list[Directive] = [
+            d
+            for d in ev.directives
+            if (d.policy is not None or d.migration_policy is not None)
+            and d.key.container != POD_SCOPE
+        ]
+        for key in self.tracker.stale(d.key for d in governed):
+            await self._forget(key)
+        for d in governed:
+            if d.key not in self.tracker and d.key not in self.ignored:
+                pod = self.pods[(d.key.namespace, d.key.pod)]
+                hp = refs.get(d.policy) if d.policy is not None else None
+                await self._adopt(pod, d.key, hp if isinstance(hp, HibernationPolicy) else None)
+        for d in ev.actionable():
+            if d.key in self.tracker and not self._lock(d.key).locked():
+                await self._act(d)
+        for pk in {(d.key.namespace, d.key.pod) for d in governed}:
+            await self._publish(pk)
+        metrics.set_states(self.tracker.counts())
+        metrics.HELD.set(sum(t.held_packets for t in self.tracker.items.values()))
+        return ev
+
+    async def _sample(self) -> None:
+        keys = [
+            k
+            for k, t in self.tracker.items.items()
+            if self.targets[k].mode != "none" and not self._lock(k).locked()
+        ]
+        if not keys:
+            return
+        now = self.clock()
+
+        def sample_all() -> list[tuple[ContainerKey, Any]]:
+            out = []
+            for k in keys:
+                try:
+                    out.append((k, self.net.sample(k, now)))
+                except Exception as e:  # a vanished namespace: the pod is going away
+                    log.warning("%s: activity sample failed: %s", _unit(k), e)
+            return out
+
+        for k, act in await asyncio.to_thread(sample_all):
+            if act is not None and k in self.tracker:
+                self.tracker.observe(k, act.last_packet_at, act.open_connections, act.held_packets)
+
+    async def _act(self, d: Directive) -> None:
+        if d.action is Action.HIBERNATE:
+            await self.hibernate(d.key, d.reason)
+        elif d.action is Action.WAKE:
+            await self.wake(d.key, "connection" if "connection" in d.why else "packet")
+        elif d.action is Action.RESIZE and d.resize_to is not None:
+            await self.resize(d.key, d.resize_to)
+        elif d.action is Action.CHECKPOINT_FOR_MIGRATION:
+            await self.migrate(d.key, d.reason)
+
+    # --- adoption ---------------------------------------------------------------
+
+    async def _adopt(
+        self, pod: Mapping[str, Any], key: ContainerKey, policy: HibernationPolicy | None
+    ) -> None:
+        """Start driving a governed container, or pick it up again after a restart:
+        the shim's word decides its state; a hibernated one gets its hold back."""
+        target = build_target(pod, key, policy)
+        if target.container_id is None:
+            return  # not started yet: next tick
+        try:
+            found = await self.shim.find(target.container_id)
+        except ShimError as e:
+            log.warning("%s: shim status failed: %s", _unit(key), e)
+            return
+        if found is None:
+            self.ignored[key] = "not run by Architect's shim (no control socket)"
+            log.warning("%s: %s", _unit(key), self.ignored[key])
+            return
+        now = self.clock()
+        state = adopted_state(found.status, annotated_states(pod).get(key.container))
+        if target.mode != "none":
+            if found.netns is None:
+                self.ignored[key] = "its OCI spec names no network namespace"
+                log.warning("%s: %s", _unit(key), self.ignored[key])
+                return
+            try:
+                await self.net.setup(target, found.netns)
+            except Exception as e:
+                log.warning("%s: network setup failed (retried next tick): %s", _unit(key), e)
+                return
+        self.targets[key] = target
+        self._by_id[target.container_id] = key
+        self.tracker.add(key, state, now)
+        self.shim.watch(found.socket, self.on_shim_event)
+        log.info("%s: adopted as %s (shim: %s)", _unit(key), state.value, found.status)
+        if state is ContainerState.SCALED_DOWN and target.mode != "none":
+            await self._arm(key)
+
+    async def _forget(self, key: ContainerKey) -> None:
+        """Nothing governs the container any more: wake it if its pod lives on
+        (fail open), then remove its rules."""
+        t = self.tracker.get(key)
+        pod_alive = (key.namespace, key.pod) in self.pods
+        if t is not None and pod_alive and t.state is ContainerState.SCALED_DOWN:
+            await self.wake(key, "unmanaged")
+        async with self._lock(key):
+            if key in self._held:
+                self._held.discard(key)
+            with contextlib.suppress(Exception):  # the namespace may be gone with the pod
+                await self.net.teardown(key)
+            self.tracker.drop(key)
+            target = self.targets.pop(key, None)
+            if target is not None and target.container_id is not None:
+                self._by_id.pop(target.container_id, None)
+        self._locks.pop(key, None)
+        if not pod_alive:
+            self._published.pop((key.namespace, key.pod), None)
+        log.info("%s: no longer managed", _unit(key))
+
+    # --- hibernate --------------------------------------------------------------
+
+    async def hibernate(self, key: ContainerKey, why: str) -> None:
+        async with self._lock(key):
+            t, target = self.tracker.get(key), self.targets.get(key)
+            if t is None or target is None or target.container_id is None:
+                return
+            if t.state is not ContainerState.RUNNING:
+                return
+            self.tracker.begin_hibernate(key, self.clock())
+            await self._publish_key(key)
+            if target.mode != "none":
+                try:
+                    await self._arm(key)
+                except Exception as e:
+                    self.tracker.hibernate_failed(key, self.clock())
+                    await self._transition_event(key, "Warning", "HibernateFailed",
+                                                 f"packet hold not installed: {e}")
+                    return
+            t0 = time.monotonic()
+            try:
+                seconds = await self.shim.hibernate(target.container_id)
+            except Exception as e:
+                # Fail open: the container runs on, its traffic must flow.
+                await self._disarm(key)
+                self.tracker.hibernate_failed(key, self.clock())
+                await self._transition_event(key, "Warning", "HibernateFailed", str(e))
+                return
+            self.tracker.hibernated(key, self.clock())
+            metrics.CHECKPOINT_SECONDS.labels(runtime="runc", reason="hibernate").observe(
+                seconds or time.monotonic() - t0
+            )
+            await self._transition_event(
+                key, "Normal", "Hibernated", f"{key.container} hibernated in {seconds:.2f}s: {why}"
+            )
+
+    # --- wake -------------------------------------------------------------------
+
+    async def _arm(self, key: ContainerKey) -> None:
+        reason = "connection" if self.targets[key].mode == "connections" else "packet"
+
+        async def on_first_packet() -> None:
+            await self.wake(key, reason, from_hold=True)
+
+        await self.net.hold(key, on_first_packet)
+        self._held.add(key)
+
+    async def _disarm(self, key: ContainerKey) -> None:
+        if key in self._held:
+            self._held.discard(key)
+            try:
+                await self.net.release(key)
+            except Exception as e:
+                log.warning("%s: removing the hold failed: %s", _unit(key), e)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wake(self, key: ContainerKey, reason: str, *, from_hold: bool = False) -> None:
+        """Restore, then release. Called by the hold's first packet (``from_hold``:
+        the hold releases its packets itself when this returns), a WAKE directive,
+        or ``_forget``."""
+        ok = False
+        async with self._lock(key):
+            t, target = self.tracker.get(key), self.targets.get(key)
+            if t is None or target is None or target.container_id is None:
+                return
+            if not self.tracker.begin_wake(key, self.clock(), reason):
+                return
+            await self._publish_key(key)
+            try:
+                seconds = await asyncio.wait_for(
+                    self.shim.wake(target.container_id), self.wake_timeout
+                )
+                ok = True
+            except TimeoutError:
+                error = f"no answer from the shim within {self.wake_timeout}s"
+            except Exception as e:
+                error = str(e)
+            if ok:
+                self.tracker.woken(key, self.clock())
+                metrics.RESTORE_SECONDS.labels(runtime="runc").observe(seconds)
+                metrics.WAKES.labels(reason=reason).inc()
+                await self._transition_event(
+                    key, "Normal", "Woken", f"{key.container} woken by {reason} in {seconds:.2f}s"
+                )
+            else:
+                self.tracker.wake_failed(key, self.clock())
+                await self._transition_event(
+                    key, "Warning", "WakeFailed", f"wake by {reason} failed: {error}; "
+                    "held packets released"
+                )
+        # After the hold has let its packets go (it does so when this returns),
+        # remove it; a container still hibernated gets a fresh one.
+        self._spawn(self._after_wake(key, rearm=not ok))
+
+    async def _after_wake(self, key: ContainerKey, *, rearm: bool) -> None:
+        async with self._lock(key):
+            await self._disarm(key)
+            t = self.tracker.get(key)
+            if rearm and t is not None and t.state is ContainerState.SCALED_DOWN:
+                try:
+                    await self._arm(key)
+                except Exception as e:
+                    log.warning("%s: re-arming the hold failed: %s", _unit(key), e)
+
+    def on_shim_event(self, event: Mapping[str, Any]) -> None:
+        """A line of a shim's watch stream (called on the loop)."""
+        key = self._by_id.get(str(event.get("id") or ""))
+        if key is None:
+            return
+        if event.get("event") == "woken" and event.get("reason") != "request":
+            self._spawn(self._woken_by_shim(key, str(event.get("reason") or "exec")))
+
+    async def _woken_by_shim(self, key: ContainerKey, reason: str) -> None:
+        """The shim woke the container itself (kubectl exec): follow, release."""
+        async with self._lock(key):
+            t = self.tracker.get(key)
+            if t is None or t.state is not ContainerState.SCALED_DOWN:
+                return
+            self.tracker.woken(key, self.clock())
+            metrics.WAKES.labels(reason=reason).inc()
+            await self._disarm(key)
+            await self._transition_event(key, "Normal", "Woken", f"{key.container} woken by {reason}")
+
+    # --- migration, resize ------------------------------------------------------
+
+    async def migrate(self, key: ContainerKey, why: str) -> None:
+        async with self._lock(key):
+            t, target = self.tracker.get(key), self.targets.get(key)
+            if t is None or target is None or target.container_id is None or t.migrate_armed:
+                return
+            try:
+                await self.shim.migrate_on_stop(target.container_id, True)
+            except Exception as e:
+                t.migrate_armed = True  # once: the pod is going away either way
+                await self._transition_event(key, "Warning", "MigrationFailed", str(e))
+                return
+            await self._disarm(key)  # the pod is going away: let traffic fail fast
+            self.tracker.begin_migrate(key, self.clock())
+            await self._transition_event(
+                key, "Normal", "CheckpointForMigration",
+                f"{key.container} checkpoints on stop for its replacement: {why}"
+            )
+
+    async def resize(self, key: ContainerKey, to: ResizeTarget) -> None:
+        if not self.resize_enabled:
+            return
+        async with self._lock(key):
+            pod = self.pods.get((key.namespace, key.pod))
+            target = self.targets.get(key)
+            if pod is None or target is None or key not in self.tracker:
+                return
+            if not target.requests:  # nothing requested, nothing to give back
+                self.tracker.set_reduced(key, to is ResizeTarget.HIBERNATED)
+                return
+            try:
+                await self.reporter.resize(pod, key.container, to, dict(target.requests))
+            except Exception as e:
+                log.warning("%s: resize to %s failed: %s", _unit(key), to.value, e)
+                return
+            self.tracker.set_reduced(key, to is ResizeTarget.HIBERNATED)
+
+    # --- reporting --------------------------------------------------------------
+
+    async def _transition_event(self, key: ContainerKey, etype: str, reason: str, msg: str) -> None:
+        log.info("%s: %s: %s", _unit(key), reason, msg)
+        await self._publish_key(key)
+        pod = self.pods.get((key.namespace, key.pod))
+        if pod is not None:
+            try:
+                await self.reporter.event(pod, etype, reason, msg)
+            except Exception as e:
+                log.warning("%s: event %s not posted: %s", _unit(key), reason, e)
+
+    async def _publish_key(self, key: ContainerKey) -> None:
+        await self._publish((key.namespace, key.pod))
+
+    async def _publish(self, pk: PodKey) -> None:
+        pod = self.pods.get(pk)
+        states = self.tracker.pod_states(*pk)
+        if pod is None or not states:
+            return
+        value = status_annotation(states)
+        if self._published.get(pk) == value:
+            return
+        try:
+            await self.reporter.set_status(pod, states)
+        except Exception as e:  # retried on the next tick
+            log.warning("pod %s/%s: status not written: %s", *pk, e)
+            return
+        self._published[pk] = value
+
+    async def close(self) -> None:
+        """Stop: release every hold (fail open); hibernated containers stay so."""
+        for task in list(self._tasks):
+            task.cancel()
+        for key in list(self._held):
+            await self._disarm(key)
+

@@ -1,0 +1,90 @@
+"""The interfaces the controller drives: the shim, the pod network, the API server.
+
+The controller only sees these protocols, so its decisions (ordering, fail-open,
+bookkeeping) are tested with fakes; ``shimclient``, ``network`` and ``kube`` are
+the real implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from architect.engine.directives import ResizeTarget
+from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.runtime.daemon.targets import Target
+
+WakeFn = Callable[[], Awaitable[None]]
+EventFn = Callable[[Mapping[str, Any]], None]
+
+
+class ShimError(RuntimeError):
+    """The shim refused or failed a request; the message is the shim's own."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShimContainer:
+    """What the shim reports of one container."""
+
+    id: str
+    status: str  # "RUNNING", "SCALED_DOWN", "STOPPED", ...
+    pid: int
+    netns: str | None  # from the bundle's config.json
+    socket: str  # the control socket the container's symlink points at
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    last_packet_at: datetime | None
+    open_connections: int
+    held_packets: int
+
+
+class Shim(Protocol):
+    async def find(self, container_id: str) -> ShimContainer | None:
+        """The container as its shim reports it; None when no Architect shim runs it."""
+
+    async def hibernate(self, container_id: str) -> float:
+        """Checkpoint; the seconds it took. Raises ShimError."""
+
+    async def wake(self, container_id: str) -> float:
+        """Restore; the seconds it took. Raises ShimError."""
+
+    async def migrate_on_stop(self, container_id: str, enabled: bool) -> None: ...
+
+    def watch(self, socket: str, on_event: EventFn) -> None:
+        """Follow the events of the shim behind ``socket`` (idempotent)."""
+
+    async def close(self) -> None: ...
+
+
+class Network(Protocol):
+    async def setup(self, target: Target, netns: str) -> None:
+        """Activity counting and shadow ports; stale holds of this container removed."""
+
+    async def hold(self, key: ContainerKey, wake: WakeFn) -> None:
+        """Queue the container's incoming packets; the first one calls ``wake``."""
+
+    async def release(self, key: ContainerKey) -> None:
+        """Let held packets through (in order) and remove the hold."""
+
+    async def teardown(self, key: ContainerKey) -> None:
+        """Remove every rule of the container (it is no longer managed)."""
+
+    def sample(self, key: ContainerKey, now: datetime) -> Activity | None:
+        """Blocking (runs in a worker thread): one activity sample."""
+
+
+class Reporter(Protocol):
+    async def set_status(self, pod: Mapping[str, Any], states: Mapping[str, ContainerState]) -> None:
+        """The pod's status annotation (and its health-proxy status file)."""
+
+    async def event(self, pod: Mapping[str, Any], etype: str, reason: str, message: str) -> None: ...
+
+    async def resize(
+        self, pod: Mapping[str, Any], container: str, to: ResizeTarget, original: Mapping[str, str]
+    ) -> None:
+        """In-place resize through pods/resize; ``original``: the container's requests
+        as admitted (restored when ``to`` is ORIGINAL)."""

@@ -1,0 +1,158 @@
+"""Pure: which container of which pod the daemon manages, and how to reach it.
+
+A *target* is one governed container: its key, its containerd id (from the pod's
+``containerStatuses``), the network spec its HibernationPolicy asks for, and
+where its health-check proxy's status file lives. Everything here is computed
+from plain dicts and policy models, so every mapping is table-tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from architect.engine.directives import PolicyRef
+from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.policy.annotations import STATUS_ANNOTATION
+from architect.policy.models import HibernationContainer, HibernationPolicy, MigrationPolicy
+
+CONTAINERD_PREFIX = "containerd://"
+# The emptyDir volume admission mounts into the health-check proxy sidecar
+# (engine/admission/pods.py STATUS_VOLUME); the daemon writes status.json into it.
+STATUS_VOLUME_DIR = "volumes/kubernetes.io~empty-dir"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One governed container as the daemon drives it."""
+
+    key: ContainerKey
+    pod_uid: str
+    container_id: str | None  # None until the container has started
+    index: int  # position in spec.containers: names its chains and NFQUEUE
+    mode: str  # "none" | "packets" | "connections"
+    tcp_ports: tuple[int, ...]
+    udp_ports: tuple[int, ...]
+    shadow_ports: tuple[tuple[int, int], ...]  # (appPort, shadowPort)
+    exec_wakes: bool = True
+    requests: tuple[tuple[str, str], ...] = ()  # as admitted, for the resize back
+
+
+def container_requests(pod: Mapping[str, Any], container: str) -> tuple[tuple[str, str], ...]:
+    for c in (pod.get("spec") or {}).get("containers") or ():
+        if c.get("name") == container:
+            req = (c.get("resources") or {}).get("requests") or {}
+            return tuple(sorted((str(k), str(v)) for k, v in req.items()))
+    return ()
+
+
+def container_ids(pod: Mapping[str, Any]) -> dict[str, str]:
+    """Container name -> containerd id, for containers that have one."""
+    out: dict[str, str] = {}
+    for st in (pod.get("status") or {}).get("containerStatuses") or ():
+        cid = str(st.get("containerID") or "")
+        if cid.startswith(CONTAINERD_PREFIX) and st.get("name"):
+            out[str(st["name"])] = cid.removeprefix(CONTAINERD_PREFIX)
+    return out
+
+
+def declared_ports(pod: Mapping[str, Any], container: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(tcp, udp) containerPorts the pod declares for ``container``."""
+    tcp: set[int] = set()
+    udp: set[int] = set()
+    for c in (pod.get("spec") or {}).get("containers") or ():
+        if c.get("name") != container:
+            continue
+        for p in c.get("ports") or ():
+            port = p.get("containerPort")
+            if not isinstance(port, int) or isinstance(port, bool):
+                continue
+            (udp if str(p.get("protocol") or "TCP").upper() == "UDP" else tcp).add(port)
+    return tuple(sorted(tcp)), tuple(sorted(udp))
+
+
+def policy_container(policy: HibernationPolicy, name: str) -> HibernationContainer | None:
+    return next((c for c in policy.spec.containers if c.name == name), None)
+
+
+def index_policies(
+    policies: Sequence[HibernationPolicy | MigrationPolicy],
+) -> dict[PolicyRef, HibernationPolicy | MigrationPolicy]:
+    out: dict[PolicyRef, HibernationPolicy | MigrationPolicy] = {}
+    for p in policies:
+        ref = PolicyRef(p.kind, p.metadata.namespace or "default", p.metadata.name or "")
+        out[ref] = p
+    return out
+
+
+def build_target(
+    pod: Mapping[str, Any], key: ContainerKey, policy: HibernationPolicy | None
+) -> Target:
+    """The target of ``key``; a container only migrated (no HibernationPolicy) has
+    mode "none": no hold, no activity counting."""
+    meta = pod.get("metadata") or {}
+    names = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or ()]
+    index = names.index(key.container) if key.container in names else 0
+    hc = policy_container(policy, key.container) if policy is not None else None
+    tcp, udp = declared_ports(pod, key.container)
+    return Target(
+        key=key,
+        pod_uid=str(meta.get("uid") or ""),
+        container_id=container_ids(pod).get(key.container),
+        index=index,
+        mode=hc.wake_on.network if hc is not None else "none",
+        tcp_ports=tcp,
+        udp_ports=udp,
+        shadow_ports=tuple((m.app_port, m.shadow_port) for m in hc.shadow_ports) if hc else (),
+        exec_wakes=hc.wake_on.exec if hc is not None else True,
+        requests=container_requests(pod, key.container),
+    )
+
+
+def annotated_states(pod: Mapping[str, Any]) -> dict[str, ContainerState]:
+    """The states the pod's status annotation records (unknown values are dropped)."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, ContainerState] = {}
+    for name, value in doc.items():
+        try:
+            out[str(name)] = ContainerState(str(value))
+        except ValueError:
+            continue
+    return out
+
+
+def status_annotation(states: Mapping[str, ContainerState]) -> str:
+    """The annotation value: a JSON object container -> state, keys sorted so an
+    unchanged state gives an unchanged string (no needless patches)."""
+    return json.dumps({k: states[k].value for k in sorted(states)}, separators=(",", ":"))
+
+
+def status_patch(states: Mapping[str, ContainerState]) -> dict[str, Any]:
+    return {"metadata": {"annotations": {STATUS_ANNOTATION: status_annotation(states)}}}
+
+
+def status_file_path(kubelet_root: str, pod_uid: str, volume: str) -> str:
+    """Where the pod's health-proxy volume sits on the host."""
+    return os.path.join(kubelet_root, "pods", pod_uid, STATUS_VOLUME_DIR, volume, "status.json")
+
+
+def network_namespace(config: Mapping[str, Any]) -> str | None:
+    """The network namespace path of an OCI runtime spec (config.json), if it joins one.
+
+    containerd's CRI gives every container of a pod the sandbox's pinned namespace
+    file (``/var/run/netns/cni-...``), which outlives the processes: the hold can be
+    installed while the container is hibernated and has no process at all.
+    """
+    for ns in ((config.get("linux") or {}).get("namespaces")) or ():
+        if ns.get("type") == "network" and ns.get("path"):
+            return str(ns["path"])
+    return None
