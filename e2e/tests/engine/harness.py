@@ -51,6 +51,8 @@ class Operator:
     metrics_port: int
     log: Path
     label: str  # namespaces with NS_LABEL=label reach this operator's webhooks
+    system_namespace: str  # Architect's own: transfer key, node certificates, grants
+    transfer_port: int  # where the control plane says source daemons serve images
 
     def metric(self, name: str) -> float:
         """Sum of a Prometheus metric's samples (all label sets)."""
@@ -121,8 +123,13 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
     (work / "ca.pem").write_bytes(certs.ca_pem)
     (work / "tls.crt").write_bytes(certs.cert_pem)
     (work / "tls.key").write_bytes(certs.key_pem)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port, transfer_port = _free_port(), _free_port(), _free_port()
     log = work / "operator.log"
+    label = uuid.uuid4().hex[:8]
+    name = f"architect-e2e-engine-{label}"
+    system_ns = f"architect-e2e-sys-{label}"
+    kubectl(control_plane, "create", "namespace", system_ns)
+    kubectl(control_plane, "label", "namespace", system_ns, f"{NS_LABEL}={label}")
     env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -148,6 +155,10 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
                 "3s",
                 "--sidecar-image",
                 "example.test/architect:e2e",
+                "--namespace",
+                system_ns,
+                "--transfer-port",
+                str(transfer_port),
                 "--kubeconfig",
                 str(control_plane.kubeconfig),
                 *extra_args,
@@ -157,8 +168,6 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
             env=env,
             cwd=REPO,
         )
-    label = uuid.uuid4().hex[:8]
-    name = f"architect-e2e-engine-{label}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _tls_up(port, work / "ca.pem"):
@@ -177,7 +186,7 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
             "-",
             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [mutating, validating]}),
         )
-        op = Operator(control_plane, port, metrics_port, log, label)
+        op = Operator(control_plane, port, metrics_port, log, label, system_ns, transfer_port)
         eventually("metrics endpoint", lambda: _metrics_up(op), timeout_s=30)
         yield op
     finally:

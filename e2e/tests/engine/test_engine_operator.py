@@ -260,6 +260,18 @@ def _events(op: Operator, ns: str, name: str) -> list[str]:
     return [e["reason"] for e in items]
 
 
+PLAIN_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web-h1-bbbbb"},
+    "spec": {
+        # Never scheduled: the node tier may be up, and nothing here should run.
+        "schedulingGates": [{"name": "architect.loopholelabs.io/e2e-hold"}],
+        "containers": [{"name": "app", "image": "architect.local/pause:3.10"}],
+    },
+}
+
+
 def test_checkpoint_lifecycle_and_gc(operator: Operator) -> None:
     ns = operator.namespace("eng-ckpt")
     ckpt = {
@@ -290,6 +302,8 @@ def test_checkpoint_lifecycle_and_gc(operator: Operator) -> None:
     assert bad.returncode != 0
     assert "phase Ready -> Consumed is not allowed" in bad.stderr
 
+    # The consuming pod exists (a Restoring checkpoint whose pod is gone is handed back).
+    kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(PLAIN_POD))
     _set_status(
         operator, "checkpoint", ns, "web-app", {"phase": "Restoring", "consumedBy": "web-h1-bbbbb"}
     )
