@@ -17,6 +17,8 @@ from architect.engine.admission.pods import SidecarConfig, admit_pod, validate_w
 from architect.engine.admission.workloads import (
     AdmissionDenied,
     Op,
+    controller_owner,
+    describe,
     desired_policies,
     owns_its_policies,
     plan_sync,
@@ -41,7 +43,12 @@ from architect.engine.explain import parse_policies
 from architect.engine.pods import pod_info, telemetry_from_pod
 from architect.engine.status import selector_string, statuses
 from architect.engine.telemetry import ContainerKey, ContainerTelemetry
-from architect.policy.annotations import START_FROM_PERSISTENT
+from architect.policy.annotations import (
+    HEALTH_CHECK_PROXY,
+    PREFIX,
+    START_FROM_PERSISTENT,
+    WRITTEN_BY_ARCHITECT,
+)
 
 # (object, type, reason, message): posts a Kubernetes Event about the object.
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
@@ -106,6 +113,43 @@ async def review_workload(body: Mapping[str, Any], *, dryrun: bool, kube: KubeLi
     desired = desired_policies(body, policies)
     existing = await kube.list_policies(namespace)
     return Review(warnings, plan_sync(body, desired, existing))
+
+
+def architect_annotations(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    """The user-written Architect annotations (not those Architect writes itself)."""
+    ann = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return {
+        str(k): str(v)
+        for k, v in ann.items()
+        if str(k).startswith(PREFIX) and k not in WRITTEN_BY_ARCHITECT
+    }
+
+
+async def review_pod_update(
+    body: Mapping[str, Any], old: Mapping[str, Any] | None, *, dryrun: bool, kube: KubeLike
+) -> Review:
+    """Annotations edited on a running pod: validated like at creation; a bare
+    pod's compiled policies follow the edit. A pod of a workload keeps its
+    workload's policies (the template is the source): it is told so."""
+    before, after = architect_annotations(old), architect_annotations(body)
+    if before == after:
+        return Review([], [])
+    if before.get(HEALTH_CHECK_PROXY) != after.get(HEALTH_CHECK_PROXY):
+        # The sidecar and probes were set at creation and a pod's containers
+        # cannot change: the new mapping could never take effect.
+        raise AdmissionDenied(
+            f"{describe(body)}: {HEALTH_CHECK_PROXY} cannot change on an existing pod "
+            "(its health-check sidecar is fixed at creation); recreate the pod"
+        )
+    review = await review_workload(body, dryrun=dryrun, kube=kube)
+    if owns_its_policies(body):
+        return review
+    owner = controller_owner(body) or {}
+    note = (
+        f"{describe(body)}: Architect annotations edited on a pod of {owner.get('kind')} "
+        f"{owner.get('name')}; its policies follow that workload's pod template: edit it there"
+    )
+    return Review([*review.warnings, note], review.ops)
 
 
 async def record_policies(

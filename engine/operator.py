@@ -24,6 +24,7 @@ from architect.engine.admission.webhooks import (
     VALIDATE_CHECKPOINT_STATUS,
     VALIDATE_CRONJOB,
     VALIDATE_POD,
+    VALIDATE_POD_UPDATE,
     VALIDATE_WORKLOAD,
 )
 from architect.engine.admission.workloads import AdmissionDenied, Op, describe
@@ -142,10 +143,20 @@ def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 
 
 async def _review(
-    body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], hid: str
+    body: kopf.Body,
+    dryrun: bool,
+    memo: kopf.Memo,
+    warnings: list[str],
+    hid: str,
+    old: Mapping[str, Any] | None = None,
 ) -> None:
     try:
-        review = await handlers.review_workload(dict(body), dryrun=dryrun, kube=memo.kube)
+        if hid == VALIDATE_POD_UPDATE:
+            review = await handlers.review_pod_update(
+                dict(body), old, dryrun=dryrun, kube=memo.kube
+            )
+        else:
+            review = await handlers.review_workload(dict(body), dryrun=dryrun, kube=memo.kube)
     except AdmissionDenied as err:
         raise _deny(err, hid) from None
     warnings.extend(review.warnings)
@@ -170,6 +181,13 @@ async def validate_pod(
     body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], **_: Any
 ) -> None:
     await _review(body, dryrun, memo, warnings, VALIDATE_POD)
+
+
+@kopf.on.validate("v1", "pods", id=VALIDATE_POD_UPDATE, operations=["UPDATE"], side_effects=True)
+async def validate_pod_update(
+    body: kopf.Body, dryrun: bool, memo: kopf.Memo, warnings: list[str], **kwargs: Any
+) -> None:
+    await _review(body, dryrun, memo, warnings, VALIDATE_POD_UPDATE, kwargs.get("old"))
 
 
 @kopf.on.validate("apps", "v1", "deployments", id=VALIDATE_WORKLOAD, side_effects=True)

@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from architect.policy.annotations import GROUP, PREFIX, RUNTIME_CLASSES
+from architect.policy.annotations import GROUP, PREFIX, RUNTIME_CLASSES, WRITTEN_BY_ARCHITECT
 
 # Handler ids: also the URL path of each webhook on kopf's server.
 MUTATE_POD = "mutate-pod"
 VALIDATE_POD = "validate-pod"
+VALIDATE_POD_UPDATE = "validate-pod-update"
 VALIDATE_WORKLOAD = "validate-workload"
 VALIDATE_CRONJOB = "validate-cronjob"
 VALIDATE_CHECKPOINT_STATUS = "validate-checkpoint-status"
@@ -67,6 +68,26 @@ def intent_expression(template: str) -> str:
         f" || (has({template}.metadata.annotations) && "
         f"{template}.metadata.annotations.exists(k, k.startsWith('{PREFIX}')))"
     )
+
+
+def annotations_changed_expression() -> str:
+    """CEL: an UPDATE changed, added or removed a user-written Architect annotation.
+
+    Only those edits reach the pod-update webhook: the daemon's own status
+    annotation and every other pod update (labels, finalizers, kubelet's) never
+    do, so they cannot be slowed or blocked by it."""
+    ours = " && ".join(f"k != '{k}'" for k in sorted(WRITTEN_BY_ARCHITECT))
+    new, old = "object.metadata.annotations", "oldObject.metadata.annotations"
+    has_new, has_old = f"has({new})", f"has({old})"
+    changed = (
+        f"({has_new} && {new}.exists(k, k.startsWith('{PREFIX}') && {ours} && "
+        f"(!{has_old} || !(k in {old}) || {old}[k] != {new}[k])))"
+    )
+    removed = (
+        f"({has_old} && {old}.exists(k, k.startsWith('{PREFIX}') && {ours} && "
+        f"(!{has_new} || !(k in {new}))))"
+    )
+    return f"request.operation == 'UPDATE' && ({changed} || {removed})"
 
 
 def _namespace_selector(scope: Scope) -> dict[str, Any]:
@@ -167,6 +188,22 @@ def build_configurations(
                 client,
                 scope,
                 [{"name": "architect-intent", "expression": intent_expression("object")}],
+                side_effects="NoneOnDryRun",
+            ),
+            # Annotations edited on an existing pod: validated, a bare pod's
+            # policies recompiled. Only such edits are sent (see the condition).
+            _webhook(
+                f"pod-updates.{GROUP}",
+                VALIDATE_POD_UPDATE,
+                [_rule("", ["pods"], ["UPDATE"])],
+                client,
+                scope,
+                [
+                    {
+                        "name": "architect-annotations-edited",
+                        "expression": annotations_changed_expression(),
+                    }
+                ],
                 side_effects="NoneOnDryRun",
             ),
             _webhook(

@@ -14,7 +14,11 @@ from architect.engine.admission.pods import (
     admit_pod,
     validate_workload,
 )
-from architect.engine.admission.webhooks import ClientConfig, build_configurations
+from architect.engine.admission.webhooks import (
+    ClientConfig,
+    annotations_changed_expression,
+    build_configurations,
+)
 from architect.engine.admission.workloads import (
     AdmissionDenied,
     desired_policies,
@@ -248,7 +252,11 @@ def test_webhook_configurations_are_scoped() -> None:
     for h in hooks:
         assert h["clientConfig"]["url"].startswith("https://127.0.0.1:9443/")
         assert "kube-system" in h["namespaceSelector"]["matchExpressions"][0]["values"]
-        if "checkpoint" not in h["name"]:
+        if h["name"].startswith("pod-updates."):
+            (cond,) = h["matchConditions"]
+            assert cond["expression"] == annotations_changed_expression()
+            assert h["failurePolicy"] == "Fail"
+        elif "checkpoint" not in h["name"]:
             (cond,) = h["matchConditions"]
             assert "runc-architect" in cond["expression"]
             assert "architect.loopholelabs.io/" in cond["expression"]
@@ -258,3 +266,46 @@ def test_webhook_configurations_are_scoped() -> None:
     svc = ClientConfig("Q0E=", service_namespace="architect-system", service_name="architect")
     m2, _ = build_configurations(svc)
     assert m2["webhooks"][0]["clientConfig"]["service"]["path"] == "/mutate-pod"
+
+
+CREATE = {"create": "no old object"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "sent"),
+    [
+        (CREATE, {PREFIX + "managed-containers": "[]"}, False),  # the create webhooks' job
+        ({PREFIX + "managed-containers": '["a"]'}, {PREFIX + "managed-containers": '["a"]'}, False),
+        ({PREFIX + "managed-containers": '["a"]'}, {PREFIX + "managed-containers": '["b"]'}, True),
+        ({}, {PREFIX + "scaledown-durations": "{}"}, True),
+        (None, {PREFIX + "scaledown-durations": "{}"}, True),  # no annotations before
+        ({PREFIX + "scaledown-durations": "{}"}, {}, True),
+        ({PREFIX + "scaledown-durations": "{}"}, None, True),  # all annotations gone
+        ({}, {PREFIX + "typo": "x"}, True),  # unknown keys are the compiler's to refuse
+        # Architect's own status annotation, and anything not Architect's: never sent.
+        ({PREFIX + "status": "a"}, {PREFIX + "status": "b"}, False),
+        ({"other": "a"}, {"other": "b", PREFIX + "status": "c"}, False),
+        (None, None, False),
+    ],
+)
+def test_only_edits_of_architect_annotations_reach_the_pod_update_webhook(
+    old: dict[str, str] | None, new: dict[str, str] | None, sent: bool
+) -> None:
+    """The CEL condition, evaluated as the API server would (celpy)."""
+    import celpy
+    from celpy.adapter import json_to_cel
+
+    def obj(ann: dict[str, str] | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": "p"}
+        if ann is not None:
+            meta["annotations"] = ann
+        return {"metadata": meta}
+
+    env = celpy.Environment()
+    program = env.program(env.compile(annotations_changed_expression()))
+    activation = {
+        "request": json_to_cel({"operation": "CREATE" if old is CREATE else "UPDATE"}),
+        "object": json_to_cel(obj(new)),
+        "oldObject": json_to_cel(None if old is CREATE else obj(old)),
+    }
+    assert bool(program.evaluate(activation)) is sent

@@ -201,6 +201,82 @@ async def test_review_denies_bad_annotations_before_any_write() -> None:
     assert kube.calls == []
 
 
+def running_pod(annotations: dict[str, str], owner: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": "solo",
+        "namespace": "ns",
+        "uid": "p1",
+        "labels": {"app": "solo"},
+        "annotations": annotations,
+    }
+    if owner:
+        meta["ownerReferences"] = [
+            {"kind": owner, "name": "web-1", "uid": "o1", "controller": True}
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"runtimeClassName": "runc-architect", "containers": [{"name": "app"}]},
+    }
+
+
+async def test_pod_edit_of_a_bare_pod_recompiles_its_policies() -> None:
+    kube = FakeKube()
+    kube.uids[("Pod", "ns", "solo")] = "p1"
+    assert await review_and_record(kube, running_pod(GOOD))
+    kube.calls.clear()
+    edited = {**GOOD, P + "scaledown-durations": '{"app":"5m"}'}
+    review = await handlers.review_pod_update(
+        running_pod(edited), running_pod(GOOD), dryrun=False, kube=kube
+    )
+    assert [(op.verb, op.kind) for op in review.ops] == [("replace", "HibernationPolicy")]
+    assert review.ops[0].body is not None
+    assert review.ops[0].body["spec"]["containers"][0]["scaledownAfter"] == "5m"
+
+
+async def test_pod_edit_unchanged_or_status_only_does_nothing() -> None:
+    kube = FakeKube()
+    status = {**GOOD, P + "status": '{"app":"SCALED_DOWN"}'}
+    review = await handlers.review_pod_update(
+        running_pod(status), running_pod(GOOD), dryrun=False, kube=kube
+    )
+    assert review == handlers.Review([], [])
+
+
+async def test_pod_edit_invalid_or_of_the_sidecar_mapping_is_denied() -> None:
+    kube = FakeKube()
+    with pytest.raises(AdmissionDenied, match=r"Pod ns/solo: invalid Architect annotations"):
+        await handlers.review_pod_update(
+            running_pod({P + "managed-containers": '["x"]'}),
+            running_pod(GOOD),
+            dryrun=False,
+            kube=kube,
+        )
+    hc = '{"mappings": [{"containerName": "app", "appPort": 80, "shadowPort": 81}]}'
+    with pytest.raises(
+        AdmissionDenied, match="health-check-proxy cannot change on an existing pod"
+    ):
+        await handlers.review_pod_update(
+            running_pod({**GOOD, P + "health-check-proxy": hc}),
+            running_pod(GOOD),
+            dryrun=False,
+            kube=kube,
+        )
+    assert kube.calls == []
+
+
+async def test_pod_edit_of_a_workload_pod_is_validated_and_pointed_at_the_template() -> None:
+    kube = FakeKube()
+    edited = {**GOOD, P + "scaledown-durations": '{"app":"5m"}'}
+    review = await handlers.review_pod_update(
+        running_pod(edited, "ReplicaSet"), running_pod(GOOD, "ReplicaSet"), dryrun=False, kube=kube
+    )
+    assert review.ops == []
+    (w,) = review.warnings
+    assert "pod of ReplicaSet web-1" in w and "edit it there" in w
+
+
 async def test_start_from_warning() -> None:
     kube = FakeKube()
     pod = {
