@@ -481,7 +481,7 @@ async def revoke_grant(body: Mapping[str, Any], *, kube: KubeLike) -> None:
 
 
 async def sweep_transfer(
-    *, kube: KubeLike, now: datetime, namespace: str, ca: Any
+    *, kube: KubeLike, now: datetime, namespace: str, cluster: trust.Trust
 ) -> tuple[int, int]:
     """Revoke stale grants and issue missing node certificates: (revoked, issued)."""
     grants = await kube.list_secrets(namespace, f"{coordinate.GRANT_LABEL}=true")
@@ -495,7 +495,7 @@ async def sweep_transfer(
     nodes = await kube.list_nodes()
     certs = await kube.list_secrets(namespace, f"{trust.NODE_CERT_LABEL}=true")
     issued = 0
-    for node in trust.nodes_needing_certs(nodes, certs, ca, now):
-        await kube.put_secret(trust.node_cert_secret(ca, node, namespace))
+    for node in trust.nodes_needing_certs(nodes, certs, cluster, now):
+        await kube.put_secret(trust.node_cert_secret(cluster, node, namespace))
         issued += 1
     return revoked, issued

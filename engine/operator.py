@@ -75,7 +75,7 @@ async def _gc_loop(kube: Kube, config: OperatorConfig) -> None:
             await handlers.refresh_policy_status(kube=kube, now=_now())
             trust = await _trust(kube)
             await handlers.sweep_transfer(
-                kube=kube, now=_now(), namespace=config.transfer.namespace, ca=trust.ca
+                kube=kube, now=_now(), namespace=config.transfer.namespace, cluster=trust
             )
         except Exception:  # one failed pass must not end the loop for good
             log.exception("garbage collection / status pass failed")

@@ -5,8 +5,9 @@
   reads it.
 - ``architect-node-<node>`` (type kubernetes.io/tls, labelled with the node):
   the node's certificate (CN = node name, SANs = its name and addresses, client
-  and server use), its key and the CA certificate; the node's daemon mounts or
-  reads it. Issued for every Node and renewed a month before it expires.
+  and server use), its key, the CA certificate and the ticket key (a source
+  daemon verifies tickets with it); the node's daemon mounts or reads it, never
+  the CA's key. Issued for every Node and renewed a month before it expires.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from architect.policy.annotations import PREFIX
 
 TRUST_SECRET = "architect-transfer"
 KEY_FIELD, CA_CERT_FIELD, CA_KEY_FIELD = "key", "ca.crt", "ca.key"
+TICKET_KEY_FIELD = "ticket.key"  # in a node's Secret: the HMAC key, to verify tickets
 NODE_CERT_LABEL = PREFIX + "node-certificate"
 RENEW_BEFORE = timedelta(days=30)
 
@@ -95,11 +97,12 @@ def _addresses(node: Mapping[str, Any]) -> list[str]:
 def nodes_needing_certs(
     nodes: Iterable[Mapping[str, Any]],
     secrets: Iterable[Mapping[str, Any]],
-    ca: CertAuthority,
+    cluster: Trust,
     now: datetime,
 ) -> list[Mapping[str, Any]]:
-    """Nodes without a certificate from this CA, with one expiring within a
-    month, or whose addresses changed."""
+    """Nodes without a certificate from this CA (or the current ticket key),
+    with one expiring within a month, or whose addresses changed."""
+    ca = cluster.ca
     by_node = {
         str(((s.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)): s for s in secrets
     }
@@ -114,6 +117,7 @@ def nodes_needing_certs(
             cert, ca_pem = _field(s, "tls.crt"), _field(s, CA_CERT_FIELD)
             stale = (
                 ca_pem != ca.cert_pem
+                or _field(s, TICKET_KEY_FIELD) != cluster.key
                 or not_after(cert) - now < RENEW_BEFORE
                 or ((s.get("metadata") or {}).get("annotations") or {}).get(PREFIX + "addresses")
                 != ",".join(_addresses(node))
@@ -125,10 +129,10 @@ def nodes_needing_certs(
     return out
 
 
-def node_cert_secret(ca: CertAuthority, node: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+def node_cert_secret(cluster: Trust, node: Mapping[str, Any], namespace: str) -> dict[str, Any]:
     name = str((node.get("metadata") or {}).get("name"))
     addresses = _addresses(node)
-    cert = make_node_cert(ca, name, addresses)
+    cert = make_node_cert(cluster.ca, name, addresses)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -143,5 +147,6 @@ def node_cert_secret(ca: CertAuthority, node: Mapping[str, Any], namespace: str)
             "tls.crt": base64.b64encode(cert.cert_pem).decode(),
             "tls.key": base64.b64encode(cert.key_pem).decode(),
             CA_CERT_FIELD: base64.b64encode(cert.ca_pem).decode(),
+            TICKET_KEY_FIELD: base64.b64encode(cluster.key).decode(),
         },
     }

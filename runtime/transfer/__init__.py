@@ -5,7 +5,7 @@ from architect.engine.controlplane.transfer import Grant, TransferError, grant_f
 from architect.runtime.transfer.client import fetch, mark_pending
 from architect.runtime.transfer.images import ImageRef, export, image_ref, remove_outgoing
 from architect.runtime.transfer.server import DEFAULT_PORT, TransferServer, serve
-from architect.runtime.transfer.tls import NodeTLS
+from architect.runtime.transfer.tls import NodeTLS, ticket_key_from_dir
 
 __all__ = [
     "DEFAULT_PORT",
@@ -21,4 +21,5 @@ __all__ = [
     "mark_pending",
     "remove_outgoing",
     "serve",
+    "ticket_key_from_dir",
 ]

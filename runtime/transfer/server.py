@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from architect.engine.controlplane.coordinate import DESTINATION_ANNOTATION
 from architect.engine.controlplane.transfer import SCHEME, TransferError, authorize, verify
 from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint.errors import CheckpointError
@@ -107,6 +108,12 @@ class TransferServer:
         except TransferError as e:
             raise Refused(403, str(e)) from None
         assert checkpoint is not None  # authorize refuses None
+        # The control plane records where it granted the transfer; a ticket is
+        # not enough on its own (every daemon holds the key that signs them).
+        ann = (checkpoint.get("metadata") or {}).get("annotations") or {}
+        granted = ann.get(DESTINATION_ANNOTATION)
+        if granted is not None and granted != peer:
+            raise Refused(403, f"Checkpoint {ns}/{name} was granted to {granted}, not {peer}")
         spec = checkpoint.get("spec") or {}
         try:
             image_dir = outgoing_dir(

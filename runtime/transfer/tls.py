@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from architect.engine.controlplane.transfer import TransferError
+from architect.engine.controlplane.trust import TICKET_KEY_FIELD
 from architect.engine.tls import ServingCert, common_name, pem_common_name
 
 CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "tls.crt", "tls.key"  # a kubernetes.io/tls Secret's keys
+TICKET_KEY_FILE = TICKET_KEY_FIELD  # the control plane's ticket key, in the same Secret
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,15 @@ def peer_node(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
         return ""
     der = ssl_object.getpeercert(binary_form=True)
     return common_name(der) if der else ""
+
+
+def ticket_key_from_dir(directory: Path) -> bytes:
+    """The ticket key from a mounted node Secret (``ticket.key``)."""
+    path = directory / TICKET_KEY_FILE
+    try:
+        key = path.read_bytes()
+    except OSError as e:
+        raise TransferError(f"ticket key: {e.strerror}: {path}") from None
+    if len(key) < 32:
+        raise TransferError(f"ticket key {path}: {len(key)} bytes, want at least 32")
+    return key

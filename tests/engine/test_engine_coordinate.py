@@ -232,21 +232,27 @@ def test_trust_secret_round_trip_and_errors() -> None:
 
 
 def test_node_certificates_are_issued_and_renewed() -> None:
-    ca = make_ca("ca")
+    cluster = trust.Trust(KEY, make_ca("ca"))
     nodes = [node("node-a", "10.0.0.1"), node("node-b", "10.0.0.2")]
-    assert len(trust.nodes_needing_certs(nodes, [], ca, NOW)) == 2
-    secrets = [trust.node_cert_secret(ca, n, "arch") for n in nodes]
+    assert len(trust.nodes_needing_certs(nodes, [], cluster, NOW)) == 2
+    secrets = [trust.node_cert_secret(cluster, n, "arch") for n in nodes]
     now = datetime.now(UTC)
-    assert trust.nodes_needing_certs(nodes, secrets, ca, now) == []
+    assert trust.nodes_needing_certs(nodes, secrets, cluster, now) == []
     cert = base64.b64decode(secrets[0]["data"]["tls.crt"])
     assert pem_common_name(cert) == "node-a"
-    # An address change, another CA, or the last month: issue again.
+    assert base64.b64decode(secrets[0]["data"]["ticket.key"]) == KEY
+    assert "ca.key" not in secrets[0]["data"]  # a node never holds the CA's key
+    # An address change, another CA or key, or the last month: issue again.
     moved = [node("node-a", "10.0.0.9"), nodes[1]]
-    assert [n["metadata"]["name"] for n in trust.nodes_needing_certs(moved, secrets, ca, now)] == [
-        "node-a"
-    ]
-    assert len(trust.nodes_needing_certs(nodes, secrets, make_ca("other"), now)) == 2
-    assert len(trust.nodes_needing_certs(nodes, secrets, ca, now + timedelta(days=340))) == 2
+    stale = trust.nodes_needing_certs(moved, secrets, cluster, now)
+    assert [n["metadata"]["name"] for n in stale] == ["node-a"]
+    assert (
+        len(trust.nodes_needing_certs(nodes, secrets, trust.Trust(KEY, make_ca("other")), now)) == 2
+    )
+    assert (
+        len(trust.nodes_needing_certs(nodes, secrets, trust.Trust(b"z" * 32, cluster.ca), now)) == 2
+    )
+    assert len(trust.nodes_needing_certs(nodes, secrets, cluster, now + timedelta(days=340))) == 2
     assert trust.node_secret_name("n" * 250).startswith("architect-node-")
     assert len(trust.node_secret_name("n" * 250)) < 64
 

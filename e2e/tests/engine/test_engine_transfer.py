@@ -215,8 +215,11 @@ def test_checkpoint_moves_to_a_replacement_on_another_node(
     assert [s["metadata"]["name"] for s in listed] == [grant_name]
 
     grant = grant_from_data({k: v.decode() for k, v in _secret(operator, grant_name).items()})
-    key = _secret(operator, trust.TRUST_SECRET)["key"]
     src_tls, dst_tls = _node_tls(operator, src), _node_tls(operator, dst)
+    # The source daemon verifies tickets with the key in its own node Secret.
+    key = _secret(operator, trust.node_secret_name(src))[trust.TICKET_KEY_FIELD]
+    assert key == _secret(operator, trust.TRUST_SECRET)["key"]
+    assert "ca.key" not in _secret(operator, trust.node_secret_name(src))
 
     async def move() -> Path:
         server = TransferServer(tmp_path / "src", src_tls, key, _lookup(operator))
@@ -280,7 +283,7 @@ def test_failed_transfer_and_vanished_pod(
     grant = grant_from_data(
         {k: v.decode() for k, v in _secret(operator, bad_grant.partition("/")[2]).items()}
     )
-    key = _secret(operator, trust.TRUST_SECRET)["key"]
+    key = _secret(operator, trust.node_secret_name(src))[trust.TICKET_KEY_FIELD]
 
     async def attempt() -> str:
         server = TransferServer(tmp_path / "src", _node_tls(operator, src), key, _lookup(operator))

@@ -26,7 +26,14 @@ from architect.engine.controlplane.transfer import (
 from architect.engine.tls import CertAuthority, make_ca, make_node_cert
 from architect.runtime.checkpoint import image
 from architect.runtime.shim.plan import PENDING_MARK, READY_MARK
-from architect.runtime.transfer import NodeTLS, TransferServer, export, fetch, mark_pending
+from architect.runtime.transfer import (
+    NodeTLS,
+    TransferServer,
+    export,
+    fetch,
+    mark_pending,
+    ticket_key_from_dir,
+)
 from architect.runtime.transfer.images import ImageRef, outgoing_dir
 
 KEY = b"k" * 32
@@ -285,6 +292,16 @@ async def test_checkpoint_not_restoring_for_the_pod_is_refused(lab: Lab) -> None
     lab.assert_nothing_ready()
 
 
+async def test_checkpoint_granted_to_another_node_is_refused(lab: Lab) -> None:
+    # A daemon holds the ticket key, so it could sign a ticket for itself: the
+    # control plane's record of the destination on the Checkpoint decides.
+    meta = lab.checkpoints[("ns", "ck")]["metadata"]
+    meta["annotations"] = {"architect.loopholelabs.io/transfer-destination": "node-c"}
+    with pytest.raises(TransferError, match="was granted to node-c, not node-b"):
+        await fetch(lab.grant(), lab.dst_root, node_tls(lab.ca, DST))
+    lab.assert_nothing_ready()
+
+
 async def test_ticket_for_another_checkpoint_is_refused(lab: Lab) -> None:
     grant = lab.grant(name="other")
     ctx_status, text = await _get(lab, {"Authorization": f"Architect-Ticket {grant.token}"})
@@ -421,6 +438,13 @@ def test_tls_from_a_mounted_secret_dir(tmp_path: Path) -> None:
     tls = NodeTLS.from_dir(tmp_path)
     assert tls.node == "node-x"
     assert isinstance(tls.server_context(), ssl.SSLContext)
+    with pytest.raises(TransferError, match="ticket key: No such file"):
+        ticket_key_from_dir(tmp_path)
+    (tmp_path / "ticket.key").write_bytes(b"short")
+    with pytest.raises(TransferError, match="5 bytes, want at least 32"):
+        ticket_key_from_dir(tmp_path)
+    (tmp_path / "ticket.key").write_bytes(KEY)
+    assert ticket_key_from_dir(tmp_path) == KEY
     (tmp_path / "tls.key").unlink()
     with pytest.raises(TransferError, match="No such file"):
         NodeTLS.from_dir(tmp_path)
