@@ -29,6 +29,7 @@ from architect.runtime.transfer import NodeTLS, TransferError, TransferServer, e
 from architect.runtime.transfer.images import outgoing_dir
 from e2e.tests.cluster.kube import eventually, get_json, kubectl
 from e2e.tests.engine.harness import Operator
+from e2e.tests.engine.test_engine_operator import _events, _set_status
 
 pytestmark = pytest.mark.cluster
 
@@ -94,13 +95,6 @@ def _checkpoint(op: Operator, ns: str, name: str) -> dict[str, Any]:
     return obj
 
 
-def _events(op: Operator, ns: str, name: str) -> list[str]:
-    items = get_json(
-        op.cluster, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}"
-    )["items"]
-    return [e["reason"] for e in items]
-
-
 def _make_checkpoint(
     op: Operator, ns: str, name: str, src: str, root: Path, container: str
 ) -> None:
@@ -128,17 +122,7 @@ def _make_checkpoint(
     eventually(
         "Pending", lambda: (_checkpoint(op, ns, name).get("status") or {}).get("phase") == "Pending"
     )
-    kubectl(
-        op.cluster,
-        "patch",
-        f"checkpoint/{name}",
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"phase": "Ready", "message": "image written"}}),
-    )
+    _set_status(op, "checkpoint", ns, name, {"phase": "Ready", "message": "image written"})
 
 
 def _replacement(op: Operator, ns: str, name: str, node: str, container: str) -> None:
