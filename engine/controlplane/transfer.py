@@ -145,7 +145,7 @@ class DigestVerifier:
         self._h = hashlib.sha256()
         self._n = 0
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
         self._n += len(chunk)
         if self._n > self.size:
             raise TransferError(f"image is larger than the recorded {self.size} bytes")

@@ -12,14 +12,18 @@ marked ready.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
 import shutil
+import socket
 import ssl
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 from architect.engine.controlplane.transfer import SCHEME, DigestVerifier, Grant, TransferError
@@ -34,6 +38,8 @@ log = logging.getLogger("architect.transfer")
 
 MAX_MANIFEST = 64 << 20  # a manifest lists files; more than this is not one
 MAX_HEADERS = 100
+LINE_MAX = 64 << 10
+IDLE_TIMEOUT_S = 30.0  # no byte for this long: the peer is gone
 CONNECT_TIMEOUT_S = 10.0
 TOTAL_TIMEOUT_S = 600.0
 
@@ -58,12 +64,15 @@ async def fetch(
     *,
     timeout_s: float = TOTAL_TIMEOUT_S,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    timings: dict[str, float] | None = None,
 ) -> Path:
     """Download the granted image into ``root``'s handover directory; its path.
 
     Raises TransferError naming the check that failed; nothing is left marked
-    ready then.
+    ready then. ``timings`` (if given) gets the seconds of ``download`` and
+    ``unpack`` (per-file digests, hand-over).
     """
+    timings = {} if timings is None else timings
     ticket = grant.ticket
     if ticket.destination_node != tls.node:
         raise TransferError(
@@ -74,7 +83,9 @@ async def fetch(
     staging = dest.parent / f".{grant.container}.incoming-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
+        t0 = time.monotonic()
         await _download(grant, tls, staging / "image", timeout_s, connect_timeout_s)
+        timings["download"] = time.monotonic() - t0
         unpacked = staging / "unpacked"
         try:
             await asyncio.to_thread(image.unpack, staging / "image", unpacked)
@@ -85,6 +96,7 @@ async def fetch(
                 os.replace(child, dest / child.name)
         (dest / READY_MARK).touch()  # last: the shim restores once it sees this
         (dest / PENDING_MARK).unlink(missing_ok=True)
+        timings["unpack"] = time.monotonic() - t0 - timings["download"]
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -100,9 +112,9 @@ class _Head:
     headers: dict[str, str]  # lower-cased names
 
 
-async def _read_head(reader: asyncio.StreamReader, where: str) -> _Head:
+def _read_head(stream: io.BufferedReader, where: str) -> _Head:
     """Status line and headers of an HTTP/1.1 response (our server's: no chunking)."""
-    line = await reader.readline()
+    line = stream.readline(LINE_MAX)
     if not line:
         # TLS 1.3 checks the client certificate after the handshake: a refusal
         # arrives as a closed connection.
@@ -115,7 +127,7 @@ async def _read_head(reader: asyncio.StreamReader, where: str) -> _Head:
         raise TransferError(f"{where}: not an HTTP response ({line[:80]!r})")
     headers: dict[str, str] = {}
     for _ in range(MAX_HEADERS):
-        raw = await reader.readline()
+        raw = stream.readline(LINE_MAX)
         if raw in (b"\r\n", b"\n", b""):
             return _Head(int(parts[1]), headers)
         name, _, value = raw.decode("latin-1").partition(":")
@@ -123,42 +135,72 @@ async def _read_head(reader: asyncio.StreamReader, where: str) -> _Head:
     raise TransferError(f"{where}: more than {MAX_HEADERS} response headers")
 
 
+def _read_exactly(stream: io.BufferedReader, n: int, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) < n:
+        raise TransferError(f"{what} was cut short after {len(data)} of {n} bytes")
+    return data
+
+
 async def _download(
     grant: Grant, tls: NodeTLS, image_dir: Path, timeout_s: float, connect_timeout_s: float
 ) -> None:
-    ticket = grant.ticket
-    ref = f"{ticket.namespace}/{ticket.name}"
-    where = grant.endpoint
+    # Blocking TLS in a worker thread: about twice asyncio's SSL throughput, and
+    # the event loop stays free. Every socket operation has a timeout, and the
+    # whole download a deadline, so the thread always ends.
     url = urlsplit(grant.endpoint)
     if url.scheme != "https" or not url.hostname:
         raise TransferError(f"endpoint {grant.endpoint!r} is not an https://HOST:PORT URL")
     image_dir.mkdir()
-    got = 0
-    writer: asyncio.StreamWriter | None = None
+    ctx = tls.client_context()
+    await asyncio.to_thread(
+        _download_sync,
+        grant,
+        ctx,
+        url.hostname,
+        url.port or 443,
+        url.netloc,
+        image_dir,
+        time.monotonic() + timeout_s,
+        connect_timeout_s,
+    )
+
+
+def _download_sync(
+    grant: Grant,
+    ctx: ssl.SSLContext,
+    host: str,
+    port: int,
+    netloc: str,
+    image_dir: Path,
+    deadline: float,
+    connect_timeout_s: float,
+) -> None:
+    ticket = grant.ticket
+    ref = f"{ticket.namespace}/{ticket.name}"
+    where = grant.endpoint
+    cut = f"download of {ref} from {where}"
     try:
-        async with asyncio.timeout(timeout_s):
-            reader, w = await asyncio.wait_for(
-                asyncio.open_connection(
-                    url.hostname, url.port or 443, ssl=tls.client_context(), limit=CHUNK
-                ),
-                connect_timeout_s,
-            )
-            writer = w
-            peer = peer_node(w.get_extra_info("ssl_object"))
+        with (
+            socket.create_connection((host, port), timeout=connect_timeout_s) as raw_sock,
+            ctx.wrap_socket(raw_sock, server_hostname=host) as sock,
+        ):
+            sock.settimeout(max(0.1, min(IDLE_TIMEOUT_S, deadline - time.monotonic())))
+            peer = peer_node(sock)
             if peer != ticket.source_node:
                 raise TransferError(
                     f"{where} presented a certificate for {peer or 'nobody'}, "
                     f"not the source node {ticket.source_node}"
                 )
             path = f"/v1/checkpoints/{ticket.namespace}/{ticket.name}"
-            w.write(
-                f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\n"
                 f"Authorization: {SCHEME} {grant.token}\r\nConnection: close\r\n\r\n".encode()
             )
-            await w.drain()
-            head = await _read_head(reader, where)
+            stream = cast(io.BufferedReader, sock.makefile("rb", buffering=CHUNK))
+            head = _read_head(stream, where)
             if head.status != 200:
-                text = (await reader.read(4096)).decode(errors="replace").strip()
+                text = stream.read(4096).decode(errors="replace").strip()
                 raise TransferError(f"{where} refused {ref}: {head.status} {text}")
             try:
                 mlen = int(head.headers.get(MANIFEST_LENGTH.lower(), ""))
@@ -170,29 +212,28 @@ async def _download(
                     f"{where}: sends {length} bytes (manifest {mlen}), "
                     f"the ticket says {ticket.size_bytes}"
                 )
-            raw = await reader.readexactly(mlen)
-            got = mlen
+            raw = _read_exactly(stream, mlen, cut)
             check = DigestVerifier(ticket.digest, mlen)
             check.update(raw)
             check.finish()  # the manifest the source recorded, signed into the ticket
             manifest = image.manifest_from_dict(json.loads(raw), f"{ref} manifest")
             payload = DigestVerifier("sha256:" + manifest.payload.sha256, manifest.payload.size)
+            got, want = 0, length - mlen
+            buf = memoryview(bytearray(CHUNK))
             with open(image_dir / manifest.payload.file, "xb") as out:
-                while got < length:
-                    chunk = await reader.read(min(CHUNK, length - got))
-                    if not chunk:
+                while got < want:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    n = stream.readinto(buf[: min(CHUNK, want - got)])
+                    if not n:
                         break
-                    payload.update(chunk)
-                    out.write(chunk)  # page cache: cheaper than a thread hop per chunk
-                    got += len(chunk)
-            if got < length:
-                raise TransferError(
-                    f"download of {ref} from {where} was cut short after {got} of {length} bytes"
-                )
+                    payload.update(buf[:n])  # refuses more than the recorded size
+                    out.write(buf[:n])
+                    got += n
+            if got < want:
+                raise TransferError(f"{cut} was cut short after {mlen + got} of {length} bytes")
             payload.finish()
             (image_dir / image.MANIFEST).write_bytes(raw)
-    except asyncio.IncompleteReadError:
-        raise TransferError(f"download of {ref} from {where} was cut short") from None
     except TimeoutError:
         raise TransferError(f"transfer of {ref} from {where} timed out") from None
     except (ValueError, CheckpointError) as e:
@@ -205,6 +246,3 @@ async def _download(
         if e.filename is not None:
             raise  # this node's disk, not the peer
         raise TransferError(f"transfer of {ref} from {where} failed: {e}") from None
-    finally:
-        if writer is not None:
-            writer.close()
