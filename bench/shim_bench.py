@@ -7,15 +7,26 @@ Runs a private containerd (as the shim tests do) and reports, in one run:
   `ctr task exec` on a hibernated container against the same exec on a running one,
   and the container's cgroup RSS before and after hibernation.
 
-Needs root and runtime/shim/install. Usage: python bench/shim_bench.py [--rounds N]
+With ``--baseline REV`` a second private containerd runs the shim of git revision
+REV (its tree exported to a temporary directory, put first on PYTHONPATH) and the
+rounds alternate between the two, so the ratios come from one run on a noisy machine.
+
+Needs root and runtime/shim/install.
+Usage: python bench/shim_bench.py [--rounds N] [--pods N] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,6 +39,7 @@ from tests.runtime.shim.conftest import (
     wait_for,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
 HOG = "x=$(head -c 25000000 /dev/zero | tr '\\0' a); echo ready > /tmp/ready; " + COUNTER
 
@@ -43,18 +55,51 @@ def mem_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def shim_pids(marker: str) -> list[int]:
+def shim_pids(marker: str, cd: Containerd | None = None) -> list[int]:
+    """Shim daemons by command line; with ``cd`` only those that containerd started."""
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
+            env = (d / "environ").read_bytes().split(b"\0") if cd is not None else []
         except OSError:
+            continue
+        if cd is not None and f"ARCHITECT_SHIM_RUN={cd.shim_run}".encode() not in env:
             continue
         if any(marker.encode() in c for c in cmd) and b"start" not in cmd and b"delete" not in cmd:
             out.append(int(d.name))
     return out
+
+
+@contextlib.contextmanager
+def baseline_containerd(rev: str) -> Iterator[Containerd]:
+    """A private containerd whose Architect shim is the code of git revision ``rev``."""
+    tree = Path(tempfile.mkdtemp(prefix="ash-base-"))
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "architect", "runtime", "policy", "engine"],
+            capture_output=True, check=True, timeout=60,
+        )
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True,
+                       timeout=60)
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = str(tree)  # containerd, hence its shims, inherit it
+        try:
+            ctx = private_containerd()
+            cd = ctx.__enter__()
+        finally:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
+        try:
+            yield cd
+        finally:
+            ctx.__exit__(None, None, None)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def run(cd: Containerd, runtime: str, cid: str, rootfs: Path, script: str,
@@ -74,7 +119,7 @@ def shim_memory(cd: Containerd, runtime: str, marker: str, pods: int, per_pod: i
             run(cd, runtime, cid, rootfs, COUNTER, {"io.containerd.runc.v2.group": f"pod{p}"})
             ids.append(cid)
     time.sleep(1.0)
-    pids = shim_pids(marker)
+    pids = shim_pids(marker, cd)
     mems = [mem_kib(pid) for pid in pids]
     for cid in ids:
         cd.remove(cid)
@@ -102,8 +147,8 @@ def cgroup_rss(cid: str) -> int:
     return 0
 
 
-def hibernation_round(cd: Containerd, i: int) -> dict[str, float]:
-    cid = f"h{i}"
+def hibernation_round(cd: Containerd, i: int, prefix: str = "h") -> dict[str, float]:
+    cid = f"{prefix}{i}"
     rootfs = build_busybox_rootfs(cd.base / "rootfs" / cid)
     run(cd, "io.containerd.architect.v1", cid, rootfs, HOG)
     wait_for(lambda: (rootfs / "tmp" / "ready").exists(), 60, "memory allocated")
@@ -138,15 +183,32 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pods", type=int, default=4)
+    ap.add_argument("--baseline", metavar="REV", help="also run the shim of this git revision")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.pods <= 16:
         ap.error("--rounds must be 1..20 and --pods 1..16")
-    with private_containerd() as cd:
+    if args.baseline:
+        ok = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q",
+                             f"{args.baseline}^{{commit}}"], capture_output=True, timeout=30)
+        if ok.returncode != 0:
+            ap.error(f"--baseline {args.baseline!r}: not a git revision of {ROOT}")
+    base_rounds: list[dict[str, float]] = []
+    base_1: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        cd = stack.enter_context(private_containerd())
+        base = stack.enter_context(baseline_containerd(args.baseline)) if args.baseline else None
         ours_1 = shim_memory(cd, "io.containerd.architect.v1", "architect.runtime.shim",
                              args.pods, 1)
+        if base is not None:
+            base_1 = shim_memory(base, "io.containerd.architect.v1", "architect.runtime.shim",
+                                 args.pods, 1)
         go_1 = shim_memory(cd, "io.containerd.runc.v2", "containerd-shim-runc-v2", args.pods, 1)
         ours_4 = shim_memory(cd, "io.containerd.architect.v1", "architect.runtime.shim", 1, 4)
-        rounds = [hibernation_round(cd, i) for i in range(args.rounds)]
+        rounds = []
+        for i in range(args.rounds):  # alternate: both see the same machine load
+            rounds.append(hibernation_round(cd, i))
+            if base is not None:
+                base_rounds.append(hibernation_round(base, i, prefix="b"))
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     print(f"shim memory, {args.pods} pods x 1 container:")
     print(f"  architect: RSS {ours_1['rss_per_pod_kib']:.0f} KiB/pod, "
@@ -164,6 +226,13 @@ def main() -> int:
     print(f"  ctr task exec: running {med['exec_running_s']:.3f}s, hibernated (restore+exec) "
           f"{med['exec_wake_s']:.3f}s, ratio {med['exec_wake_s'] / med['exec_running_s']:.1f}")
     print(f"  container cgroup RSS {med['rss_before_kib']:.0f} KiB -> {med['rss_after_kib']:.0f} KiB")
+    if base_rounds:
+        bmed = {k: statistics.median(r[k] for r in base_rounds) for k in base_rounds[0]}
+        print(f"baseline {args.baseline} (same run, rounds alternated), this tree / baseline:")
+        print(f"  shim RSS/pod {ours_1['rss_per_pod_kib']:.0f} / {base_1['rss_per_pod_kib']:.0f} KiB"
+              f" = {ours_1['rss_per_pod_kib'] / base_1['rss_per_pod_kib']:.2f}")
+        for k in ("hibernate_s", "wake_s", "exec_wake_s"):
+            print(f"  {k[:-2]:<10} {med[k]:.3f}s / {bmed[k]:.3f}s = {med[k] / bmed[k]:.2f}")
     return 0
 
 
