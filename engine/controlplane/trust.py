@@ -29,6 +29,7 @@ TRUST_SECRET = "architect-transfer"
 KEY_FIELD, CA_CERT_FIELD, CA_KEY_FIELD = "key", "ca.crt", "ca.key"
 TICKET_KEY_FIELD = "ticket.key"  # in a node's Secret: the HMAC key, to verify tickets
 NODE_CERT_LABEL = PREFIX + "node-certificate"
+ADDRESSES_ANNOTATION = PREFIX + "addresses"  # the addresses a node certificate was issued for
 RENEW_BEFORE = timedelta(days=30)
 
 
@@ -119,7 +120,7 @@ def nodes_needing_certs(
                 ca_pem != ca.cert_pem
                 or _field(s, TICKET_KEY_FIELD) != cluster.key
                 or not_after(cert) - now < RENEW_BEFORE
-                or ((s.get("metadata") or {}).get("annotations") or {}).get(PREFIX + "addresses")
+                or ((s.get("metadata") or {}).get("annotations") or {}).get(ADDRESSES_ANNOTATION)
                 != ",".join(_addresses(node))
             )
         except (TrustError, ValueError):
@@ -141,7 +142,7 @@ def node_cert_secret(cluster: Trust, node: Mapping[str, Any], namespace: str) ->
             "name": node_secret_name(name),
             "namespace": namespace,
             "labels": {NODE_LABEL: name, NODE_CERT_LABEL: "true"},
-            "annotations": {PREFIX + "addresses": ",".join(addresses)},
+            "annotations": {ADDRESSES_ANNOTATION: ",".join(addresses)},
         },
         "data": {
             "tls.crt": base64.b64encode(cert.cert_pem).decode(),
