@@ -14,6 +14,14 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("architect operator: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if not args.tls_cert:
+        # kopf would try to make its own certificate and fail with a traceback.
+        print(
+            "architect operator: --tls-cert and --tls-key are required: the API server "
+            "calls the webhooks over TLS",
+            file=sys.stderr,
+        )
+        return 2
     cfg = config.from_args(args)
     import kopf
 

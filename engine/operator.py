@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from architect.engine import handlers, metrics
@@ -29,8 +30,8 @@ from architect.engine.admission.webhooks import (
 )
 from architect.engine.admission.workloads import AdmissionDenied, Op, describe
 from architect.engine.config import OperatorConfig
-from architect.engine.controlplane.trust import Trust
-from architect.engine.kube import Kube, load_config
+from architect.engine.controlplane.trust import Trust, TrustError
+from architect.engine.kube import Kube, NotFound, load_config
 from architect.policy.annotations import GROUP, VERSION
 
 log = logging.getLogger("architect.engine")
@@ -77,6 +78,8 @@ async def _gc_loop(kube: Kube, config: OperatorConfig) -> None:
             await handlers.sweep_transfer(
                 kube=kube, now=_now(), namespace=config.transfer.namespace, cluster=trust
             )
+        except kopf.TemporaryError as err:  # a setup problem, already said plainly
+            log.error("transfer sweep: %s", err)
         except Exception:  # one failed pass must not end the loop for good
             log.exception("garbage collection / status pass failed")
         await asyncio.sleep(config.gc_interval.total_seconds())
@@ -89,7 +92,17 @@ TRANSFER_INTERVAL_S = 2.0  # how often a Ready checkpoint looks for its replacem
 async def _trust(kube: Kube) -> Trust:
     """Read (or make) the transfer key and CA once; the Secret outlives the operator."""
     if not _TRUST:
-        _TRUST.append(await handlers.load_trust(CONFIG.transfer.namespace, kube=kube))
+        ns = CONFIG.transfer.namespace
+        try:
+            _TRUST.append(await handlers.load_trust(ns, kube=kube))
+        except ApiException as err:
+            # Say what is missing instead of a traceback per timer tick.
+            why = f"namespace {ns} does not exist" if err.status == NotFound else err.reason
+            raise kopf.TemporaryError(
+                f"transfer key Secret {ns}/architect-transfer: {why} (--namespace)", delay=30
+            ) from None
+        except TrustError as err:
+            raise kopf.TemporaryError(str(err), delay=30) from None
     return _TRUST[0]
 
 
