@@ -358,6 +358,13 @@ class Controller:
             t, target = self.tracker.get(key), self.targets.get(key)
             if t is None or target is None or target.container_id is None or t.migrate_armed:
                 return
+            pod = self.pods.get((key.namespace, key.pod))
+            if pod is None or pod_info(pod).template_hash is None:
+                # The handover is keyed by pod-template-hash: a bare pod has no
+                # replacement that could ever find its checkpoint.
+                t.migrate_armed = True
+                log.info("%s: deleted, no pod-template-hash: state not kept", _unit(key))
+                return
             try:
                 await self.shim.migrate_on_stop(target.container_id, True)
             except Exception as e:

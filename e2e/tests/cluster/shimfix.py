@@ -1,0 +1,82 @@
+"""Shared fixtures for tests that run pods through Architect's shim on the e2e node.
+
+``architect_node``: containerd knows the runc-architect / runsc-architect handlers
+(drop-in + `e2e/cluster/up`), the RuntimeClasses and the CRDs exist. The drop-in
+is removed again afterwards. ``start_daemon``: the node daemon as a host
+subprocess against the e2e kubeconfig.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from e2e.pytest_cluster import NODE, UP, Cluster
+from e2e.tests.cluster.kube import kubectl
+
+ROOT = Path(__file__).resolve().parents[3]
+DROPIN = Path("/etc/architect-e2e/containerd-runtimes.d/architect.toml")
+SHIM_RUN = Path("/run/architect/shim")
+KUBELET_ROOT = "/var/lib/architect-e2e/kubelet"
+
+
+@pytest.fixture(scope="module")
+def architect_node(node_cluster: Cluster) -> Iterator[Cluster]:
+    DROPIN.parent.mkdir(parents=True, exist_ok=True)
+    DROPIN.write_text((ROOT / "runtime/shim/deploy/containerd-architect.toml").read_text())
+    try:
+        subprocess.run([str(UP)], check=True, capture_output=True, timeout=600)
+        kubectl(node_cluster, "apply", "-f", str(ROOT / "runtime/shim/deploy/runtimeclasses.yaml"))
+        kubectl(node_cluster, "apply", "-f", str(ROOT / "crds"))
+        yield node_cluster
+    finally:
+        DROPIN.unlink(missing_ok=True)
+        subprocess.run([str(UP)], check=False, capture_output=True, timeout=600)
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def start_daemon(cluster: Cluster, log: Path, *extra: str) -> Daemon:
+    """The daemon on the host, ready once its watches have listed (bounded wait)."""
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "architect.runtime.daemon", "--node", NODE,
+         "--kubeconfig", str(cluster.kubeconfig), "--tick", "0.5", "--metrics-port", "0",
+         "--kubelet-root", KUBELET_ROOT, "--log-level", "DEBUG", *extra],
+        stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    d = Daemon(proc, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "watching, tick" in d.text():
+            return d
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited {proc.returncode}:\n{d.text()[-4000:]}")
+        time.sleep(0.2)
+    d.kill()
+    raise AssertionError(f"daemon not ready in 60s:\n{d.text()[-4000:]}")

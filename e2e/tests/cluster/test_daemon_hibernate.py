@@ -1,0 +1,206 @@
+"""The node daemon makes a runc-architect pod hibernate by itself and wakes it on traffic.
+
+A real pod on the e2e node (shim + CRIU), its annotations compiled by `architect
+compile` and applied as policies, the daemon as a host process: idle -> SCALED_DOWN
+with the process gone and the pod still Ready; a TCP request from the host is held,
+wakes it and is answered with the in-memory counter continuing; connections mode
+keeps it up while a connection is open; a daemon killed while the container is
+hibernated is replaced and the next request still wakes it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.pytest_cluster import Cluster
+from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.shimfix import SHIM_RUN, architect_node, start_daemon
+
+pytestmark = pytest.mark.node
+__all__ = ["architect_node"]  # the fixture, imported for pytest
+
+STATUS = "architect.loopholelabs.io/status"
+# An HTTP server whose answer is a counter kept only in memory: a restart would
+# count from 1 again, so a continuing count proves the state came back.
+SERVER = """
+import http.server as h
+n = [0]
+class H(h.BaseHTTPRequestHandler):
+    def do_GET(self):
+        n[0] += 1
+        b = str(n[0]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+h.HTTPServer(("", 8080), H).serve_forever()
+"""
+
+
+def web_pod(mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web",
+            "labels": {"app": "web"},
+            "annotations": {
+                "architect.loopholelabs.io/managed-containers": '["main"]',
+                "architect.loopholelabs.io/scaledown-durations": '{"main":"3s"}',
+                "architect.loopholelabs.io/network-monitor": json.dumps({"main": mode}),
+            },
+        },
+        "spec": {
+            "runtimeClassName": "runc-architect",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "main", "image": "architect.local/python:3.11",
+                "imagePullPolicy": "Never", "command": ["python3", "-c", SERVER],
+                "ports": [{"containerPort": 8080}],
+            }],
+        },
+    }
+
+
+def compile_and_apply(cluster: Cluster, ns: str, obj: dict[str, Any], tmp: Path) -> None:
+    """`architect compile` the annotations, apply the policies, then the object."""
+    src = tmp / "workload.json"
+    src.write_text(json.dumps(obj))
+    compiled = subprocess.run(["architect", "compile", "-f", str(src)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+    kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=compiled)
+    kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(obj))
+
+
+def states(cluster: Cluster, ns: str, pod: str = "web") -> dict[str, str]:
+    obj = get_json(cluster, "pod", "-n", ns, pod)
+    raw = (obj["metadata"].get("annotations") or {}).get(STATUS)
+    out: dict[str, str] = json.loads(raw) if raw else {}
+    return out
+
+
+def http_get(ip: str, timeout: float = 60) -> tuple[int, float]:
+    """The counter, and the seconds from the first SYN to the answer."""
+    t0 = time.monotonic()
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=timeout) as r:
+        body = r.read()
+    return int(body), time.monotonic() - t0
+
+
+def shim_entry(container_id: str) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(str(SHIM_RUN / "k8s.io" / container_id))
+        s.sendall(b'{"op": "status"}\n')
+        reply: dict[str, Any] = json.loads(s.makefile().readline())
+    entries: list[dict[str, Any]] = [c for c in reply["containers"] if c["id"] == container_id]
+    assert len(entries) == 1, reply
+    return entries[0]
+
+
+def events(cluster: Cluster, ns: str) -> list[str]:
+    items = get_json(cluster, "events", "-n", ns)["items"]
+    return [e["reason"] for e in items if e.get("source", {}).get("component") == "architect"]
+
+
+@pytest.fixture
+def daemon_log(tmp_path: Path) -> Iterator[Path]:
+    log = tmp_path / "daemon.log"
+    yield log
+    if log.exists():  # shown by pytest when the test failed
+        print(log.read_text(errors="replace")[-6000:])
+
+
+def _running_pod(cluster: Cluster, ns: str) -> tuple[str, str]:
+    kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/web", "--timeout=90s")
+    st = get_json(cluster, "pod", "-n", ns, "web")["status"]
+    return st["podIP"], st["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+
+
+def test_idle_hibernates_request_wakes_daemon_restart_adopts(
+    architect_node: Cluster, tmp_path: Path, daemon_log: Path
+) -> None:
+    cluster = architect_node
+    with namespace(cluster, "dmn") as ns:
+        compile_and_apply(cluster, ns, web_pod("packets"), tmp_path)
+        ip, cid = _running_pod(cluster, ns)
+        first, _ = http_get(ip)
+        pid = shim_entry(cid)["pid"]
+        daemon = start_daemon(cluster, daemon_log)
+        try:
+            # (a) idle for 3s -> hibernated; kubelet still sees a healthy pod.
+            eventually("the daemon hibernates the idle container",
+                       lambda: states(cluster, ns) == {"main": "SCALED_DOWN"}, timeout_s=90)
+            assert shim_entry(cid)["hibernated"] is True
+            assert not Path(f"/proc/{pid}").exists(), "the hibernated process must be gone"
+            st = get_json(cluster, "pod", "-n", ns, "web")["status"]
+            assert st["phase"] == "Running"
+            assert st["containerStatuses"][0]["ready"] is True
+            assert st["containerStatuses"][0]["restartCount"] == 0
+
+            # (b) a request is held, wakes the container, gets the next count.
+            count, seconds = http_get(ip)
+            assert count == first + 1, (first, count)
+            print(f"FIGURE first SYN to answer through daemon+shim+CRIU: {seconds:.3f}s")
+            assert shim_entry(cid)["hibernated"] is False
+            eventually("status back to RUNNING",
+                       lambda: states(cluster, ns) == {"main": "RUNNING"}, timeout_s=30)
+            eventually("transition events posted",
+                       lambda: {"Hibernated", "Woken"} <= set(events(cluster, ns)))
+
+            # (d) hibernated again, the daemon dies, a new one adopts the container.
+            eventually("hibernated again",
+                       lambda: states(cluster, ns) == {"main": "SCALED_DOWN"}, timeout_s=90)
+            daemon.kill(signal.SIGKILL)
+            daemon = start_daemon(cluster, daemon_log)
+            eventually("the new daemon adopted the hibernated container",
+                       lambda: "adopted as SCALED_DOWN" in daemon.text(), timeout_s=30)
+            count2, seconds2 = http_get(ip)
+            assert count2 == count + 1, (count, count2)
+            print(f"FIGURE wake after daemon restart: {seconds2:.3f}s")
+            final = get_json(cluster, "pod", "-n", ns, "web")["status"]["containerStatuses"][0]
+            assert final["restartCount"] == 0
+            assert "Traceback" not in daemon.text()
+        finally:
+            kubectl(cluster, "delete", "pod", "-n", ns, "web", "--wait=true", "--timeout=60s",
+                    check=False)
+            daemon.kill()
+
+
+def test_connections_mode_open_connection_keeps_it_awake(
+    architect_node: Cluster, tmp_path: Path, daemon_log: Path
+) -> None:
+    cluster = architect_node
+    with namespace(cluster, "dmnc") as ns:
+        compile_and_apply(cluster, ns, web_pod("connections"), tmp_path)
+        ip, _ = _running_pod(cluster, ns)
+        daemon = start_daemon(cluster, daemon_log)
+        try:
+            eventually("tracked", lambda: states(cluster, ns) == {"main": "RUNNING"}, timeout_s=30)
+            # An open (idle) connection: three scaledown periods pass, still awake.
+            with socket.create_connection((ip, 8080), timeout=10):
+                time.sleep(10)
+                assert states(cluster, ns) == {"main": "RUNNING"}
+            eventually("closing the connection lets it hibernate",
+                       lambda: states(cluster, ns) == {"main": "SCALED_DOWN"}, timeout_s=60)
+            # A new connection wakes it (the SYN is held meanwhile).
+            count, seconds = http_get(ip)
+            assert count >= 1
+            print(f"FIGURE connections-mode wake: {seconds:.3f}s")
+            eventually("awake", lambda: states(cluster, ns) == {"main": "RUNNING"}, timeout_s=30)
+        finally:
+            kubectl(cluster, "delete", "pod", "-n", ns, "web", "--wait=true", "--timeout=60s",
+                    check=False)
+            daemon.kill()

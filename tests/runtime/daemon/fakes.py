@@ -1,0 +1,132 @@
+"""Fakes of the daemon's ports, all writing to one shared call log so tests can
+assert ordering (hold before hibernate, wake before release)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from architect.engine.directives import ResizeTarget
+from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.runtime.daemon.ports import Activity, EventFn, ShimContainer, ShimError, WakeFn
+from architect.runtime.daemon.targets import Target
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class FakeShim:
+    calls: list[str]
+    containers: dict[str, ShimContainer] = field(default_factory=dict)
+    fail: set[str] = field(default_factory=set)  # ops that raise ShimError
+    wake_delay: float = 0.0
+    events: list[EventFn] = field(default_factory=list)
+
+    def add(self, cid: str, status: str = "RUNNING", netns: str | None = "/proc/1/ns/net") -> None:
+        self.containers[cid] = ShimContainer(cid, status, 100, netns, f"/sock/{cid[:4]}")
+
+    async def find(self, container_id: str) -> ShimContainer | None:
+        return self.containers.get(container_id)
+
+    async def hibernate(self, container_id: str) -> float:
+        self.calls.append(f"shim.hibernate {container_id}")
+        if "hibernate" in self.fail:
+            raise ShimError("criu dump failed")
+        c = self.containers[container_id]
+        self.containers[container_id] = ShimContainer(c.id, "SCALED_DOWN", 0, c.netns, c.socket)
+        return 0.4
+
+    async def wake(self, container_id: str) -> float:
+        self.calls.append(f"shim.wake {container_id}")
+        if self.wake_delay:
+            await asyncio.sleep(self.wake_delay)
+        if "wake" in self.fail:
+            raise ShimError("criu restore failed")
+        c = self.containers[container_id]
+        self.containers[container_id] = ShimContainer(c.id, "RUNNING", 101, c.netns, c.socket)
+        return 0.3
+
+    async def migrate_on_stop(self, container_id: str, enabled: bool) -> None:
+        self.calls.append(f"shim.migrate-on-stop {container_id} {enabled}")
+        if "migrate" in self.fail:
+            raise ShimError("no such container")
+
+    def watch(self, socket: str, on_event: EventFn) -> None:
+        if on_event not in self.events:
+            self.events.append(on_event)
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeNet:
+    calls: list[str]
+    activity: dict[ContainerKey, Activity] = field(default_factory=dict)
+    wakes: dict[ContainerKey, WakeFn] = field(default_factory=dict)
+    fail_hold: bool = False
+    setups: list[Target] = field(default_factory=list)
+
+    async def setup(self, target: Target, netns: str) -> None:
+        self.calls.append(f"net.setup {target.key.container} {netns}")
+        self.setups.append(target)
+
+    async def hold(self, key: ContainerKey, wake: WakeFn) -> None:
+        self.calls.append(f"net.hold {key.container}")
+        if self.fail_hold:
+            raise OSError("NFQUEUE 0 busy")
+        self.wakes[key] = wake
+
+    async def release(self, key: ContainerKey) -> None:
+        self.calls.append(f"net.release {key.container}")
+        self.wakes.pop(key, None)
+
+    async def teardown(self, key: ContainerKey) -> None:
+        self.calls.append(f"net.teardown {key.container}")
+
+    def sample(self, key: ContainerKey, now: datetime) -> Activity | None:
+        return self.activity.get(key)
+
+    async def first_packet(self, key: ContainerKey) -> None:
+        """What PacketHold does: call the wake, release once it returns or fails."""
+        wake = self.wakes[key]
+        try:
+            await wake()
+        finally:
+            self.calls.append(f"hold.released {key.container}")
+
+
+@dataclass
+class FakeReporter:
+    calls: list[str]
+    statuses: list[dict[str, str]] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    fail_status: bool = False
+
+    async def set_status(self, pod: Mapping[str, Any], states: Mapping[str, ContainerState]) -> None:
+        if self.fail_status:
+            raise OSError("API server unreachable")
+        self.statuses.append({k: v.value for k, v in states.items()})
+        self.calls.append("status " + ",".join(f"{k}={v.value}" for k, v in sorted(states.items())))
+
+    async def event(self, pod: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
+        self.events.append((etype, reason, message))
+
+    async def resize(
+        self, pod: Mapping[str, Any], container: str, to: ResizeTarget, original: Mapping[str, str]
+    ) -> None:
+        self.calls.append(f"resize {container} {to.value} {dict(original)}")

@@ -1,0 +1,348 @@
+"""The controller's decisions beyond the evaluator: adoption, hold/shim ordering,
+fail-open, status bookkeeping, migration, resize (fakes of shim, network, API)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.policy.models import HibernationPolicy, MigrationPolicy
+from architect.runtime.daemon.controller import Controller
+from architect.runtime.daemon.ports import Activity
+from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
+from tests.runtime.daemon.objects import NS, hibernation, migration, pod
+
+KEY = ContainerKey(NS, "web", "main")
+CID = "web-main-id"
+
+
+class Rig:
+    def __init__(self, **kw: Any) -> None:
+        self.calls: list[str] = []
+        self.clock = Clock()
+        self.shim = FakeShim(self.calls)
+        self.net = FakeNet(self.calls)
+        self.rep = FakeReporter(self.calls)
+        self.ctl = Controller(self.shim, self.net, self.rep, clock=self.clock, **kw)
+
+    async def settle(self) -> None:
+        for _ in range(5):  # let spawned follow-up tasks run
+            await asyncio.sleep(0)
+
+    def state(self, key: ContainerKey = KEY) -> ContainerState:
+        t = self.ctl.tracker.get(key)
+        assert t is not None
+        return t.state
+
+    def reasons(self) -> list[str]:
+        return [r for _, r, _ in self.rep.events]
+
+
+def idle(at: datetime | None = None) -> Activity:
+    return Activity(at, 0, 0)
+
+
+async def test_adopts_then_hibernates_with_the_hold_first() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    policies = [hibernation(after="3s")]
+    await r.ctl.tick([pod()], policies)
+    assert r.state() is ContainerState.RUNNING
+    assert r.calls[:2] == ["net.setup main /proc/1/ns/net", "status main=RUNNING"]
+    r.clock.advance(2)
+    await r.ctl.tick([pod()], policies)
+    assert r.state() is ContainerState.RUNNING  # not idle long enough
+    r.clock.advance(2)
+    r.calls.clear()
+    await r.ctl.tick([pod()], policies)
+    assert r.state() is ContainerState.SCALED_DOWN
+    assert r.calls == [
+        "status main=CHECKPOINTING",
+        "net.hold main",  # held before the process goes away
+        f"shim.hibernate {CID}",
+        "status main=SCALED_DOWN",
+    ]
+    assert r.reasons() == ["Hibernated"]
+
+
+async def test_first_packet_wakes_then_releases_and_drops_the_hold() -> None:
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    await r.ctl.tick([pod()], [hibernation()])
+    assert r.state() is ContainerState.SCALED_DOWN
+    assert "net.hold main" in r.calls  # adoption re-armed the hold
+    r.calls.clear()
+    await r.net.first_packet(KEY)
+    await r.settle()
+    assert r.calls == [
+        "status main=RESTORING",
+        f"shim.wake {CID}",
+        "status main=RUNNING",
+        "hold.released main",  # the shim restored before any packet went through
+        "net.release main",
+    ]
+    assert r.state() is ContainerState.RUNNING
+    assert r.reasons() == ["Woken"]
+
+
+async def test_failed_hibernate_fails_open() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    r.shim.fail.add("hibernate")
+    await r.ctl.tick([pod()], [hibernation()])
+    r.clock.advance(5)
+    r.calls.clear()
+    await r.ctl.tick([pod()], [hibernation()])
+    assert r.calls == [
+        "status main=CHECKPOINTING",
+        "net.hold main",
+        f"shim.hibernate {CID}",
+        "net.release main",  # the hold goes: the container runs on
+        "status main=RUNNING",
+    ]
+    assert r.reasons() == ["HibernateFailed"]
+    # Idle time restarts at the failure: no retry on the very next tick.
+    r.clock.advance(1)
+    r.calls.clear()
+    await r.ctl.tick([pod()], [hibernation()])
+    assert f"shim.hibernate {CID}" not in r.calls
+
+
+async def test_hold_that_cannot_be_installed_means_no_checkpoint() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    r.net.fail_hold = True
+    await r.ctl.tick([pod()], [hibernation()])
+    r.clock.advance(5)
+    await r.ctl.tick([pod()], [hibernation()])
+    assert not any(c.startswith("shim.hibernate") for c in r.calls)
+    assert r.state() is ContainerState.RUNNING
+    assert r.reasons() == ["HibernateFailed"]
+
+
+async def test_failed_wake_releases_anyway_and_rearms() -> None:
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    r.shim.fail.add("wake")
+    await r.ctl.tick([pod()], [hibernation()])
+    r.calls.clear()
+    await r.net.first_packet(KEY)
+    await r.settle()
+    assert r.calls == [
+        "status main=RESTORING",
+        f"shim.wake {CID}",
+        "status main=SCALED_DOWN",
+        "hold.released main",  # the client gets an answer, not silence
+        "net.release main",
+        "net.hold main",  # still hibernated: the next packet tries again
+    ]
+    assert r.reasons() == ["WakeFailed"]
+
+
+async def test_wake_timeout_releases() -> None:
+    r = Rig(wake_timeout=0.05)
+    r.shim.add(CID, status="SCALED_DOWN")
+    r.shim.wake_delay = 1.0
+    await r.ctl.tick([pod()], [hibernation()])
+    await r.net.first_packet(KEY)
+    await r.settle()
+    assert r.state() is ContainerState.SCALED_DOWN
+    assert "hold.released main" in r.calls
+    assert r.rep.events[-1][1] == "WakeFailed" and "0.05s" in r.rep.events[-1][2]
+
+
+async def test_packet_during_checkpoint_waits_for_it_then_wakes() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    await r.ctl.tick([pod()], [hibernation()])
+    r.clock.advance(5)
+    gate = asyncio.Event()
+    real = r.shim.hibernate
+
+    async def slow(cid: str) -> float:
+        await gate.wait()
+        return await real(cid)
+
+    r.shim.hibernate = slow  # type: ignore[method-assign,assignment]
+    tick = asyncio.create_task(r.ctl.tick([pod()], [hibernation()]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert KEY in r.net.wakes  # the hold is armed while the dump runs
+    packet = asyncio.create_task(r.net.first_packet(KEY))
+    await asyncio.sleep(0)
+    assert not any(c.startswith("shim.wake") for c in r.calls)  # not before the dump ends
+    gate.set()
+    await tick
+    await packet
+    await r.settle()
+    assert r.calls.index(f"shim.hibernate {CID}") < r.calls.index(f"shim.wake {CID}")
+    assert r.state() is ContainerState.RUNNING
+
+
+async def test_exec_wake_reported_by_the_shim_releases_the_hold() -> None:
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    await r.ctl.tick([pod()], [hibernation()])
+    r.calls.clear()
+    (on_event,) = r.shim.events
+    on_event({"event": "woken", "id": CID, "reason": "exec"})
+    await r.settle()
+    assert r.state() is ContainerState.RUNNING
+    assert r.calls == ["net.release main", "status main=RUNNING"]
+    assert not any(c.startswith("shim.wake") for c in r.calls)
+    # The daemon's own wakes come back as reason "request": ignored.
+    on_event({"event": "woken", "id": CID, "reason": "request"})
+    on_event({"event": "woken", "id": "someone-else", "reason": "exec"})
+    await r.settle()
+    assert r.reasons() == ["Woken"]
+
+
+async def test_open_connections_keep_it_awake_in_connections_mode() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    policies = [hibernation(network="connections")]
+    await r.ctl.tick([pod()], policies)
+    r.net.activity[KEY] = Activity(None, 1, 0)
+    r.clock.advance(10)
+    await r.ctl.tick([pod()], policies)
+    assert r.state() is ContainerState.RUNNING
+    r.net.activity[KEY] = Activity(None, 0, 0)
+    await r.ctl.tick([pod()], policies)
+    assert r.state() is ContainerState.SCALED_DOWN
+
+
+async def test_packets_count_as_activity() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    await r.ctl.tick([pod()], [hibernation(after="3s")])
+    r.clock.advance(2)
+    r.net.activity[KEY] = idle(r.clock.now)
+    await r.ctl.tick([pod()], [hibernation(after="3s")])
+    r.clock.advance(2)  # 4s since adoption, 2s since the last packet
+    await r.ctl.tick([pod()], [hibernation(after="3s")])
+    assert r.state() is ContainerState.RUNNING
+
+
+async def test_container_not_run_by_the_shim_is_ignored_once() -> None:
+    r = Rig()
+    await r.ctl.tick([pod()], [hibernation()])
+    await r.ctl.tick([pod()], [hibernation()])
+    assert KEY not in r.ctl.tracker
+    assert "no control socket" in r.ctl.ignored[KEY]
+    assert r.calls == []
+
+
+async def test_container_not_started_yet_is_picked_up_later() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    await r.ctl.tick([pod(started=False)], [hibernation()])
+    assert KEY not in r.ctl.tracker
+    await r.ctl.tick([pod()], [hibernation()])
+    assert KEY in r.ctl.tracker
+
+
+async def test_unmanaged_and_other_runtime_pods_are_left_alone() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    await r.ctl.tick([pod(runtime_class="runc")], [hibernation()])
+    await r.ctl.tick([pod(labels={"app": "other"})], [hibernation()])
+    assert r.calls == [] and not r.ctl.tracker.items
+
+
+async def test_policy_removed_wakes_and_tears_down() -> None:
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    await r.ctl.tick([pod()], [hibernation()])
+    r.calls.clear()
+    await r.ctl.tick([pod()], [])
+    await r.settle()
+    assert r.calls[:2] == ["status main=RESTORING", f"shim.wake {CID}"]
+    assert "net.teardown main" in r.calls
+    assert KEY not in r.ctl.tracker
+
+
+async def test_pod_gone_forgets_without_waking() -> None:
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    await r.ctl.tick([pod()], [hibernation()])
+    r.calls.clear()
+    await r.ctl.tick([], [hibernation()])
+    assert not any(c.startswith("shim.wake") for c in r.calls)
+    assert "net.teardown main" in r.calls
+    assert not r.ctl.tracker.items
+
+
+async def test_deleted_pod_with_migration_policy_arms_migrate_on_stop_once() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    labels = {"app": "web", "pod-template-hash": "abc123"}
+    await r.ctl.tick([pod(labels=labels)], policies)
+    r.calls.clear()
+    await r.ctl.tick([pod(labels=labels, deleting=True)], policies)
+    await r.ctl.tick([pod(labels=labels, deleting=True)], policies)
+    assert r.calls.count(f"shim.migrate-on-stop {CID} True") == 1
+    assert r.state() is ContainerState.MIGRATING
+    assert r.reasons() == ["CheckpointForMigration"]
+
+
+async def test_deleted_bare_pod_is_not_checkpointed() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    await r.ctl.tick([pod()], policies)
+    await r.ctl.tick([pod(deleting=True)], policies)
+    assert not any("migrate-on-stop" in c for c in r.calls)
+
+
+async def test_adoption_trusts_the_shim_over_the_annotation() -> None:
+    r = Rig()
+    r.shim.add(CID, status="RUNNING")
+    await r.ctl.tick([pod(status='{"main":"SCALED_DOWN"}')], [hibernation()])
+    assert r.state() is ContainerState.RUNNING
+    assert "net.hold main" not in r.calls
+    assert r.rep.statuses[-1] == {"main": "RUNNING"}
+
+
+async def test_status_is_retried_until_written_and_not_repeated() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    r.rep.fail_status = True
+    await r.ctl.tick([pod()], [hibernation(after="1h")])
+    assert r.rep.statuses == []
+    r.rep.fail_status = False
+    await r.ctl.tick([pod()], [hibernation(after="1h")])
+    await r.ctl.tick([pod()], [hibernation(after="1h")])
+    assert r.rep.statuses == [{"main": "RUNNING"}]
+
+
+async def test_two_containers_one_pod_share_one_annotation() -> None:
+    r = Rig()
+    r.shim.add("web-a-id")
+    r.shim.add("web-b-id")
+    p = pod(containers=("a", "b"))
+    two = [hibernation(containers=("a",), after="1s"),
+           hibernation(containers=("b",), after="1h", name="b")]
+    await r.ctl.tick([p], two)
+    r.clock.advance(2)
+    await r.ctl.tick([p], two)
+    assert r.rep.statuses[-1] == {"a": "SCALED_DOWN", "b": "RUNNING"}
+    # Each container has its own chains / queue: the index in spec.containers.
+    assert [t.index for t in r.net.setups] == [0, 1]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_resize_only_when_enabled(enabled: bool) -> None:
+    r = Rig(resize=enabled)
+    r.shim.add(CID, status="SCALED_DOWN")
+    await r.ctl.tick([pod()], [hibernation()])
+    await r.ctl.tick([pod()], [hibernation()])
+    resizes = [c for c in r.calls if c.startswith("resize")]
+    if enabled:
+        assert resizes == ["resize main Hibernated {'cpu': '250m', 'memory': '64Mi'}"]
+    else:
+        assert resizes == []
