@@ -448,3 +448,25 @@ def test_tls_from_a_mounted_secret_dir(tmp_path: Path) -> None:
     (tmp_path / "tls.key").unlink()
     with pytest.raises(TransferError, match="No such file"):
         NodeTLS.from_dir(tmp_path)
+
+
+async def test_source_payload_shrinking_mid_serve_cuts_the_connection(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's disk loses the payload's end after the checks: the source
+    cuts the connection, so the body is short rather than complete-looking."""
+    from architect.runtime.transfer import server as server_mod
+
+    real = server_mod.image.read_manifest
+
+    def read_then_truncate(image_dir: Path) -> Any:
+        m = real(image_dir)
+        with open(image_dir / m.payload.file, "r+b") as f:
+            f.truncate(m.payload.size // 2)
+        return m
+
+    monkeypatch.setattr(server_mod.image, "read_manifest", read_then_truncate)
+    with pytest.raises(TransferError, match="cut short"):
+        await fetch(lab.grant(), lab.dst_root, node_tls(lab.ca, DST))
+    lab.assert_nothing_ready()
+    assert lab.server.served == 0
