@@ -455,9 +455,7 @@ async def test_source_payload_shrinking_mid_serve_cuts_the_connection(
 ) -> None:
     """The source's disk loses the payload's end after the checks: the source
     cuts the connection, so the body is short rather than complete-looking."""
-    from architect.runtime.transfer import server as server_mod
-
-    real = server_mod.image.read_manifest
+    real = image.read_manifest
 
     def read_then_truncate(image_dir: Path) -> Any:
         m = real(image_dir)
@@ -465,7 +463,7 @@ async def test_source_payload_shrinking_mid_serve_cuts_the_connection(
             f.truncate(m.payload.size // 2)
         return m
 
-    monkeypatch.setattr(server_mod.image, "read_manifest", read_then_truncate)
+    monkeypatch.setattr(image, "read_manifest", read_then_truncate)  # the module the server uses
     with pytest.raises(TransferError, match="cut short"):
         await fetch(lab.grant(), lab.dst_root, node_tls(lab.ca, DST))
     lab.assert_nothing_ready()
