@@ -1,0 +1,369 @@
+"""`helm install` of charts/architect on the e2e node: the operator runs from the
+architect image, the API server calls its webhooks through the chart's Service,
+annotated workloads get their compiled policies, bad annotations are refused at
+`kubectl apply` with the compiler's message, and `helm uninstall` leaves nothing
+that could block the cluster.
+
+The release's webhooks only see namespaces labelled for this test, so other
+engineers' namespaces on the shared cluster are never touched. The daemon and the
+RuntimeClasses are off: the daemon package is not there yet, and the RuntimeClasses
+are cluster-wide objects other tests own (the render tests cover both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.images import architect as image
+from e2e.pytest_cluster import Cluster
+from e2e.tests.cluster.kube import eventually, get_json, kubectl
+
+pytestmark = pytest.mark.node
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "charts" / "architect"
+CACHE = Path("/var/cache/architect")
+HELM = CACHE / "bin" / "helm"
+CONTAINERD = Path("/run/architect-e2e/containerd/containerd.sock")
+LABEL = "architect.loopholelabs.io/chart-test"
+HELM_LABEL_KEY = LABEL.replace(".", "\\.")  # --set splits keys at unescaped dots
+INSTALL_TIMEOUT_S = 240
+
+
+@dataclass(frozen=True)
+class Release:
+    cluster: Cluster
+    name: str
+    namespace: str  # where the chart is installed
+    apps: str  # a namespace the webhooks see
+    image_ref: str
+    install_s: float  # helm install until the operator pod is Ready
+
+
+def helm(cluster: Cluster, *args: str, timeout: float = INSTALL_TIMEOUT_S + 30) -> str:
+    home = Path("/tmp/architect-helm")
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    cmd = [
+        str(HELM),
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--kube-context",
+        cluster.context,
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout
+
+
+def deployment(name: str, annotations: dict[str, str]) -> str:
+    # replicas 0: admission compiles the template; no pod needs the shim to run.
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}, "annotations": annotations},
+                    "spec": {
+                        "runtimeClassName": "runc-architect",
+                        "containers": [{"name": "app", "image": "architect.local/busybox:1.35"}],
+                    },
+                },
+            },
+        }
+    )
+
+
+def _cluster_scoped(rel: Release) -> list[str]:
+    out = kubectl(
+        rel.cluster,
+        "get",
+        "mutatingwebhookconfigurations,"
+        "validatingwebhookconfigurations,clusterroles,clusterrolebindings",
+        "-l",
+        f"app.kubernetes.io/instance={rel.name}",
+        "-o",
+        "name",
+    ).stdout
+    return out.split()
+
+
+@pytest.fixture(scope="module")
+def release(node_cluster: Cluster) -> Iterator[Release]:
+    built = image.ensure(CACHE / "images")
+    image.import_image(built, CONTAINERD)
+    tag = built.ref.rsplit(":", 1)[1]
+    label = uuid.uuid4().hex[:6]
+    rel = Release(
+        node_cluster,
+        f"chart-{label}",
+        f"architect-chart-{label}",
+        f"architect-chart-apps-{label}",
+        built.ref,
+        0.0,
+    )
+    for ns in (rel.namespace, rel.apps):
+        kubectl(node_cluster, "create", "namespace", ns)
+    kubectl(node_cluster, "label", "namespace", rel.apps, f"{LABEL}={label}")
+    try:
+        start = time.monotonic()
+        helm(
+            node_cluster,
+            "install",
+            rel.name,
+            str(CHART),
+            "--namespace",
+            rel.namespace,
+            "--set",
+            f"image.tag={tag}",
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "daemon.enabled=false",
+            "--set",
+            "runtimeClasses.create=false",
+            "--set-string",
+            f"admission.namespaceSelector.matchLabels.{HELM_LABEL_KEY}={label}",
+            "--wait",
+            "--timeout",
+            f"{INSTALL_TIMEOUT_S}s",
+        )
+        kubectl(
+            node_cluster,
+            "-n",
+            rel.namespace,
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--timeout=60s",
+        )
+        rel = Release(
+            rel.cluster, rel.name, rel.namespace, rel.apps, rel.image_ref, time.monotonic() - start
+        )
+        how = f"built in {built.seconds:.1f}s" if built.seconds else "cached"
+        size = image.image_size(built.archive) / 2**20
+        print(
+            f"\nchart: image {built.ref} ({how}, {size:.0f} MiB); "
+            f"install to Ready {rel.install_s:.1f}s"
+        )
+        yield rel
+    finally:
+        # Whatever failed: no webhook configuration of this release may outlive it.
+        subprocess.run(
+            [
+                str(HELM),
+                "--kubeconfig",
+                str(node_cluster.kubeconfig),
+                "uninstall",
+                rel.name,
+                "--namespace",
+                rel.namespace,
+                "--ignore-not-found",
+                "--wait",
+                "--timeout",
+                "60s",
+            ],
+            capture_output=True,
+            timeout=90,
+            check=False,
+            env={
+                **os.environ,
+                "HELM_CONFIG_HOME": "/tmp/architect-helm/config",
+                "HELM_CACHE_HOME": "/tmp/architect-helm/cache",
+                "HELM_DATA_HOME": "/tmp/architect-helm/data",
+            },
+        )
+        for ns in (rel.apps, rel.namespace):
+            kubectl(node_cluster, "delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _operator_pod(rel: Release) -> dict[str, Any]:
+    pods = get_json(
+        rel.cluster, "pods", "-n", rel.namespace, "-l", "app.kubernetes.io/component=operator"
+    )["items"]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    pod: dict[str, Any] = pods[0]
+    return pod
+
+
+def test_operator_runs_the_architect_image_unprivileged(release: Release) -> None:
+    pod = _operator_pod(release)
+    assert pod["spec"]["containers"][0]["image"] == release.image_ref
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] is True and status["restartCount"] == 0
+    # The image carries what the daemon needs too (Debian's iptables, netfilterqueue).
+    out = kubectl(
+        release.cluster,
+        "-n",
+        release.namespace,
+        "exec",
+        pod["metadata"]["name"],
+        "--",
+        "sh",
+        "-c",
+        "id -u; iptables --version; python3 -c 'import netfilterqueue; "
+        "import architect.runtime.network.hold; print(netfilterqueue.__version__)'",
+    ).stdout
+    assert out.split("\n")[0] == "65534"
+    assert "nf_tables" in out and "1.1.0" in out
+
+
+def test_annotated_deployment_gets_its_compiled_policies(release: Release) -> None:
+    kubectl(
+        release.cluster,
+        "-n",
+        release.apps,
+        "apply",
+        "-f",
+        "-",
+        stdin=deployment(
+            "web",
+            {
+                "architect.loopholelabs.io/managed-containers": '["app"]',
+                "architect.loopholelabs.io/scaledown-durations": '{"app":"45s"}',
+                "architect.loopholelabs.io/network-monitor": '{"app":"packets"}',
+            },
+        ),
+    )
+    uid = get_json(release.cluster, "deployment", "web", "-n", release.apps)["metadata"]["uid"]
+
+    def compiled() -> bool:
+        got = kubectl(
+            release.cluster, "-n", release.apps, "get", "hp,mp", "-o", "json", check=False
+        )
+        return got.returncode == 0 and len(json.loads(got.stdout)["items"]) == 2
+
+    eventually("HibernationPolicy and MigrationPolicy of Deployment web", compiled, 30)
+    hp = get_json(release.cluster, "hp", "web", "-n", release.apps)
+    assert hp["metadata"]["ownerReferences"][0]["uid"] == uid
+    (container,) = hp["spec"]["containers"]
+    assert container["name"] == "app" and container["scaledownAfter"] == "45s"
+    assert container["wakeOn"]["network"] == "packets"
+    mp = get_json(release.cluster, "mp", "web", "-n", release.apps)
+    assert mp["metadata"]["ownerReferences"][0]["uid"] == uid
+
+
+def test_bad_annotation_is_refused_with_the_compilers_message(release: Release) -> None:
+    bad = deployment(
+        "broken",
+        {
+            "architect.loopholelabs.io/managed-containers": '["app"]',
+            "architect.loopholelabs.io/scaledown-durations": '{"app":"soon"}',
+        },
+    )
+    compiled = subprocess.run(
+        ["architect", "compile", "-f", "-"],
+        input=bad,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert compiled.returncode == 1
+    message = compiled.stderr.strip().split("(Deployment/broken): ", 1)[1]
+    assert message.startswith("architect.loopholelabs.io/scaledown-durations: value 'soon'")
+    proc = kubectl(release.cluster, "-n", release.apps, "apply", "-f", "-", stdin=bad, check=False)
+    assert proc.returncode != 0
+    assert 'admission webhook "workloads.architect.loopholelabs.io" denied' in proc.stderr
+    assert message in proc.stderr
+    assert (
+        kubectl(
+            release.cluster, "-n", release.apps, "get", "deployment", "broken", check=False
+        ).returncode
+        != 0
+    )
+
+
+def test_other_namespaces_never_reach_the_webhooks(release: Release) -> None:
+    # Same bad annotation in an unlabelled namespace: this release does not see it.
+    hooks = get_json(
+        release.cluster,
+        "validatingwebhookconfigurations",
+        "-l",
+        f"app.kubernetes.io/instance={release.name}",
+    )["items"]
+    assert len(hooks) == 1
+    for hook in hooks[0]["webhooks"]:
+        exprs = hook["namespaceSelector"]["matchExpressions"]
+        assert release.namespace in exprs[0]["values"]
+        assert LABEL in hook["namespaceSelector"]["matchLabels"]
+
+
+def test_metrics_service_reaches_the_operator(release: Release) -> None:
+    eps = get_json(
+        release.cluster, "endpoints", "-n", release.namespace, f"{release.name}-architect-metrics"
+    )
+    (subset,) = eps["subsets"]
+    ip, port = subset["addresses"][0]["ip"], subset["ports"][0]["port"]
+    # Host to pod IP works on this cluster (no kube-proxy for ClusterIPs).
+    with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'architect_admission_reviews_total{allowed="false",handler="validate-workload"}' in text
+
+
+def test_helm_uninstall_removes_everything(release: Release) -> None:
+    assert _cluster_scoped(release)  # the check below can fail
+    helm(
+        release.cluster,
+        "uninstall",
+        release.name,
+        "--namespace",
+        release.namespace,
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    assert _cluster_scoped(release) == []
+
+    def gone() -> bool:
+        left = kubectl(
+            release.cluster,
+            "-n",
+            release.namespace,
+            "get",
+            "all,secrets,serviceaccounts,endpoints",
+            "-l",
+            f"app.kubernetes.io/instance={release.name}",
+            "-o",
+            "name",
+        ).stdout
+        return left.strip() == ""
+
+    eventually(f"objects of release {release.name} gone", gone, 60)
+    # Nothing blocks annotated workloads any more: the webhook is gone, not failing.
+    kubectl(
+        release.cluster,
+        "-n",
+        release.apps,
+        "apply",
+        "-f",
+        "-",
+        stdin=deployment(
+            "after", {"architect.loopholelabs.io/scaledown-durations": '{"app":"soon"}'}
+        ),
+    )
