@@ -138,9 +138,12 @@ def base_layer(cache: Path) -> tuple[Path, str]:
 def installed_in_layer(layer: Path) -> set[str]:
     """Package names dpkg's status file in a layer tar says are installed."""
     with tarfile.open(layer) as tar:
-        fh = tar.extractfile("var/lib/dpkg/status")
+        try:
+            fh = tar.extractfile("var/lib/dpkg/status")
+        except KeyError:
+            fh = None
         if fh is None:
-            raise ImageError(f"{layer}: no var/lib/dpkg/status")
+            raise ImageError(f"{layer}: no var/lib/dpkg/status (not a Debian root?)")
         text = fh.read().decode()
     out = set()
     for para in text.split("\n\n"):

@@ -326,6 +326,53 @@ def test_metrics_service_reaches_the_operator(release: Release) -> None:
     assert 'architect_admission_reviews_total{allowed="false",handler="validate-workload"}' in text
 
 
+def test_helm_upgrade_keeps_the_certificate(release: Release) -> None:
+    secret = f"{release.name}-architect-webhook-tls"
+    before = get_json(release.cluster, "secret", secret, "-n", release.namespace)["data"]
+    helm(
+        release.cluster,
+        "upgrade",
+        release.name,
+        str(CHART),
+        "--namespace",
+        release.namespace,
+        "--reuse-values",
+        "--set",
+        "admission.timeoutSeconds=7",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    after = get_json(release.cluster, "secret", secret, "-n", release.namespace)["data"]
+    assert after == before  # a new CA would break the running operator's certificate
+    (hooks,) = get_json(
+        release.cluster,
+        "validatingwebhookconfigurations",
+        "-l",
+        f"app.kubernetes.io/instance={release.name}",
+    )["items"]
+    assert {h["timeoutSeconds"] for h in hooks["webhooks"]} == {7}
+    assert {h["clientConfig"]["caBundle"] for h in hooks["webhooks"]} == {before["ca.crt"]}
+    # The webhook still answers with the kept certificate.
+    proc = kubectl(
+        release.cluster,
+        "-n",
+        release.apps,
+        "apply",
+        "-f",
+        "-",
+        check=False,
+        stdin=deployment(
+            "broken",
+            {
+                "architect.loopholelabs.io/managed-containers": '["app"]',
+                "architect.loopholelabs.io/scaledown-durations": '{"app":"0s"}',
+            },
+        ),
+    )
+    assert proc.returncode != 0 and "scaledown-durations: value '0s'" in proc.stderr
+
+
 def test_helm_uninstall_removes_everything(release: Release) -> None:
     assert _cluster_scoped(release)  # the check below can fail
     helm(
