@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -491,4 +492,37 @@ def put_back_empty_dirs(
                 child.unlink()
         if src.is_dir():
             for child in list(src.iterdir()):
-                os.replace(child, target / child.name)
+                _move(child, target / child.name)
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; across mounts (kubelet's pod dirs often sit on
+    another one than the image) copy the tree, FIFOs and symlinks as such."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    _copy(src, dst)
+    if src.is_dir() and not src.is_symlink():
+        shutil.rmtree(src)
+    else:
+        src.unlink()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    st = src.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISDIR(st.st_mode):
+        dst.mkdir()
+        for child in src.iterdir():
+            _copy(child, dst / child.name)
+        shutil.copystat(src, dst)
+    elif stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(dst, stat.S_IMODE(st.st_mode))  # copying would block on open
+    else:
+        shutil.copy2(src, dst)
+    with contextlib.suppress(OSError):
+        os.lchown(dst, st.st_uid, st.st_gid)

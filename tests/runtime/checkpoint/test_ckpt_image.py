@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,6 +111,30 @@ def test_empty_dirs_go_to_the_restoring_pods_paths(tmp_path: Path) -> None:
     assert (old_a / "f").read_text() == "A"  # the source pod's volume is left alone
     with pytest.raises(ImageMismatch, match="holds 2 emptyDir"):
         img.put_back_empty_dirs(tmp_path / "u", m, (new_a,))
+
+
+def test_empty_dirs_put_back_across_mounts(tmp_path: Path) -> None:
+    """The restoring pod's emptyDir may sit on another mount than the image
+    (kubelet's pod dirs): a rename fails with EXDEV, so the tree is copied."""
+    shm = Path("/dev/shm")
+    if tmp_path.stat().st_dev == shm.stat().st_dev:
+        pytest.fail("needs /dev/shm on another filesystem than the test's tmp dir")
+    vol = tmp_path / "vol"
+    (vol / "d").mkdir(parents=True)
+    (vol / "d" / "f").write_text("deep")
+    os.symlink("d/f", vol / "link")
+    os.mkfifo(vol / "fifo")
+    image = _pack(tmp_path, empty_dirs=(vol,))
+    m = img.unpack(image, tmp_path / "u")
+    target = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        img.put_back_empty_dirs(tmp_path / "u", m, (target,))
+        assert (target / "d" / "f").read_text() == "deep"
+        assert os.readlink(target / "link") == "d/f"
+        assert (target / "fifo").is_fifo()
+        assert not any((tmp_path / "u" / "emptydir" / "0").iterdir())  # moved, not copied
+    finally:
+        shutil.rmtree(target)
 
 
 def test_manifest_addresses_are_optional_and_checked(tmp_path: Path) -> None:
