@@ -540,8 +540,8 @@ class CheckpointTransfer(_Model):
     source_endpoint: str = Field(
         default="", description="https://host:port of the source node's transfer server."
     )
-    ticket_secret: str = Field(
-        default="", description="Secret (same namespace) holding this transfer's ticket."
+    grant: str = Field(
+        default="", description="NAMESPACE/NAME of the Secret holding this transfer's ticket."
     )
     expires: datetime | None = Field(default=None, description="When the ticket expires.")
 
