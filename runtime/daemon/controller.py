@@ -125,8 +125,8 @@ class Controller:
         for d in ev.actionable():
             if d.key in self.tracker and not self._lock(d.key).locked():
                 await self._act(d)
-        for pk in {(d.key.namespace, d.key.pod) for d in governed}:
-            await self._publish(pk)
+        for pk, states in self.tracker.by_pod().items():
+            await self._publish(pk, states)
         metrics.set_states(self.tracker.counts())
         metrics.HELD.set(sum(t.held_packets for t in self.tracker.items.values()))
         return ev
@@ -411,9 +411,12 @@ class Controller:
     async def _publish_key(self, key: ContainerKey) -> None:
         await self._publish((key.namespace, key.pod))
 
-    async def _publish(self, pk: PodKey) -> None:
+    async def _publish(
+        self, pk: PodKey, states: Mapping[str, ContainerState] | None = None
+    ) -> None:
         pod = self.pods.get(pk)
-        states = self.tracker.pod_states(*pk)
+        if states is None:
+            states = self.tracker.pod_states(*pk)
         if pod is None or not states:
             return
         value = status_annotation(states)

@@ -106,6 +106,13 @@ class Tracker:
             if k.namespace == namespace and k.pod == pod
         }
 
+    def by_pod(self) -> dict[tuple[str, str], dict[str, ContainerState]]:
+        """Every pod's states in one pass (pod_states per pod would be quadratic)."""
+        out: dict[tuple[str, str], dict[str, ContainerState]] = {}
+        for k, t in self.items.items():
+            out.setdefault((k.namespace, k.pod), {})[k.container] = t.state
+        return out
+
     def counts(self) -> dict[ContainerState, int]:
         out: dict[ContainerState, int] = {}
         for t in self.items.values():

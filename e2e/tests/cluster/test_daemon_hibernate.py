@@ -110,6 +110,13 @@ def shim_entry(container_id: str) -> dict[str, Any]:
     return entries[0]
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 def events(cluster: Cluster, ns: str) -> list[str]:
     items = get_json(cluster, "events", "-n", ns)["items"]
     return [e["reason"] for e in items if e.get("source", {}).get("component") == "architect"]
@@ -154,6 +161,7 @@ def test_idle_hibernates_request_wakes_daemon_restart_adopts(
             count, seconds = http_get(ip)
             assert count == first + 1, (first, count)
             print(f"FIGURE first SYN to answer through daemon+shim+CRIU: {seconds:.3f}s")
+            print(f"FIGURE daemon RSS: {rss_kib(daemon.proc.pid) / 1024:.1f} MiB")
             assert shim_entry(cid)["hibernated"] is False
             eventually("status back to RUNNING",
                        lambda: states(cluster, ns) == {"main": "RUNNING"}, timeout_s=30)
