@@ -3,7 +3,8 @@
     python -m e2e.images.build --cache DIR [busybox|pause|python ...]
 
 busybox: Debian's busybox-static; pause: e2e/images/pause.c compiled static;
-python: `debootstrap --variant=minbase` bookworm plus python3. Archives are cached
+python: `debootstrap --variant=minbase` bookworm plus python3 (the `architect` image the
+chart runs is built on it by e2e/images/architect.py, on demand). Archives are cached
 in DIR under names keyed by what they are built from, so a second run is instant.
 """
 

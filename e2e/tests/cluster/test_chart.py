@@ -216,7 +216,8 @@ def test_operator_runs_the_architect_image_unprivileged(release: Release) -> Non
     assert pod["spec"]["containers"][0]["image"] == release.image_ref
     status = pod["status"]["containerStatuses"][0]
     assert status["ready"] is True and status["restartCount"] == 0
-    # The image carries what the daemon needs too (Debian's iptables, netfilterqueue).
+    # The image carries what the daemon needs too (Debian's iptables, netfilterqueue,
+    # the daemon's entry point with the flags the chart passes).
     out = kubectl(
         release.cluster,
         "-n",
@@ -227,10 +228,11 @@ def test_operator_runs_the_architect_image_unprivileged(release: Release) -> Non
         "sh",
         "-c",
         "id -u; iptables --version; python3 -c 'import netfilterqueue; "
-        "import architect.runtime.network.hold; print(netfilterqueue.__version__)'",
+        "print(netfilterqueue.__version__)'; python3 -m architect.runtime.daemon --help",
     ).stdout
     assert out.split("\n")[0] == "65534"
-    assert "nf_tables" in out and "1.1.0" in out
+    assert "nf_tables" in out and "\n1.1.0\n" in out
+    assert "--shim-run" in out and "--kubelet-root" in out
 
 
 def test_annotated_deployment_gets_its_compiled_policies(release: Release) -> None:
