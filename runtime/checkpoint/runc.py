@@ -164,6 +164,8 @@ class RuncCriuBackend(EngineBackend):
         for log in sorted(work_dir.glob("*.log")):
             text = log.read_text(errors="replace").splitlines()
             errors = [ln for ln in text if "error" in ln.lower() and "RLIMIT_NOFILE" not in ln]
-            if errors:
-                lines.append(f"{log.name}: " + "\n".join(errors[-10:]))
+            # No error line (CRIU stopped on a failed check): its last words say why.
+            shown = errors[-10:] if errors else text[-6:]
+            if shown:
+                lines.append(f"{log.name}: " + "\n".join(shown))
         return "\n".join(lines)

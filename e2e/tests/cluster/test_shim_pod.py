@@ -36,7 +36,7 @@ def _control(container_id: str, message: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def architect_handlers(node_cluster: Cluster) -> Iterator[Cluster]:
     """containerd knows the runc-architect handler and the RuntimeClasses exist."""
     DROPIN.parent.mkdir(parents=True, exist_ok=True)

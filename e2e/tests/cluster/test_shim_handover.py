@@ -1,0 +1,198 @@
+"""Handover on the e2e node: a Deployment's pod is deleted with migrate-on-stop, and
+its replacement (same template hash, new pod IP, new emptyDir path) restores from
+the checkpoint the shim wrote on stop: its in-memory counter goes on, its emptyDir
+content came along, and its listener, bound to the old pod IP, answers on the new
+one. A corrupt handover image makes the replacement start fresh, and it is Ready."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.pytest_cluster import Cluster
+from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.test_shim_pod import _control, architect_handlers  # noqa: F401
+
+pytestmark = pytest.mark.node
+
+HANDOVER = Path("/var/lib/architect/shim/handover")
+HASH_KEY = "architect.loopholelabs.io/pod-template-hash"
+# A listener bound to the pod IP (restore must rewrite it), an in-memory counter
+# written to the rootfs, and a log in the emptyDir. httpd's directory is in the
+# emptyDir: the writable layer of the rootfs does not travel, and CRIU reopens a
+# process's cwd by path.
+SCRIPT = (
+    "mkdir -p /data/www && echo hello > /data/www/index.html && "
+    "httpd -f -p $POD_IP:8080 -h /data/www & "
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; "
+    "mv /tmp/count.new /tmp/count; echo $i >> /data/log; sleep 1; done"
+)
+
+
+def _deployment(template_hash: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "counter"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "counter"}},
+            "template": {
+                # The shim keys handovers by this annotation (containerd passes pod
+                # annotations under architect.loopholelabs.io/ to the OCI spec).
+                "metadata": {"labels": {"app": "counter"},
+                             "annotations": {HASH_KEY: template_hash}},
+                "spec": {
+                    "runtimeClassName": "runc-architect",
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "main", "image": "architect.local/busybox:1.35",
+                        "imagePullPolicy": "Never", "command": ["sh", "-c", SCRIPT],
+                        "env": [{"name": "POD_IP", "valueFrom": {
+                            "fieldRef": {"fieldPath": "status.podIP"}}}],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    }],
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def _pods(cluster: Cluster, ns: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(cluster, "pods", "-n", ns, "-l", "app=counter")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready_pod(cluster: Cluster, ns: str, not_named: str = "") -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def ready() -> bool:
+        for p in _pods(cluster, ns):
+            conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
+            if p["metadata"]["name"] != not_named and conds.get("Ready") == "True":
+                found[:] = [p]
+                return True
+        return False
+
+    try:
+        eventually("a Ready counter pod", ready, timeout_s=120)
+    except AssertionError:
+        events = kubectl(cluster, "get", "events", "-n", ns, check=False).stdout
+        raise AssertionError(f"no Ready counter pod in {ns}; events:\n{events[-3000:]}") from None
+    return found[0]
+
+
+def _cid(pod: dict[str, Any]) -> str:
+    cid: str = pod["status"]["containerStatuses"][0]["containerID"]
+    return cid.removeprefix("containerd://")
+
+
+def _exec(cluster: Cluster, ns: str, pod: str, *cmd: str) -> str:
+    return kubectl(cluster, "exec", "-n", ns, pod, "--", *cmd).stdout
+
+
+def _count(cluster: Cluster, ns: str, pod: str) -> int:
+    return int(_exec(cluster, ns, pod, "cat", "/tmp/count") or 0)
+
+
+def _http(ip: str) -> str:
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _shim_record(cid: str) -> dict[str, Any]:
+    (rec,) = [c for c in _control(cid, {"op": "status"})["containers"] if c["id"] == cid]
+    return rec
+
+
+def _start(cluster: Cluster, ns: str, template_hash: str) -> dict[str, Any]:
+    kubectl(cluster, "apply", "-n", ns, "-f", "-",
+            stdin=json.dumps(_deployment(template_hash)))
+    pod = _ready_pod(cluster, ns)
+    name = pod["metadata"]["name"]
+    eventually("the counter reaches 8", lambda: _count(cluster, ns, name) >= 8, timeout_s=60)
+    assert _http(pod["status"]["podIP"]) == "hello\n"
+    reply = _control(_cid(pod), {"op": "migrate-on-stop", "id": _cid(pod)})
+    assert reply["ok"] and reply["migrate_on_stop"], reply
+    return pod
+
+
+def test_replacement_pod_restores_from_handover(architect_handlers: Cluster) -> None:  # noqa: F811
+    cluster = architect_handlers
+    thash = f"e2e-{uuid.uuid4().hex[:8]}"
+    try:
+        with namespace(cluster, "handover") as ns:
+            old = _start(cluster, ns, thash)
+            name, old_ip = old["metadata"]["name"], old["status"]["podIP"]
+            before = _count(cluster, ns, name)
+            t0 = time.monotonic()
+            kubectl(cluster, "delete", "pod", "-n", ns, name, "--wait=false")
+            new = _ready_pod(cluster, ns, not_named=name)
+            ready_s = time.monotonic() - t0
+            new_name, new_ip = new["metadata"]["name"], new["status"]["podIP"]
+
+            rec = _shim_record(_cid(new))
+            assert rec["start_path"] == "restore", rec
+            assert "handover checkpoint" in rec["start_reason"], rec
+            # The counter went on from its checkpointed value; a fresh start would
+            # count from 1 (and reach `before` only after as many seconds).
+            after = _count(cluster, ns, new_name)
+            assert after >= before, (before, after)
+            # The emptyDir (a new host path in the new pod) holds the old pod's lines.
+            lines = _exec(cluster, ns, new_name, "cat", "/data/log").split()
+            assert lines[:before] == [str(i) for i in range(1, before + 1)], lines[:before + 2]
+            # httpd was bound to the old pod IP; restored with the socket rewritten,
+            # it answers on the new one.
+            assert _http(new_ip) == "hello\n"
+            assert not (HANDOVER / thash / "main").exists(), "a consumed handover must go"
+            restarts = new["status"]["containerStatuses"][0]["restartCount"]
+            assert restarts == 0
+            print(f"\nhandover: old {old_ip} -> new {new_ip}; counter {before} -> {after}; "
+                  f"restore {rec['timings'].get('restore', 0):.3f}s in the shim, "
+                  f"delete -> replacement Ready {ready_s:.1f}s")
+    finally:
+        _remove_handover(thash)
+
+
+def test_corrupt_handover_starts_fresh_and_ready(architect_handlers: Cluster) -> None:  # noqa: F811
+    cluster = architect_handlers
+    thash = f"e2e-{uuid.uuid4().hex[:8]}"
+    try:
+        with namespace(cluster, "handover") as ns:
+            _start(cluster, ns, thash)
+            # Scale to zero: the pod stops with SIGTERM and the shim writes the handover.
+            kubectl(cluster, "scale", "-n", ns, "deployment/counter", "--replicas=0")
+            image = HANDOVER / thash / "main"
+            eventually("the handover image", lambda: (image / "ready").exists(), timeout_s=60)
+            eventually("the pod gone", lambda: not get_json(
+                cluster, "pods", "-n", ns, "-l", "app=counter")["items"], timeout_s=60)
+            manifest = json.loads((image / "manifest.json").read_text())
+            payload = image / manifest["payload"]["file"]
+            data = bytearray(payload.read_bytes())
+            data[len(data) // 2] ^= 0x5A  # one flipped byte in the middle of the payload
+            payload.write_bytes(bytes(data))
+
+            kubectl(cluster, "scale", "-n", ns, "deployment/counter", "--replicas=1")
+            new = _ready_pod(cluster, ns)
+            rec = _shim_record(_cid(new))
+            assert rec["start_path"] == "fresh", rec
+            # The reason names the image and what was wrong with it.
+            assert "failed" in rec["start_reason"] and str(image) in rec["start_reason"], rec
+            assert _count(cluster, ns, new["metadata"]["name"]) < 8, "state came back?"
+            assert not image.exists(), "a broken handover must not fail the next pod too"
+            assert _http(new["status"]["podIP"]) == "hello\n"
+    finally:
+        _remove_handover(thash)
+
+
+def _remove_handover(thash: str) -> None:
+    import shutil
+
+    shutil.rmtree(HANDOVER / thash, ignore_errors=True)
