@@ -7,19 +7,18 @@ import re
 
 import pytest
 
-from charts.generate import render
+from charts.generate import cases, render
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import kubectl, namespace
-from tests.charts.render import custom_values, objects
+from tests.charts.render import objects
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.mark.parametrize("case", ["default", "custom"])
+@pytest.mark.parametrize("case", sorted(cases()))
 def test_every_rendered_object_passes_server_dry_run(control_plane: Cluster, case: str) -> None:
     with namespace(control_plane, "architect-chart-dry") as ns:
-        values = custom_values() if case == "custom" else None
-        text = render(values, namespace=ns)
+        text = render(cases()[case], namespace=ns)
         want = objects(text)
         proc = kubectl(
             control_plane,
