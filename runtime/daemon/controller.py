@@ -252,6 +252,11 @@ class Controller:
                 self.tracker.hibernate_failed(key, self.clock())
                 await self._transition_event(key, "Warning", "HibernateFailed", str(e))
                 return
+            if target.mode != "none":
+                try:
+                    await self.net.after_checkpoint(key)
+                except Exception as e:  # packets meet CRIU's lock: SYNs retry, no wake
+                    log.warning("%s: hold not moved above CRIU's lock: %s", _unit(key), e)
             self.tracker.hibernated(key, self.clock())
             metrics.CHECKPOINT_SECONDS.labels(runtime="runc", reason="hibernate").observe(
                 seconds or time.monotonic() - t0

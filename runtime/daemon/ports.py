@@ -67,6 +67,10 @@ class Network(Protocol):
     async def hold(self, key: ContainerKey, wake: WakeFn) -> None:
         """Queue the container's incoming packets; the first one calls ``wake``."""
 
+    async def after_checkpoint(self, key: ContainerKey) -> None:
+        """The checkpoint is done: make sure the hold sees packets first (CRIU's
+        network lock was inserted above it)."""
+
     async def release(self, key: ContainerKey) -> None:
         """Let held packets through (in order) and remove the hold."""
 

@@ -91,6 +91,9 @@ class FakeNet:
             raise OSError("NFQUEUE 0 busy")
         self.wakes[key] = wake
 
+    async def after_checkpoint(self, key: ContainerKey) -> None:
+        self.calls.append(f"net.hold-first {key.container}")
+
     async def release(self, key: ContainerKey) -> None:
         self.calls.append(f"net.release {key.container}")
         self.wakes.pop(key, None)

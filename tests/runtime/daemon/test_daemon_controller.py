@@ -64,6 +64,7 @@ async def test_adopts_then_hibernates_with_the_hold_first() -> None:
         "status main=CHECKPOINTING",
         "net.hold main",  # held before the process goes away
         f"shim.hibernate {CID}",
+        "net.hold-first main",  # above CRIU's network lock
         "status main=SCALED_DOWN",
     ]
     assert r.reasons() == ["Hibernated"]
