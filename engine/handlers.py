@@ -32,6 +32,7 @@ from architect.engine.controlplane.checkpoints import (
     TransitionError,
     check_transition,
     event_for,
+    fmt_time,
     observe_phase,
     parse_time,
     phase_of,
@@ -267,6 +268,14 @@ async def _observe(
     etype, reason, text = event_for(kind, str(meta.get("name")), change, message)
     post_event(body, etype, reason, text)
     _record(kind, body, change, now)
+    # Observed, not exact: phases are written by daemons too, and the control plane
+    # sees each change within one watch event.
+    await kube.patch_status(
+        plural_,
+        str(meta.get("namespace")),
+        str(meta.get("name")),
+        {"status": {"lastTransitionTime": fmt_time(now)}},
+    )
     await kube.patch_meta(
         plural_,
         str(meta.get("namespace")),

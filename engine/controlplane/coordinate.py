@@ -223,6 +223,17 @@ def plan_claim(
         },
         "stringData": grant_data(grant),
     }
+    # Before the message op, which stays last (patch[-1]).
+    patch.insert(-1, {
+        "op": "add",
+        "path": "/status/transfer",
+        "value": {
+            "destinationNode": dest,
+            "sourceEndpoint": endpoint,
+            "grant": f"{settings.namespace}/{name}",
+            "expires": fmt_time(now + settings.ticket_ttl),
+        },
+    })
     patch[-1]["value"] = (
         f"claimed by {pod_name} on {dest} at {fmt_time(now)}; the image moves from {src} "
         f"({endpoint}) with grant {settings.namespace}/{name}"
@@ -249,6 +260,7 @@ def handback(checkpoint: Mapping[str, Any], pod: Mapping[str, Any] | None) -> di
             "phase": "Ready",
             "consumedBy": "",
             "message": f"pod {who} {why} before restoring",
+            "transfer": None,  # merge patch: null deletes it
         }
     }
 
@@ -313,4 +325,6 @@ def failed_patch(pod: str, message: str, *, retry: bool) -> list[dict[str, Any]]
         {"op": "replace", "path": "/status/phase", "value": "Ready" if retry else "Failed"},
         {"op": "replace", "path": "/status/consumedBy", "value": ""},
         {"op": "replace", "path": "/status/message", "value": f"{pod}: {message}"},
+        # null clears it: the CRD's schema prunes nulls of non-nullable fields.
+        {"op": "add", "path": "/status/transfer", "value": None},
     ]

@@ -14,6 +14,7 @@ from test_engine_handlers import FakeKube
 
 from architect.engine import handlers
 from architect.engine.controlplane import coordinate, trust
+from architect.engine.controlplane.checkpoints import fmt_time
 from architect.engine.controlplane.transfer import grant_from_data, verify
 from architect.engine.tls import make_ca, pem_common_name
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
@@ -133,6 +134,13 @@ def test_cross_node_claim_issues_a_ticket_bound_to_both_nodes_and_the_pod() -> N
     assert plan.annotations[coordinate.GRANT_ANNOTATION] == f"arch/{secret['metadata']['name']}"
     assert plan.annotations[coordinate.SOURCE_ANNOTATION] == "https://10.0.0.7:9447"
     assert "moves from node-a (https://10.0.0.7:9447)" in plan.patch[-1]["value"]
+    (transfer,) = [op["value"] for op in plan.patch if op["path"] == "/status/transfer"]
+    assert transfer == {
+        "destinationNode": "node-b",
+        "sourceEndpoint": "https://10.0.0.7:9447",
+        "grant": f"arch/{secret['metadata']['name']}",
+        "expires": fmt_time(NOW + SETTINGS.ticket_ttl),
+    }
 
 
 def test_ipv6_endpoint_is_bracketed() -> None:
@@ -174,6 +182,7 @@ def test_restoring_for_a_vanished_pod_is_handed_back() -> None:
             "phase": "Ready",
             "consumedBy": "",
             "message": "pod web-1 was deleted before restoring",
+            "transfer": None,
         }
     }
     going = pod("web-1", metadata={"deletionTimestamp": "x"})
@@ -187,6 +196,8 @@ def test_daemon_reports_are_compare_and_swap() -> None:
     assert done[2] == {"op": "replace", "path": "/status/phase", "value": "Consumed"}
     assert coordinate.failed_patch("web-1", "digest mismatch", retry=False)[2]["value"] == "Failed"
     assert coordinate.failed_patch("web-1", "timeout", retry=True)[2]["value"] == "Ready"
+    assert coordinate.failed_patch("web-1", "x", retry=True)[-1] == {
+        "op": "add", "path": "/status/transfer", "value": None}
 
 
 def _grant_secret(c: dict[str, Any], now: datetime = NOW) -> dict[str, Any]:

@@ -184,6 +184,14 @@ def test_checkpoint_moves_to_a_replacement_on_another_node(
     grant_ns, _, grant_name = ann[coordinate.GRANT_ANNOTATION].partition("/")
     assert grant_ns == operator.system_namespace
     assert f"moves from {src}" in ck["status"]["message"]
+    # The same arrangement in the status, as the CRD's schema keeps it.
+    assert ck["status"]["transfer"]["destinationNode"] == dst
+    assert ck["status"]["transfer"]["grant"] == ann[coordinate.GRANT_ANNOTATION]
+    assert ck["status"]["transfer"]["sourceEndpoint"] == ann[coordinate.SOURCE_ANNOTATION]
+    eventually(
+        "transition time observed",
+        lambda: bool(_checkpoint(operator, ns, "web-app")["status"].get("lastTransitionTime")),
+    )
     eventually(
         "TransferGranted event", lambda: "TransferGranted" in _events(operator, ns, "web-app")
     )
