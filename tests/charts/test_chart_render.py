@@ -54,6 +54,8 @@ def test_default_render_has_every_component(default: list[dict[str, Any]]) -> No
         "Secret": 1,
         "ClusterRole": 2,
         "ClusterRoleBinding": 2,
+        "Role": 2,
+        "RoleBinding": 2,
         "Service": 2,
         "DaemonSet": 1,
         "Deployment": 1,
@@ -224,6 +226,16 @@ def test_rbac_is_least_privilege(default: list[dict[str, Any]]) -> None:
     daemon = set(_rules(one(default, "ClusterRole", "daemon")))
     assert ("", "pods/resize", "patch") in daemon
     assert not [r for r in daemon if r[2] == "delete"]
+    # Secrets only through Roles in the release namespace; the daemon only reads them.
+    roles = {r["metadata"]["name"]: r for r in by_kind(default)["Role"]}
+    assert all(r["metadata"]["namespace"] == NS for r in roles.values())
+    assert set(_rules(roles["architect-daemon"])) == {
+        ("", "secrets", v) for v in ("get", "list", "watch")
+    }
+    assert {r[1] for r in _rules(roles["architect-operator"])} == {"secrets"}
+    for binding in by_kind(default)["RoleBinding"]:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["name"] == binding["metadata"]["name"]
 
 
 def test_cluster_scoped_names_include_the_release_namespace() -> None:
@@ -276,13 +288,14 @@ def test_rendered_args_are_what_the_programs_accept(default: list[dict[str, Any]
         8080,
         "/etc/architect/tls/tls.crt",
     )
+    assert (ns.namespace, ns.transfer_port) == (NS, 9447)
     objs = rendered("daemon.resize=true", "daemon.kubeletRoot=/var/lib/k", "daemon.metricsPort=0")
     ds = one(objs, "DaemonSet")["spec"]["template"]["spec"]
     daemon = ds["containers"][0]
     cfg = daemon_args(daemon["args"], env={"NODE_NAME": "node-1"})
     assert (cfg.resize, cfg.kubelet_root, cfg.metrics_port) == (True, "/var/lib/k", 0)
     assert str(cfg.shim_run) == "/run/architect/shim"
-    assert "ports" not in daemon
+    assert daemon["ports"] == [{"name": "transfer", "containerPort": 9447}]
     mounts = {m["mountPath"]: m["mountPropagation"] for m in daemon["volumeMounts"]}
     assert mounts["/var/lib/k"] == "HostToContainer"
     host = {v["hostPath"]["path"] for v in ds["volumes"]}
