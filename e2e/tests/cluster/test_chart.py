@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from e2e.images import architect as image
-from e2e.pytest_cluster import Cluster
+from e2e.pytest_cluster import NODE, Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl
 
 pytestmark = pytest.mark.node
@@ -326,6 +326,34 @@ def test_metrics_service_reaches_the_operator(release: Release) -> None:
     with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert 'architect_admission_reviews_total{allowed="false",handler="validate-workload"}' in text
+
+
+def test_operator_works_within_its_rbac(release: Release) -> None:
+    # The control plane's pass issues a certificate Secret for every Node into the
+    # release namespace: nodes read, secrets written, through the chart's RBAC only.
+    def node_cert() -> bool:
+        return (
+            kubectl(
+                release.cluster,
+                "-n",
+                release.namespace,
+                "get",
+                "secret",
+                f"architect-node-{NODE}",
+                check=False,
+            ).returncode
+            == 0
+        )
+
+    eventually(f"Secret architect-node-{NODE} in {release.namespace}", node_cert, 60)
+    logs = kubectl(
+        release.cluster,
+        "-n",
+        release.namespace,
+        "logs",
+        f"deployment/{release.name}-architect-operator",
+    ).stdout
+    assert "Forbidden" not in logs and "(403)" not in logs, logs[-3000:]
 
 
 def test_helm_upgrade_keeps_the_certificate(release: Release) -> None:
