@@ -23,6 +23,7 @@ install: setup
 	runtime/checkpoint/install
 	runtime/network/install
 	runtime/shim/install
+	$(PY) -m e2e.images.architect --cache /var/cache/architect/images
 
 # Everything CI runs: installs the real parts, then every test against them,
 # the kuttl scenarios, and a teardown that fails if anything is left behind.
@@ -34,12 +35,14 @@ test: lint install
 # Regenerate committed outputs (CRDs, reference docs); tests fail when they drift.
 generate: setup
 	architect crds --write crds
+	$(PY) -m charts.generate
 	architect docs --write docs
 
 bench: setup
 	$(PY) bench/policy.py
 	$(PY) bench/engine_evaluate.py
 	$(PY) bench/engine_admission.py
+	$(PY) bench/engine_transfer.py
 	$(PY) bench/network_wake.py
 	$(PY) bench/checkpoint.py
 	$(PY) bench/shim_bench.py
