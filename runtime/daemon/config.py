@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from architect.runtime.daemon.shimclient import DEFAULT_RUN
+from architect.runtime.daemon.shimclient import DEFAULT_RUN, DEFAULT_STATE
 
 
 class UsageError(ValueError):
@@ -22,6 +22,7 @@ class DaemonConfig:
     metrics_port: int
     metrics_host: str
     shim_run: Path
+    shim_state: Path
     kubelet_root: str
     wake_timeout: float
     max_held: int
@@ -56,6 +57,8 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
     p.add_argument("--metrics-host", default="0.0.0.0")
     p.add_argument("--shim-run", default=env.get("ARCHITECT_SHIM_RUN", DEFAULT_RUN),
                    help="the shim's control-socket directory")
+    p.add_argument("--shim-state", default=env.get("ARCHITECT_SHIM_STATE", DEFAULT_STATE),
+                   help="the shim's state directory (handovers live under it)")
     p.add_argument("--kubelet-root", default="/var/lib/kubelet",
                    help="kubelet's root dir (health-proxy status files live under it)")
     p.add_argument("--wake-timeout", default="30", help="seconds a wake may take (1-600)")
@@ -79,6 +82,7 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
         metrics_port=port,
         metrics_host=a.metrics_host,
         shim_run=Path(a.shim_run),
+        shim_state=Path(a.shim_state),
         kubelet_root=a.kubelet_root,
         wake_timeout=_positive("--wake-timeout", a.wake_timeout, 1, 600),
         max_held=int(max_held),

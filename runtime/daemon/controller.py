@@ -29,6 +29,7 @@ from architect.engine.directives import Action, Directive, Evaluation, ResizeTar
 from architect.engine.evaluate import evaluate
 from architect.engine.pods import POD_SCOPE, pod_info
 from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import HibernationPolicy, MigrationPolicy
 from architect.runtime.daemon import metrics
 from architect.runtime.daemon.ports import Network, Reporter, Shim, ShimError
@@ -36,6 +37,7 @@ from architect.runtime.daemon.targets import (
     Target,
     annotated_states,
     build_target,
+    handover_key,
     index_policies,
     status_annotation,
 )
@@ -364,13 +366,18 @@ class Controller:
             if t is None or target is None or target.container_id is None or t.migrate_armed:
                 return
             pod = self.pods.get((key.namespace, key.pod))
-            if pod is None or pod_info(pod).template_hash is None:
-                # The handover is keyed by pod-template-hash: a bare pod has no
-                # replacement that could ever find its checkpoint.
+            thash = handover_key(pod) if pod is not None else None
+            if thash is None:
+                # The handover is keyed by the template hash: without it no
+                # replacement could ever find the checkpoint.
                 t.migrate_armed = True
-                log.info("%s: deleted, no pod-template-hash: state not kept", _unit(key))
+                log.info("%s: deleted, no %s annotation: state not kept", _unit(key),
+                         TEMPLATE_HASH_LABEL)
                 return
             try:
+                # Pending first: the replacement may be created before the
+                # kubelet stops this pod, and must wait for its checkpoint.
+                await self.shim.mark_pending(thash, key.container)
                 await self.shim.migrate_on_stop(target.container_id, True)
             except Exception as e:
                 t.migrate_armed = True  # once: the pod is going away either way

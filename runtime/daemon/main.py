@@ -40,7 +40,7 @@ async def run(cfg: DaemonConfig) -> int:
         r.start()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, cfg.metrics_host)
-    shim = ShimClient(cfg.shim_run)
+    shim = ShimClient(cfg.shim_run, cfg.shim_state)
     ctl = Controller(
         shim,
         PodNetwork(cfg.wake_timeout, cfg.max_held),

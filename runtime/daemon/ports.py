@@ -54,6 +54,9 @@ class Shim(Protocol):
 
     async def migrate_on_stop(self, container_id: str, enabled: bool) -> None: ...
 
+    async def mark_pending(self, template_hash: str, container: str) -> None:
+        """Mark the handover of (template hash, container) as coming."""
+
     def watch(self, socket: str, on_event: EventFn) -> None:
         """Follow the events of the shim behind ``socket`` (idempotent)."""
 

@@ -17,11 +17,13 @@ from typing import Any
 
 from architect.runtime.daemon.ports import EventFn, ShimContainer, ShimError
 from architect.runtime.daemon.targets import network_namespace
+from architect.runtime.shim import plan
 from architect.runtime.shim.control import request
 
 log = logging.getLogger("architect.daemon.shim")
 
 DEFAULT_RUN = "/run/architect/shim"
+DEFAULT_STATE = "/var/lib/architect/shim"
 WATCH_RETRIES = 5
 
 
@@ -38,8 +40,15 @@ def read_netns(bundle: str) -> str | None:
 
 
 class ShimClient:
-    def __init__(self, run_dir: Path, namespace: str = "k8s.io", timeout: float = 120.0) -> None:
-        self.run_dir, self.namespace, self.timeout = run_dir, namespace, timeout
+    def __init__(
+        self,
+        run_dir: Path,
+        state_dir: Path = Path(DEFAULT_STATE),
+        namespace: str = "k8s.io",
+        timeout: float = 120.0,
+    ) -> None:
+        self.run_dir, self.state_dir = run_dir, state_dir
+        self.namespace, self.timeout = namespace, timeout
         self._watchers: dict[str, asyncio.Task[None]] = {}
 
     def link(self, container_id: str) -> Path:
@@ -83,6 +92,18 @@ class ShimClient:
         await self._call(
             container_id, {"op": "migrate-on-stop", "id": container_id, "enabled": enabled}
         )
+
+    async def mark_pending(self, template_hash: str, container: str) -> None:
+        """Tell a replacement pod's Create to wait for the handover the stopping pod
+        is about to write (the shim replaces the dir when its checkpoint starts)."""
+        d = plan.handover_dir(self.state_dir, template_hash, container)
+
+        def mark() -> None:
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / plan.READY_MARK).exists():
+                (d / plan.PENDING_MARK).touch()
+
+        await asyncio.to_thread(mark)
 
     def watch(self, socket: str, on_event: EventFn) -> None:
         task = self._watchers.get(socket)

@@ -16,7 +16,7 @@ from typing import Any
 
 from architect.engine.directives import PolicyRef
 from architect.engine.telemetry import ContainerKey, ContainerState
-from architect.policy.annotations import STATUS_ANNOTATION
+from architect.policy.annotations import STATUS_ANNOTATION, TEMPLATE_HASH_LABEL
 from architect.policy.models import HibernationContainer, HibernationPolicy, MigrationPolicy
 
 CONTAINERD_PREFIX = "containerd://"
@@ -110,6 +110,14 @@ def build_target(
         exec_wakes=hc.wake_on.exec if hc is not None else True,
         requests=container_requests(pod, key.container),
     )
+
+
+def handover_key(pod: Mapping[str, Any]) -> str | None:
+    """The template hash the shim keys a handover by: the pod *annotation*
+    (containerd passes ``architect.loopholelabs.io/*`` pod annotations into the
+    OCI spec, not labels). None: no replacement could ever find the checkpoint."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH_LABEL)
+    return str(value) if value else None
 
 
 def annotated_states(pod: Mapping[str, Any]) -> dict[str, ContainerState]:

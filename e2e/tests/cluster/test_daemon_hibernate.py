@@ -74,10 +74,12 @@ def web_pod(mode: str) -> dict[str, Any]:
     }
 
 
-def compile_and_apply(cluster: Cluster, ns: str, obj: dict[str, Any], tmp: Path) -> None:
-    """`architect compile` the annotations, apply the policies, then the object."""
+def compile_and_apply(cluster: Cluster, ns: str, obj: dict[str, Any], tmp: Path,
+                      source: dict[str, Any] | None = None) -> None:
+    """`architect compile` the annotations (of ``source``, default ``obj``), apply
+    the policies, then the object."""
     src = tmp / "workload.json"
-    src.write_text(json.dumps(obj))
+    src.write_text(json.dumps(source or obj))
     compiled = subprocess.run(["architect", "compile", "-f", str(src)], capture_output=True,
                               text=True, timeout=60, check=True).stdout
     kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=compiled)

@@ -65,6 +65,9 @@ class FakeShim:
         if "migrate" in self.fail:
             raise ShimError("no such container")
 
+    async def mark_pending(self, template_hash: str, container: str) -> None:
+        self.calls.append(f"shim.pending {template_hash}/{container}")
+
     def watch(self, socket: str, on_event: EventFn) -> None:
         if on_event not in self.events:
             self.events.append(on_event)

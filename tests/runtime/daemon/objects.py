@@ -19,6 +19,7 @@ def pod(
     status: str | None = None,
     deleting: bool = False,
     ports: tuple[int, ...] = (8080,),
+    template_hash: str | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name,
@@ -29,6 +30,8 @@ def pod(
     }
     if status is not None:
         meta["annotations"]["architect.loopholelabs.io/status"] = status
+    if template_hash is not None:
+        meta["annotations"]["architect.loopholelabs.io/pod-template-hash"] = template_hash
     if deleting:
         meta["deletionTimestamp"] = "2026-11-23T12:00:00Z"
     return {

@@ -281,23 +281,27 @@ async def test_deleted_pod_with_migration_policy_arms_migrate_on_stop_once() -> 
     r = Rig()
     r.shim.add(CID)
     policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
-    labels = {"app": "web", "pod-template-hash": "abc123"}
-    await r.ctl.tick([pod(labels=labels)], policies)
+    await r.ctl.tick([pod(template_hash="abc123")], policies)
     r.calls.clear()
-    await r.ctl.tick([pod(labels=labels, deleting=True)], policies)
-    await r.ctl.tick([pod(labels=labels, deleting=True)], policies)
+    await r.ctl.tick([pod(template_hash="abc123", deleting=True)], policies)
+    await r.ctl.tick([pod(template_hash="abc123", deleting=True)], policies)
     assert r.calls.count(f"shim.migrate-on-stop {CID} True") == 1
+    # The replacement's Create must wait for the checkpoint: pending first.
+    assert r.calls.index("shim.pending abc123/main") < r.calls.index(
+        f"shim.migrate-on-stop {CID} True")
     assert r.state() is ContainerState.MIGRATING
     assert r.reasons() == ["CheckpointForMigration"]
 
 
-async def test_deleted_bare_pod_is_not_checkpointed() -> None:
+async def test_deleted_pod_without_template_hash_is_not_checkpointed() -> None:
     r = Rig()
     r.shim.add(CID)
     policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
     await r.ctl.tick([pod()], policies)
-    await r.ctl.tick([pod(deleting=True)], policies)
-    assert not any("migrate-on-stop" in c for c in r.calls)
+    # A label is not enough: the shim only sees pod annotations.
+    await r.ctl.tick([pod(deleting=True, labels={"app": "web", "pod-template-hash": "x"})],
+                     policies)
+    assert not any("migrate-on-stop" in c or "pending" in c for c in r.calls)
 
 
 async def test_adoption_trusts_the_shim_over_the_annotation() -> None:
