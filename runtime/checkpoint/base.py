@@ -6,6 +6,7 @@ container exists, and removes one; everything about the image is here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from abc import abstractmethod
@@ -123,7 +124,10 @@ class EngineBackend(Backend):
                     self._failure_log(work_dir, engine_dir, done),
                 )
             try:
-                return image.pack(
+                # In a thread: hashing and copying a large image must not stall the
+                # caller's event loop (the shim answers containerd meanwhile).
+                return await asyncio.to_thread(
+                    image.pack,
                     image_dir,
                     engine_dir,
                     container.empty_dirs,
@@ -172,12 +176,13 @@ class EngineBackend(Backend):
         scratch = scratch_beside(image_dir, "restore")
         try:
             unpacked = scratch / "image"
-            image.unpack(image_dir, unpacked)  # verifies every digest first
+            # verifies every digest first; in a thread, as pack
+            await asyncio.to_thread(image.unpack, image_dir, unpacked)
             t_verified = time.monotonic()
             engine_dir, work_dir = unpacked / image.ENGINE_DIR, scratch / "work"
             work_dir.mkdir()
             details = self._prepare(engine_dir, options)
-            image.put_back_empty_dirs(unpacked, manifest, targets)
+            await asyncio.to_thread(image.put_back_empty_dirs, unpacked, manifest, targets)
             pid_file = scratch / "pid"
             t_engine = time.monotonic()
             done = await self._restore(container, bundle, engine_dir, work_dir, pid_file, options)

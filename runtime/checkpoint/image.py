@@ -239,9 +239,12 @@ def pack(
                     )
                 )
             raw = _HashingWriter(stream)
+            # 1 MiB blocks: tarfile's default 10-16 KiB steps make packing CPU-bound.
             with tarfile.open(
-                fileobj=cast(IO[bytes], raw), mode="w|", format=tarfile.PAX_FORMAT
+                fileobj=cast(IO[bytes], raw), mode="w|", format=tarfile.PAX_FORMAT,
+                bufsize=CHUNK,
             ) as tar:
+                tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # not in typeshed
                 trees = [(ENGINE_DIR, engine_dir)]
                 trees += [(f"{EMPTYDIR_DIR}/{i}", p) for i, p in enumerate(empty_dirs)]
                 for prefix, root in trees:
@@ -383,7 +386,9 @@ def _extract(payload: Path, dest: Path | None, m: Manifest, where: str) -> None:
                     )
                 )
             try:
-                with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as tar:
+                with tarfile.open(
+                    fileobj=cast(IO[bytes], stream), mode="r|", bufsize=CHUNK
+                ) as tar:
                     for ti in tar:
                         _extract_member(tar, ti, dest, expected, seen, where)
             except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as e:
