@@ -63,8 +63,9 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
                    help="kubelet's root dir (health-proxy status files live under it)")
     p.add_argument("--wake-timeout", default="30", help="seconds a wake may take (1-600)")
     p.add_argument("--max-held", default="1024", help="packets held per container (1-65535)")
-    p.add_argument("--resize", action="store_true",
-                   help="give hibernated containers' requests back via pods/resize")
+    p.add_argument("--resize", action=argparse.BooleanOptionalAction, default=True,
+                   help="give hibernated containers' requests back via pods/resize "
+                        "(default on; --no-resize keeps them)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     if not a.node:

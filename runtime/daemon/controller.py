@@ -137,7 +137,9 @@ class Controller:
         keys = [
             k
             for k, t in self.tracker.items.items()
-            if self.targets[k].mode != "none" and not self._lock(k).locked()
+            if self.targets[k].mode != "none"
+            and not self._lock(k).locked()
+            and t.state is not ContainerState.MIGRATING  # its namespace is going away
         ]
         if not keys:
             return
@@ -401,12 +403,17 @@ class Controller:
             if not target.requests:  # nothing requested, nothing to give back
                 self.tracker.set_reduced(key, to is ResizeTarget.HIBERNATED)
                 return
+            # Recorded as done even when it fails: one attempt per transition,
+            # not one per tick; the Event says what went wrong.
+            self.tracker.set_reduced(key, to is ResizeTarget.HIBERNATED)
             try:
                 await self.reporter.resize(pod, key.container, to, dict(target.requests))
             except Exception as e:
-                log.warning("%s: resize to %s failed: %s", _unit(key), to.value, e)
+                await self._transition_event(
+                    key, "Warning", "ResizeFailed", f"resize to {to.value} requests failed: {e}"
+                )
                 return
-            self.tracker.set_reduced(key, to is ResizeTarget.HIBERNATED)
+            log.info("%s: requests resized to %s", _unit(key), to.value)
 
     # --- reporting --------------------------------------------------------------
 

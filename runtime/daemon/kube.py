@@ -225,14 +225,8 @@ class KubeReporter:
         meta = pod.get("metadata") or {}
         body = resize_patch(container, to, original)
         await asyncio.to_thread(
-            self.core.api_client.call_api,
-            "/api/v1/namespaces/{namespace}/pods/{name}/resize",
-            "PATCH",
-            {"namespace": meta.get("namespace"), "name": meta.get("name")},
-            [],
-            {"Content-Type": "application/strategic-merge-patch+json"},
-            body=body,
-            auth_settings=["BearerToken"],
-            response_type="object",
-            _return_http_data_only=True,
+            self.core.patch_namespaced_pod_resize,
+            str(meta.get("name")),
+            str(meta.get("namespace")),
+            body,
         )

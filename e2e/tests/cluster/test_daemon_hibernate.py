@@ -214,3 +214,30 @@ def test_connections_mode_open_connection_keeps_it_awake(
             kubectl(cluster, "delete", "pod", "-n", ns, "web", "--wait=true", "--timeout=60s",
                     check=False)
             daemon.kill()
+
+
+def test_exec_wake_reported_by_the_shim_is_followed(
+    architect_node: Cluster, tmp_path: Path, daemon_log: Path
+) -> None:
+    """kubectl exec wakes the container inside the shim; the daemon hears it on the
+    watch stream, marks it RUNNING and drops the hold, so traffic flows at once."""
+    cluster = architect_node
+    with namespace(cluster, "dmne") as ns:
+        compile_and_apply(cluster, ns, web_pod("packets"), tmp_path)
+        ip, cid = _running_pod(cluster, ns)
+        first, _ = http_get(ip)
+        daemon = start_daemon(cluster, daemon_log)
+        try:
+            eventually("hibernated", lambda: states(cluster, ns) == {"main": "SCALED_DOWN"},
+                       timeout_s=90)
+            out = kubectl(cluster, "exec", "-n", ns, "web", "--", "python3", "-c", "print(42)")
+            assert out.stdout.strip() == "42"
+            assert shim_entry(cid)["hibernated"] is False
+            eventually("the daemon followed the exec wake",
+                       lambda: "woken by exec" in daemon.text(), timeout_s=30)
+            count, _ = http_get(ip, timeout=10)
+            assert count == first + 1
+        finally:
+            kubectl(cluster, "delete", "pod", "-n", ns, "web", "--wait=true", "--timeout=60s",
+                    check=False)
+            daemon.kill()

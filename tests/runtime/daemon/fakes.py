@@ -122,6 +122,7 @@ class FakeReporter:
     statuses: list[dict[str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     fail_status: bool = False
+    fail_resize: bool = False
 
     async def set_status(self, pod: Mapping[str, Any], states: Mapping[str, ContainerState]) -> None:
         if self.fail_status:
@@ -136,3 +137,5 @@ class FakeReporter:
         self, pod: Mapping[str, Any], container: str, to: ResizeTarget, original: Mapping[str, str]
     ) -> None:
         self.calls.append(f"resize {container} {to.value} {dict(original)}")
+        if self.fail_resize:
+            raise OSError("pods/resize: 403")

@@ -351,3 +351,13 @@ async def test_resize_only_when_enabled(enabled: bool) -> None:
         assert resizes == ["resize main Hibernated {'cpu': '250m', 'memory': '64Mi'}"]
     else:
         assert resizes == []
+
+
+async def test_failed_resize_is_reported_once_not_every_tick() -> None:
+    r = Rig(resize=True)
+    r.rep.fail_resize = True
+    r.shim.add(CID, status="SCALED_DOWN")
+    for _ in range(3):
+        await r.ctl.tick([pod()], [hibernation()])
+    assert len([c for c in r.calls if c.startswith("resize")]) == 1
+    assert r.reasons() == ["ResizeFailed"]

@@ -157,7 +157,8 @@ def test_resize_bodies() -> None:
 
 def test_flags() -> None:
     cfg = parse_args(["--tick", "0.5"], env={"NODE_NAME": "n1"})
-    assert (cfg.node, cfg.tick, cfg.metrics_port, cfg.resize) == ("n1", 0.5, 9090, False)
+    assert (cfg.node, cfg.tick, cfg.metrics_port, cfg.resize) == ("n1", 0.5, 9090, True)
+    assert parse_args(["--no-resize"], env={"NODE_NAME": "n1"}).resize is False
 
 
 @pytest.mark.parametrize(
