@@ -23,6 +23,7 @@ class DaemonConfig:
     metrics_host: str
     shim_run: Path
     shim_state: Path
+    state_dir: Path
     kubelet_root: str
     wake_timeout: float
     max_held: int
@@ -59,6 +60,8 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
                    help="the shim's control-socket directory")
     p.add_argument("--shim-state", default=env.get("ARCHITECT_SHIM_STATE", DEFAULT_STATE),
                    help="the shim's state directory (handovers live under it)")
+    p.add_argument("--state-dir", default="/var/lib/architect/daemon",
+                   help="the daemon's own state (original requests of resized containers)")
     p.add_argument("--kubelet-root", default="/var/lib/kubelet",
                    help="kubelet's root dir (health-proxy status files live under it)")
     p.add_argument("--wake-timeout", default="30", help="seconds a wake may take (1-600)")
@@ -84,6 +87,7 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
         metrics_host=a.metrics_host,
         shim_run=Path(a.shim_run),
         shim_state=Path(a.shim_state),
+        state_dir=Path(a.state_dir),
         kubelet_root=a.kubelet_root,
         wake_timeout=_positive("--wake-timeout", a.wake_timeout, 1, 600),
         max_held=int(max_held),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import HibernationPolicy, MigrationPolicy
 from architect.runtime.daemon import metrics
 from architect.runtime.daemon.ports import Network, Reporter, Shim, ShimError
+from architect.runtime.daemon.store import RequestsStore
 from architect.runtime.daemon.targets import (
     Target,
     annotated_states,
@@ -72,10 +74,12 @@ class Controller:
         wake_timeout: float = 30.0,
         resize: bool = False,
         clock: Clock = utcnow,
+        originals: RequestsStore | None = None,
     ) -> None:
         self.shim, self.net, self.reporter = shim, net, reporter
         self.wake_timeout, self.resize_enabled, self.clock = wake_timeout, resize, clock
         self.tracker = Tracker()
+        self.originals = originals if originals is not None else RequestsStore(None)
         self.targets: dict[ContainerKey, Target] = {}
         self.pods: dict[PodKey, Mapping[str, Any]] = {}
         self.ignored: dict[ContainerKey, str] = {}  # why a governed container is not driven
@@ -176,10 +180,14 @@ class Controller:
         """Start driving a governed container, or pick it up again after a restart:
         the shim's word decides its state; a hibernated one gets its hold back."""
         target = build_target(pod, key, policy)
-        if target.container_id is None:
+        cid = target.container_id
+        if cid is None:
             return  # not started yet: next tick
+        saved = self.originals.get(target.pod_uid, key.container)
+        if saved is not None:  # running on hibernated requests since before a restart
+            target = dataclasses.replace(target, requests=tuple(sorted(saved.items())))
         try:
-            found = await self.shim.find(target.container_id)
+            found = await self.shim.find(cid)
         except ShimError as e:
             log.warning("%s: shim status failed: %s", _unit(key), e)
             return
@@ -200,8 +208,9 @@ class Controller:
                 log.warning("%s: network setup failed (retried next tick): %s", _unit(key), e)
                 return
         self.targets[key] = target
-        self._by_id[target.container_id] = key
+        self._by_id[cid] = key
         self.tracker.add(key, state, now)
+        self.tracker.set_reduced(key, saved is not None)
         self.shim.watch(found.socket, self.on_shim_event)
         log.info("%s: adopted as %s (shim: %s)", _unit(key), state.value, found.status)
         if state is ContainerState.SCALED_DOWN and target.mode != "none":
@@ -221,6 +230,8 @@ class Controller:
                 await self.net.teardown(key)
             self.tracker.drop(key)
             target = self.targets.pop(key, None)
+            if target is not None and not pod_alive:
+                self.originals.drop(target.pod_uid, key.container)
             if target is not None and target.container_id is not None:
                 self._by_id.pop(target.container_id, None)
         self._locks.pop(key, None)
@@ -406,8 +417,12 @@ class Controller:
             # Recorded as done even when it fails: one attempt per transition,
             # not one per tick; the Event says what went wrong.
             self.tracker.set_reduced(key, to is ResizeTarget.HIBERNATED)
+            if to is ResizeTarget.HIBERNATED:  # before the spec forgets them
+                self.originals.put(target.pod_uid, key.container, dict(target.requests))
             try:
                 await self.reporter.resize(pod, key.container, to, dict(target.requests))
+                if to is ResizeTarget.ORIGINAL:
+                    self.originals.drop(target.pod_uid, key.container)
             except Exception as e:
                 await self._transition_event(
                     key, "Warning", "ResizeFailed", f"resize to {to.value} requests failed: {e}"

@@ -24,6 +24,7 @@ async def run(cfg: DaemonConfig) -> int:
     from architect.runtime.daemon.kube import KubeReporter, reflectors
     from architect.runtime.daemon.network import PodNetwork
     from architect.runtime.daemon.shimclient import ShimClient
+    from architect.runtime.daemon.store import RequestsStore
 
     api = load_config(cfg.kubeconfig)
     loop = asyncio.get_running_loop()
@@ -47,6 +48,7 @@ async def run(cfg: DaemonConfig) -> int:
         KubeReporter(api, cfg.kubelet_root),
         wake_timeout=cfg.wake_timeout,
         resize=cfg.resize,
+        originals=RequestsStore(cfg.state_dir / "requests.json"),
     )
     # Nothing is decided before the first list of each: an empty cache would
     # read as "no policies" and wake or forget every container.

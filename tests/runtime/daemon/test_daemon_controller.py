@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from architect.engine.telemetry import ContainerKey, ContainerState
 from architect.policy.models import HibernationPolicy, MigrationPolicy
 from architect.runtime.daemon.controller import Controller
 from architect.runtime.daemon.ports import Activity
+from architect.runtime.daemon.store import RequestsStore
 from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
 from tests.runtime.daemon.objects import NS, hibernation, migration, pod
 
@@ -361,3 +363,21 @@ async def test_failed_resize_is_reported_once_not_every_tick() -> None:
         await r.ctl.tick([pod()], [hibernation()])
     assert len([c for c in r.calls if c.startswith("resize")]) == 1
     assert r.reasons() == ["ResizeFailed"]
+
+
+async def test_original_requests_survive_a_daemon_restart(tmp_path: Path) -> None:
+    store = tmp_path / "requests.json"
+    r = Rig(resize=True, originals=RequestsStore(store))
+    r.shim.add(CID, status="SCALED_DOWN")
+    await r.ctl.tick([pod()], [hibernation()])
+    await r.ctl.tick([pod()], [hibernation()])
+    assert "resize main Hibernated {'cpu': '250m', 'memory': '64Mi'}" in r.calls
+    # A new daemon: the spec now shows the token requests, the store the originals.
+    reduced = pod()
+    reduced["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "1m", "memory": "1Mi"}
+    r2 = Rig(resize=True, originals=RequestsStore(store))
+    r2.shim.add(CID, status="RUNNING")  # woken meanwhile (an exec)
+    await r2.ctl.tick([reduced], [hibernation()])
+    await r2.ctl.tick([reduced], [hibernation()])
+    assert "resize main Original {'cpu': '250m', 'memory': '64Mi'}" in r2.calls
+    assert RequestsStore(store).data == {}
