@@ -451,7 +451,14 @@ class TaskService:
         (``c.start_reason`` then says why)."""
         assert decision.image is not None and isinstance(c.init.io, PipeIO)
         deadline = time.monotonic() + decision.wait_seconds
-        while not (decision.image / plan.READY_MARK).exists():
+        ready, pending = decision.image / plan.READY_MARK, decision.image / plan.PENDING_MARK
+        while not ready.exists():
+            # `ready` lands before `pending` goes: neither means the handover was
+            # withdrawn (the old pod's checkpoint failed), so waiting on is pointless.
+            if decision.wait_seconds and not pending.exists() and not ready.exists():
+                c.start_reason = f"handover {decision.image} withdrawn"
+                log.info("%s: %s: starting fresh", c.id, c.start_reason)
+                return 0
             if time.monotonic() >= deadline:
                 c.start_reason = f"scaleup-timeout passed waiting for {decision.image}"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
@@ -821,9 +828,17 @@ class TaskService:
         thash = c.annotations.get(plan.ANN_TEMPLATE_HASH, "")
         name = c.annotations.get(plan.CRI_CONTAINER_NAME, c.id)
         dest = plan.handover_dir(self.state_root, thash or "unknown", name)
-        safe_rmtree(dest)
-        dest.mkdir(parents=True)
+        # The daemon may have marked it pending already: keep that mark (a waiting
+        # replacement must never see the dir without one), clear the rest.
+        dest.mkdir(parents=True, exist_ok=True)
         (dest / plan.PENDING_MARK).touch()
+        for stale in dest.iterdir():
+            if stale.name == plan.PENDING_MARK:
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                safe_rmtree(stale)
+            else:
+                stale.unlink()
         t0 = time.monotonic()
         if not c.hibernated:
             try:

@@ -103,6 +103,33 @@ def test_pending_checkpoint_waits_scaleup_timeout_then_starts_fresh(
     containerd.remove("pend")
 
 
+def test_withdrawn_pending_handover_starts_fresh_at_once(
+    containerd: Containerd, rootfs: Path
+) -> None:
+    """The old pod's checkpoint failed and its shim removed the pending handover:
+    the replacement stops waiting instead of sitting out its scaleup-timeout."""
+    import threading
+
+    ann = {
+        HASH: "withdrawn1", NAME: "app",
+        "architect.loopholelabs.io/scaleup-timeout-containers": '{"app": "60s"}',
+    }
+    pending = containerd.shim_state / "handover" / "withdrawn1" / "app"
+    pending.mkdir(parents=True)
+    (pending / "pending").touch()
+    timer = threading.Timer(1.0, lambda: (pending / "pending").unlink())
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        containerd.run_container("wdr", rootfs, COUNTER, ann)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 20, "waited on a withdrawn handover"
+    rec = containerd.control("wdr", {"op": "status"})["containers"][0]
+    assert rec["start_path"] == "fresh" and "withdrawn" in rec["start_reason"], rec
+    containerd.remove("wdr")
+
+
 def test_broken_handover_image_falls_back_to_fresh(containerd: Containerd, rootfs: Path) -> None:
     ann = {HASH: "broken1", NAME: "app"}
     bad = containerd.shim_state / "handover" / "broken1" / "app"
