@@ -21,6 +21,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from architect.engine.admission.pods import STATUS_VOLUME
 from architect.engine.directives import ResizeTarget
 from architect.engine.kube import Kube
 from architect.engine.telemetry import ContainerState
@@ -203,9 +204,9 @@ class KubeReporter:
         no sidecar to read it)."""
         uid = str((pod.get("metadata") or {}).get("uid") or "")
         for v in (pod.get("spec") or {}).get("volumes") or ():
-            if v.get("name") != "architect-run" or not uid:
+            if v.get("name") != STATUS_VOLUME or not uid:
                 continue
-            path = status_file_path(self.kubelet_root, uid, "architect-run")
+            path = status_file_path(self.kubelet_root, uid, STATUS_VOLUME)
             if not os.path.isdir(os.path.dirname(path)):
                 return
             tmp = path + ".tmp"

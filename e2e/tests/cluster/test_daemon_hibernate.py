@@ -24,7 +24,7 @@ import pytest
 
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
-from e2e.tests.cluster.shimfix import SHIM_RUN, architect_node, start_daemon
+from e2e.tests.cluster.shimfix import KUBELET_ROOT, SHIM_RUN, architect_node, start_daemon
 
 pytestmark = pytest.mark.node
 __all__ = ["architect_node"]  # the fixture, imported for pytest
@@ -69,7 +69,14 @@ def web_pod(mode: str) -> dict[str, Any]:
                 "name": "main", "image": "architect.local/python:3.11",
                 "imagePullPolicy": "Never", "command": ["python3", "-c", SERVER],
                 "ports": [{"containerPort": 8080}],
+                # In a full install the health-proxy sidecar mounts it; the
+                # kubelet sets up only volumes some container mounts.
+                "volumeMounts": [{"name": "architect-run", "mountPath": "/run/architect",
+                                  "readOnly": True}],
             }],
+            # The volume admission adds for the health-check proxy: the daemon
+            # writes the status file into it.
+            "volumes": [{"name": "architect-run", "emptyDir": {"medium": "Memory"}}],
         },
     }
 
@@ -112,6 +119,13 @@ def shim_entry(container_id: str) -> dict[str, Any]:
     return entries[0]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -147,11 +161,17 @@ def test_idle_hibernates_request_wakes_daemon_restart_adopts(
         ip, cid = _running_pod(cluster, ns)
         first, _ = http_get(ip)
         pid = shim_entry(cid)["pid"]
-        daemon = start_daemon(cluster, daemon_log)
+        port = free_port()
+        daemon = start_daemon(cluster, daemon_log, "--metrics-port", str(port),
+                              "--metrics-host", "127.0.0.1")
         try:
             # (a) idle for 3s -> hibernated; kubelet still sees a healthy pod.
             eventually("the daemon hibernates the idle container",
                        lambda: states(cluster, ns) == {"main": "SCALED_DOWN"}, timeout_s=90)
+            uid = get_json(cluster, "pod", "-n", ns, "web")["metadata"]["uid"]
+            status_file = Path(KUBELET_ROOT, "pods", uid,
+                               "volumes/kubernetes.io~empty-dir/architect-run/status.json")
+            assert json.loads(status_file.read_text()) == {"main": "SCALED_DOWN"}
             assert shim_entry(cid)["hibernated"] is True
             assert not Path(f"/proc/{pid}").exists(), "the hibernated process must be gone"
             st = get_json(cluster, "pod", "-n", ns, "web")["status"]
@@ -169,6 +189,12 @@ def test_idle_hibernates_request_wakes_daemon_restart_adopts(
                        lambda: states(cluster, ns) == {"main": "RUNNING"}, timeout_s=30)
             eventually("transition events posted",
                        lambda: {"Hibernated", "Woken"} <= set(events(cluster, ns)))
+            assert json.loads(status_file.read_text()) == {"main": "RUNNING"}
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                scraped = r.read().decode()
+            assert 'architect_wake_total{reason="packet"} 1.0' in scraped
+            assert 'architect_containers{state="RUNNING"} 1.0' in scraped
+            assert "architect_restore_duration_seconds_count" in scraped
 
             # (d) hibernated again, the daemon dies, a new one adopts the container.
             eventually("hibernated again",
