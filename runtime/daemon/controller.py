@@ -87,6 +87,7 @@ class Controller:
         self._published: dict[PodKey, str] = {}
         self._by_id: dict[str, ContainerKey] = {}
         self._held: set[ContainerKey] = set()
+        self._swept: set[ContainerKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.last: Evaluation | None = None
 
@@ -128,6 +129,9 @@ class Controller:
                 pod = self.pods[(d.key.namespace, d.key.pod)]
                 hp = refs.get(d.policy) if d.policy is not None else None
                 await self._adopt(pod, d.key, hp if isinstance(hp, HibernationPolicy) else None)
+        for d in ev.directives:
+            if d.action is Action.UNMANAGED and d.key not in self._swept:
+                await self._sweep(d.key)
         for d in ev.actionable():
             if d.key in self.tracker and not self._lock(d.key).locked():
                 await self._act(d)
@@ -216,6 +220,26 @@ class Controller:
         if state is ContainerState.SCALED_DOWN and target.mode != "none":
             await self._arm(key)
 
+    async def _sweep(self, key: ContainerKey) -> None:
+        """Once per unmanaged runc-architect container: remove rules a previous
+        daemon left for it (its policy went away while no daemon ran)."""
+        self._swept.add(key)
+        pod = self.pods.get((key.namespace, key.pod))
+        if pod is None or pod_info(pod).runtime != "runc":
+            return
+        target = build_target(pod, key, None)
+        if target.container_id is None:
+            self._swept.discard(key)  # not started yet: look again later
+            return
+        try:
+            found = await self.shim.find(target.container_id)
+            if found is not None and found.netns is not None:
+                removed = await self.net.sweep(found.netns, target.index)
+                if removed:
+                    log.info("%s: unmanaged, removed stale %s", _unit(key), ", ".join(removed))
+        except Exception as e:
+            log.warning("%s: stale rule check failed: %s", _unit(key), e)
+
     async def _forget(self, key: ContainerKey) -> None:
         """Nothing governs the container any more: wake it if its pod lives on
         (fail open), then remove its rules."""
@@ -229,6 +253,7 @@ class Controller:
             with contextlib.suppress(Exception):  # the namespace may be gone with the pod
                 await self.net.teardown(key)
             self.tracker.drop(key)
+            self._swept.add(key)  # just torn down: no sweep needed
             target = self.targets.pop(key, None)
             if target is not None and not pod_alive:
                 self.originals.drop(target.pod_uid, key.container)

@@ -98,6 +98,21 @@ class PodNetwork:
         if net is not None:
             await net.teardown()
 
+    async def sweep(self, netns: str, index: int) -> list[str]:
+        # Any ports do: only the chain names, which depend on the index, matter.
+        spec = net_spec(index, "packets", [1])
+        assert spec is not None
+        ns = NetNs(netns)
+        chains = [spec.hold_chain, spec.activity_chain, spec.shadow_chain]
+
+        def sweep() -> list[str]:
+            present = [c for c in iptables.architect_chains(ns) if c in chains]
+            if present:
+                iptables.remove(ns, present)
+            return present
+
+        return await asyncio.to_thread(sweep)
+
     def sample(self, key: ContainerKey, now: datetime) -> Activity | None:
         net = self.nets.get(key)
         if net is None:

@@ -80,6 +80,10 @@ class Network(Protocol):
     async def teardown(self, key: ContainerKey) -> None:
         """Remove every rule of the container (it is no longer managed)."""
 
+    async def sweep(self, netns: str, index: int) -> list[str]:
+        """Remove the chains of the ``index``-th container of a pod that is not
+        managed (left by an earlier daemon); return their names."""
+
     def sample(self, key: ContainerKey, now: datetime) -> Activity | None:
         """Blocking (runs in a worker thread): one activity sample."""
 

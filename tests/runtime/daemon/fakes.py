@@ -104,6 +104,10 @@ class FakeNet:
     async def teardown(self, key: ContainerKey) -> None:
         self.calls.append(f"net.teardown {key.container}")
 
+    async def sweep(self, netns: str, index: int) -> list[str]:
+        self.calls.append(f"net.sweep {netns} c{index}")
+        return [f"ARCHITECT-HOLD-c{index}"]
+
     def sample(self, key: ContainerKey, now: datetime) -> Activity | None:
         return self.activity.get(key)
 

@@ -252,8 +252,9 @@ async def test_unmanaged_and_other_runtime_pods_are_left_alone() -> None:
     r = Rig()
     r.shim.add(CID)
     await r.ctl.tick([pod(runtime_class="runc")], [hibernation()])
-    await r.ctl.tick([pod(labels={"app": "other"})], [hibernation()])
-    assert r.calls == [] and not r.ctl.tracker.items
+    assert r.calls == [] and not r.ctl.tracker.items  # not even swept: not our runtime
+    await r.ctl.tick([pod("other", labels={"app": "other"})], [hibernation()])
+    assert r.calls == [] and not r.ctl.tracker.items  # not run by our shim
 
 
 async def test_policy_removed_wakes_and_tears_down() -> None:
@@ -381,3 +382,21 @@ async def test_original_requests_survive_a_daemon_restart(tmp_path: Path) -> Non
     await r2.ctl.tick([reduced], [hibernation()])
     assert "resize main Original {'cpu': '250m', 'memory': '64Mi'}" in r2.calls
     assert RequestsStore(store).data == {}
+
+
+async def test_unmanaged_runc_architect_container_is_swept_once() -> None:
+    r = Rig()
+    r.shim.add(CID, netns="/proc/9/ns/net")
+    await r.ctl.tick([pod()], [])  # no policy: nothing governs it
+    await r.ctl.tick([pod()], [])
+    assert r.calls == ["net.sweep /proc/9/ns/net c0"]
+    assert KEY not in r.ctl.tracker
+
+
+async def test_policy_removed_container_is_torn_down_not_swept() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    await r.ctl.tick([pod()], [hibernation()])
+    await r.ctl.tick([pod()], [])
+    assert "net.teardown main" in r.calls
+    assert not any(c.startswith("net.sweep") for c in r.calls)
