@@ -66,7 +66,8 @@ def start_daemon(cluster: Cluster, log: Path, *extra: str) -> Daemon:
     proc = subprocess.Popen(
         [sys.executable, "-m", "architect.runtime.daemon", "--node", NODE,
          "--kubeconfig", str(cluster.kubeconfig), "--tick", "0.5", "--metrics-port", "0",
-         "--kubelet-root", KUBELET_ROOT, "--log-level", "DEBUG", *extra],
+         "--kubelet-root", KUBELET_ROOT, "--state-dir", str(log.parent / "daemon-state"),
+         "--log-level", "DEBUG", *extra],
         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
