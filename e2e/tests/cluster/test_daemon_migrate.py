@@ -16,11 +16,11 @@ from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
 from e2e.tests.cluster.shimfix import architect_node, start_daemon
 from e2e.tests.cluster.test_daemon_hibernate import (
-    SERVER,
     compile_and_apply,
     events,
     http_get,
     shim_entry,
+    web_pod,
 )
 
 pytestmark = pytest.mark.node
@@ -31,6 +31,14 @@ HASH_KEY = "architect.loopholelabs.io/pod-template-hash"
 
 
 def deployment(template_hash: str) -> dict[str, Any]:
+    """The counter pod of test_daemon_hibernate as a Deployment's template."""
+    pod = web_pod("packets")
+    annotations = pod["metadata"]["annotations"]
+    annotations["architect.loopholelabs.io/scaledown-durations"] = '{"main":"1h"}'
+    # What admission adds in a full install; the shim keys the handover by it
+    # (containerd passes pod annotations under architect.loopholelabs.io/ on).
+    annotations[HASH_KEY] = template_hash
+    pod["spec"]["terminationGracePeriodSeconds"] = 10
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -38,28 +46,9 @@ def deployment(template_hash: str) -> dict[str, Any]:
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {
-                    "labels": {"app": "web"},
-                    "annotations": {
-                        # What admission adds in a full install; the shim keys the
-                        # handover by it (containerd passes it into the OCI spec).
-                        HASH_KEY: template_hash,
-                        "architect.loopholelabs.io/managed-containers": '["main"]',
-                        "architect.loopholelabs.io/scaledown-durations": '{"main":"1h"}',
-                        "architect.loopholelabs.io/network-monitor": '{"main":"packets"}',
-                    },
-                },
-                "spec": {
-                    "runtimeClassName": "runc-architect",
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [{
-                        "name": "main", "image": "architect.local/python:3.11",
-                        "imagePullPolicy": "Never", "command": ["python3", "-c", SERVER],
-                        "ports": [{"containerPort": 8080}],
-                    }],
-                },
-            },
+            "template": {"metadata": {"labels": pod["metadata"]["labels"],
+                                      "annotations": annotations},
+                         "spec": pod["spec"]},
         },
     }
 
