@@ -1,0 +1,62 @@
+"""A runsc-architect pod with networking on the e2e node: gVisor's sandbox takes the
+CNI-made pod network namespace (runsc built from gVisor's Go module; Debian's refuses
+on this kernel) and serves HTTP on the pod IP. (Hibernating such a pod is not done:
+runsc checkpoints the whole sandbox, pause container included; see the shim README.)"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+
+from e2e.pytest_cluster import Cluster
+from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.test_shim_pod import _control, architect_handlers  # noqa: F401
+
+pytestmark = pytest.mark.node
+
+SCRIPT = ("mkdir -p /www && echo gvisor > /www/index.html && httpd -p 8080 -h /www && "
+          "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done")
+
+
+def _http(ip: str) -> str:
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _answers(ip: str) -> bool:
+    try:
+        return _http(ip) == "gvisor\n"
+    except OSError:
+        return False
+
+
+def test_runsc_architect_pod_serves_on_its_pod_ip(architect_handlers: Cluster) -> None:  # noqa: F811
+    cluster = architect_handlers
+    pod: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gv"},
+        "spec": {
+            "runtimeClassName": "runsc-architect", "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "architect.local/busybox:1.35",
+                            "imagePullPolicy": "Never", "command": ["sh", "-c", SCRIPT]}],
+        },
+    }
+    with namespace(cluster, "gvisor") as ns:
+        kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(pod))
+        done = kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/gv",
+                       "--timeout=120s", check=False)
+        if done.returncode != 0:
+            events = kubectl(cluster, "get", "events", "-n", ns, check=False).stdout
+            raise AssertionError(f"runsc-architect pod not Ready:\n{events[-3000:]}")
+        status = get_json(cluster, "pod", "-n", ns, "gv")["status"]
+        ip = status["podIP"]
+        cid = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+        (rec,) = [c for c in _control(cid, {"op": "status"})["containers"] if c["id"] == cid]
+        assert rec["runtime"] == "runsc", rec
+        # The sandbox's own netstack answers on the pod IP that CNI gave the netns.
+        eventually("httpd in gVisor answers on the pod IP", lambda: _answers(ip), timeout_s=30)
+        kernel_log = kubectl(cluster, "exec", "-n", ns, "gv", "--", "dmesg").stdout
+        assert "gVisor" in kernel_log, kernel_log[:200]  # gVisor's kernel log, not the host's
+
