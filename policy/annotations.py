@@ -33,10 +33,13 @@ START_FROM_PERSISTENT: Final = PREFIX + "start-from-persistent-checkpoint"
 # Written by Architect, never by users; the compiler passes over them.
 STATUS_ANNOTATION: Final = PREFIX + "status"
 WORKLOAD_ANNOTATION: Final = PREFIX + "compiled-from-workload"
+# Both a label (the API server filters replacements by it) and an annotation
+# (containerd passes pod annotations, not labels, to the shim, which keys handovers by it).
 TEMPLATE_HASH_LABEL: Final = PREFIX + "pod-template-hash"
+TEMPLATE_HASH_ANNOTATION: Final = TEMPLATE_HASH_LABEL
 COMPILED_LABEL: Final = PREFIX + "compiled-from"
 COMPILED_FROM_ANNOTATIONS: Final = "annotations"
-WRITTEN_BY_ARCHITECT: Final = frozenset({STATUS_ANNOTATION})
+WRITTEN_BY_ARCHITECT: Final = frozenset({STATUS_ANNOTATION, TEMPLATE_HASH_ANNOTATION})
 
 RUNC_CLASS: Final = "runc-architect"
 RUNSC_CLASS: Final = "runsc-architect"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from architect.engine.admission.workloads import AdmissionDenied, compile_or_deny, describe
-from architect.policy.annotations import TEMPLATE_HASH_LABEL
+from architect.policy.annotations import TEMPLATE_HASH_ANNOTATION, TEMPLATE_HASH_LABEL
 from architect.policy.compiler import Policy, pod_template
 from architect.policy.models import HibernationPolicy, PortMapping
 
@@ -108,7 +108,7 @@ def template_hash(pod: Mapping[str, Any]) -> str | None:
 def mutate_pod(
     pod: Mapping[str, Any], policy: HibernationPolicy | None, config: SidecarConfig
 ) -> dict[str, Any]:
-    """The pod with sidecars, probe rewrites and the template-hash label added.
+    """The pod with sidecars, probe rewrites and the template-hash label and annotation added.
 
     Idempotent: a pod that already has them (a reinvoked webhook) is unchanged.
     """
@@ -117,6 +117,8 @@ def mutate_pod(
     th = template_hash(out)
     if th and not (meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL):
         meta.setdefault("labels", {})[TEMPLATE_HASH_LABEL] = th
+    if th and not (meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION):
+        meta.setdefault("annotations", {})[TEMPLATE_HASH_ANNOTATION] = th
     if policy is None:
         return out
     spec = out.setdefault("spec", {})

@@ -25,7 +25,7 @@ from architect.engine.admission.workloads import (
     owns_its_policies,
     plan_sync,
 )
-from architect.policy.annotations import PREFIX, TEMPLATE_HASH_LABEL
+from architect.policy.annotations import PREFIX, TEMPLATE_HASH_ANNOTATION, TEMPLATE_HASH_LABEL
 
 CFG = SidecarConfig(image="example/architect:test")
 
@@ -114,6 +114,8 @@ def test_sidecar_injected_and_probes_rewritten() -> None:
     assert app["readinessProbe"]["tcpSocket"]["port"] == 9080
     assert app["startupProbe"]["httpGet"]["port"] == 7070  # not a mapped port
     assert out["metadata"]["labels"][TEMPLATE_HASH_LABEL] == "5d9c7b7f6"
+    # The shim sees annotations only (containerd's pod_annotations), and keys handovers by it.
+    assert out["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] == "5d9c7b7f6"
 
 
 def test_mutation_is_idempotent() -> None:

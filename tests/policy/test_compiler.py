@@ -187,6 +187,8 @@ def test_no_annotations_compiles_to_nothing() -> None:
     assert (
         compile_workload(pod({"other.io/x": "1", a.STATUS_ANNOTATION: '{"app":"RUNNING"}'})) == []
     )
+    # Admission writes the template hash as an annotation; it is not a user's key.
+    assert compile_workload(pod({a.TEMPLATE_HASH_ANNOTATION: "5d9c7b7f6"})) == []
     assert (
         compile_workload({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}) == []
     )
