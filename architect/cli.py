@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("health-proxy", help="run the health-check proxy sidecar", add_help=False)
     sub.add_parser("operator", help="run the admission webhooks and control plane", add_help=False)
+    sub.add_parser("daemon", help="run the per-node daemon (hibernate, wake, resize, migrate)",
+                   add_help=False)
     return parser
 
 
@@ -87,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from architect.engine.main import main as operator_main
 
         return int(operator_main(args_list[1:]))
+    if args_list[:1] == ["daemon"]:
+        from architect.runtime.daemon.main import main as daemon_main
+
+        return int(daemon_main(args_list[1:]))
     args = _parser().parse_args(args_list)
     try:
         if args.command == "compile":

@@ -108,3 +108,17 @@ def test_crds_prints_all_and_check_detects_drift(tmp_path: Path) -> None:
 def test_usage_errors_exit_2() -> None:
     assert run().returncode == 2
     assert run("compile").returncode == 2
+
+
+def test_daemon_subcommand_hands_over_its_flags() -> None:
+    help_ = run("daemon", "--help")
+    assert help_.returncode == 0 and "--node" in help_.stdout
+    # A missing node name is a user mistake: one line, no traceback.
+    missing = subprocess.run(
+        [sys.executable, "-m", "architect.cli", "daemon", "--node", ""],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert missing.returncode != 0
+    assert "--node: not given and NODE_NAME is not set" in missing.stderr
+    assert "Traceback" not in missing.stderr
