@@ -49,8 +49,16 @@ start() {
   mkdir -p "$E2E_RUN/pids" "$E2E_LOGS"
   log "$name: starting"
   printf '\n===== %s start %s\n%s\n' "$(date -u +%FT%TZ)" "$name" "$*" >> "$E2E_LOGS/$name.log"
-  # 9>&-: the daemon must not inherit the up/down lock (see lock_cluster).
-  setsid nohup "$@" >> "$E2E_LOGS/$name.log" 2>&1 < /dev/null 9>&- &
+  # The daemon inherits no descriptor beyond stdio: not the up/down lock (see
+  # lock_cluster), nor any lock or pipe of whoever ran us (`flock F up` would
+  # otherwise leave F held by containerd for as long as it runs).
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if (( fd > 2 )); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid nohup "$@" >> "$E2E_LOGS/$name.log" 2>&1 < /dev/null
+  ) &
   echo $! > "$(pid_file "$name")"
 }
 
