@@ -142,7 +142,11 @@ def test_replacement_pod_restores_from_handover(architect_handlers: Cluster) -> 
             assert rec["start_path"] == "restore", rec
             assert "handover checkpoint" in rec["start_reason"], rec
             # The counter went on from its checkpointed value; a fresh start would
-            # count from 1 (and reach `before` only after as many seconds).
+            # count from 1 (and reach `before` only after as many seconds). The new
+            # rootfs has no /tmp/count until the restored loop's next round.
+            eventually("the restored counter writes", lambda: kubectl(
+                cluster, "exec", "-n", ns, new_name, "--", "test", "-s", "/tmp/count",
+                check=False).returncode == 0, timeout_s=30)
             after = _count(cluster, ns, new_name)
             assert after >= before, (before, after)
             # The emptyDir (a new host path in the new pod) holds the old pod's lines.
