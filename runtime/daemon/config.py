@@ -29,6 +29,10 @@ class DaemonConfig:
     max_held: int
     resize: bool
     log_level: str
+    transfer_port: int = 9447
+    transfer_host: str = "0.0.0.0"
+    namespace: str = "architect-system"
+    node_cert_dir: Path | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +73,15 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
     p.add_argument("--resize", action=argparse.BooleanOptionalAction, default=True,
                    help="give hibernated containers' requests back via pods/resize "
                         "(default on; --no-resize keeps them)")
+    p.add_argument("--transfer-port", default="9447",
+                   help="port of the checkpoint transfer server (mutual TLS); 0: do not serve")
+    p.add_argument("--transfer-host", default="0.0.0.0", help="address it listens on")
+    p.add_argument("--namespace", default=env.get("ARCHITECT_NAMESPACE", "architect-system"),
+                   help="Architect's namespace: this node's certificate Secret and the "
+                        "transfer grants (default $ARCHITECT_NAMESPACE or architect-system)")
+    p.add_argument("--node-cert-dir", default=None,
+                   help="read the node certificate (tls.crt, tls.key, ca.crt, ticket.key) "
+                        "from this directory instead of the Secret architect-node-<node>")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     if not a.node:
@@ -76,6 +89,11 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
     port = int(_positive("--metrics-port", a.metrics_port, 0, 65535))
     if str(port) != a.metrics_port.strip():
         raise UsageError(f"--metrics-port {a.metrics_port!r}: not an integer")
+    tport = int(_positive("--transfer-port", a.transfer_port, 0, 65535))
+    if str(tport) != a.transfer_port.strip():
+        raise UsageError(f"--transfer-port {a.transfer_port!r}: not an integer")
+    if not a.namespace:
+        raise UsageError("--namespace: empty")
     max_held = _positive("--max-held", a.max_held, 1, 65535)
     if max_held != int(max_held):
         raise UsageError(f"--max-held {a.max_held!r}: not an integer")
@@ -93,4 +111,8 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
         max_held=int(max_held),
         resize=a.resize,
         log_level=a.log_level,
+        transfer_port=tport,
+        transfer_host=a.transfer_host,
+        namespace=a.namespace,
+        node_cert_dir=Path(a.node_cert_dir) if a.node_cert_dir else None,
     )

@@ -33,6 +33,8 @@ from architect.engine.telemetry import ContainerKey, ContainerState
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import HibernationPolicy, MigrationPolicy
 from architect.runtime.daemon import metrics
+from architect.runtime.daemon.checkpoints import Migrations
+from architect.runtime.daemon.handover import Written
 from architect.runtime.daemon.ports import Network, Reporter, Shim, ShimError
 from architect.runtime.daemon.store import RequestsStore
 from architect.runtime.daemon.targets import (
@@ -75,11 +77,15 @@ class Controller:
         resize: bool = False,
         clock: Clock = utcnow,
         originals: RequestsStore | None = None,
+        migrations: Migrations | None = None,
+        node: str = "",
     ) -> None:
         self.shim, self.net, self.reporter = shim, net, reporter
         self.wake_timeout, self.resize_enabled, self.clock = wake_timeout, resize, clock
         self.tracker = Tracker()
         self.originals = originals if originals is not None else RequestsStore(None)
+        self.migrations = migrations  # None: no Checkpoint objects (tests, no API)
+        self.node = node
         self.targets: dict[ContainerKey, Target] = {}
         self.pods: dict[PodKey, Mapping[str, Any]] = {}
         self.ignored: dict[ContainerKey, str] = {}  # why a governed container is not driven
@@ -137,6 +143,12 @@ class Controller:
                 await self._act(d)
         for pk, states in self.tracker.by_pod().items():
             await self._publish(pk, states)
+        if self.migrations is not None:
+            try:
+                for what in await self.migrations.reconcile(now):
+                    log.info("checkpoint report: %s", what)
+            except Exception as e:  # the API may be away: next tick
+                log.warning("checkpoint reports failed: %s", e)
         metrics.set_states(self.tracker.counts())
         metrics.HELD.set(sum(t.held_packets for t in self.tracker.items.values()))
         return ev
@@ -217,6 +229,13 @@ class Controller:
         self.tracker.set_reduced(key, saved is not None)
         self.shim.watch(found.socket, self.on_shim_event)
         log.info("%s: adopted as %s (shim: %s)", _unit(key), state.value, found.status)
+        thash = handover_key(pod)
+        if self.migrations is not None and thash is not None and found.start_path:
+            outcome = self.migrations.started(key.namespace, key.pod, key.container, thash,
+                                              found.start_path, found.start_reason)
+            if outcome is not None:
+                log.info("%s: started %s from the handover of %s", _unit(key),
+                         "restored" if outcome == "restored" else "fresh", thash)
         if state is ContainerState.SCALED_DOWN and target.mode != "none":
             await self._arm(key)
 
@@ -380,10 +399,31 @@ class Controller:
     def on_shim_event(self, event: Mapping[str, Any]) -> None:
         """A line of a shim's watch stream (called on the loop)."""
         key = self._by_id.get(str(event.get("id") or ""))
+        if event.get("event") in ("migrated", "migrate-failed"):
+            # By container id: the pod may be gone from the watch already.
+            self._spawn(self._handover_written(
+                key, str(event.get("id")), event.get("event") == "migrated",
+                str(event.get("error") or "")))
         if key is None:
             return
         if event.get("event") == "woken" and event.get("reason") != "request":
             self._spawn(self._woken_by_shim(key, str(event.get("reason") or "exec")))
+
+    async def _handover_written(
+        self, key: ContainerKey | None, cid: str, ok: bool, error: str
+    ) -> None:
+        """The shim wrote (or failed) the handover: the Checkpoint object follows."""
+        if self.migrations is None:
+            return
+        try:
+            name = await self.migrations.written(cid, ok=ok, error=error)
+        except Exception as e:  # the record stays: a restarted daemon finishes it
+            log.warning("container %s: Checkpoint not written: %s", cid[:12], e)
+            return
+        if name is not None and key is not None:
+            await self._transition_event(
+                key, "Normal" if ok else "Warning", "CheckpointCreated" if ok else "MigrationFailed",
+                f"Checkpoint {name}: " + ("handover written" if ok else f"checkpoint failed: {error}"))
 
     async def _woken_by_shim(self, key: ContainerKey, reason: str) -> None:
         """The shim woke the container itself (kubectl exec): follow, release."""
@@ -412,6 +452,9 @@ class Controller:
                 log.info("%s: deleted, no %s annotation: state not kept", _unit(key),
                          TEMPLATE_HASH_LABEL)
                 return
+            if self.migrations is not None:  # before the shim can answer
+                self.migrations.armed(target.container_id, Written(
+                    key.namespace, key.pod, key.container, thash, self.node))
             try:
                 # Pending first: the replacement may be created before the
                 # kubelet stops this pod, and must wait for its checkpoint.

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -231,3 +231,84 @@ class KubeReporter:
             str(meta.get("namespace")),
             body,
         )
+
+
+def checkpoint_reflector(api: client.ApiClient, node: str, on_change: Callable[[], None]) -> Reflector:
+    """This node's Checkpoints (labelled with their source node by the daemon)."""
+    from architect.engine.controlplane.persistent import NODE_LABEL
+
+    custom = client.CustomObjectsApi(api)
+
+    def list_fn(**kw: Any) -> Any:
+        return custom.list_cluster_custom_object(GROUP, VERSION, "checkpoints", **kw)
+
+    return Reflector("checkpoints", list_fn, "Checkpoint", f"{GROUP}/{VERSION}",
+                     {"label_selector": f"{NODE_LABEL}={node}"}, on_change)
+
+
+def grant_reflector(
+    api: client.ApiClient, namespace: str, node: str, on_change: Callable[[], None]
+) -> Reflector:
+    """Transfer grants for this node, in Architect's namespace (label-selected)."""
+    from architect.engine.controlplane.coordinate import GRANT_LABEL
+    from architect.engine.controlplane.persistent import NODE_LABEL
+
+    core = client.CoreV1Api(api)
+    return Reflector("grants", core.list_namespaced_secret, "Secret", "v1",
+                     {"namespace": namespace,
+                      "label_selector": f"{NODE_LABEL}={node},{GRANT_LABEL}=true"},
+                     on_change)
+
+
+class CheckpointClient:
+    """``checkpoints.CheckpointApi`` over the API server; reads from the reflector."""
+
+    def __init__(self, api: client.ApiClient, reflector: Reflector) -> None:
+        self.kube = Kube(api)
+        self.reflector = reflector
+
+    async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        meta = body.get("metadata") or {}
+
+        def _create() -> dict[str, Any] | None:
+            try:
+                res = self.kube.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, str(meta.get("namespace")), "checkpoints", dict(body)
+                )
+                return cast(dict[str, Any], res)
+            except ApiException as e:
+                if e.status == 409:  # AlreadyExists
+                    return None
+                raise
+
+        return await asyncio.to_thread(_create)
+
+    async def get_checkpoint(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.kube.get("checkpoints", namespace, name)
+
+    async def patch_checkpoint_status(
+        self, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any] | None:
+        if isinstance(patch, list):
+            return await self.kube.try_patch_status("checkpoints", namespace, name, patch)
+        return await self.kube.patch_status("checkpoints", namespace, name, patch)
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self.reflector.snapshot()
+
+
+def node_secret_data(api: client.ApiClient, namespace: str, node: str) -> dict[str, bytes] | None:
+    """The node's certificate Secret (``architect-node-<node>``), decoded; None
+    while the control plane has not issued it yet."""
+    import base64
+
+    from architect.engine.controlplane.trust import node_secret_name
+
+    core = client.CoreV1Api(api)
+    try:
+        secret = core.read_namespaced_secret(node_secret_name(node), namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}

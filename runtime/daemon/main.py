@@ -20,11 +20,18 @@ async def run(cfg: DaemonConfig) -> int:
 
     from architect.engine.explain import parse_policies
     from architect.engine.kube import load_config
+    from architect.runtime.daemon.checkpoints import Migrations, NodeImages
     from architect.runtime.daemon.controller import Controller
-    from architect.runtime.daemon.kube import KubeReporter, reflectors
+    from architect.runtime.daemon.kube import (
+        CheckpointClient,
+        KubeReporter,
+        checkpoint_reflector,
+        grant_reflector,
+        reflectors,
+    )
     from architect.runtime.daemon.network import PodNetwork
     from architect.runtime.daemon.shimclient import ShimClient
-    from architect.runtime.daemon.store import RequestsStore
+    from architect.runtime.daemon.store import JsonStore, RequestsStore
 
     api = load_config(cfg.kubeconfig)
     loop = asyncio.get_running_loop()
@@ -37,7 +44,9 @@ async def run(cfg: DaemonConfig) -> int:
         loop.call_soon_threadsafe(wakeup.set)
 
     pods, hps, mps = reflectors(api, cfg.node, changed)
-    for r in (pods, hps, mps):
+    ckpts = checkpoint_reflector(api, cfg.node, changed)
+    grants_r = grant_reflector(api, cfg.namespace, cfg.node, changed)
+    for r in (pods, hps, mps, ckpts, grants_r):
         r.start()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, cfg.metrics_host)
@@ -49,12 +58,21 @@ async def run(cfg: DaemonConfig) -> int:
         wake_timeout=cfg.wake_timeout,
         resize=cfg.resize,
         originals=RequestsStore(cfg.state_dir / "requests.json"),
+        migrations=(migrations := Migrations(
+            CheckpointClient(api, ckpts), NodeImages(cfg.shim_state, cfg.node), cfg.node,
+            JsonStore(cfg.state_dir / "migrations.json"),
+        )),
+        node=cfg.node,
     )
+    transfer = Transfer(cfg, api, migrations)
+    transfer_task = asyncio.create_task(transfer.start(stop))
     # Nothing is decided before the first list of each: an empty cache would
     # read as "no policies" and wake or forget every container.
-    for r in (pods, hps, mps):
+    for r in (pods, hps, mps, ckpts):
         while not r.synced.is_set() and not stop.is_set():
             await asyncio.sleep(0.1)
+    if await migrations.recover():
+        log.info("finished the Checkpoints of handovers written while no daemon ran")
     log.info("daemon on node %s: watching, tick %.1fs", cfg.node, cfg.tick)
     policy_cache: dict[str, Any] = {}
     try:
@@ -64,6 +82,7 @@ async def run(cfg: DaemonConfig) -> int:
             policies = _parse_cached(objs, policy_cache, parse_policies)
             try:
                 await ctl.tick(pods.snapshot(), policies)
+                transfer.consider(grants_r.snapshot())
             except Exception:
                 log.exception("reconcile pass failed")
             metrics.TICK_SECONDS.observe(time.monotonic() - t0)
@@ -73,12 +92,110 @@ async def run(cfg: DaemonConfig) -> int:
             for w in waiters:
                 w.cancel()
     finally:
-        for r in (pods, hps, mps):
+        for r in (pods, hps, mps, ckpts, grants_r):
             r.stop.set()
+        transfer_task.cancel()
+        await transfer.close()
         await ctl.close()
         await shim.close()
     log.info("daemon stopped")
     return 0
+
+
+class Transfer:
+    """The node-to-node transfer: this node's certificate (read until the control
+    plane has issued it), the image server, and the destination's grants."""
+
+    def __init__(self, cfg: DaemonConfig, api: Any, migrations: Any) -> None:
+        from architect.runtime.daemon.grants import Grants
+        from architect.runtime.shim.plan import handover_dir
+        from architect.runtime.transfer import fetch, mark_pending
+
+        self.cfg, self.api = cfg, api
+        self.tls: Any = None
+        self.server: Any = None
+        root = cfg.shim_state
+
+        async def do_fetch(grant: Any) -> Any:
+            return await fetch(grant, root, self.tls)
+
+        async def patch(ns: str, name: str, body: list[dict[str, Any]]) -> Any:
+            return await migrations.api.patch_checkpoint_status(ns, name, body)
+
+        def start_of(ns: str, pod: str, container: str) -> Any:
+            p = migrations.pending.get((ns, pod, container))
+            return (p.outcome, p.reason) if p is not None else None
+
+        self.grants = Grants(
+            cfg.node, do_fetch, patch,
+            lambda h, c: mark_pending(root, h, c),
+            lambda h, c: handover_dir(root, h, c).exists(),
+            start_of,
+        )
+
+    def _load(self) -> tuple[Any, bytes] | None:
+        from architect.runtime.daemon.kube import node_secret_data
+        from architect.runtime.transfer import NodeTLS, TransferError, ticket_key_from_dir
+        from architect.runtime.transfer.tls import CA_FILE, CERT_FILE, KEY_FILE, TICKET_KEY_FILE
+
+        if self.cfg.node_cert_dir is not None:
+            return NodeTLS.from_dir(self.cfg.node_cert_dir), ticket_key_from_dir(
+                self.cfg.node_cert_dir)
+        data = node_secret_data(self.api, self.cfg.namespace, self.cfg.node)
+        if data is None:
+            return None
+        missing = [k for k in (CA_FILE, CERT_FILE, KEY_FILE, TICKET_KEY_FILE) if not data.get(k)]
+        if missing:
+            raise TransferError(f"node Secret of {self.cfg.node}: missing {', '.join(missing)}")
+        tls = NodeTLS(self.cfg.node, data[CA_FILE], data[CERT_FILE], data[KEY_FILE])
+        return tls, data[TICKET_KEY_FILE]
+
+    async def start(self, stop: asyncio.Event) -> None:
+        """Read the node certificate (bounded backoff until it exists), then serve."""
+        from architect.runtime.daemon.kube import next_backoff
+        from architect.runtime.transfer import serve
+
+        failures = 0
+        while not stop.is_set():
+            try:
+                loaded = await asyncio.to_thread(self._load)
+            except Exception as e:
+                loaded = None
+                log.warning("transfer: node certificate: %s", e)
+            if loaded is not None:
+                break
+            failures += 1
+            if failures == 1:
+                log.info("transfer: waiting for the node certificate Secret in %s",
+                         self.cfg.namespace)
+            await asyncio.sleep(next_backoff(failures, 1.0, 30.0))
+        else:
+            return
+        self.tls, key = loaded
+        if self.cfg.transfer_port:
+            from architect.engine.kube import Kube
+
+            kube = Kube(self.api)
+
+            async def lookup(ns: str, name: str) -> Any:
+                return await kube.get("checkpoints", ns, name)
+
+            self.server, port = await serve(self.cfg.shim_state, self.tls, key=key,
+                                            lookup=lookup, host=self.cfg.transfer_host,
+                                            port=self.cfg.transfer_port)
+            log.info("transfer: serving checkpoint images on %s:%d as %s",
+                     self.cfg.transfer_host, port, self.tls.node)
+        else:
+            log.info("transfer: node certificate loaded (%s); not serving", self.tls.node)
+
+    def consider(self, secrets: list[dict[str, Any]]) -> None:
+        if self.tls is not None and secrets:
+            self.grants.consider(secrets)
+
+    async def close(self) -> None:
+        await self.grants.close()
+        if self.server is not None:
+            await self.server.close()
 
 
 def _parse_cached(objs: list[dict[str, Any]], cache: dict[str, Any], parse: Any) -> list[Any]:

@@ -33,6 +33,8 @@ class ShimContainer:
     pid: int
     netns: str | None  # from the bundle's config.json
     socket: str  # the control socket the container's symlink points at
+    start_path: str = ""  # "restore" | "fresh": how its Create started it
+    start_reason: str = ""  # why (names the handover it restored or waited for)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,8 @@ class ShimClient:
                     pid=int(c.get("pid") or 0),
                     netns=await asyncio.to_thread(read_netns, str(c.get("bundle") or "")),
                     socket=os.path.realpath(link),
+                    start_path=str(c.get("start_path") or ""),
+                    start_reason=str(c.get("start_reason") or ""),
                 )
         return None
 

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 
-class RequestsStore:
+class JsonStore:
+    """A small JSON object of string maps in one file, rewritten atomically."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path  # None: memory only (tests, or no state dir)
         self.data: dict[str, dict[str, str]] = {}
@@ -29,19 +31,15 @@ class RequestsStore:
             except (OSError, ValueError):
                 self.data = {}  # unreadable: start over (the spec's values are used)
 
-    @staticmethod
-    def key(pod_uid: str, container: str) -> str:
-        return f"{pod_uid}/{container}"
+    def get_key(self, key: str) -> dict[str, str] | None:
+        return self.data.get(key)
 
-    def get(self, pod_uid: str, container: str) -> dict[str, str] | None:
-        return self.data.get(self.key(pod_uid, container))
-
-    def put(self, pod_uid: str, container: str, requests: dict[str, str]) -> None:
-        self.data[self.key(pod_uid, container)] = dict(requests)
+    def put_key(self, key: str, value: dict[str, str]) -> None:
+        self.data[key] = dict(value)
         self._save()
 
-    def drop(self, pod_uid: str, container: str) -> None:
-        if self.data.pop(self.key(pod_uid, container), None) is not None:
+    def drop_key(self, key: str) -> None:
+        if self.data.pop(key, None) is not None:
             self._save()
 
     def _save(self) -> None:
@@ -51,3 +49,20 @@ class RequestsStore:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, sort_keys=True))
         os.replace(tmp, self.path)
+
+
+class RequestsStore(JsonStore):
+    """Original requests by ``<pod uid>/<container>``."""
+
+    @staticmethod
+    def key(pod_uid: str, container: str) -> str:
+        return f"{pod_uid}/{container}"
+
+    def get(self, pod_uid: str, container: str) -> dict[str, str] | None:
+        return self.get_key(self.key(pod_uid, container))
+
+    def put(self, pod_uid: str, container: str, requests: dict[str, str]) -> None:
+        self.put_key(self.key(pod_uid, container), requests)
+
+    def drop(self, pod_uid: str, container: str) -> None:
+        self.drop_key(self.key(pod_uid, container))

@@ -1,0 +1,275 @@
+"""Checkpoint objects for the handovers the shim writes, and what replacements did
+with them. Decisions are ``handover``'s (pure); this module sequences the I/O
+through two ports, so it is tested with fakes.
+
+- ``armed``: migrate-on-stop was sent; remembered in ``<state dir>/migrations.json``
+  so a restarted daemon still finishes the Checkpoint.
+- ``written``: the shim's ``migrated`` / ``migrate-failed`` event (or, after a
+  restart, a ready handover directory): pack the image for transfer
+  (``runtime.transfer.export``, from a hard-linked snapshot: a replacement on
+  this node may restore and remove the handover meanwhile), create the
+  Checkpoint, set Ready or Failed.
+- ``started``: a replacement container's start path (the shim's status
+  record); resolved against this node's Checkpoints on every tick until the
+  outcome is written (the object may not exist yet when the pod starts).
+- ``reconcile``: those reports, and dropping packed images whose Checkpoint is
+  Consumed, Failed or gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from architect.runtime.daemon.handover import (
+    Outcome,
+    Written,
+    checkpoint_body,
+    checkpoint_name,
+    consumed_checkpoint,
+    outgoing_to_drop,
+    report_outcome,
+    start_outcome,
+    written_status,
+)
+from architect.runtime.daemon.store import JsonStore
+
+log = logging.getLogger("architect.daemon.checkpoints")
+
+
+class CheckpointApi(Protocol):
+    async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; None when an object of that name exists already."""
+
+    async def get_checkpoint(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def patch_checkpoint_status(
+        self, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any] | None:
+        """Merge patch (a dict) or JSON patch (a list, compare-and-swap): None when a
+        ``test`` op failed or the object is gone."""
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """This node's Checkpoints (a label-selected watch)."""
+
+
+class Images(Protocol):
+    """The node's image directories (blocking; called in a worker thread)."""
+
+    def export(self, template_hash: str, container: str) -> dict[str, Any]:
+        """Pack the ready handover for transfer; the Checkpoint's spec.image.
+        Raises TransferError."""
+
+    def handover_ready(self, template_hash: str, container: str) -> bool: ...
+
+    def outgoing(self) -> list[tuple[str, str, float]]:
+        """(template hash, container, age in seconds) of every packed image."""
+
+    def drop(self, template_hash: str, container: str) -> None: ...
+
+
+@dataclass
+class Pending:
+    """A replacement's start, not yet written to its Checkpoint."""
+
+    namespace: str
+    pod: str
+    container: str
+    template_hash: str
+    outcome: Outcome
+    reason: str
+    since: float  # monotonic
+
+
+MAX_PENDING_S = 600.0  # a start whose Checkpoint never appears is forgotten after this
+
+
+class Migrations:
+    def __init__(
+        self, api: CheckpointApi, images: Images, node: str, store: JsonStore | None = None
+    ) -> None:
+        self.api, self.images, self.node = api, images, node
+        self.store = store if store is not None else JsonStore(None)
+        self.pending: dict[tuple[str, str, str], Pending] = {}
+        self.timings: dict[str, float] = {}  # checkpoint name -> monotonic creation
+
+    # --- the source pod --------------------------------------------------------
+
+    def armed(self, container_id: str, w: Written) -> None:
+        self.store.put_key(container_id, {k: str(v) for k, v in asdict(w).items()})
+
+    def armed_for(self, container_id: str) -> Written | None:
+        raw = self.store.get_key(container_id)
+        if raw is None:
+            return None
+        try:
+            return Written(**raw)
+        except TypeError:
+            self.store.drop_key(container_id)
+            return None
+
+    async def written(self, container_id: str, *, ok: bool, error: str = "") -> str | None:
+        """The shim finished (or failed) the handover of ``container_id``; the
+        Checkpoint's name, None when the container was not armed here."""
+        w = self.armed_for(container_id)
+        if w is None:
+            return None
+        name = checkpoint_name(w.pod, w.container)
+        image: dict[str, Any] | None = None
+        message = f"handover of {w.namespace}/{w.pod} container {w.container} written on {w.node}"
+        if ok:
+            try:
+                image = await asyncio.to_thread(self.images.export, w.template_hash, w.container)
+            except Exception as e:  # the replacement on this node may still restore it
+                ok, message = False, f"image not packed for transfer: {e}"
+        else:
+            message = f"the shim's checkpoint failed: {error}"
+        body = checkpoint_body(w, image)
+        existing = await self.api.create_checkpoint(body)
+        if existing is None:  # made before a restart: finish it, never a second one
+            existing = await self.api.get_checkpoint(w.namespace, name)
+        else:
+            existing = None  # just created: no status yet
+            self.timings[name] = time.monotonic()
+        patch = written_status(existing, ok=ok, message=message)
+        if patch is not None:
+            await self.api.patch_checkpoint_status(w.namespace, name, patch)
+        log.info("Checkpoint %s/%s: %s (%s)", w.namespace, name,
+                 "Ready" if ok else "Failed", message)
+        self.store.drop_key(container_id)
+        return name
+
+    async def recover(self) -> int:
+        """After a restart: finish the Checkpoints of handovers written while no
+        daemon listened (the record says which pod; the directory says done)."""
+        done = 0
+        for cid in list(self.store.data):
+            w = self.armed_for(cid)
+            if w is None:
+                continue
+            ready = await asyncio.to_thread(
+                self.images.handover_ready, w.template_hash, w.container
+            )
+            if ready:
+                await self.written(cid, ok=True)
+                done += 1
+        return done
+
+    # --- the replacement -------------------------------------------------------
+
+    def started(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        template_hash: str,
+        start_path: str,
+        start_reason: str,
+    ) -> Outcome | None:
+        outcome = start_outcome(start_path, start_reason, template_hash, container)
+        if outcome is not None:
+            key = (namespace, pod, container)
+            self.pending.setdefault(
+                key,
+                Pending(namespace, pod, container, template_hash, outcome, start_reason,
+                        time.monotonic()),
+            )
+        return outcome
+
+    async def reconcile(self, now: datetime) -> list[str]:
+        """Write what replacements did; drop packed images nobody needs. What was
+        written, for logs and tests."""
+        done: list[str] = []
+        snapshot = self.api.checkpoints()
+        for key, p in list(self.pending.items()):
+            ck = consumed_checkpoint(
+                snapshot, namespace=p.namespace, template_hash=p.template_hash,
+                container=p.container, pod=p.pod, node=self.node,
+            )
+            if ck is None:
+                if time.monotonic() - p.since > MAX_PENDING_S:
+                    del self.pending[key]
+                continue
+            name = str((ck.get("metadata") or {}).get("name"))
+            report = report_outcome(ck, pod=p.pod, outcome=p.outcome, reason=p.reason, now=now)
+            if report.patch is not None:
+                if await self.api.patch_checkpoint_status(p.namespace, name, report.patch) is None:
+                    continue  # moved on meanwhile: look again with the next snapshot
+                done.append(f"{p.namespace}/{name}: {report.why} by {p.pod}")
+                if report.why == "consumed" and name in self.timings:
+                    log.info("Checkpoint %s/%s: created to Consumed in %.2fs", p.namespace,
+                             name, time.monotonic() - self.timings.pop(name))
+            if report.done:
+                del self.pending[key]
+        entries = await asyncio.to_thread(self.images.outgoing)
+        for thash, container in outgoing_to_drop(entries, snapshot, node=self.node):
+            await asyncio.to_thread(self.images.drop, thash, container)
+            done.append(f"dropped outgoing/{thash}/{container}")
+        return done
+
+
+class NodeImages:
+    """``Images`` on the shim's state root (runtime/transfer's layout)."""
+
+    def __init__(self, root: Path, node: str) -> None:
+        self.root, self.node = root, node
+
+    def handover_ready(self, template_hash: str, container: str) -> bool:
+        from architect.runtime.shim.plan import READY_MARK, handover_dir
+
+        return (handover_dir(self.root, template_hash, container) / READY_MARK).exists()
+
+    def export(self, template_hash: str, container: str) -> dict[str, Any]:
+        from architect.runtime.shim.plan import handover_dir
+        from architect.runtime.transfer import export
+        from architect.runtime.transfer.images import OUTGOING, outgoing_dir
+
+        src = handover_dir(self.root, template_hash, container)
+        # A replacement on this node restores from (and removes) the handover at
+        # once: pack from hard links of its files, which outlive that removal.
+        snap = self.root / OUTGOING / f".snap-{uuid.uuid4().hex[:8]}"
+        copy = handover_dir(snap, template_hash, container)
+        try:
+            shutil.copytree(src, copy, copy_function=os.link)
+            ref = export(snap, self.node, template_hash, container)
+            final = outgoing_dir(self.root, template_hash, container)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(outgoing_dir(snap, template_hash, container), final)
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
+        return ref.as_spec()
+
+    def outgoing(self) -> list[tuple[str, str, float]]:
+        from architect.runtime.transfer.images import OUTGOING
+
+        base = self.root / OUTGOING
+        out: list[tuple[str, str, float]] = []
+        now = time.time()
+        if not base.is_dir():
+            return out
+        for h in base.iterdir():
+            if h.name.startswith(".") or not h.is_dir():
+                continue
+            for c in h.iterdir():
+                if c.is_dir() and not c.name.startswith("."):
+                    out.append((h.name, c.name, now - c.stat().st_mtime))
+        return out
+
+    def drop(self, template_hash: str, container: str) -> None:
+        from architect.runtime.transfer import remove_outgoing
+        from architect.runtime.transfer.images import OUTGOING
+
+        remove_outgoing(self.root, template_hash, container)
+        parent = self.root / OUTGOING / template_hash
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()

@@ -1,0 +1,140 @@
+"""The destination node's side of a transfer: grant Secrets labelled for this node.
+
+For each new grant: mark the handover pending at once (the replacement's
+Create waits for it), fetch and verify the image from the source daemon
+(runtime/transfer), then report on the Checkpoint named in the ticket:
+
+- fetch failed: ``failed_patch`` (retry for a network error or a source that is
+  down; Failed for an image that does not verify);
+- fetched: once the shim took the image (the handover directory is gone) and
+  the replacement's start record, when this node runs it, says restore:
+  ``consumed_patch``; a fresh start: Failed. A ticket that expires first hands
+  the checkpoint back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
+from architect.engine.controlplane.transfer import Grant, TransferError, grant_from_data
+from architect.runtime.daemon.handover import Outcome, transfer_retryable
+
+log = logging.getLogger("architect.daemon.grants")
+
+# (namespace, name, JSON patch) -> the object, or None when a test op failed.
+PatchFn = Callable[[str, str, list[dict[str, Any]]], Awaitable[Any]]
+# The blocking fetch: (grant) -> handover directory. Raises TransferError.
+FetchFn = Callable[[Grant], Awaitable[Path]]
+# (namespace, pod, container) -> the replacement's start outcome on this node, if known.
+StartFn = Callable[[str, str, str], tuple[Outcome, str] | None]
+MarkFn = Callable[[str, str], object]
+POLL_S = 0.5
+START_GRACE_S = 15.0  # after the shim took the image: wait this long for the start record
+
+
+def decode_grant(secret: Mapping[str, Any]) -> Grant:
+    meta = secret.get("metadata") or {}
+    where = f"grant Secret {meta.get('namespace')}/{meta.get('name')}"
+    try:
+        data = {
+            str(k): base64.b64decode(str(v)).decode()
+            for k, v in (secret.get("data") or {}).items()
+        }
+    except ValueError as e:
+        raise TransferError(f"{where}: undecodable data ({e})") from None
+    return grant_from_data(data, where)
+
+
+@dataclass
+class Grants:
+    node: str
+    fetch: FetchFn
+    patch: PatchFn
+    mark_pending: MarkFn
+    handover_exists: Callable[[str, str], bool]
+    start_of: StartFn
+    clock: Callable[[], float] = time.time
+    seen: set[str] = field(default_factory=set)  # grant Secret uids handled
+    tasks: set[asyncio.Task[str]] = field(default_factory=set)
+    results: list[str] = field(default_factory=list)  # for logs and tests
+
+    def consider(self, secrets: list[dict[str, Any]]) -> int:
+        """Start a transfer for each grant not seen before; how many started."""
+        started = 0
+        for s in secrets:
+            uid = str((s.get("metadata") or {}).get("uid") or (s.get("metadata") or {}).get("name"))
+            if uid in self.seen:
+                continue
+            self.seen.add(uid)
+            try:
+                grant = decode_grant(s)
+            except TransferError as e:
+                log.warning("%s", e)  # nothing to report to: the ticket names the checkpoint
+                continue
+            if grant.ticket.destination_node != self.node:
+                continue
+            # At once: the replacement's Create must find the mark and wait.
+            try:
+                self.mark_pending(grant.template_hash, grant.container)
+            except (TransferError, OSError) as e:
+                log.warning("grant for %s: %s", grant.ticket.name, e)
+            task = asyncio.get_running_loop().create_task(self.run(grant))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            started += 1
+        return started
+
+    async def run(self, grant: Grant) -> str:
+        t = grant.ticket
+        ref = f"{t.namespace}/{t.name}"
+        t0 = time.monotonic()
+        try:
+            await self.fetch(grant)
+        except TransferError as e:
+            retry = transfer_retryable(str(e))
+            log.warning("transfer of %s failed (%s): %s", ref, "retry" if retry else "final", e)
+            await self.patch(t.namespace, t.name, failed_patch(t.destination_pod, str(e),
+                                                               retry=retry))
+            return self._done(f"{ref}: failed ({'retry' if retry else 'final'}): {e}")
+        log.info("fetched %s for %s in %.2fs", ref, t.destination_pod, time.monotonic() - t0)
+        taken_at: float | None = None
+        while self.clock() < t.expires_at:
+            start = self.start_of(t.namespace, t.destination_pod, grant.container)
+            if start is not None:
+                outcome, reason = start
+                if outcome == "fresh":
+                    await self.patch(t.namespace, t.name, failed_patch(
+                        t.destination_pod, f"started fresh: {reason}", retry=False))
+                    return self._done(f"{ref}: {t.destination_pod} started fresh")
+                break
+            if not self.handover_exists(grant.template_hash, grant.container):
+                taken_at = taken_at or time.monotonic()
+                if time.monotonic() - taken_at >= START_GRACE_S:
+                    break  # the shim took it; no start record here (see docs/daemon.md)
+            await asyncio.sleep(POLL_S)
+        else:
+            await self.patch(t.namespace, t.name, failed_patch(
+                t.destination_pod, "not restored before the ticket expired", retry=True))
+            return self._done(f"{ref}: ticket expired before the restore")
+        await self.patch(t.namespace, t.name,
+                         consumed_patch(t.destination_pod, datetime.now(UTC)))
+        return self._done(f"{ref}: consumed by {t.destination_pod} "
+                          f"{time.monotonic() - t0:.2f}s after the grant")
+
+    def _done(self, what: str) -> str:
+        log.info("transfer %s", what)
+        self.results.append(what)
+        return what
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()

@@ -1,0 +1,243 @@
+"""Pure: the daemon's side of a Checkpoint's lifecycle (docs/daemon.md "Checkpoints").
+
+The shim writes a handover image when a migrating container stops; the daemon
+turns that into a Checkpoint object the control plane can see, and reports
+what the replacement did with it. Every decision here takes plain dicts (the
+Checkpoint objects as the API server has them) and returns what to write, so it
+is table-tested without a cluster.
+
+Phases the daemon writes: Ready / Failed (after the shim's checkpoint), and,
+for a replacement, Consumed or Failed/Ready (``consumed_patch`` /
+``failed_patch`` of the control plane). A replacement on the source node that
+restored before the control plane claimed the checkpoint (its container had
+started, so the control plane never will) is claimed by the daemon with the
+control plane's own compare-and-swap ``claim_patch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from architect.engine.controlplane.checkpoints import (
+    OBSERVED_PHASE,
+    claim_patch,
+    parse_time,
+    phase_of,
+)
+from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
+from architect.engine.controlplane.persistent import NODE_LABEL
+from architect.policy.annotations import API_VERSION, TEMPLATE_HASH_LABEL
+
+NAME_MAX = 253
+LIVE_PHASES = frozenset({"Pending", "Ready", "Restoring"})
+# How long a daemon's own claim waits for the control plane to record Restoring
+# before it reports Consumed anyway (no operator running must not stall it).
+CLAIM_OBSERVE_GRACE = timedelta(seconds=5)
+
+Outcome = Literal["restored", "fresh"]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A handover the shim wrote (or failed to write) for a stopping container."""
+
+    namespace: str
+    pod: str
+    container: str
+    template_hash: str
+    node: str
+    runtime: str = "runc"
+
+
+def checkpoint_name(pod: str, container: str) -> str:
+    """One Checkpoint per (source pod, container): a daemon restarted after the
+    shim's event finds the object it made, never a second one."""
+    name = f"{pod}-{container}".lower()
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[: NAME_MAX - 17]}-{digest}"
+
+
+def checkpoint_body(w: Written, image: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Checkpoint object; labelled with the template hash (the control plane
+    lists replacements' checkpoints by it) and the source node (this daemon
+    watches only its own with a label selector)."""
+    spec: dict[str, Any] = {
+        "templateHash": w.template_hash,
+        "container": w.container,
+        "runtime": w.runtime,
+        "sourcePod": w.pod,
+        "sourceNode": w.node,
+        "reason": "Migration",
+    }
+    if image is not None:
+        spec["image"] = dict(image)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Checkpoint",
+        "metadata": {
+            "name": checkpoint_name(w.pod, w.container),
+            "namespace": w.namespace,
+            "labels": {TEMPLATE_HASH_LABEL: w.template_hash, NODE_LABEL: w.node},
+        },
+        "spec": spec,
+    }
+
+
+def written_status(
+    existing: Mapping[str, Any] | None, *, ok: bool, message: str
+) -> dict[str, Any] | None:
+    """Merge patch of the status once the image is written (Ready) or the shim's
+    checkpoint failed (Failed); None when the object has moved on already (a
+    restarted daemon, or the control plane claimed it)."""
+    if existing is not None and phase_of(existing) != "Pending":
+        return None
+    return {"status": {"phase": "Ready" if ok else "Failed", "message": message}}
+
+
+# --- the replacement ------------------------------------------------------------
+
+
+def start_outcome(
+    start_path: str, start_reason: str, template_hash: str, container: str
+) -> Outcome | None:
+    """What a replacement container's start says about the handover of
+    (template hash, container): ``restored`` from it, ``fresh`` although one was
+    expected (withdrawn, timed out, restore failed), None: no handover involved."""
+    if not template_hash or not start_reason:
+        return None
+    ref = f"{template_hash}/{container}"
+    if start_path == "restore" and start_reason.startswith(f"handover checkpoint for {ref}"):
+        return "restored"
+    if start_path == "fresh" and (
+        start_reason.startswith("restore from ")
+        or start_reason.startswith("scaleup-timeout passed waiting for ")
+        or start_reason.endswith(" withdrawn")
+    ) and f"/handover/{ref}" in start_reason:
+        return "fresh"
+    return None
+
+
+def consumed_checkpoint(
+    checkpoints: Iterable[Mapping[str, Any]],
+    *,
+    namespace: str,
+    template_hash: str,
+    container: str,
+    pod: str,
+    node: str,
+) -> Mapping[str, Any] | None:
+    """The Checkpoint whose handover ``pod`` took on this node: written here, same
+    namespace, template hash and container, Ready or being restored by ``pod``;
+    the newest when several qualify (the handover directory holds the last)."""
+    best: tuple[str, str] | None = None
+    found: Mapping[str, Any] | None = None
+    for c in checkpoints:
+        meta = c.get("metadata") or {}
+        spec = c.get("spec") or {}
+        status = c.get("status") or {}
+        phase = phase_of(c)
+        if (
+            meta.get("namespace") != namespace
+            or spec.get("sourceNode") != node
+            or spec.get("templateHash") != template_hash
+            or (spec.get("container") or "") != container
+            or spec.get("sourcePod") == pod
+            or not (
+                phase == "Ready"
+                or (phase == "Restoring" and status.get("consumedBy") == pod)
+            )
+        ):
+            continue
+        rank = (str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""))
+        if best is None or rank > best:
+            best, found = rank, c
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One status write for a replacement's outcome; ``done``: nothing follows."""
+
+    patch: list[dict[str, Any]] | None
+    done: bool
+    why: str
+
+
+def report_outcome(
+    checkpoint: Mapping[str, Any],
+    *,
+    pod: str,
+    outcome: Outcome,
+    reason: str,
+    now: datetime,
+) -> Report:
+    """The next write for ``pod``'s outcome on ``checkpoint``.
+
+    Ready + restored: claim it (Restoring, consumedBy = pod) with the control
+    plane's compare-and-swap; then, once the control plane has recorded
+    Restoring (so its Event and metrics see the claim) or after a grace,
+    Consumed. Restoring for ``pod`` + fresh: Failed (the shim removed the
+    image it could not restore, or it never came)."""
+    phase = phase_of(checkpoint)
+    status = checkpoint.get("status") or {}
+    mine = phase == "Restoring" and status.get("consumedBy") == pod
+    if outcome == "fresh":
+        if mine:
+            return Report(failed_patch(pod, f"started fresh: {reason}", retry=False), True,
+                          "failed")
+        return Report(None, True, "not claimed by this pod")
+    if phase == "Ready":
+        return Report(claim_patch(pod, now), False, "claimed")
+    if not mine:
+        return Report(None, True, f"{phase}, not for {pod}")
+    ann = (checkpoint.get("metadata") or {}).get("annotations") or {}
+    claimed_at = parse_time(str(status.get("lastTransitionTime") or "")) or parse_time(
+        str((checkpoint.get("metadata") or {}).get("creationTimestamp") or "")
+    )
+    if ann.get(OBSERVED_PHASE) != "Restoring" and (
+        claimed_at is None or now - claimed_at < CLAIM_OBSERVE_GRACE
+    ):
+        return Report(None, False, "waiting for the control plane to record the claim")
+    return Report(consumed_patch(pod, now), True, "consumed")
+
+
+# --- the source's packed images -------------------------------------------------
+
+
+def outgoing_to_drop(
+    entries: Iterable[tuple[str, str, float]],
+    checkpoints: Iterable[Mapping[str, Any]],
+    *,
+    node: str,
+    min_age_s: float = 60.0,
+) -> list[tuple[str, str]]:
+    """Packed images (template hash, container, age in seconds) under outgoing/
+    that no live Checkpoint of this node refers to any more: Consumed, Failed or
+    deleted. Young ones are kept: their Checkpoint may not be created yet."""
+    live = {
+        (str((c.get("spec") or {}).get("templateHash")), str((c.get("spec") or {}).get("container")))
+        for c in checkpoints
+        if (c.get("spec") or {}).get("sourceNode") == node and phase_of(c) in LIVE_PHASES
+    }
+    return sorted(
+        (h, c) for h, c, age in entries if (h, c) not in live and age >= min_age_s
+    )
+
+
+# --- the destination's transfer -------------------------------------------------
+
+# Messages of runtime/transfer that mean the image itself is bad (Failed):
+# anything else (refused connection, timeout, a source that is down) hands the
+# checkpoint back for another try.
+_BAD_IMAGE = ("digest mismatch", "bad manifest", "larger than the recorded", "expected ",
+              "image of ", "sends ")
+
+
+def transfer_retryable(message: str) -> bool:
+    return not any(s in message for s in _BAD_IMAGE)
