@@ -88,6 +88,7 @@ class Pending:
     outcome: Outcome
     reason: str
     since: float  # monotonic
+    restoring_since: datetime | None = None  # first seen Restoring for this pod
 
 
 MAX_PENDING_S = 600.0  # a start whose Checkpoint never appears is forgotten after this
@@ -200,11 +201,16 @@ class Migrations:
                     del self.pending[key]
                 continue
             name = str((ck.get("metadata") or {}).get("name"))
-            report = report_outcome(ck, pod=p.pod, outcome=p.outcome, reason=p.reason, now=now)
+            if p.restoring_since is None and (ck.get("status") or {}).get("phase") == "Restoring":
+                p.restoring_since = now
+            report = report_outcome(ck, pod=p.pod, outcome=p.outcome, reason=p.reason, now=now,
+                                    restoring_since=p.restoring_since)
             if report.patch is not None:
                 if await self.api.patch_checkpoint_status(p.namespace, name, report.patch) is None:
                     continue  # moved on meanwhile: look again with the next snapshot
                 done.append(f"{p.namespace}/{name}: {report.why} by {p.pod}")
+                if report.why == "claimed":
+                    p.restoring_since = now
                 if report.why == "consumed" and name in self.timings:
                     log.info("Checkpoint %s/%s: created to Consumed in %.2fs", p.namespace,
                              name, time.monotonic() - self.timings.pop(name))

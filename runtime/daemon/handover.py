@@ -22,12 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from architect.engine.controlplane.checkpoints import (
-    OBSERVED_PHASE,
-    claim_patch,
-    parse_time,
-    phase_of,
-)
+from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, claim_patch, phase_of
 from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
 from architect.engine.controlplane.persistent import NODE_LABEL
 from architect.policy.annotations import API_VERSION, TEMPLATE_HASH_LABEL
@@ -176,14 +171,16 @@ def report_outcome(
     outcome: Outcome,
     reason: str,
     now: datetime,
+    restoring_since: datetime | None = None,
 ) -> Report:
     """The next write for ``pod``'s outcome on ``checkpoint``.
 
     Ready + restored: claim it (Restoring, consumedBy = pod) with the control
     plane's compare-and-swap; then, once the control plane has recorded
-    Restoring (so its Event and metrics see the claim) or after a grace,
-    Consumed. Restoring for ``pod`` + fresh: Failed (the shim removed the
-    image it could not restore, or it never came)."""
+    Restoring (so its Event and metrics see the claim) or a grace after the
+    daemon first saw it Restoring (``restoring_since``; no operator must not
+    stall it), Consumed. Restoring for ``pod`` + fresh: Failed (the shim
+    removed the image it could not restore, or it never came)."""
     phase = phase_of(checkpoint)
     status = checkpoint.get("status") or {}
     mine = phase == "Restoring" and status.get("consumedBy") == pod
@@ -197,11 +194,8 @@ def report_outcome(
     if not mine:
         return Report(None, True, f"{phase}, not for {pod}")
     ann = (checkpoint.get("metadata") or {}).get("annotations") or {}
-    claimed_at = parse_time(str(status.get("lastTransitionTime") or "")) or parse_time(
-        str((checkpoint.get("metadata") or {}).get("creationTimestamp") or "")
-    )
     if ann.get(OBSERVED_PHASE) != "Restoring" and (
-        claimed_at is None or now - claimed_at < CLAIM_OBSERVE_GRACE
+        restoring_since is None or now - restoring_since < CLAIM_OBSERVE_GRACE
     ):
         return Report(None, False, "waiting for the control plane to record the claim")
     return Report(consumed_patch(pod, now), True, "consumed")

@@ -1,0 +1,559 @@
+"""The daemon's Checkpoint decisions (pure) and their sequencing (fakes of the API)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, TRANSITIONS
+from architect.engine.controlplane.coordinate import grant_name
+from architect.engine.controlplane.transfer import (
+    Grant,
+    Ticket,
+    TransferError,
+    grant_data,
+    issue,
+)
+from architect.policy.annotations import TEMPLATE_HASH_LABEL
+from architect.policy.models import Checkpoint
+from architect.runtime.daemon.checkpoints import Migrations, NodeImages
+from architect.runtime.daemon.config import UsageError, parse_args
+from architect.runtime.daemon.grants import Grants, decode_grant
+from architect.runtime.daemon.handover import (
+    Written,
+    checkpoint_body,
+    checkpoint_name,
+    consumed_checkpoint,
+    outgoing_to_drop,
+    report_outcome,
+    start_outcome,
+    transfer_retryable,
+    written_status,
+)
+from architect.runtime.daemon.store import JsonStore
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+NODE = "node-a"
+W = Written("shop", "web-abc", "main", "h1", NODE)
+HANDOVER = "/var/lib/architect/shim/handover/h1/main"
+DIGEST = "sha256:" + "a" * 64
+IMAGE: dict[str, Any] = {"location": "node://node-a/outgoing/h1/main", "digest": "sha256:" + "a" * 64,
+         "sizeBytes": 10}
+
+
+def ck(name: str = "web-abc-main", phase: str | None = "Ready", *, node: str = NODE,
+       consumed_by: str = "", created: str = "2026-11-23T11:59:00Z",
+       annotations: Mapping[str, str] | None = None, source_pod: str = "web-abc",
+       ) -> dict[str, Any]:
+    body = checkpoint_body(Written("shop", source_pod, "main", "h1", node), IMAGE)
+    body["metadata"].update(name=name, creationTimestamp=created, uid="u-" + name,
+                            annotations=dict(annotations or {}))
+    if phase is not None:
+        body["status"] = {"phase": phase, "consumedBy": consumed_by}
+    return body
+
+
+# --- the object ------------------------------------------------------------------
+
+
+def test_body_validates_against_the_crd_model_and_is_labelled() -> None:
+    body = checkpoint_body(W, IMAGE)
+    parsed = Checkpoint.model_validate(body)
+    assert parsed.spec.reason == "Migration" and parsed.spec.source_node == NODE
+    assert parsed.spec.image is not None and parsed.spec.image.size_bytes == 10
+    labels = body["metadata"]["labels"]
+    assert labels[TEMPLATE_HASH_LABEL] == "h1"
+    assert labels["architect.loopholelabs.io/node"] == NODE
+    assert "image" not in checkpoint_body(W, None)["spec"]
+
+
+def test_name_is_stable_and_bounded() -> None:
+    assert checkpoint_name("web-abc", "main") == "web-abc-main"
+    assert checkpoint_name("web-abc", "main") == checkpoint_name("web-abc", "main")
+    long = checkpoint_name("p" * 250, "c" * 60)
+    assert len(long) <= 253 and long != checkpoint_name("p" * 250, "d" * 60)
+
+
+@pytest.mark.parametrize(
+    ("existing", "ok", "want"),
+    [
+        (None, True, "Ready"),
+        (None, False, "Failed"),
+        ({"status": {"phase": "Pending"}}, True, "Ready"),
+        ({}, True, "Ready"),  # no status yet: Pending
+        ({"status": {"phase": "Restoring"}}, True, None),  # moved on: a restart, not ours
+        ({"status": {"phase": "Ready"}}, False, None),
+    ],
+)
+def test_written_status(existing: dict[str, Any] | None, ok: bool, want: str | None) -> None:
+    patch = written_status(existing, ok=ok, message="m")
+    assert (patch["status"]["phase"] if patch else None) == want
+    if want:
+        assert want in TRANSITIONS["Pending"]  # the status webhook allows it
+
+
+# --- the replacement's start -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "reason", "want"),
+    [
+        ("restore", "handover checkpoint for h1/main", "restored"),
+        ("restore", "handover checkpoint for h1/main pending", "restored"),
+        ("restore", "handover checkpoint for h2/main", None),
+        ("restore", "own hibernation image", None),
+        ("fresh", f"restore from {HANDOVER} failed: criu said no", "fresh"),
+        ("fresh", f"scaleup-timeout passed waiting for {HANDOVER}", "fresh"),
+        ("fresh", f"handover {HANDOVER} withdrawn", "fresh"),
+        ("fresh", "no checkpoint for h1/main", None),
+        ("fresh", "restore from /x/persistent/shop/p failed: no", None),
+        ("fresh", "", None),
+    ],
+)
+def test_start_outcome(path: str, reason: str, want: str | None) -> None:
+    assert start_outcome(path, reason, "h1", "main") == want
+
+
+def test_consumed_checkpoint_picks_this_nodes_newest_for_the_pod() -> None:
+    old = ck("old", created="2026-11-23T11:00:00Z")
+    new = ck("new", created="2026-11-23T11:59:00Z")
+    other_node = ck("remote", node="node-b", created="2026-11-23T11:59:30Z")
+    for_other = ck("other", "Restoring", consumed_by="web-zzz", created="2026-11-23T11:59:40Z")
+    done = ck("done", "Consumed", created="2026-11-23T11:59:50Z")
+    own = ck("own", created="2026-11-23T11:59:55Z", source_pod="web-new")
+
+    def pick(*cs: dict[str, Any]) -> str | None:
+        got = consumed_checkpoint(cs, namespace="shop", template_hash="h1", container="main",
+                                  pod="web-new", node=NODE)
+        return None if got is None else str(got["metadata"]["name"])
+
+    assert pick(old, new, other_node, for_other, done, own) == "new"
+    assert pick(ck("mine", "Restoring", consumed_by="web-new"), old) == "mine"
+    assert pick(other_node, done) is None
+
+
+def test_report_ready_then_restoring_then_consumed() -> None:
+    r = report_outcome(ck(phase="Ready"), pod="web-new", outcome="restored", reason="", now=NOW)
+    assert not r.done and r.patch is not None
+    assert r.patch[0] == {"op": "test", "path": "/status/phase", "value": "Ready"}
+    assert {"op": "replace", "path": "/status/consumedBy", "value": "web-new"} in r.patch
+    # Claimed (by the daemon or the control plane): Consumed once the control
+    # plane has recorded Restoring...
+    claimed = ck(phase="Restoring", consumed_by="web-new")
+    wait = report_outcome(claimed, pod="web-new", outcome="restored", reason="", now=NOW,
+                          restoring_since=NOW - timedelta(seconds=1))
+    assert wait.patch is None and not wait.done
+    seen = ck(phase="Restoring", consumed_by="web-new", annotations={OBSERVED_PHASE: "Restoring"})
+    r = report_outcome(seen, pod="web-new", outcome="restored", reason="", now=NOW)
+    assert r.done and r.patch is not None
+    assert {"op": "replace", "path": "/status/phase", "value": "Consumed"} in r.patch
+    assert {"op": "test", "path": "/status/consumedBy", "value": "web-new"} in r.patch
+    # ... or after the grace, with no operator to record it.
+    late = report_outcome(claimed, pod="web-new", outcome="restored", reason="",
+                          now=NOW + timedelta(seconds=10), restoring_since=NOW)
+    assert late.done and late.patch is not None
+
+
+def test_report_fresh_fails_only_its_own_claim() -> None:
+    mine = ck(phase="Restoring", consumed_by="web-new")
+    r = report_outcome(mine, pod="web-new", outcome="fresh", reason="withdrawn", now=NOW)
+    assert r.done and r.patch is not None
+    assert {"op": "replace", "path": "/status/phase", "value": "Failed"} in r.patch
+    assert "started fresh: withdrawn" in r.patch[4]["value"]
+    r = report_outcome(ck(phase="Ready"), pod="web-new", outcome="fresh", reason="x", now=NOW)
+    assert r.done and r.patch is None
+    other = ck(phase="Restoring", consumed_by="web-zzz")
+    r = report_outcome(other, pod="web-new", outcome="restored", reason="", now=NOW)
+    assert r.done and r.patch is None
+
+
+def test_outgoing_dropped_once_no_live_checkpoint_needs_it() -> None:
+    entries = [("h1", "main", 120.0), ("h2", "main", 120.0), ("h3", "main", 5.0),
+               ("h4", "main", 120.0)]
+    cks = [ck(phase="Ready"),  # h1 live
+           {**ck(phase="Consumed"), "spec": {**ck()["spec"], "templateHash": "h2"}},
+           {**ck(phase="Ready", node="node-b"), "spec": {**ck()["spec"], "templateHash": "h4",
+                                                          "sourceNode": "node-b"}}]
+    # h2 Consumed, h3 too young (its Checkpoint may not exist yet), h4 not ours.
+    assert outgoing_to_drop(entries, cks, node=NODE) == [("h2", "main"), ("h4", "main")]
+
+
+@pytest.mark.parametrize(
+    ("message", "retry"),
+    [
+        ("transfer of a/b from https://x failed: [Errno 111] Connection refused", True),
+        ("https://x closed the connection without answering", True),
+        ("transfer of a/b from https://x timed out", True),
+        ("https://x refused a/b: 403 ticket for a/b has expired", True),
+        ("digest mismatch: got sha256:1, expected sha256:2", False),
+        ("image is 3 bytes, expected 4", False),
+        ("image of a/b: file pages-1.img: digest mismatch", False),
+        ("a/b: bad manifest from https://x: no payload", False),
+    ],
+)
+def test_transfer_retryable(message: str, retry: bool) -> None:
+    assert transfer_retryable(message) is retry
+
+
+# --- Migrations with a fake API -------------------------------------------------
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.fail_create = False
+
+    async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self.fail_create:
+            raise OSError("API server unreachable")
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        self.calls.append(f"create {key[1]}")
+        if key in self.objects:
+            return None
+        obj = {**dict(body), "metadata": {**body["metadata"], "creationTimestamp":
+                                          "2026-11-23T11:59:00Z", "uid": "u1"}}
+        self.objects[key] = obj
+        return obj
+
+    async def get_checkpoint(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((namespace, name))
+
+    async def patch_checkpoint_status(
+        self, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any] | None:
+        obj = self.objects.get((namespace, name))
+        if obj is None:
+            return None
+        status = obj.setdefault("status", {})
+        if isinstance(patch, dict):
+            status.update(patch["status"])
+            self.calls.append(f"status {name} {status['phase']}")
+            return obj
+        for op in patch:  # enough of RFC 6902 for these patches
+            field = op["path"].rsplit("/", 1)[1]
+            if op["op"] == "test" and status.get(field, "") != op["value"]:
+                self.calls.append(f"status {name} conflict")
+                return None
+        for op in patch:
+            if op["op"] in ("replace", "add"):
+                status[op["path"].rsplit("/", 1)[1]] = op["value"]
+        self.calls.append(f"status {name} {status['phase']}")
+        return obj
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return list(self.objects.values())
+
+
+class FakeImages:
+    def __init__(self) -> None:
+        self.fail: str = ""
+        self.ready = True
+        self.packed: list[tuple[str, str, float]] = []
+        self.dropped: list[tuple[str, str]] = []
+
+    def export(self, template_hash: str, container: str) -> dict[str, Any]:
+        if self.fail:
+            raise TransferError(self.fail)
+        self.packed.append((template_hash, container, 999.0))
+        return dict(IMAGE)
+
+    def handover_ready(self, template_hash: str, container: str) -> bool:
+        return self.ready
+
+    def outgoing(self) -> list[tuple[str, str, float]]:
+        return list(self.packed)
+
+    def drop(self, template_hash: str, container: str) -> None:
+        self.dropped.append((template_hash, container))
+        self.packed = [p for p in self.packed if p[:2] != (template_hash, container)]
+
+
+def rig(tmp_path: Path | None = None) -> tuple[Migrations, FakeApi, FakeImages]:
+    api, images = FakeApi(), FakeImages()
+    store = JsonStore(tmp_path / "m.json" if tmp_path else None)
+    return Migrations(api, images, NODE, store), api, images
+
+
+async def test_written_creates_ready_checkpoint_once(tmp_path: Path) -> None:
+    m, api, _ = rig(tmp_path)
+    assert await m.written("cid", ok=True) is None  # never armed here: not ours
+    m.armed("cid", W)
+    assert await m.written("cid", ok=True) == "web-abc-main"
+    obj = api.objects[("shop", "web-abc-main")]
+    assert obj["spec"]["image"] == IMAGE and obj["status"]["phase"] == "Ready"
+    assert api.calls == ["create web-abc-main", "status web-abc-main Ready"]
+    # A second event (or a restarted daemon) for the same handover: no second object.
+    m.armed("cid", W)
+    await m.written("cid", ok=True)
+    assert api.calls[-1] == "create web-abc-main" and len(api.objects) == 1
+
+
+async def test_failed_checkpoint_or_export_is_failed_with_the_message() -> None:
+    m, api, images = rig()
+    m.armed("c1", W)
+    await m.written("c1", ok=False, error="criu dump: no space")
+    obj = api.objects[("shop", "web-abc-main")]
+    assert obj["status"]["phase"] == "Failed"
+    assert "criu dump: no space" in obj["status"]["message"] and "image" not in obj["spec"]
+    images.fail = "no ready handover image in /x"
+    m.armed("c2", Written("shop", "web-def", "main", "h1", NODE))
+    await m.written("c2", ok=True)
+    obj = api.objects[("shop", "web-def-main")]
+    assert obj["status"]["phase"] == "Failed" and "no ready handover" in obj["status"]["message"]
+
+
+async def test_armed_record_survives_a_restart_and_is_finished(tmp_path: Path) -> None:
+    m, api, images = rig(tmp_path)
+    m.armed("cid", W)
+    # The daemon died before the shim's event; the new one finishes from the record.
+    m2 = Migrations(api, images, NODE, JsonStore(tmp_path / "m.json"))
+    images.ready = False
+    assert await m2.recover() == 0 and not api.objects  # handover not written yet
+    images.ready = True
+    assert await m2.recover() == 1
+    assert api.objects[("shop", "web-abc-main")]["status"]["phase"] == "Ready"
+    assert JsonStore(tmp_path / "m.json").data == {}
+    m.store.put_key("broken", {"nope": "x"})
+    assert m.armed_for("broken") is None
+
+
+async def test_same_node_replacement_claims_then_consumes_then_drops() -> None:
+    m, api, images = rig()
+    # The replacement restored before the Checkpoint existed (the shim does not wait).
+    assert m.started("shop", "web-new", "main", "h1", "restore",
+                     "handover checkpoint for h1/main pending") == "restored"
+    assert await m.reconcile(NOW) == []
+    m.armed("cid", W)
+    await m.written("cid", ok=True)
+    done = await m.reconcile(NOW)
+    assert done == ["shop/web-abc-main: claimed by web-new"]
+    obj = api.objects[("shop", "web-abc-main")]
+    assert obj["status"]["consumedBy"] == "web-new" and obj["status"]["phase"] == "Restoring"
+    assert await m.reconcile(NOW) == []  # the control plane has not recorded the claim
+    assert await m.reconcile(NOW + timedelta(seconds=1)) == []
+    obj["metadata"]["annotations"] = {OBSERVED_PHASE: "Restoring"}
+    # Consumed; the packed image goes once nothing live needs it.
+    assert await m.reconcile(NOW) == ["shop/web-abc-main: consumed by web-new",
+                                      "dropped outgoing/h1/main"]
+    assert obj["status"]["phase"] == "Consumed" and not m.pending
+    assert await m.reconcile(NOW) == []
+    assert images.dropped == [("h1", "main")]
+
+
+async def test_control_plane_claim_for_another_pod_is_left_alone() -> None:
+    m, api, _ = rig()
+    m.armed("cid", W)
+    await m.written("cid", ok=True)
+    api.objects[("shop", "web-abc-main")]["status"].update(phase="Restoring",
+                                                           consumedBy="web-zzz")
+    m.started("shop", "web-new", "main", "h1", "fresh",
+              f"handover {HANDOVER} withdrawn")
+    assert await m.reconcile(NOW) == []
+    assert api.objects[("shop", "web-abc-main")]["status"]["phase"] == "Restoring"
+
+
+async def test_fresh_start_fails_its_claim() -> None:
+    m, api, _ = rig()
+    m.armed("cid", W)
+    await m.written("cid", ok=True)
+    api.objects[("shop", "web-abc-main")]["status"].update(phase="Restoring",
+                                                           consumedBy="web-new")
+    m.started("shop", "web-new", "main", "h1", "fresh",
+              f"restore from {HANDOVER} failed: criu")
+    assert await m.reconcile(NOW) == ["shop/web-abc-main: failed by web-new",
+                                      "dropped outgoing/h1/main"]
+    st = api.objects[("shop", "web-abc-main")]["status"]
+    assert st["phase"] == "Failed" and "criu" in st["message"]
+
+
+def test_node_images_export_survives_the_restore_removing_the_handover(
+    tmp_path: Path
+) -> None:
+    from architect.runtime.shim.plan import READY_MARK
+    from architect.runtime.transfer.images import image_ref, outgoing_dir
+
+    d = tmp_path / "handover" / "h1" / "main"
+    d.mkdir(parents=True)
+    (d / "pages-1.img").write_bytes(b"p" * 4096)
+    (d / READY_MARK).touch()
+    images = NodeImages(tmp_path, NODE)
+    assert images.handover_ready("h1", "main")
+    spec = images.export("h1", "main")
+    out = outgoing_dir(tmp_path, "h1", "main")
+    assert spec == image_ref(out, spec["location"]).as_spec()
+    assert spec["location"] == "node://node-a/outgoing/h1/main"
+    assert (d / "pages-1.img").read_bytes() == b"p" * 4096  # the handover is untouched
+    assert [(h, c) for h, c, _ in images.outgoing()] == [("h1", "main")]  # no snapshot left
+    images.drop("h1", "main")
+    assert images.outgoing() == [] and not (tmp_path / "outgoing" / "h1").exists()
+
+
+# --- grants (destination) ---------------------------------------------------------
+
+KEY = b"k" * 32
+
+
+def grant(dest: str = "node-b", expires: float | None = None) -> Grant:
+    t = Ticket("shop", "web-abc-main", "u1", DIGEST, 10, NODE, dest, "web-new",
+               int(expires if expires is not None else time.time() + 600))
+    return Grant("https://127.0.0.1:9447", issue(t, KEY), "h1", "main")
+
+
+def secret(g: Grant, uid: str = "s1") -> dict[str, Any]:
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in grant_data(g).items()}
+    return {"metadata": {"name": grant_name({"metadata": {"namespace": "shop"}}), "uid": uid,
+                         "namespace": "architect-system"}, "data": data}
+
+
+class GrantRig:
+    def __init__(self, *, fetch_error: str = "", handover: bool = True) -> None:
+        self.calls: list[str] = []
+        self.patches: list[tuple[str, list[dict[str, Any]]]] = []
+        self.fetch_error = fetch_error
+        self.handover = handover
+        self.start: tuple[Any, str] | None = None
+
+        async def fetch(g: Grant) -> Path:
+            self.calls.append("fetch")
+            if self.fetch_error:
+                raise TransferError(self.fetch_error)
+            return Path("/x")
+
+        async def patch(ns: str, name: str, body: list[dict[str, Any]]) -> Any:
+            self.patches.append((name, body))
+            return {}
+
+        self.grants = Grants(
+            "node-b", fetch, patch, lambda h, c: self.calls.append(f"pending {h}/{c}"),
+            lambda h, c: self.handover, lambda ns, p, c: self.start,
+        )
+
+    def phase(self) -> str:
+        body = self.patches[-1][1]
+        return str(next(op["value"] for op in body if op["path"] == "/status/phase"
+                        and op["op"] == "replace"))
+
+    async def finish(self) -> list[str]:
+        await asyncio.wait_for(asyncio.gather(*self.grants.tasks), 5)
+        return self.grants.results
+
+
+async def test_grant_marks_pending_first_fetches_and_reports_consumed(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("architect.runtime.daemon.grants.START_GRACE_S", 0.0)
+    r = GrantRig(handover=False)  # the shim took the image
+    assert r.grants.consider([secret(grant())]) == 1
+    assert r.grants.consider([secret(grant())]) == 0  # once per Secret
+    assert r.calls[0] == "pending h1/main"  # before anything else
+    assert await r.finish() == [r.grants.results[0]]
+    assert "consumed by web-new" in r.grants.results[0]
+    assert r.patches[0][0] == "web-abc-main" and r.phase() == "Consumed"
+
+
+async def test_grant_start_record_decides() -> None:
+    r = GrantRig(handover=True)
+    r.start = ("fresh", "scaleup-timeout passed")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.phase() == "Failed" and "started fresh" in r.patches[0][1][4]["value"]
+    r = GrantRig(handover=True)
+    r.start = ("restored", "handover checkpoint for h1/main")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.phase() == "Consumed"
+
+
+async def test_grant_fetch_failure_reports_retry_or_final() -> None:
+    r = GrantRig(fetch_error="transfer of shop/x from https://y failed: Connection refused")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.phase() == "Ready"  # handed back for another try
+    r = GrantRig(fetch_error="digest mismatch: got sha256:1, expected sha256:2")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.phase() == "Failed"
+    assert "digest mismatch" in r.patches[0][1][4]["value"]
+
+
+async def test_grant_expiring_before_the_restore_hands_back() -> None:
+    r = GrantRig(handover=True)
+    r.grants.consider([secret(grant(expires=time.time() + 0.6))])
+    await r.finish()
+    assert r.phase() == "Ready" and "expired" in r.patches[0][1][4]["value"]
+
+
+async def test_grants_for_other_nodes_and_bad_secrets_are_skipped() -> None:
+    r = GrantRig()
+    assert r.grants.consider([secret(grant(dest="node-c"), "s2")]) == 0
+    bad = {"metadata": {"name": "g", "namespace": "ns", "uid": "s3"}, "data": {"ticket": "!!"}}
+    assert r.grants.consider([bad]) == 0
+    assert r.calls == [] and r.patches == []
+    with pytest.raises(TransferError, match="grant Secret ns/g"):
+        decode_grant({"metadata": {"name": "g", "namespace": "ns"}, "data": {}})
+
+
+# --- flags ----------------------------------------------------------------------
+
+
+def test_transfer_flags() -> None:
+    cfg = parse_args(["--node", "n"], env={})
+    assert (cfg.transfer_port, cfg.namespace, cfg.node_cert_dir) == (9447, "architect-system",
+                                                                     None)
+    cfg = parse_args(["--node", "n", "--transfer-port", "0", "--node-cert-dir", "/etc/x"],
+                     env={"ARCHITECT_NAMESPACE": "arch"})
+    assert (cfg.transfer_port, cfg.namespace, cfg.node_cert_dir) == (0, "arch", Path("/etc/x"))
+    with pytest.raises(UsageError, match="--transfer-port '70000'"):
+        parse_args(["--node", "n", "--transfer-port", "70000"], env={})
+    with pytest.raises(UsageError, match=r"--transfer-port '1\.5'"):
+        parse_args(["--node", "n", "--transfer-port", "1.5"], env={})
+
+
+# --- through the controller -----------------------------------------------------
+
+
+async def test_controller_turns_the_shims_events_into_checkpoints() -> None:
+    from architect.policy.models import HibernationPolicy, MigrationPolicy
+    from architect.runtime.daemon.controller import Controller
+    from architect.runtime.daemon.ports import ShimContainer
+    from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
+    from tests.runtime.daemon.objects import NS, hibernation, migration, pod
+
+    calls: list[str] = []
+    shim, rep = FakeShim(calls), FakeReporter(calls)
+    m = Migrations(FakeApi(), FakeImages(), NODE)
+    ctl = Controller(shim, FakeNet(calls), rep, clock=Clock(), migrations=m, node=NODE)
+    shim.add("web-main-id")
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    await ctl.tick([pod(template_hash="h1")], policies)
+    await ctl.tick([pod(template_hash="h1", deleting=True)], policies)
+    assert m.armed_for("web-main-id") == Written(NS, "web", "main", "h1", NODE)
+    # The shim's watch stream reports the handover written.
+    shim.events[0]({"event": "migrated", "id": "web-main-id", "image": "/x"})
+    for _ in range(20):
+        await asyncio.sleep(0)
+    fake = m.api
+    assert isinstance(fake, FakeApi)
+    assert fake.objects[(NS, "web-main")]["status"]["phase"] == "Ready"
+    assert ("Normal", "CheckpointCreated") in [(t, r) for t, r, _ in rep.events]
+    # The replacement's container was started from the handover: recorded
+    # from the shim's status at adoption, then written by the next ticks.
+    shim.containers["new-id"] = ShimContainer(
+        "new-id", "RUNNING", 7, "/proc/1/ns/net", "/sock/new", "restore",
+        "handover checkpoint for h1/main pending")
+    new = pod("web-2", template_hash="h1")
+    new["status"]["containerStatuses"][0]["containerID"] = "containerd://new-id"
+    await ctl.tick([new], policies)
+    assert fake.objects[(NS, "web-main")]["status"]["phase"] == "Restoring"
+    fake.objects[(NS, "web-main")]["metadata"]["annotations"] = {OBSERVED_PHASE: "Restoring"}
+    await ctl.tick([new], policies)
+    assert fake.objects[(NS, "web-main")]["status"]["phase"] == "Consumed"
+    assert fake.objects[(NS, "web-main")]["status"]["consumedBy"] == "web-2"
