@@ -212,15 +212,21 @@ def outgoing_to_drop(
     min_age_s: float = 60.0,
 ) -> list[tuple[str, str]]:
     """Packed images (template hash, container, age in seconds) under outgoing/
-    that no live Checkpoint of this node refers to any more: Consumed, Failed or
-    deleted. Young ones are kept: their Checkpoint may not be created yet."""
-    live = {
-        (str((c.get("spec") or {}).get("templateHash")), str((c.get("spec") or {}).get("container")))
-        for c in checkpoints
-        if (c.get("spec") or {}).get("sourceNode") == node and phase_of(c) in LIVE_PHASES
-    }
+    that no live Checkpoint of this node refers to any more: at once when one of
+    its Checkpoints is Consumed or Failed; after ``min_age_s`` when there is none
+    (deleted, or never created: a young one's may still be on its way)."""
+    live: set[tuple[str, str]] = set()
+    final: set[tuple[str, str]] = set()
+    for c in checkpoints:
+        spec = c.get("spec") or {}
+        if spec.get("sourceNode") != node:
+            continue
+        ref = (str(spec.get("templateHash")), str(spec.get("container") or ""))
+        (live if phase_of(c) in LIVE_PHASES else final).add(ref)
     return sorted(
-        (h, c) for h, c, age in entries if (h, c) not in live and age >= min_age_s
+        (h, c)
+        for h, c, age in entries
+        if (h, c) not in live and ((h, c) in final or age >= min_age_s)
     )
 
 

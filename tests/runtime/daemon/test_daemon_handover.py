@@ -175,13 +175,14 @@ def test_report_fresh_fails_only_its_own_claim() -> None:
 
 
 def test_outgoing_dropped_once_no_live_checkpoint_needs_it() -> None:
-    entries = [("h1", "main", 120.0), ("h2", "main", 120.0), ("h3", "main", 5.0),
+    entries = [("h1", "main", 120.0), ("h2", "main", 1.0), ("h3", "main", 5.0),
                ("h4", "main", 120.0)]
     cks = [ck(phase="Ready"),  # h1 live
            {**ck(phase="Consumed"), "spec": {**ck()["spec"], "templateHash": "h2"}},
            {**ck(phase="Ready", node="node-b"), "spec": {**ck()["spec"], "templateHash": "h4",
                                                           "sourceNode": "node-b"}}]
-    # h2 Consumed, h3 too young (its Checkpoint may not exist yet), h4 not ours.
+    # h2 Consumed (at once), h3 too young (its Checkpoint may not exist yet), h4 not
+    # ours and old.
     assert outgoing_to_drop(entries, cks, node=NODE) == [("h2", "main"), ("h4", "main")]
 
 
@@ -262,7 +263,7 @@ class FakeImages:
     def export(self, template_hash: str, container: str) -> dict[str, Any]:
         if self.fail:
             raise TransferError(self.fail)
-        self.packed.append((template_hash, container, 999.0))
+        self.packed.append((template_hash, container, 1.0))
         return dict(IMAGE)
 
     def handover_ready(self, template_hash: str, container: str) -> bool:
