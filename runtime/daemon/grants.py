@@ -62,6 +62,7 @@ class Grants:
     mark_pending: MarkFn
     handover_exists: Callable[[str, str], bool]
     start_of: StartFn
+    handover_ready: Callable[[str, str], bool] = lambda h, c: False
     clock: Callable[[], float] = time.time
     seen: set[str] = field(default_factory=set)  # grant Secret uids handled
     tasks: set[asyncio.Task[str]] = field(default_factory=set)
@@ -83,10 +84,12 @@ class Grants:
             if grant.ticket.destination_node != self.node:
                 continue
             # At once: the replacement's Create must find the mark and wait.
-            try:
-                self.mark_pending(grant.template_hash, grant.container)
-            except (TransferError, OSError) as e:
-                log.warning("grant for %s: %s", grant.ticket.name, e)
+            # (Fetched already, before a restart of this daemon: no mark.)
+            if not self.handover_ready(grant.template_hash, grant.container):
+                try:
+                    self.mark_pending(grant.template_hash, grant.container)
+                except (TransferError, OSError) as e:
+                    log.warning("grant for %s: %s", grant.ticket.name, e)
             task = asyncio.get_running_loop().create_task(self.run(grant))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -98,7 +101,10 @@ class Grants:
         ref = f"{t.namespace}/{t.name}"
         t0 = time.monotonic()
         try:
-            await self.fetch(grant)
+            if self.handover_ready(grant.template_hash, grant.container):
+                log.info("%s: image fetched before this daemon started", ref)
+            else:
+                await self.fetch(grant)
         except TransferError as e:
             retry = transfer_retryable(str(e))
             log.warning("transfer of %s failed (%s): %s", ref, "retry" if retry else "final", e)

@@ -108,7 +108,7 @@ class Transfer:
 
     def __init__(self, cfg: DaemonConfig, api: Any, migrations: Any) -> None:
         from architect.runtime.daemon.grants import Grants
-        from architect.runtime.shim.plan import handover_dir
+        from architect.runtime.shim.plan import READY_MARK, handover_dir
         from architect.runtime.transfer import fetch, mark_pending
 
         self.cfg, self.api = cfg, api
@@ -131,6 +131,7 @@ class Transfer:
             lambda h, c: mark_pending(root, h, c),
             lambda h, c: handover_dir(root, h, c).exists(),
             start_of,
+            lambda h, c: (handover_dir(root, h, c) / READY_MARK).exists(),
         )
 
     def _load(self) -> tuple[Any, bytes] | None:

@@ -432,9 +432,11 @@ class GrantRig:
             self.patches.append((name, body))
             return {}
 
+        self.ready = False
         self.grants = Grants(
             "node-b", fetch, patch, lambda h, c: self.calls.append(f"pending {h}/{c}"),
             lambda h, c: self.handover, lambda ns, p, c: self.start,
+            lambda h, c: self.ready,
         )
 
     def phase(self) -> str:
@@ -458,6 +460,15 @@ async def test_grant_marks_pending_first_fetches_and_reports_consumed(
     assert await r.finish() == [r.grants.results[0]]
     assert "consumed by web-new" in r.grants.results[0]
     assert r.patches[0][0] == "web-abc-main" and r.phase() == "Consumed"
+
+
+async def test_grant_fetched_before_a_restart_is_not_fetched_again() -> None:
+    r = GrantRig(handover=True)
+    r.ready = True
+    r.start = ("restored", "handover checkpoint for h1/main")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.calls == [] and r.phase() == "Consumed"
 
 
 async def test_grant_start_record_decides() -> None:
