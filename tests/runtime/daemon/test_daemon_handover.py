@@ -550,8 +550,7 @@ async def test_controller_turns_the_shims_events_into_checkpoints() -> None:
     assert m.armed_for("web-main-id") == Written(NS, "web", "main", "h1", NODE)
     # The shim's watch stream reports the handover written.
     shim.events[0]({"event": "migrated", "id": "web-main-id", "image": "/x"})
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*ctl._tasks), 10)  # the Checkpoint's writes
     fake = m.api
     assert isinstance(fake, FakeApi)
     assert fake.objects[(NS, "web-main")]["status"]["phase"] == "Ready"
