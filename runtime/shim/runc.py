@@ -24,6 +24,9 @@ from architect.runtime.checkpoint.runc import RuncCriuBackend
 from architect.runtime.checkpoint.runsc import RunscBackend
 from architect.runtime.shim.reaper import Reaper
 
+# `runsc wait` lasts as long as the container runs; bounded only so no call is endless.
+WAIT_BOUND_S = 10 * 365 * 86400.0
+
 
 class RuncError(Exception):
     def __init__(self, argv: Sequence[str], code: int, output: str) -> None:
@@ -149,6 +152,18 @@ class Runc:
             args += ["--console-socket", str(console_socket)]
         await self.run_with_stdio(stdio, process_json.with_suffix(".log"), *args, cid)
         return read_pid(pid_file)
+
+    async def wait(self, cid: str) -> int:
+        """runsc only: block until the container's init exits inside the sandbox and
+        return its status (128 + signal when killed), as ``runsc wait`` reports it."""
+        argv = self._argv("wait", cid)
+        done = await run(argv, WAIT_BOUND_S, spawner=self.reaper.spawner)
+        if not done.ok:
+            raise RuncError(argv, done.returncode, done.stderr + done.stdout)
+        try:
+            return int(json.loads(done.stdout)["exitStatus"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise RuncError(argv, 0, f"unreadable wait result {done.stdout[:200]!r}") from e
 
     async def kill(self, cid: str, sig: int, all_procs: bool = False) -> None:
         await self.run("kill", *(["--all"] if all_procs else []), cid, str(sig))

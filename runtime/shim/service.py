@@ -298,9 +298,39 @@ class TaskService:
 
     # -- exits -------------------------------------------------------------------
 
+    @staticmethod
+    def _in_sandbox(c: Container) -> bool:
+        """A pod's app container under runsc: it runs inside the sandbox process (its
+        pid is the sandbox's), so its exit is no host process exit; ``runsc wait``
+        reports it instead, as gVisor's own shim does."""
+        return c.runtime == "runsc" and c.annotations.get(plan.CRI_CONTAINER_TYPE) == "container"
+
+    async def _runsc_wait(self, c: Container) -> None:
+        pid = c.init.pid
+        try:
+            code = await self.runc(self._binary).wait(c.id)
+        except RuncError as e:
+            # The sandbox is gone, and the container with it.
+            log.warning("%s: runsc wait: %s", c.id, e)
+            code = 128 + signal.SIGKILL
+        if c.checkpointing or c.hibernated or c.init.pid != pid:
+            return  # a dump ended it, or a restore replaced it: no exit
+        if c.init.status in (RUNNING, PAUSED):
+            await self._exited(c, c.init, code)
+
+    def _watch_exit(self, c: Container) -> None:
+        if self._in_sandbox(c):
+            self._spawn(self._runsc_wait(c))
+
     def _on_exit(self, pid: int, code: int) -> None:
         for c in self.containers.values():
-            if c.init.pid == pid and c.init.status in (RUNNING, PAUSED, CREATED):
+            # An in-sandbox init's pid is the sandbox's: its exit belongs to the
+            # sandbox container. Its execs are host processes (`runsc exec`) all the same.
+            if (
+                not self._in_sandbox(c)
+                and c.init.pid == pid
+                and c.init.status in (RUNNING, PAUSED, CREATED)
+            ):
                 if c.checkpointing:
                     log.info("%s: init %d gone by checkpoint, not an exit", c.id, pid)
                     return
@@ -496,6 +526,7 @@ class TaskService:
         c, p = self.proc(req.id, req.exec_id)
         if p is c.init:
             if p.status == RUNNING:  # restored on create: already running
+                self._watch_exit(c)
                 self.oom.watch(c.id, cgroup_path(c.bundle))
                 self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
                 return shim_pb2.StartResponse(pid=p.pid)
@@ -509,6 +540,7 @@ class TaskService:
             finally:
                 c.starting = False
             p.status = RUNNING
+            self._watch_exit(c)
             self.oom.watch(c.id, cgroup_path(c.bundle))
             self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
             if c.pending_exit is not None:
@@ -811,6 +843,7 @@ class TaskService:
             raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
         c.init.pid = result.pid
         c.hibernated = False
+        self._watch_exit(c)
         c.timings["wake"] = time.monotonic() - t0
         c.timings.update({f"wake_{k}": v for k, v in result.details.items()})
         self.oom.watch(c.id, cgroup_path(c.bundle))  # the restore made a new cgroup

@@ -46,3 +46,41 @@ def namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
         yield name
     finally:
         kubectl(cluster, "delete", "namespace", name, "--wait=false", check=False)
+
+
+CONTAINERD_SOCK = "/run/architect-e2e/containerd/containerd.sock"
+ARCHITECT_RUNTIME = "io.containerd.architect.v1"
+
+
+def _ctr(*args: str) -> str:
+    proc = subprocess.run(["ctr", "--address", CONTAINERD_SOCK, "-n", "k8s.io", *args],
+                          capture_output=True, text=True, timeout=30, check=False)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def architect_tasks() -> set[str]:
+    """Running containerd tasks of Architect's shim on the e2e node."""
+    ours = {line.split()[0] for line in _ctr("containers", "ls").splitlines()[1:]
+            if line.split()[-1:] == [ARCHITECT_RUNTIME]}
+    return {line.split()[0] for line in _ctr("tasks", "ls").splitlines()[1:]} & ours
+
+
+def wait_architect_pods_gone(cluster: Cluster, timeout_s: float = 120) -> None:
+    """Wait (bounded) until no pod with an Architect runtime class is left, in the
+    API and in containerd.
+
+    Fixtures call this before they remove the handlers and restart containerd: a
+    restart while the kubelet stops such a pod fails the stop, and a pod deleted
+    with grace period 0 leaves the API before the kubelet has stopped it, so the
+    sandbox would outlive it.
+    """
+    from architect.policy.annotations import RUNTIME_CLASSES
+
+    def gone() -> bool:
+        pods = get_json(cluster, "pods", "-A")["items"]
+        if any(p["spec"].get("runtimeClassName") in RUNTIME_CLASSES for p in pods):
+            return False
+        return not architect_tasks()
+
+    eventually("pods with Architect runtime classes are gone", gone, timeout_s=timeout_s,
+               every_s=1)

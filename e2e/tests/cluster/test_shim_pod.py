@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from e2e.pytest_cluster import UP, Cluster
-from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.kube import (
+    eventually,
+    get_json,
+    kubectl,
+    namespace,
+    wait_architect_pods_gone,
+)
 
 pytestmark = pytest.mark.node
 
@@ -46,6 +52,7 @@ def architect_handlers(node_cluster: Cluster) -> Iterator[Cluster]:
         kubectl(node_cluster, "apply", "-f",
                 str(ROOT / "runtime/shim/deploy/runtimeclasses.yaml"))
         yield node_cluster
+        wait_architect_pods_gone(node_cluster)
     finally:
         DROPIN.unlink(missing_ok=True)
         subprocess.run([str(UP)], check=False, capture_output=True, timeout=600)

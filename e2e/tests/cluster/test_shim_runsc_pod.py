@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e.pytest_cluster import Cluster
-from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.kube import architect_tasks, eventually, get_json, kubectl, namespace
 from e2e.tests.cluster.test_shim_pod import _control, architect_handlers  # noqa: F401
 
 pytestmark = pytest.mark.node
@@ -60,3 +61,12 @@ def test_runsc_architect_pod_serves_on_its_pod_ip(architect_handlers: Cluster) -
         kernel_log = kubectl(cluster, "exec", "-n", ns, "gv", "--", "dmesg").stdout
         assert "gVisor" in kernel_log, kernel_log[:200]  # gVisor's kernel log, not the host's
 
+
+        # Deleting the pod stops it: the app container's exit inside the sandbox
+        # reaches containerd (runsc wait), then the sandbox's own.
+        shim_pid = _control(cid, {"op": "status"})["shim_pid"]
+        kubectl(cluster, "delete", "-n", ns, "pod/gv", "--wait=true", "--timeout=60s")
+        eventually("containerd has no task left of the pod",
+                   lambda: not ({cid} & architect_tasks()), timeout_s=60)
+        eventually("the pod's shim exits", lambda: not Path(f"/proc/{shim_pid}").exists(),
+                   timeout_s=60)
