@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from e2e.pytest_cluster import NODE, UP, Cluster
-from e2e.tests.cluster.kube import kubectl
+from e2e.tests.cluster.kube import kubectl, wait_architect_pods_gone
 
 ROOT = Path(__file__).resolve().parents[3]
 DROPIN = Path("/etc/architect-e2e/containerd-runtimes.d/architect.toml")
@@ -37,6 +37,7 @@ def architect_node(node_cluster: Cluster) -> Iterator[Cluster]:
         kubectl(node_cluster, "apply", "-f", str(ROOT / "runtime/shim/deploy/runtimeclasses.yaml"))
         kubectl(node_cluster, "apply", "-f", str(ROOT / "crds"))
         yield node_cluster
+        wait_architect_pods_gone(node_cluster)
     finally:
         DROPIN.unlink(missing_ok=True)
         subprocess.run([str(UP)], check=False, capture_output=True, timeout=600)
