@@ -33,7 +33,7 @@ from architect.engine.controlplane import coordinate
 from e2e.pytest_cluster import NODE, Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl
 from e2e.tests.cluster.shimfix import architect_node, start_daemon
-from e2e.tests.cluster.test_daemon_hibernate import http_get, shim_entry, web_pod
+from e2e.tests.cluster.test_daemon_hibernate import http_get, shim_entry, wait_serving, web_pod
 from e2e.tests.cluster.test_daemon_migrate import deployment, live_pods
 from e2e.tests.engine.harness import Operator, running_operator
 
@@ -93,6 +93,7 @@ def test_same_node_checkpoint_ready_restoring_consumed_then_collected(
         name = old["metadata"]["name"]
         thash = old["metadata"]["annotations"][HASH_LABEL]
         assert old["metadata"]["labels"][HASH_LABEL] == thash
+        wait_serving(old["status"]["podIP"])
         for _ in range(3):
             count, _ = http_get(old["status"]["podIP"])
         daemon = start_daemon(cluster, tmp_path / "daemon.log", *daemon_args(operator))

@@ -100,6 +100,19 @@ def states(cluster: Cluster, ns: str, pod: str = "web") -> dict[str, str]:
     return out
 
 
+def wait_serving(ip: str, port: int = 8080) -> None:
+    """Ready means started, not listening (no readiness probe: a probe would be
+    traffic). Wait for the listener with bare connects, which count nothing."""
+    def accepts() -> bool:
+        try:
+            with socket.create_connection((ip, port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    eventually(f"{ip}:{port} accepts connections", accepts, timeout_s=60)
+
+
 def http_get(ip: str, timeout: float = 60) -> tuple[int, float]:
     """The counter, and the seconds from the first SYN to the answer."""
     t0 = time.monotonic()
@@ -149,6 +162,7 @@ def daemon_log(tmp_path: Path) -> Iterator[Path]:
 def _running_pod(cluster: Cluster, ns: str) -> tuple[str, str]:
     kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/web", "--timeout=90s")
     st = get_json(cluster, "pod", "-n", ns, "web")["status"]
+    wait_serving(st["podIP"])
     return st["podIP"], st["containerStatuses"][0]["containerID"].removeprefix("containerd://")
 
 

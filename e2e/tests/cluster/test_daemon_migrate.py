@@ -20,6 +20,7 @@ from e2e.tests.cluster.test_daemon_hibernate import (
     events,
     http_get,
     shim_entry,
+    wait_serving,
     web_pod,
 )
 
@@ -87,6 +88,7 @@ def test_deleted_pod_state_moves_to_its_replacement(
             compile_and_apply(cluster, ns, deployment(thash), tmp_path, source)
             old = ready_pod(cluster, ns)
             name = old["metadata"]["name"]
+            wait_serving(old["status"]["podIP"])
             for _ in range(3):
                 count, _ = http_get(old["status"]["podIP"])
             daemon = start_daemon(cluster, log)
