@@ -46,4 +46,5 @@ bench: setup
 	$(PY) bench/network_wake.py
 	$(PY) bench/checkpoint.py
 	$(PY) bench/shim_bench.py
+	$(PY) bench/daemon_bench.py
 	$(PY) bench/cluster_bench.py
