@@ -8,6 +8,7 @@ subprocess against the e2e kubeconfig.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,9 +17,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from architect.runtime.shim.control import request
 from e2e.pytest_cluster import NODE, UP, Cluster
 from e2e.tests.cluster.kube import kubectl, wait_architect_pods_gone
 
@@ -26,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[3]
 DROPIN = Path("/etc/architect-e2e/containerd-runtimes.d/architect.toml")
 SHIM_RUN = Path("/run/architect/shim")
 KUBELET_ROOT = "/var/lib/architect-e2e/kubelet"
+
+
+def shim_control(container_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    """One request on a container's shim control socket, through the shim's own client."""
+    return asyncio.run(request(SHIM_RUN / "k8s.io" / container_id, message))
 
 
 @pytest.fixture(scope="module")

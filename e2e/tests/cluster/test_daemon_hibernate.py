@@ -24,7 +24,12 @@ import pytest
 
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
-from e2e.tests.cluster.shimfix import KUBELET_ROOT, SHIM_RUN, architect_node, start_daemon
+from e2e.tests.cluster.shimfix import (
+    KUBELET_ROOT,
+    architect_node,
+    shim_control,
+    start_daemon,
+)
 
 pytestmark = pytest.mark.node
 __all__ = ["architect_node"]  # the fixture, imported for pytest
@@ -122,11 +127,7 @@ def http_get(ip: str, timeout: float = 60) -> tuple[int, float]:
 
 
 def shim_entry(container_id: str) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(60)
-        s.connect(str(SHIM_RUN / "k8s.io" / container_id))
-        s.sendall(b'{"op": "status"}\n')
-        reply: dict[str, Any] = json.loads(s.makefile().readline())
+    reply = shim_control(container_id, {"op": "status"})
     entries: list[dict[str, Any]] = [c for c in reply["containers"] if c["id"] == container_id]
     assert len(entries) == 1, reply
     return entries[0]

@@ -17,7 +17,7 @@ import pytest
 
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
-from e2e.tests.cluster.test_shim_pod import _control, architect_handlers  # noqa: F401
+from e2e.tests.cluster.shimfix import architect_node, shim_control  # noqa: F401
 
 pytestmark = pytest.mark.node
 
@@ -108,7 +108,7 @@ def _http(ip: str) -> str:
 
 
 def _shim_record(cid: str) -> dict[str, Any]:
-    (rec,) = [c for c in _control(cid, {"op": "status"})["containers"] if c["id"] == cid]
+    (rec,) = [c for c in shim_control(cid, {"op": "status"})["containers"] if c["id"] == cid]
     return rec
 
 
@@ -119,13 +119,13 @@ def _start(cluster: Cluster, ns: str, template_hash: str) -> dict[str, Any]:
     name = pod["metadata"]["name"]
     eventually("the counter reaches 8", lambda: _count(cluster, ns, name) >= 8, timeout_s=60)
     assert _http(pod["status"]["podIP"]) == "hello\n"
-    reply = _control(_cid(pod), {"op": "migrate-on-stop", "id": _cid(pod)})
+    reply = shim_control(_cid(pod), {"op": "migrate-on-stop", "id": _cid(pod)})
     assert reply["ok"] and reply["migrate_on_stop"], reply
     return pod
 
 
-def test_replacement_pod_restores_from_handover(architect_handlers: Cluster) -> None:  # noqa: F811
-    cluster = architect_handlers
+def test_replacement_pod_restores_from_handover(architect_node: Cluster) -> None:  # noqa: F811
+    cluster = architect_node
     thash = f"e2e-{uuid.uuid4().hex[:8]}"
     try:
         with namespace(cluster, "handover") as ns:
@@ -165,8 +165,8 @@ def test_replacement_pod_restores_from_handover(architect_handlers: Cluster) -> 
         _remove_handover(thash)
 
 
-def test_corrupt_handover_starts_fresh_and_ready(architect_handlers: Cluster) -> None:  # noqa: F811
-    cluster = architect_handlers
+def test_corrupt_handover_starts_fresh_and_ready(architect_node: Cluster) -> None:  # noqa: F811
+    cluster = architect_node
     thash = f"e2e-{uuid.uuid4().hex[:8]}"
     try:
         with namespace(cluster, "handover") as ns:

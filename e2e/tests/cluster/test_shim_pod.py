@@ -5,61 +5,24 @@ under kubelet's eyes: the pod stays Running with no restart, its process is gone
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from e2e.pytest_cluster import UP, Cluster
-from e2e.tests.cluster.kube import (
-    eventually,
-    get_json,
-    kubectl,
-    namespace,
-    wait_architect_pods_gone,
-)
+from e2e.pytest_cluster import Cluster
+from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.shimfix import architect_node, shim_control  # noqa: F401
 
 pytestmark = pytest.mark.node
 
-ROOT = Path(__file__).resolve().parents[3]
-DROPIN = Path("/etc/architect-e2e/containerd-runtimes.d/architect.toml")
-SHIM_RUN = Path("/run/architect/shim")
 # Write then rename: `echo > /tmp/count` truncates first, so a reader could see "".
 COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; "
            "mv /tmp/count.new /tmp/count; sleep 1; done")
 
 
-def _control(container_id: str, message: dict[str, Any]) -> dict[str, Any]:
-    """One request on the shim's control socket (JSON lines, see runtime/shim/README.md)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(120)
-        sock.connect(str(SHIM_RUN / "k8s.io" / container_id))
-        sock.sendall((json.dumps(message) + "\n").encode())
-        reply: dict[str, Any] = json.loads(sock.makefile().readline())
-    return reply
-
-
-@pytest.fixture(scope="module")
-def architect_handlers(node_cluster: Cluster) -> Iterator[Cluster]:
-    """containerd knows the runc-architect handler and the RuntimeClasses exist."""
-    DROPIN.parent.mkdir(parents=True, exist_ok=True)
-    DROPIN.write_text((ROOT / "runtime/shim/deploy/containerd-architect.toml").read_text())
-    try:
-        subprocess.run([str(UP)], check=True, capture_output=True, timeout=600)
-        kubectl(node_cluster, "apply", "-f",
-                str(ROOT / "runtime/shim/deploy/runtimeclasses.yaml"))
-        yield node_cluster
-        wait_architect_pods_gone(node_cluster)
-    finally:
-        DROPIN.unlink(missing_ok=True)
-        subprocess.run([str(UP)], check=False, capture_output=True, timeout=600)
-
-
-def test_runc_architect_pod_hibernates_and_exec_wakes_it(architect_handlers: Cluster) -> None:
-    cluster = architect_handlers
+def test_runc_architect_pod_hibernates_and_exec_wakes_it(architect_node: Cluster) -> None:  # noqa: F811
+    cluster = architect_node
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -78,7 +41,7 @@ def test_runc_architect_pod_hibernates_and_exec_wakes_it(architect_handlers: Clu
         container_id = status["containerID"].removeprefix("containerd://")
 
         # The container runs through Architect's shim, not containerd's runc shim.
-        shim = _control(container_id, {"op": "status"})
+        shim = shim_control(container_id, {"op": "status"})
         (entry,) = [c for c in shim["containers"] if c["id"] == container_id]
         pid = entry["pid"]
         assert Path(f"/proc/{pid}").exists()
@@ -86,7 +49,7 @@ def test_runc_architect_pod_hibernates_and_exec_wakes_it(architect_handlers: Clu
             cluster, "exec", "-n", ns, "counter", "--", "cat", "/tmp/count").stdout) >= 3)
         before = int(kubectl(cluster, "exec", "-n", ns, "counter", "--", "cat", "/tmp/count").stdout)
 
-        reply = _control(container_id, {"op": "hibernate", "id": container_id})
+        reply = shim_control(container_id, {"op": "hibernate", "id": container_id})
         assert reply["ok"] and reply["hibernated"], reply
         assert not Path(f"/proc/{pid}").exists(), "the hibernated process must be gone"
         # Kubelet keeps seeing a running, ready container; nothing restarts it.

@@ -14,7 +14,7 @@ import pytest
 
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import architect_tasks, eventually, get_json, kubectl, namespace
-from e2e.tests.cluster.test_shim_pod import _control, architect_handlers  # noqa: F401
+from e2e.tests.cluster.shimfix import architect_node, shim_control  # noqa: F401
 
 pytestmark = pytest.mark.node
 
@@ -34,8 +34,8 @@ def _answers(ip: str) -> bool:
         return False
 
 
-def test_runsc_architect_pod_serves_on_its_pod_ip(architect_handlers: Cluster) -> None:  # noqa: F811
-    cluster = architect_handlers
+def test_runsc_architect_pod_serves_on_its_pod_ip(architect_node: Cluster) -> None:  # noqa: F811
+    cluster = architect_node
     pod: dict[str, Any] = {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gv"},
         "spec": {
@@ -54,7 +54,7 @@ def test_runsc_architect_pod_serves_on_its_pod_ip(architect_handlers: Cluster) -
         status = get_json(cluster, "pod", "-n", ns, "gv")["status"]
         ip = status["podIP"]
         cid = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-        (rec,) = [c for c in _control(cid, {"op": "status"})["containers"] if c["id"] == cid]
+        (rec,) = [c for c in shim_control(cid, {"op": "status"})["containers"] if c["id"] == cid]
         assert rec["runtime"] == "runsc", rec
         # The sandbox's own netstack answers on the pod IP that CNI gave the netns.
         eventually("httpd in gVisor answers on the pod IP", lambda: _answers(ip), timeout_s=30)
@@ -64,7 +64,7 @@ def test_runsc_architect_pod_serves_on_its_pod_ip(architect_handlers: Cluster) -
 
         # Deleting the pod stops it: the app container's exit inside the sandbox
         # reaches containerd (runsc wait), then the sandbox's own.
-        shim_pid = _control(cid, {"op": "status"})["shim_pid"]
+        shim_pid = shim_control(cid, {"op": "status"})["shim_pid"]
         kubectl(cluster, "delete", "-n", ns, "pod/gv", "--wait=true", "--timeout=60s")
         eventually("containerd has no task left of the pod",
                    lambda: not ({cid} & architect_tasks()), timeout_s=60)
