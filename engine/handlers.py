@@ -220,7 +220,13 @@ def _record(kind: str, body: Mapping[str, Any], change: PhaseChange, now: dateti
     metrics.TRANSITIONS.labels(kind=kind, phase=change.new).inc()
     spec = body.get("spec") or {}
     created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
-    if kind == "Checkpoint" and change.new == "Ready" and created is not None:
+    # Creation to first Ready only: a handback (Restoring -> Ready) is not a dump.
+    if (
+        kind == "Checkpoint"
+        and change.new == "Ready"
+        and change.old in (None, "Pending")
+        and created is not None
+    ):
         metrics.CHECKPOINT_DURATION.labels(
             runtime=spec.get("runtime", ""), reason=spec.get("reason", "")
         ).observe(max(0.0, (now - created).total_seconds()))

@@ -341,6 +341,41 @@ async def test_checkpoint_events_once_per_transition() -> None:
     assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Failed"
 
 
+def _duration_count() -> float:
+    from architect.engine import metrics
+
+    return sum(
+        s.value
+        for m in metrics.CHECKPOINT_DURATION.collect()
+        for s in m.samples
+        if s.name.endswith("_count")
+    )
+
+
+async def test_checkpoint_duration_counts_the_first_ready_only() -> None:
+    kube = FakeKube()
+    body: dict[str, Any] = {
+        "kind": "Checkpoint",
+        "metadata": {
+            "name": "d",
+            "namespace": "ns",
+            "creationTimestamp": fmt_time(NOW - timedelta(seconds=5)),
+        },
+        "spec": {"runtime": "runc", "reason": "Migration"},
+        "status": {"phase": "Pending"},
+    }
+    kube.objects[("checkpoints", "ns", "d")] = body
+
+    def post(obj: Any, t: str, r: str, m: str) -> None:
+        pass
+
+    before = _duration_count()
+    for phase in ("Pending", "Ready", "Restoring", "Ready"):  # the last one: a handback
+        body["status"]["phase"] = phase
+        await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    assert _duration_count() == before + 1
+
+
 async def test_persistent_moves_to_checkpointing() -> None:
     kube = FakeKube()
     pc: dict[str, Any] = {
