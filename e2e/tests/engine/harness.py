@@ -65,6 +65,27 @@ class Operator:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def quiesce(self, timeout_s: float = 180) -> None:
+        """Delete every test namespace of this operator and wait until they are gone.
+
+        The operator's counters are process-wide: a test that asserts on their
+        deltas must not share the window with earlier tests' leftovers (pods a
+        controller recreates, checkpoints handed back as their pods go).
+        """
+
+        def others() -> list[str]:
+            out = kubectl(
+                self.cluster, "get", "ns", "-l", f"{NS_LABEL}={self.label}", "-o", "name"
+            )
+            return [n for n in out.stdout.split() if n != f"namespace/{self.system_namespace}"]
+
+        left = others()
+        if left:
+            kubectl(self.cluster, "delete", *left, "--wait=false", check=False)
+            eventually(
+                "earlier test namespaces gone", lambda: not others(), timeout_s=timeout_s, every_s=1
+            )
+
     def namespace(self, prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
         kubectl(self.cluster, "create", "namespace", name)

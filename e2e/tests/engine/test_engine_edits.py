@@ -53,6 +53,7 @@ def _annotate(op: Operator, ns: str, pod: str, key: str, value: str) -> Any:
 
 
 def test_pod_annotation_edits_are_validated_and_recompiled(operator: Operator) -> None:
+    operator.quiesce()  # asserts on operator-wide counters below
     ns = operator.namespace("eng-edit")
     kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=held_pod("solo", GOOD))
     eventually("policies recorded", lambda: len(policies(operator, ns)) == 2)

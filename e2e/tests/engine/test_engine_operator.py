@@ -119,6 +119,7 @@ def test_dry_run_records_nothing(operator: Operator) -> None:
 
 
 def test_objects_without_architect_intent_never_reach_the_webhook(operator: Operator) -> None:
+    operator.quiesce()  # asserts on operator-wide counters below
     ns = operator.namespace("eng-plain")
     before = operator.metric("architect_admission_reviews_total")
     plain_obj = json.loads(deployment("plain", {}))
@@ -273,6 +274,7 @@ PLAIN_POD = {
 
 
 def test_checkpoint_lifecycle_and_gc(operator: Operator) -> None:
+    operator.quiesce()  # asserts on operator-wide counters below
     ns = operator.namespace("eng-ckpt")
     ckpt = {
         "apiVersion": "architect.loopholelabs.io/v1alpha1",
