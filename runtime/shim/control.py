@@ -5,6 +5,13 @@ Requests, one JSON object a line, answered by one line each:
   {"op": "hibernate", "id": "<container>"}  -> {"ok": true, "seconds": 0.41, ...}
   {"op": "wake", "id": "<container>"}       -> {"ok": true, "seconds": 0.22, ...}
   {"op": "migrate-on-stop", "id": "<container>", "enabled": true}
+      -> {"ok": true, "id": "...", "migrate_on_stop": true, "migration_expected": ...}
+      the daemon's decision: true, checkpoint for migration before the stop signal
+      is delivered; false, deliver it (a Kill waiting for the decision goes on).
+      Without "enabled" and "expect": true (as before).
+  {"op": "migrate-on-stop", "id": "<container>", "expect": true}
+      a decision will come: a Kill (SIGTERM/SIGKILL of the init) before it waits up
+      to the shim's stop window (runtime/shim/stopwindow.py) for it.
   {"op": "watch"}  -> {"ok": true}, then one line per event, e.g.
                       {"event": "woken", "id": "...", "reason": "exec"}
 Errors: {"ok": false, "error": "<what was wrong>"}.
@@ -49,7 +56,36 @@ def parse_request(line: bytes) -> dict[str, Any]:
         )
     if op in ("hibernate", "wake", "migrate-on-stop") and not isinstance(req.get("id"), str):
         raise RequestError(f"op {op!r} needs a string 'id' (the container id)")
+    if op == "migrate-on-stop":
+        _check_migrate(req)
     return req
+
+
+MIGRATE_FIELDS = ("op", "id", "enabled", "expect")
+
+
+def _check_migrate(req: dict[str, Any]) -> None:
+    unknown = sorted(set(req) - set(MIGRATE_FIELDS))
+    if unknown:
+        raise RequestError(
+            f"op 'migrate-on-stop': unknown field(s) {', '.join(unknown)}; "
+            f"want {', '.join(MIGRATE_FIELDS)}"
+        )
+    if "enabled" in req and not isinstance(req["enabled"], bool):
+        raise RequestError(
+            f"op 'migrate-on-stop': 'enabled' {req['enabled']!r}: want true or false"
+        )
+    if "expect" in req:
+        if req["expect"] is not True:
+            raise RequestError(
+                f"op 'migrate-on-stop': 'expect' {req['expect']!r}: want true "
+                "(a decision will come); send 'enabled': false to disarm"
+            )
+        if "enabled" in req:
+            raise RequestError(
+                "op 'migrate-on-stop': give 'enabled' (the decision) or 'expect' "
+                "(a decision will come), not both"
+            )
 
 
 class ControlServer:
@@ -81,9 +117,12 @@ class ControlServer:
         if op == "wake":
             return {"ok": True, **await svc.wake(req["id"])}
         if op == "migrate-on-stop":
-            c = svc.get(req["id"])
-            c.migrate_on_stop = bool(req.get("enabled", True))
-            return {"ok": True, "id": c.id, "migrate_on_stop": c.migrate_on_stop}
+            if req.get("expect"):
+                c = svc.expect_migration(req["id"])
+            else:
+                c = svc.decide_migration(req["id"], req.get("enabled", True))
+            return {"ok": True, "id": c.id, "migrate_on_stop": c.migrate_on_stop,
+                    "migration_expected": c.stop.expected}
         raise RequestError(f"op {op!r} not handled")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -137,10 +137,21 @@ def _write_address(address: str) -> None:
     tmp.replace("address")
 
 
+def stop_window() -> float:
+    """The migrate-on-stop decision window from the environment (UsageError if bad)."""
+    from architect.runtime.shim.stopwindow import WINDOW_ENV, WindowError, parse_window
+
+    try:
+        return parse_window(os.environ.get(WINDOW_ENV))
+    except WindowError as e:
+        raise UsageError(str(e)) from None
+
+
 def start(a: Args) -> str:
     from architect.runtime.shim.plan import grouping
     from architect.runtime.shim.service import read_annotations
 
+    stop_window()  # a bad setting fails the start, where containerd shows it
     group = grouping(a.id, read_annotations(Path.cwd()))
     address = socket_address(a.address, a.namespace, group)
     path = address.removeprefix("unix://")
@@ -255,7 +266,7 @@ async def serve(a: Args) -> None:
 
     svc = TaskService(
         reaper, publisher, a.namespace, state_root(), run_root() / "runtime" / a.namespace,
-        on_empty=on_empty,
+        on_empty=on_empty, stop_window=stop_window(),
     )
     gid = hashlib.sha256(f"{a.namespace}/{group}".encode()).hexdigest()[:16]
     svc.control_path = run_root() / "control" / f"{gid}.sock"

@@ -5,6 +5,8 @@ No I/O beyond looking at paths handed in; tested without containerd.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +60,6 @@ class StartPlan:
 
 
 def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
-    import json
-
     raw = annotations.get(ANN_SCALEUP_TIMEOUT)
     if not raw:
         return DEFAULT_SCALEUP_TIMEOUT
@@ -71,6 +71,31 @@ def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
         raise PlanError(f"{ANN_SCALEUP_TIMEOUT}: value {raw!r}: want a JSON object")
     value = table.get(container)
     return parse_duration(str(value)) if value is not None else DEFAULT_SCALEUP_TIMEOUT
+
+
+def managed_containers(annotations: Mapping[str, str]) -> tuple[str, ...]:
+    """The container names of the managed-containers annotation (none when absent)."""
+    raw = annotations.get(ANN_MANAGED)
+    if not raw:
+        return ()
+    want = keys.Shape.CONTAINER_LIST.value
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise PlanError(f"{ANN_MANAGED}: value {raw!r}: not JSON; want a {want}") from None
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise PlanError(f"{ANN_MANAGED}: value {raw!r}: want a {want}")
+    return tuple(value)
+
+
+def migration_expected(annotations: Mapping[str, str]) -> bool:
+    """A managed container of a pod with a template hash: compiled annotations give
+    it a MigrationPolicy, so the daemon decides on the pod's deletion whether its
+    stop checkpoints first. Raises PlanError on a malformed managed-containers."""
+    name = annotations.get(CRI_CONTAINER_NAME, "")
+    if not name or not annotations.get(ANN_TEMPLATE_HASH):
+        return False
+    return name in managed_containers(annotations)
 
 
 def handover_dir(root: Path, template_hash: str, container: str) -> Path:

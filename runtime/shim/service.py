@@ -33,7 +33,7 @@ from architect.runtime.checkpoint import Container as CkptContainer
 from architect.runtime.checkpoint._fs import safe_rmtree
 from architect.runtime.checkpoint.image import MANIFEST
 from architect.runtime.checkpoint.rewrite import rewrites_between
-from architect.runtime.shim import plan, podinfo
+from architect.runtime.shim import plan, podinfo, stopwindow
 from architect.runtime.shim.events import Publisher
 from architect.runtime.shim.oom import OomWatcher
 from architect.runtime.shim.pb import (
@@ -100,7 +100,8 @@ class Container:
     checkpointing: bool = False  # the init's exit during a dump is no exit
     starting: bool = False  # an init exit now waits until TaskStart is out
     pending_exit: int | None = None
-    migrate_on_stop: bool = False
+    # Fresh per Create: a container restored from a handover starts undecided.
+    stop: stopwindow.StopDecision = field(default_factory=stopwindow.StopDecision)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     start_path: str = "fresh"
     start_reason: str = ""
@@ -109,6 +110,10 @@ class Container:
     @property
     def image(self) -> Path:
         return self.state_dir / "image"
+
+    @property
+    def migrate_on_stop(self) -> bool:
+        return self.stop.armed
 
     def record(self) -> dict[str, Any]:
         return {
@@ -221,8 +226,10 @@ class TaskService:
         state_root: Path,
         runc_root: Path,
         on_empty: Callable[[], None] | None = None,
+        stop_window: float = stopwindow.DEFAULT_WINDOW,
     ) -> None:
         self.reaper = reaper
+        self.stop_window = stop_window
         self.publisher = publisher
         self.namespace = namespace
         self.state_root = state_root
@@ -390,6 +397,10 @@ class TaskService:
             req.id, bundle, runtime, annotations, init, self.container_state_dir(req.id)
         )
         c.timings["runc"] = 0.0
+        try:
+            c.stop.expected = plan.migration_expected(annotations)
+        except plan.PlanError as e:  # admission validates it: log, never fail the pod
+            log.warning("%s: not migration-expected: %s", c.id, e)
         self._binary = binary
         r = self.runc(binary)
         decision = plan.plan_start(runtime, annotations, self.state_root, self._own_image(c))
@@ -613,6 +624,10 @@ class TaskService:
             return
         if p.status == STOPPED:
             raise TtrpcError(Code.NOT_FOUND, f"container {c.id!r}: process already finished")
+        if req.signal in (signal.SIGTERM, signal.SIGKILL) and p.status == RUNNING:
+            await self._await_stop_decision(c, req.signal)
+            if p.status == STOPPED:  # it exited by itself meanwhile
+                raise TtrpcError(Code.NOT_FOUND, f"container {c.id!r}: process already finished")
         async with c.lock:
             if c.migrate_on_stop and req.signal in (signal.SIGTERM, signal.SIGKILL):
                 await self._checkpoint_for_migration(c)
@@ -641,6 +656,36 @@ class TaskService:
             await self.runc(self._binary).kill(c.id, req.signal, req.all)
         except RuncError as e:
             raise TtrpcError(Code.NOT_FOUND, f"kill {c.id}: {e}") from e
+
+    async def _await_stop_decision(self, c: Container, sig: int) -> None:
+        """The daemon may not have decided yet whether this stop migrates (it and the
+        kubelet see the pod's deletion at the same time): wait for it, bounded. Outside
+        ``c.lock``, so a wake or the control request is never held up by the wait."""
+        if not c.stop.expected or c.stop.enabled is not None:
+            return
+        outcome, waited = await c.stop.wait(self.stop_window)
+        c.timings["stop_window"] = waited
+        name = signal.Signals(sig).name
+        if outcome is stopwindow.Outcome.TIMEOUT:
+            log.warning("%s: %s: no migrate-on-stop decision after waiting %.3fs "
+                        "(window %.1fs): delivering", c.id, name, waited, self.stop_window)
+        else:
+            log.info("%s: %s: migrate-on-stop %s after waiting %.3fs",
+                     c.id, name, outcome.value, waited)
+        self.notify({"event": "stop-decision", "id": c.id, "outcome": outcome.value,
+                     "waited": round(waited, 3)})
+
+    def expect_migration(self, cid: str) -> Container:
+        """The daemon will send a migrate-on-stop decision for ``cid``: Kill waits for it."""
+        c = self.get(cid)
+        c.stop.expect()
+        return c
+
+    def decide_migration(self, cid: str, enabled: bool) -> Container:
+        c = self.get(cid)
+        c.stop.decide(enabled)
+        log.info("%s: migrate-on-stop %s", cid, "armed" if enabled else "disarmed")
+        return c
 
     async def delete(self, req: shim_pb2.DeleteRequest) -> shim_pb2.DeleteResponse:
         c, p = self.proc(req.id, req.exec_id)
@@ -899,6 +944,7 @@ class TaskService:
             rec["status"] = "SCALED_DOWN" if c.hibernated else task_pb2.Status.Name(c.init.status)
             rec["timings"] = dict(c.timings)
             rec["migrate_on_stop"] = c.migrate_on_stop
+            rec["migration_expected"] = c.stop.expected
             out.append(rec)
         return out
 
