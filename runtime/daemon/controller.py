@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from architect.engine.directives import Action, Directive, Evaluation, ResizeTarget
 from architect.engine.evaluate import evaluate
@@ -53,6 +53,15 @@ Clock = Callable[[], datetime]
 PodKey = tuple[str, str]
 
 
+class DecidingShim(Shim, Protocol):
+    """``ports.Shim`` and the promise of a migrate-on-stop decision (the shim's stop
+    window, runtime/shim/stopwindow.py). Belongs in ports.Shim; kept here until
+    that file takes it."""
+
+    async def expect_migration(self, container_id: str) -> None:
+        """A decision on this container's stop will come: the shim's Kill waits for it."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -69,7 +78,7 @@ def _unit(key: ContainerKey) -> str:
 class Controller:
     def __init__(
         self,
-        shim: Shim,
+        shim: DecidingShim,
         net: Network,
         reporter: Reporter,
         *,
@@ -134,7 +143,8 @@ class Controller:
             if d.key not in self.tracker and d.key not in self.ignored:
                 pod = self.pods[(d.key.namespace, d.key.pod)]
                 hp = refs.get(d.policy) if d.policy is not None else None
-                await self._adopt(pod, d.key, hp if isinstance(hp, HibernationPolicy) else None)
+                await self._adopt(pod, d.key, hp if isinstance(hp, HibernationPolicy) else None,
+                                  migrating=d.migration_policy is not None)
         for d in ev.directives:
             if d.action is Action.UNMANAGED and d.key not in self._swept:
                 await self._sweep(d.key)
@@ -191,10 +201,17 @@ class Controller:
     # --- adoption ---------------------------------------------------------------
 
     async def _adopt(
-        self, pod: Mapping[str, Any], key: ContainerKey, policy: HibernationPolicy | None
+        self,
+        pod: Mapping[str, Any],
+        key: ContainerKey,
+        policy: HibernationPolicy | None,
+        *,
+        migrating: bool = False,
     ) -> None:
         """Start driving a governed container, or pick it up again after a restart:
-        the shim's word decides its state; a hibernated one gets its hold back."""
+        the shim's word decides its state; a hibernated one gets its hold back.
+        ``migrating`` (a MigrationPolicy governs it): the shim is told a
+        migrate-on-stop decision will come, so a kubelet stop that beats it waits."""
         target = build_target(pod, key, policy)
         cid = target.container_id
         if cid is None:
@@ -229,6 +246,12 @@ class Controller:
         self.tracker.set_reduced(key, saved is not None)
         self.shim.watch(found.socket, self.on_shim_event)
         log.info("%s: adopted as %s (shim: %s)", _unit(key), state.value, found.status)
+        if migrating:
+            try:
+                await self.shim.expect_migration(cid)
+            except ShimError as e:  # the shim then delivers stop signals at once
+                log.warning("%s: shim not told to expect a migration decision: %s",
+                            _unit(key), e)
         thash = handover_key(pod)
         if self.migrations is not None and thash is not None and found.start_path:
             outcome = self.migrations.started(key.namespace, key.pod, key.container, thash,
@@ -451,6 +474,10 @@ class Controller:
                 t.migrate_armed = True
                 log.info("%s: deleted, no %s annotation: state not kept", _unit(key),
                          TEMPLATE_HASH_LABEL)
+                try:  # said, so the shim's stop does not wait out its window
+                    await self.shim.migrate_on_stop(target.container_id, False)
+                except ShimError as e:
+                    log.warning("%s: shim not told migrate-on-stop false: %s", _unit(key), e)
                 return
             if self.migrations is not None:  # before the shim can answer
                 self.migrations.armed(target.container_id, Written(

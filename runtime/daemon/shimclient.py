@@ -95,6 +95,11 @@ class ShimClient:
             container_id, {"op": "migrate-on-stop", "id": container_id, "enabled": enabled}
         )
 
+    async def expect_migration(self, container_id: str) -> None:
+        await self._call(
+            container_id, {"op": "expect-migrate-on-stop", "id": container_id}
+        )
+
     async def mark_pending(self, template_hash: str, container: str) -> None:
         """Tell a replacement pod's Create to wait for the handover the stopping pod
         is about to write (the shim replaces the dir when its checkpoint starts)."""

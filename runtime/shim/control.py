@@ -8,10 +8,11 @@ Requests, one JSON object a line, answered by one line each:
       -> {"ok": true, "id": "...", "migrate_on_stop": true, "migration_expected": ...}
       the daemon's decision: true, checkpoint for migration before the stop signal
       is delivered; false, deliver it (a Kill waiting for the decision goes on).
-      Without "enabled" and "expect": true (as before).
-  {"op": "migrate-on-stop", "id": "<container>", "expect": true}
+      Without "enabled": true (as before).
+  {"op": "expect-migrate-on-stop", "id": "<container>"}  -> the same answer
       a decision will come: a Kill (SIGTERM/SIGKILL of the init) before it waits up
-      to the shim's stop window (runtime/shim/stopwindow.py) for it.
+      to the shim's stop window (runtime/shim/stopwindow.py) for it. An op of its
+      own, so a shim older than the window refuses it instead of arming.
   {"op": "watch"}  -> {"ok": true}, then one line per event, e.g.
                       {"event": "woken", "id": "...", "reason": "exec"}
 Errors: {"ok": false, "error": "<what was wrong>"}.
@@ -50,42 +51,29 @@ def parse_request(line: bytes) -> dict[str, Any]:
     if not isinstance(req, dict):
         raise RequestError("request must be a JSON object")
     op = req.get("op")
-    if op not in ("status", "hibernate", "wake", "migrate-on-stop", "watch"):
-        raise RequestError(
-            f"op {op!r}: want one of status, hibernate, wake, migrate-on-stop, watch"
-        )
-    if op in ("hibernate", "wake", "migrate-on-stop") and not isinstance(req.get("id"), str):
+    if op not in OPS:
+        raise RequestError(f"op {op!r}: want one of {', '.join(OPS)}")
+    if op in WITH_ID and not isinstance(req.get("id"), str):
         raise RequestError(f"op {op!r} needs a string 'id' (the container id)")
-    if op == "migrate-on-stop":
-        _check_migrate(req)
+    fields = FIELDS.get(op)
+    if fields is not None:
+        unknown = sorted(set(req) - set(fields))
+        if unknown:
+            raise RequestError(
+                f"op {op!r}: unknown field(s) {', '.join(unknown)}; want {', '.join(fields)}"
+            )
+    if op == "migrate-on-stop" and "enabled" in req and not isinstance(req["enabled"], bool):
+        raise RequestError(f"op {op!r}: 'enabled' {req['enabled']!r}: want true or false")
     return req
 
 
-MIGRATE_FIELDS = ("op", "id", "enabled", "expect")
-
-
-def _check_migrate(req: dict[str, Any]) -> None:
-    unknown = sorted(set(req) - set(MIGRATE_FIELDS))
-    if unknown:
-        raise RequestError(
-            f"op 'migrate-on-stop': unknown field(s) {', '.join(unknown)}; "
-            f"want {', '.join(MIGRATE_FIELDS)}"
-        )
-    if "enabled" in req and not isinstance(req["enabled"], bool):
-        raise RequestError(
-            f"op 'migrate-on-stop': 'enabled' {req['enabled']!r}: want true or false"
-        )
-    if "expect" in req:
-        if req["expect"] is not True:
-            raise RequestError(
-                f"op 'migrate-on-stop': 'expect' {req['expect']!r}: want true "
-                "(a decision will come); send 'enabled': false to disarm"
-            )
-        if "enabled" in req:
-            raise RequestError(
-                "op 'migrate-on-stop': give 'enabled' (the decision) or 'expect' "
-                "(a decision will come), not both"
-            )
+OPS = ("status", "hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop", "watch")
+WITH_ID = ("hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop")
+# Ops whose fields are checked (the others' extra fields were always ignored).
+FIELDS = {
+    "migrate-on-stop": ("op", "id", "enabled"),
+    "expect-migrate-on-stop": ("op", "id"),
+}
 
 
 class ControlServer:
@@ -116,8 +104,8 @@ class ControlServer:
             return {"ok": True, **await svc.hibernate(req["id"])}
         if op == "wake":
             return {"ok": True, **await svc.wake(req["id"])}
-        if op == "migrate-on-stop":
-            if req.get("expect"):
+        if op in ("migrate-on-stop", "expect-migrate-on-stop"):
+            if op == "expect-migrate-on-stop":
                 c = svc.expect_migration(req["id"])
             else:
                 c = svc.decide_migration(req["id"], req.get("enabled", True))

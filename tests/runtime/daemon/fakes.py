@@ -65,6 +65,11 @@ class FakeShim:
         if "migrate" in self.fail:
             raise ShimError("no such container")
 
+    async def expect_migration(self, container_id: str) -> None:
+        self.calls.append(f"shim.expect-migration {container_id}")
+        if "expect" in self.fail:
+            raise ShimError("no such container")
+
     async def mark_pending(self, template_hash: str, container: str) -> None:
         self.calls.append(f"shim.pending {template_hash}/{container}")
 

@@ -304,7 +304,42 @@ async def test_deleted_pod_without_template_hash_is_not_checkpointed() -> None:
     # A label is not enough: the shim only sees pod annotations.
     await r.ctl.tick([pod(deleting=True, labels={"app": "web", "pod-template-hash": "x"})],
                      policies)
-    assert not any("migrate-on-stop" in c or "pending" in c for c in r.calls)
+    await r.ctl.tick([pod(deleting=True)], policies)
+    assert not any(f"migrate-on-stop {CID} True" in c or "pending" in c for c in r.calls)
+    # Said once, so the shim's stop does not wait out its decision window.
+    assert r.calls.count(f"shim.migrate-on-stop {CID} False") == 1
+
+
+async def test_adoption_under_a_migration_policy_tells_the_shim_to_expect_a_decision() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    await r.ctl.tick([pod(template_hash="abc123")], policies)
+    await r.ctl.tick([pod(template_hash="abc123")], policies)
+    assert r.calls.count(f"shim.expect-migration {CID}") == 1  # once, at adoption
+    await r.ctl.tick([pod(template_hash="abc123", deleting=True)], policies)
+    assert r.calls.index(f"shim.expect-migration {CID}") < r.calls.index(
+        f"shim.migrate-on-stop {CID} True")
+
+
+async def test_adoption_without_a_migration_policy_expects_nothing() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    await r.ctl.tick([pod(template_hash="abc123")], [hibernation()])
+    await r.ctl.tick([pod(template_hash="abc123", deleting=True)], [hibernation()])
+    assert r.state() is ContainerState.RUNNING
+    assert not any("expect-migration" in c or "migrate-on-stop" in c for c in r.calls)
+
+
+async def test_a_shim_that_refuses_expect_is_still_adopted() -> None:
+    r = Rig()
+    r.shim.add(CID)
+    r.shim.fail.add("expect")  # e.g. a shim older than the stop window
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    await r.ctl.tick([pod(template_hash="abc123")], policies)
+    assert r.state() is ContainerState.RUNNING
+    await r.ctl.tick([pod(template_hash="abc123", deleting=True)], policies)
+    assert f"shim.migrate-on-stop {CID} True" in r.calls
 
 
 async def test_adoption_trusts_the_shim_over_the_annotation() -> None:

@@ -137,11 +137,12 @@ async def test_a_second_kill_shares_the_first_ones_deadline() -> None:
 @pytest.mark.parametrize(
     ("req", "message"),
     [
-        ({"enabled": "yes"}, "'enabled' 'yes': want true or false"),
+        ({"enabled": "yes"}, "'migrate-on-stop': 'enabled' 'yes': want true or false"),
         ({"enabled": 1}, "'enabled' 1: want true or false"),
-        ({"expect": False}, "'expect' False: want true"),
-        ({"expect": True, "enabled": False}, "not both"),
-        ({"armed": True}, "unknown field(s) armed"),
+        ({"armed": True}, "unknown field(s) armed; want op, id, enabled"),
+        ({"op": "expect-migrate-on-stop", "enabled": True},
+         "'expect-migrate-on-stop': unknown field(s) enabled; want op, id"),
+        ({"op": "expect-migrate-on-stop", "id": 7}, "needs a string 'id'"),
     ],
 )
 def test_migrate_on_stop_request_errors(req: dict[str, Any], message: str) -> None:
@@ -151,7 +152,8 @@ def test_migrate_on_stop_request_errors(req: dict[str, Any], message: str) -> No
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("req", [{}, {"enabled": True}, {"enabled": False}, {"expect": True}])
+@pytest.mark.parametrize("req", [{}, {"enabled": True}, {"enabled": False},
+                                 {"op": "expect-migrate-on-stop"}])
 def test_migrate_on_stop_requests_ok(req: dict[str, Any]) -> None:
     line = json.dumps({"op": "migrate-on-stop", "id": "c", **req}).encode()
     assert control.parse_request(line) == {"op": "migrate-on-stop", "id": "c", **req}
@@ -268,7 +270,7 @@ async def test_daemons_expect_makes_any_container_wait(
     rec = Recorder()
     svc, c = _service(tmp_path, 0.2, {plan.CRI_CONTAINER_NAME: "app"}, rec, monkeypatch)
     resp = await control.ControlServer(svc, tmp_path / "s").handle(
-        {"op": "migrate-on-stop", "id": "c1", "expect": True})
+        {"op": "expect-migrate-on-stop", "id": "c1"})
     assert resp == {"ok": True, "id": "c1", "migrate_on_stop": False, "migration_expected": True}
     took = await _kill(svc, signal.SIGTERM)
     assert rec.calls == ["signal c1 SIGTERM"] and took >= 0.15
