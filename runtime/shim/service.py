@@ -663,9 +663,11 @@ class TaskService:
         ``c.lock``, so a wake or the control request is never held up by the wait."""
         if not c.stop.expected or c.stop.enabled is not None:
             return
+        name = signal.Signals(sig).name
+        self.notify({"event": "stop-waiting", "id": c.id, "signal": name,
+                     "window": self.stop_window})
         outcome, waited = await c.stop.wait(self.stop_window)
         c.timings["stop_window"] = waited
-        name = signal.Signals(sig).name
         if outcome is stopwindow.Outcome.TIMEOUT:
             log.warning("%s: %s: no migrate-on-stop decision after waiting %.3fs "
                         "(window %.1fs): delivering", c.id, name, waited, self.stop_window)

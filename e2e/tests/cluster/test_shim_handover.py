@@ -10,19 +10,25 @@ import json
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from architect.policy.annotations import TEMPLATE_HASH_ANNOTATION as HASH_KEY
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
-from e2e.tests.cluster.shimfix import architect_node, shim_control  # noqa: F401
+from e2e.tests.cluster.shimfix import (  # noqa: F401
+    HANDOVER,
+    architect_node,
+    container_id,
+    ready_pod,
+    remove_handover,
+    shim_control,
+    shim_record,
+)
 
 pytestmark = pytest.mark.node
-
-HANDOVER = Path("/var/lib/architect/shim/handover")
-HASH_KEY = "architect.loopholelabs.io/pod-template-hash"
+APP = "app=counter"
 # A listener bound to the pod IP (restore must rewrite it), an in-memory counter
 # written to the rootfs, and a log in the emptyDir. httpd's directory is in the
 # emptyDir: the writable layer of the rootfs does not travel, and CRIU reopens a
@@ -65,35 +71,6 @@ def _deployment(template_hash: str) -> dict[str, Any]:
     }
 
 
-def _pods(cluster: Cluster, ns: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = get_json(cluster, "pods", "-n", ns, "-l", "app=counter")["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
-def _ready_pod(cluster: Cluster, ns: str, not_named: str = "") -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-
-    def ready() -> bool:
-        for p in _pods(cluster, ns):
-            conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
-            if p["metadata"]["name"] != not_named and conds.get("Ready") == "True":
-                found[:] = [p]
-                return True
-        return False
-
-    try:
-        eventually("a Ready counter pod", ready, timeout_s=120)
-    except AssertionError:
-        events = kubectl(cluster, "get", "events", "-n", ns, check=False).stdout
-        raise AssertionError(f"no Ready counter pod in {ns}; events:\n{events[-3000:]}") from None
-    return found[0]
-
-
-def _cid(pod: dict[str, Any]) -> str:
-    cid: str = pod["status"]["containerStatuses"][0]["containerID"]
-    return cid.removeprefix("containerd://")
-
-
 def _exec(cluster: Cluster, ns: str, pod: str, *cmd: str) -> str:
     return kubectl(cluster, "exec", "-n", ns, pod, "--", *cmd).stdout
 
@@ -107,19 +84,14 @@ def _http(ip: str) -> str:
         return str(r.read().decode())
 
 
-def _shim_record(cid: str) -> dict[str, Any]:
-    (rec,) = [c for c in shim_control(cid, {"op": "status"})["containers"] if c["id"] == cid]
-    return rec
-
-
 def _start(cluster: Cluster, ns: str, template_hash: str) -> dict[str, Any]:
     kubectl(cluster, "apply", "-n", ns, "-f", "-",
             stdin=json.dumps(_deployment(template_hash)))
-    pod = _ready_pod(cluster, ns)
+    pod = ready_pod(cluster, ns, APP)
     name = pod["metadata"]["name"]
     eventually("the counter reaches 8", lambda: _count(cluster, ns, name) >= 8, timeout_s=60)
     assert _http(pod["status"]["podIP"]) == "hello\n"
-    reply = shim_control(_cid(pod), {"op": "migrate-on-stop", "id": _cid(pod)})
+    reply = shim_control(container_id(pod), {"op": "migrate-on-stop", "id": container_id(pod)})
     assert reply["ok"] and reply["migrate_on_stop"], reply
     return pod
 
@@ -134,11 +106,11 @@ def test_replacement_pod_restores_from_handover(architect_node: Cluster) -> None
             before = _count(cluster, ns, name)
             t0 = time.monotonic()
             kubectl(cluster, "delete", "pod", "-n", ns, name, "--wait=false")
-            new = _ready_pod(cluster, ns, not_named=name)
+            new = ready_pod(cluster, ns, APP, not_named=name)
             ready_s = time.monotonic() - t0
             new_name, new_ip = new["metadata"]["name"], new["status"]["podIP"]
 
-            rec = _shim_record(_cid(new))
+            rec = shim_record(container_id(new))
             assert rec["start_path"] == "restore", rec
             assert "handover checkpoint" in rec["start_reason"], rec
             # The counter went on from its checkpointed value; a fresh start would
@@ -162,7 +134,7 @@ def test_replacement_pod_restores_from_handover(architect_node: Cluster) -> None
                   f"restore {rec['timings'].get('restore', 0):.3f}s in the shim, "
                   f"delete -> replacement Ready {ready_s:.1f}s")
     finally:
-        _remove_handover(thash)
+        remove_handover(thash)
 
 
 def test_corrupt_handover_starts_fresh_and_ready(architect_node: Cluster) -> None:  # noqa: F811
@@ -184,8 +156,8 @@ def test_corrupt_handover_starts_fresh_and_ready(architect_node: Cluster) -> Non
             payload.write_bytes(bytes(data))
 
             kubectl(cluster, "scale", "-n", ns, "deployment/counter", "--replicas=1")
-            new = _ready_pod(cluster, ns)
-            rec = _shim_record(_cid(new))
+            new = ready_pod(cluster, ns, APP)
+            rec = shim_record(container_id(new))
             assert rec["start_path"] == "fresh", rec
             # The reason names the image and what was wrong with it.
             assert "failed" in rec["start_reason"] and str(image) in rec["start_reason"], rec
@@ -193,10 +165,4 @@ def test_corrupt_handover_starts_fresh_and_ready(architect_node: Cluster) -> Non
             assert not image.exists(), "a broken handover must not fail the next pod too"
             assert _http(new["status"]["podIP"]) == "hello\n"
     finally:
-        _remove_handover(thash)
-
-
-def _remove_handover(thash: str) -> None:
-    import shutil
-
-    shutil.rmtree(HANDOVER / thash, ignore_errors=True)
+        remove_handover(thash)

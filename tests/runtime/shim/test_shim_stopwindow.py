@@ -229,9 +229,10 @@ async def test_kill_waits_for_the_decision_served_meanwhile(
     assert rec.calls == calls
     assert 0.15 <= took < 4.0, took  # released by the request, well before the window
     assert 0.15 <= c.timings["stop_window"] < 4.0
-    event = events.get_nowait()
-    assert event["event"] == "stop-decision" and event["id"] == "c1"
-    assert event["outcome"] == ("armed" if decision["enabled"] else "disarmed")
+    waiting, decided = events.get_nowait(), events.get_nowait()
+    assert waiting == {"event": "stop-waiting", "id": "c1", "signal": "SIGTERM", "window": 5.0}
+    assert decided["event"] == "stop-decision" and decided["id"] == "c1"
+    assert decided["outcome"] == ("armed" if decision["enabled"] else "disarmed")
     if decision["enabled"]:  # checkpointed: the exit is reported without a signal
         assert c.init.status == service.STOPPED and c.init.exit_status == 128 + signal.SIGTERM
 
