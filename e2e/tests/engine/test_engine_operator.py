@@ -134,7 +134,20 @@ def test_objects_without_architect_intent_never_reach_the_webhook(operator: Oper
     assert operator.metric("architect_admission_reviews_total") == before + 2
 
 
-def bare_pod(name: str, annotations: dict[str, str], runtime: str = "runc-architect") -> str:
+def bare_pod(
+    name: str,
+    annotations: dict[str, str],
+    runtime: str = "runc-architect",
+    node: str | None = None,
+) -> str:
+    # Gated, it stays Pending in either tier. Bound to a node that does not exist,
+    # the node tier's pod GC force-deletes it some 40 s after it first sees one:
+    # only tests that need a bound pod (and need it briefly) ask for that.
+    where: dict[str, Any] = (
+        {"nodeName": node}
+        if node
+        else {"schedulingGates": [{"name": "architect.loopholelabs.io/e2e-hold"}]}
+    )
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -142,7 +155,7 @@ def bare_pod(name: str, annotations: dict[str, str], runtime: str = "runc-archit
             "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
             "spec": {
                 "runtimeClassName": runtime,
-                "nodeName": "no-such-node",  # no scheduler in this tier; keeps it Pending
+                **where,
                 "containers": [
                     {
                         "name": "app",
@@ -363,7 +376,7 @@ def test_persistent_checkpoint_lifecycle(operator: Operator) -> None:
         ns,
         "-f",
         "-",
-        stdin=bare_pod("warm-0", gvisor, "runsc-architect"),
+        stdin=bare_pod("warm-0", gvisor, "runsc-architect", node="no-such-node"),
     )
     kubectl(operator.cluster, "apply", "-n", ns, "-f", "-", stdin=pc("warm", "warm-0"))
     eventually(
