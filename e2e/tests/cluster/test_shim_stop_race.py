@@ -17,7 +17,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +85,32 @@ def _count(cluster: Cluster, ns: str, pod: str) -> int:
     return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
 
-def _start(cluster: Cluster, ns: str, template_hash: str) -> tuple[dict[str, Any], int]:
-    kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(_deployment(template_hash)))
-    pod = ready_pod(cluster, ns, APP)
-    name = pod["metadata"]["name"]
-    eventually("the counter reaches 4", lambda: _count(cluster, ns, name) >= 4, timeout_s=60)
-    rec = shim_record(container_id(pod))
-    assert rec["migration_expected"] and not rec["migrate_on_stop"], rec
-    return pod, _count(cluster, ns, name)
+@dataclass(frozen=True)
+class Racer:
+    ns: str
+    template_hash: str
+    name: str  # the pod about to be deleted
+    cid: str  # its container
+    count: int  # its counter before the delete
+
+
+@contextmanager
+def _racer(cluster: Cluster) -> Iterator[Racer]:
+    """The Deployment in a namespace of its own, its pod Ready and counting, its
+    container migration-expected by its annotations; removed with its handover."""
+    thash = f"race-{uuid.uuid4().hex[:8]}"
+    try:
+        with namespace(cluster, "stoprace") as ns:
+            kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(_deployment(thash)))
+            pod = ready_pod(cluster, ns, APP)
+            name, cid = pod["metadata"]["name"], container_id(pod)
+            eventually("the counter reaches 4", lambda: _count(cluster, ns, name) >= 4,
+                       timeout_s=60)
+            rec = shim_record(cid)
+            assert rec["migration_expected"] and not rec["migrate_on_stop"], rec
+            yield Racer(ns, thash, name, cid, _count(cluster, ns, name))
+    finally:
+        remove_handover(thash)
 
 
 class StopProbe:
@@ -177,76 +197,64 @@ class StopProbe:
 
 def test_decision_after_the_sigterm_still_checkpoints(architect_node: Cluster) -> None:  # noqa: F811
     cluster = architect_node
-    thash = f"race-{uuid.uuid4().hex[:8]}"
-    try:
-        with namespace(cluster, "stoprace") as ns:
-            old, before = _start(cluster, ns, thash)
-            name, cid = old["metadata"]["name"], container_id(old)
-            client = ShimClient(SHIM_RUN, SHIM_STATE, timeout=10)
+    with _racer(cluster) as r:
+        client = ShimClient(SHIM_RUN, SHIM_STATE, timeout=10)
 
-            def daemon_late() -> None:
-                """What the daemon's migrate() sends, ARM_AFTER_S after the SIGTERM."""
-                time.sleep(ARM_AFTER_S)
+        def daemon_late() -> None:
+            """What the daemon's migrate() sends, ARM_AFTER_S after the SIGTERM."""
+            time.sleep(ARM_AFTER_S)
 
-                async def arm() -> None:
-                    await client.mark_pending(thash, "main")
-                    await client.migrate_on_stop(cid, True)
+            async def arm() -> None:
+                await client.mark_pending(r.template_hash, "main")
+                await client.migrate_on_stop(r.cid, True)
 
-                asyncio.run(arm())
+            asyncio.run(arm())
 
-            probe = StopProbe(cid, timeout_s=30, on_waiting=daemon_late)
-            kubectl(cluster, "delete", "pod", "-n", ns, name, "--wait=false")
-            probe.deleted()
-            waiting, decision, _ = probe.result()
-            assert waiting["signal"] == "SIGTERM", waiting
-            assert decision["outcome"] == "armed", decision
-            # Kill waited for the late decision: about ARM_AFTER_S, not the window.
-            assert ARM_AFTER_S <= decision["waited"] < DEFAULT_WINDOW, decision
+        probe = StopProbe(r.cid, timeout_s=30, on_waiting=daemon_late)
+        kubectl(cluster, "delete", "pod", "-n", r.ns, r.name, "--wait=false")
+        probe.deleted()
+        waiting, decision, _ = probe.result()
+        assert waiting["signal"] == "SIGTERM", waiting
+        assert decision["outcome"] == "armed", decision
+        # Kill waited for the late decision: about ARM_AFTER_S, not the window.
+        assert ARM_AFTER_S <= decision["waited"] < DEFAULT_WINDOW, decision
 
-            new = ready_pod(cluster, ns, APP, not_named=name)
-            rec = shim_record(container_id(new))
-            assert rec["start_path"] == "restore", rec
-            assert "handover checkpoint" in rec["start_reason"], rec
-            new_name = new["metadata"]["name"]
-            eventually("the restored counter writes",
-                       lambda: _count(cluster, ns, new_name) > 0, timeout_s=30)
-            after = _count(cluster, ns, new_name)
-            assert after >= before, (before, after)  # a fresh start counts from 1
-            assert not (HANDOVER / thash / "main").exists(), "a consumed handover must go"
-            print(f"\nFIGURE stop race, armed {ARM_AFTER_S}s late: Kill waited "
-                  f"{decision['waited']:.3f}s, outcome armed; counter {before} -> {after}, "
-                  f"restore {rec['timings'].get('restore', 0):.3f}s")
-    finally:
-        remove_handover(thash)
+        new = ready_pod(cluster, r.ns, APP, not_named=r.name)
+        rec = shim_record(container_id(new))
+        assert rec["start_path"] == "restore", rec
+        assert "handover checkpoint" in rec["start_reason"], rec
+        new_name = new["metadata"]["name"]
+        eventually("the restored counter writes",
+                   lambda: _count(cluster, r.ns, new_name) > 0, timeout_s=30)
+        after = _count(cluster, r.ns, new_name)
+        assert after >= r.count, (r.count, after)  # a fresh start counts from 1
+        assert not (HANDOVER / r.template_hash / "main").exists(), "a consumed handover must go"
+        print(f"\nFIGURE stop race, armed {ARM_AFTER_S}s late: Kill waited "
+              f"{decision['waited']:.3f}s, outcome armed; counter {r.count} -> {after}, "
+              f"restore {rec['timings'].get('restore', 0):.3f}s")
 
 
 def test_no_decision_stops_after_the_window_and_replacement_starts_fresh(
     architect_node: Cluster,  # noqa: F811
 ) -> None:
     cluster = architect_node
-    thash = f"race-{uuid.uuid4().hex[:8]}"
-    try:
-        with namespace(cluster, "stoprace") as ns:
-            old, _ = _start(cluster, ns, thash)
-            name, cid = old["metadata"]["name"], container_id(old)
-            probe = StopProbe(cid, timeout_s=GRACE_S + 10)
-            kubectl(cluster, "delete", "pod", "-n", ns, name, "--wait=false")
-            probe.deleted()
-            waiting, decision, stopped = probe.result()
-            assert waiting["signal"] == "SIGTERM", waiting
-            assert decision["outcome"] == "timeout", decision
-            assert DEFAULT_WINDOW - 0.1 <= decision["waited"] < DEFAULT_WINDOW + 1.0, decision
-            # Stopped by the SIGTERM delivered after the window: not at once (the
-            # window held it), and well before the grace period's SIGKILL.
-            assert stopped is not None, "the old container did not stop"
-            assert DEFAULT_WINDOW - 0.1 <= stopped < GRACE_S - 2, stopped
+    with _racer(cluster) as r:
+        probe = StopProbe(r.cid, timeout_s=GRACE_S + 10)
+        kubectl(cluster, "delete", "pod", "-n", r.ns, r.name, "--wait=false")
+        probe.deleted()
+        waiting, decision, stopped = probe.result()
+        assert waiting["signal"] == "SIGTERM", waiting
+        assert decision["outcome"] == "timeout", decision
+        assert DEFAULT_WINDOW - 0.1 <= decision["waited"] < DEFAULT_WINDOW + 1.0, decision
+        # Stopped by the SIGTERM delivered after the window: not at once (the
+        # window held it), and well before the grace period's SIGKILL.
+        assert stopped is not None, "the old container did not stop"
+        assert DEFAULT_WINDOW - 0.1 <= stopped < GRACE_S - 2, stopped
 
-            new = ready_pod(cluster, ns, APP, not_named=name)
-            rec = shim_record(container_id(new))
-            assert rec["start_path"] == "fresh", rec
-            assert not (HANDOVER / thash / "main").exists()
-            print(f"\nFIGURE stop race, never armed: Kill waited {decision['waited']:.3f}s "
-                  f"(window {DEFAULT_WINDOW}s), old container stopped {stopped:.2f}s after "
-                  f"the delete (grace {GRACE_S}s)")
-    finally:
-        remove_handover(thash)
+        new = ready_pod(cluster, r.ns, APP, not_named=r.name)
+        rec = shim_record(container_id(new))
+        assert rec["start_path"] == "fresh", rec
+        assert not (HANDOVER / r.template_hash / "main").exists()
+        print(f"\nFIGURE stop race, never armed: Kill waited {decision['waited']:.3f}s "
+              f"(window {DEFAULT_WINDOW}s), old container stopped {stopped:.2f}s after "
+              f"the delete (grace {GRACE_S}s)")
