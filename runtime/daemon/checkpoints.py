@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,6 +92,10 @@ class Pending:
 
 
 MAX_PENDING_S = 600.0  # a start whose Checkpoint never appears is forgotten after this
+# An armed record whose shim never reported (the container was gone before it
+# could checkpoint, or its shim died): longer than any grace period plus a dump.
+MAX_ARMED_S = 3600.0
+ARMED_AT = "armed_at"
 
 
 class Migrations:
@@ -105,18 +109,49 @@ class Migrations:
 
     # --- the source pod --------------------------------------------------------
 
-    def armed(self, container_id: str, w: Written) -> None:
-        self.store.put_key(container_id, {k: str(v) for k, v in asdict(w).items()})
+    def armed(self, container_id: str, w: Written, now: datetime | None = None) -> None:
+        record = {k: str(v) for k, v in asdict(w).items()}
+        record[ARMED_AT] = (now or datetime.now(UTC)).isoformat()
+        self.store.put_key(container_id, record)
 
     def armed_for(self, container_id: str) -> Written | None:
         raw = self.store.get_key(container_id)
         if raw is None:
             return None
+        fields = {k: v for k, v in raw.items() if k != ARMED_AT}
         try:
-            return Written(**raw)
+            return Written(**fields)
         except TypeError:
             self.store.drop_key(container_id)
             return None
+
+    async def expire(self, now: datetime) -> list[str]:
+        """Armed records older than MAX_ARMED_S: finish those whose handover is
+        ready (their event was lost), forget the others. What was done."""
+        done: list[str] = []
+        for cid, raw in list(self.store.data.items()):
+            try:
+                at = datetime.fromisoformat(raw.get(ARMED_AT, ""))
+            except ValueError:  # a record of an older daemon: its age starts now
+                self.store.put_key(cid, {**raw, ARMED_AT: now.isoformat()})
+                continue
+            if (now - at).total_seconds() <= MAX_ARMED_S:
+                continue
+            w = self.armed_for(cid)
+            if w is None:
+                continue
+            ready = await asyncio.to_thread(
+                self.images.handover_ready, w.template_hash, w.container
+            )
+            if ready:
+                await self.written(cid, ok=True)
+                done.append(f"{w.namespace}/{w.pod}: late handover finished")
+            else:
+                self.store.drop_key(cid)
+                log.warning("%s/%s container %s: armed %s ago, the shim never reported; "
+                            "record dropped", w.namespace, w.pod, w.container, now - at)
+                done.append(f"{w.namespace}/{w.pod}: stale armed record dropped")
+        return done
 
     async def written(self, container_id: str, *, ok: bool, error: str = "") -> str | None:
         """The shim finished (or failed) the handover of ``container_id``; the
@@ -189,7 +224,7 @@ class Migrations:
     async def reconcile(self, now: datetime) -> list[str]:
         """Write what replacements did; drop packed images nobody needs. What was
         written, for logs and tests."""
-        done: list[str] = []
+        done = await self.expire(now)
         snapshot = self.api.checkpoints()
         for key, p in list(self.pending.items()):
             ck = consumed_checkpoint(
