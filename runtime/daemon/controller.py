@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from architect.engine.directives import Action, Directive, Evaluation, ResizeTarget
 from architect.engine.evaluate import evaluate
@@ -53,15 +53,6 @@ Clock = Callable[[], datetime]
 PodKey = tuple[str, str]
 
 
-class DecidingShim(Shim, Protocol):
-    """``ports.Shim`` and the promise of a migrate-on-stop decision (the shim's stop
-    window, runtime/shim/stopwindow.py). Belongs in ports.Shim; kept here until
-    that file takes it."""
-
-    async def expect_migration(self, container_id: str) -> None:
-        """A decision on this container's stop will come: the shim's Kill waits for it."""
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -78,7 +69,7 @@ def _unit(key: ContainerKey) -> str:
 class Controller:
     def __init__(
         self,
-        shim: DecidingShim,
+        shim: Shim,
         net: Network,
         reporter: Reporter,
         *,

@@ -56,6 +56,10 @@ class Shim(Protocol):
 
     async def migrate_on_stop(self, container_id: str, enabled: bool) -> None: ...
 
+    async def expect_migration(self, container_id: str) -> None:
+        """A decision on this container's stop will come: the shim's Kill waits for it
+        (the shim's stop window, runtime/shim/stopwindow.py)."""
+
     async def mark_pending(self, template_hash: str, container: str) -> None:
         """Mark the handover of (template hash, container) as coming."""
 

@@ -116,8 +116,8 @@ def test_deleted_pod_state_moves_to_its_replacement(
                 print(daemon.text()[-4000:])
                 kubectl(cluster, "delete", "deployment", "-n", ns, "web", "--wait=true",
                         "--timeout=60s", check=False)
-                # The restored container stops with migrate-on-stop still set in
-                # the shim: wait for that handover, so the cleanup below takes it.
+                # The restored container starts disarmed, but it expects a decision
+                # and no daemon runs now: its stop waits out the shim's stop window.
                 eventually("the pods gone", lambda: not get_json(
                     cluster, "pods", "-n", ns, "-l", "app=web")["items"], timeout_s=60)
     finally:
