@@ -18,7 +18,7 @@ from typing import Any
 from architect.runtime.daemon.ports import EventFn, ShimContainer, ShimError
 from architect.runtime.daemon.targets import network_namespace
 from architect.runtime.shim import plan
-from architect.runtime.shim.control import request
+from architect.runtime.shim.client import request
 
 log = logging.getLogger("architect.daemon.shim")
 

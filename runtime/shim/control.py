@@ -31,15 +31,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from architect.runtime.shim.client import MAX_LINE, RequestError, request
 from architect.runtime.shim.service import TaskService
 from architect.runtime.shim.ttrpc import TtrpcError
 
 log = logging.getLogger(__name__)
-MAX_LINE = 64 * 1024
+__all__ = ["ControlServer", "RequestError", "parse_request", "request"]
 
 
-class RequestError(ValueError):
-    pass
 
 
 def parse_request(line: bytes) -> dict[str, Any]:
@@ -155,18 +154,3 @@ class ControlServer:
                 await send(await q.get())
         finally:
             self.service.watchers.remove(q)
-
-
-async def request(path: Path, req: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-    """One request to a shim's control socket (for the daemon, tools and tests)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
-    try:
-        writer.write(json.dumps(req).encode() + b"\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
-        resp = json.loads(line)
-        if not isinstance(resp, dict):
-            raise RequestError("control answer is not a JSON object")
-        return resp
-    finally:
-        writer.close()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from architect.runtime.shim.control import request
+from architect.runtime.shim.client import request
 from e2e.pytest_cluster import NODE, UP, Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, wait_architect_pods_gone
 

@@ -27,7 +27,7 @@ import pytest
 
 from architect.policy.annotations import MANAGED_CONTAINERS, TEMPLATE_HASH_ANNOTATION
 from architect.runtime.daemon.shimclient import ShimClient
-from architect.runtime.shim.control import request
+from architect.runtime.shim.client import request
 from architect.runtime.shim.stopwindow import DEFAULT_WINDOW
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, kubectl, namespace

@@ -107,7 +107,7 @@ class Containerd:
         return pid
 
     def control(self, cid: str, req: dict[str, Any]) -> dict[str, Any]:
-        from architect.runtime.shim.control import request
+        from architect.runtime.shim.client import request
 
         link = self.shim_run / NS / cid
         return asyncio.run(request(link, req))
