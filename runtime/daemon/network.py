@@ -13,42 +13,6 @@ from architect.runtime.network import iptables
 from architect.runtime.network.container import ContainerNetwork, net_spec
 from architect.runtime.network.hold import Phase
 from architect.runtime.network.netns import NetNs
-from architect.runtime.network.rules import FAMILIES, SavedTable
-
-
-def hold_first_plan(saved: dict[str, SavedTable], hold_chain: str) -> str:
-    """Restore text that moves the jump to ``hold_chain`` to the top of filter INPUT;
-    "" when it is there already (or absent).
-
-    CRIU's dump locks the pod's network with a ``CRIU`` chain it inserts first in
-    INPUT (DROP all but its own marked packets) and keeps until the restore: the
-    lock keeps peers of dumped TCP connections from seeing resets. Inserted after
-    our hold, it drops the very packets the hold must queue. With our jump first,
-    the container's ports are queued (and its connections' packets too, which
-    then wake it); everything else still meets CRIU's lock.
-    """
-    table = saved.get("filter")
-    if table is None:
-        return ""
-    inputs = [rule for chain, rule in table.rules if chain == "INPUT"]
-    ours = [r for r in inputs if r.split(" -j ")[-1].strip() == hold_chain]
-    if not ours or inputs[0] == ours[0]:
-        return ""
-    rule = ours[0]
-    return "\n".join(
-        ["*filter", "-D" + rule[2:], "-I INPUT 1" + rule[len("-A INPUT"):], "COMMIT", ""]
-    )
-
-
-def move_hold_first(ns: NetNs, hold_chain: str) -> bool:
-    moved = False
-    for family in FAMILIES:
-        text = hold_first_plan(iptables.save(ns, family), hold_chain)
-        if text:
-            tool = "iptables-restore" if family == 4 else "ip6tables-restore"
-            ns.run([tool, "-w", "--noflush"], stdin=text)
-            moved = True
-    return moved
 
 
 class PodNetwork:
@@ -79,7 +43,7 @@ class PodNetwork:
     async def after_checkpoint(self, key: ContainerKey) -> None:
         net = self.nets.get(key)
         if net is not None and net.hold is not None:
-            await asyncio.to_thread(move_hold_first, net.ns, net.spec.hold_chain)
+            await net.after_checkpoint()
 
     async def release(self, key: ContainerKey) -> None:
         net = self.nets.get(key)

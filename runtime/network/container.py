@@ -88,6 +88,12 @@ class ContainerNetwork:
         if hold is not None:
             await hold.close()
 
+    async def after_checkpoint(self) -> None:
+        """CRIU's dump inserted its network lock above the hold: move the hold back
+        on top, so the container's packets are queued (and wake it), not dropped."""
+        if self.hold is not None:
+            await asyncio.to_thread(iptables.move_hold_first, self.ns, self.spec)
+
     def sample(self, now: datetime) -> ContainerActivity:
         act = self.sampler.sample(now)
         held = self.hold.held_count if self.hold is not None else 0

@@ -19,6 +19,7 @@ from .rules import (
     activity_chain,
     count_packets,
     hold_chain,
+    hold_first_plan,
     install_plan,
     parse_save,
     removal_plan,
@@ -101,3 +102,14 @@ def activity_packets(ns: NetNs, spec: NetSpec) -> int:
     return sum(
         count_packets(save(ns, family, counters=True), spec.activity_chain) for family in FAMILIES
     )
+
+
+def move_hold_first(ns: NetNs, spec: NetSpec) -> bool:
+    """Put the jump to the container's hold first in INPUT again (see
+    ``rules.hold_first_plan``); whether anything moved."""
+    moved = False
+    for family in FAMILIES:
+        text = hold_first_plan(save(ns, family), spec.hold_chain)
+        _restore(ns, family, text)
+        moved = moved or bool(text)
+    return moved

@@ -304,3 +304,27 @@ def count_packets(saved: dict[str, SavedTable], chain: str) -> int:
             if "architect:count" in rule:
                 total += count
     return total
+
+
+def hold_first_plan(saved: dict[str, SavedTable], hold_chain: str) -> str:
+    """Restore text that moves the jump to ``hold_chain`` to the top of filter INPUT;
+    "" when it is there already (or absent).
+
+    CRIU's dump locks the pod's network with a ``CRIU`` chain it inserts first in
+    INPUT (DROP all but its own marked packets) and keeps until the restore: the
+    lock keeps peers of dumped TCP connections from seeing resets. Inserted after
+    our hold, it drops the very packets the hold must queue. With our jump first,
+    the container's ports are queued (and its connections' packets too, which
+    then wake it); everything else still meets CRIU's lock.
+    """
+    table = saved.get("filter")
+    if table is None:
+        return ""
+    inputs = [rule for chain, rule in table.rules if chain == "INPUT"]
+    ours = [r for r in inputs if r.split(" -j ")[-1].strip() == hold_chain]
+    if not ours or inputs[0] == ours[0]:
+        return ""
+    rule = ours[0]
+    return "\n".join(
+        ["*filter", "-D" + rule[2:], "-I INPUT 1" + rule[len("-A INPUT"):], "COMMIT", ""]
+    )

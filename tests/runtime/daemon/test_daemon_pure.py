@@ -183,24 +183,3 @@ def test_main_reports_usage_errors_without_traceback(capsys: pytest.CaptureFixtu
     assert main(["--node", "n", "--tick", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("architect daemon: --tick '-1'") and "Traceback" not in err
-
-
-def test_hold_moves_above_criu_network_lock() -> None:
-    from architect.runtime.daemon.network import hold_first_plan
-    from architect.runtime.network.rules import parse_save
-
-    hold = '-A INPUT -m comment --comment "architect:hold" -j ARCHITECT-HOLD-c0'
-    saved = parse_save(
-        "*filter\n:INPUT ACCEPT [0:0]\n:ARCHITECT-HOLD-c0 - [0:0]\n:CRIU - [0:0]\n"
-        f"-A INPUT -j CRIU\n{hold}\n-A CRIU -j DROP\nCOMMIT\n"
-    )
-    assert hold_first_plan(saved, "ARCHITECT-HOLD-c0") == (
-        "*filter\n"
-        '-D INPUT -m comment --comment "architect:hold" -j ARCHITECT-HOLD-c0\n'
-        '-I INPUT 1 -m comment --comment "architect:hold" -j ARCHITECT-HOLD-c0\n'
-        "COMMIT\n"
-    )
-    first = parse_save(f"*filter\n:INPUT ACCEPT [0:0]\n{hold}\n-A INPUT -j CRIU\nCOMMIT\n")
-    assert hold_first_plan(first, "ARCHITECT-HOLD-c0") == ""
-    assert hold_first_plan(first, "ARCHITECT-HOLD-c9") == ""
-    assert hold_first_plan({}, "ARCHITECT-HOLD-c0") == ""

@@ -169,3 +169,35 @@ async def test_connections_mode_keeps_awake_while_open_then_lets_go(netpair: Net
         s.close()
         server.close()
         await net.teardown()
+
+
+@pytest.mark.root
+async def test_after_checkpoint_puts_the_hold_above_a_criu_style_lock(netpair: NetPair) -> None:
+    spec = net_spec(0, "packets", (8080,))
+    assert spec is not None
+    net = ContainerNetwork(netpair.pod, spec)
+    servers: list[asyncio.Server] = []
+
+    async def wake() -> None:
+        servers.append(await start_tcp_app(netpair.pod, 8080))
+
+    await net.setup()
+    try:
+        await net.hibernate(wake)
+        # What CRIU's dump does to the pod's network: a DROP chain first in INPUT.
+        lock = "*filter\n:CRIU - [0:0]\n-I INPUT 1 -j CRIU\n-A CRIU -j DROP\nCOMMIT\n"
+        netpair.pod.run(["iptables-restore", "-w", "--noflush"], stdin=lock)
+        netpair.pod.run(["ip6tables-restore", "-w", "--noflush"], stdin=lock)
+        await net.after_checkpoint()
+        for family in (4, 6):
+            inputs = [r for c, r in iptables.save(netpair.pod, family)["filter"].rules
+                      if c == "INPUT"]
+            assert inputs[0].endswith(f"-j {spec.hold_chain}"), inputs
+        # The hold sees the SYN before the lock: it wakes the app and the client is served.
+        s = netpair.sock(netpair.client)
+        assert await connect_and_greet(s, (netpair.pod_ip, 8080), timeout=5) == GREETING
+        s.close()
+    finally:
+        await net.teardown()  # the CRIU chain goes with the test's namespace
+        for srv in servers:
+            srv.close()

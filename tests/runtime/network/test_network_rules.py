@@ -172,3 +172,23 @@ def test_removal_plan_deletes_jumps_then_chains_and_is_empty_when_clean() -> Non
     assert "mangle" not in only_hold and "-X ARCHITECT-HOLD-web" in only_hold
     assert removal_plan(parse_save(SAVED), ["ARCHITECT-HOLD-gone"]) == ""
     assert "OTHER" not in plan
+
+
+def test_hold_moves_above_criu_network_lock() -> None:
+    from architect.runtime.network.rules import hold_first_plan, parse_save
+
+    hold = '-A INPUT -m comment --comment "architect:hold" -j ARCHITECT-HOLD-c0'
+    saved = parse_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n:ARCHITECT-HOLD-c0 - [0:0]\n:CRIU - [0:0]\n"
+        f"-A INPUT -j CRIU\n{hold}\n-A CRIU -j DROP\nCOMMIT\n"
+    )
+    assert hold_first_plan(saved, "ARCHITECT-HOLD-c0") == (
+        "*filter\n"
+        '-D INPUT -m comment --comment "architect:hold" -j ARCHITECT-HOLD-c0\n'
+        '-I INPUT 1 -m comment --comment "architect:hold" -j ARCHITECT-HOLD-c0\n'
+        "COMMIT\n"
+    )
+    first = parse_save(f"*filter\n:INPUT ACCEPT [0:0]\n{hold}\n-A INPUT -j CRIU\nCOMMIT\n")
+    assert hold_first_plan(first, "ARCHITECT-HOLD-c0") == ""
+    assert hold_first_plan(first, "ARCHITECT-HOLD-c9") == ""
+    assert hold_first_plan({}, "ARCHITECT-HOLD-c0") == ""
