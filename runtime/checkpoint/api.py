@@ -49,7 +49,8 @@ class Container:
 class CheckpointOptions:
     leave_running: bool = False  # True: a pre-copy for migration; False: hibernate
     tcp_established: bool = True  # checkpoint established TCP connections
-    compression: str = "auto"  # "auto" | "none" | "zstd" (see image.choose_compression)
+    # "auto" | "none" | "zstd" (see image.choose_compression) | "dir" (node-local layout)
+    compression: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ DEFAULT_RESTORE = RestoreOptions()
 @dataclass(frozen=True)
 class PayloadInfo:
     file: str  # file name inside the image directory
-    compression: str  # "none" | "zstd"
+    compression: str  # "none" | "zstd" | "dir" (the payload is a directory)
     size: int  # bytes on disk
     sha256: str
     raw_size: int  # bytes of the uncompressed tar stream
@@ -92,7 +93,7 @@ class PayloadInfo:
 
 @dataclass(frozen=True)
 class FileInfo:
-    path: str  # path inside the payload tar
+    path: str  # path inside the payload (tar member or file under payload/)
     size: int
     sha256: str
 

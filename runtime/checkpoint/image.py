@@ -8,6 +8,13 @@ One stream is easy to move (a registry blob, a socket); the digest of the
 stream and of every file in it is checked while unpacking, into a scratch
 directory that is removed if anything is wrong, so a bad image never reaches the
 engine.
+
+An image that stays on its node (a hibernation) may instead keep its payload as
+a directory (``compression="dir"``: ``<image>/payload/engine/...``): no tar
+stream to write and read back, only one hashing pass each way. Every file's
+digest is checked just the same before the engine sees a byte; the payload's
+digest is then that of the manifest's file list. An image that leaves the node
+is packed as a stream (``runtime.transfer`` packs the handover directory).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENGINE_DIR = "engine"
 EMPTYDIR_DIR = "emptydir"
-PAYLOAD_NAMES = {"none": "payload.tar", "zstd": "payload.tar.zst"}
+PAYLOAD_NAMES = {"none": "payload.tar", "zstd": "payload.tar.zst", "dir": "payload"}
+DIR = "dir"  # the node-local layout: the payload is a directory
 CHUNK = 1 << 20
 # zstd level 1: memory pages compress well and level 1 runs near disk speed.
 ZSTD_LEVEL = 1
@@ -224,9 +232,18 @@ def pack(
     if compression == "auto":
         compression = choose_compression(_sample(engine_dir))
     if compression not in PAYLOAD_NAMES:
-        raise CheckpointError(image_dir, f"compression '{compression}' unknown (none, zstd, auto)")
+        raise CheckpointError(
+            image_dir, f"compression '{compression}' unknown (none, zstd, dir, auto)"
+        )
     image_dir.mkdir(parents=True, exist_ok=True)
     payload_path = image_dir / PAYLOAD_NAMES[compression]
+    if compression == DIR:
+        listed, size, digest = _pack_dir(payload_path, engine_dir, empty_dirs)
+        return _write_manifest(
+            image_dir, backend, backend_version, scope, container, pod_template_hash,
+            PayloadInfo(payload_path.name, DIR, size, digest, size), listed, empty_dirs,
+            memory_bytes, addresses,
+        )  # fmt: skip
     files: list[FileInfo] = []
     with open(payload_path, "wb") as out:
         sink = _HashingWriter(out)
@@ -258,6 +275,32 @@ def pack(
                             files.append(info)
         out.flush()
         os.fsync(out.fileno())
+    payload = PayloadInfo(
+        file=payload_path.name,
+        compression=compression,
+        size=sink.size,
+        sha256=sink.sha.hexdigest(),
+        raw_size=raw.size,
+    )
+    return _write_manifest(
+        image_dir, backend, backend_version, scope, container, pod_template_hash,
+        payload, files, empty_dirs, memory_bytes, addresses,
+    )  # fmt: skip
+
+
+def _write_manifest(
+    image_dir: Path,
+    backend: str,
+    backend_version: str,
+    scope: Scope,
+    container: str,
+    pod_template_hash: str,
+    payload: PayloadInfo,
+    files: Iterable[FileInfo],
+    empty_dirs: Iterable[Path],
+    memory_bytes: int,
+    addresses: Iterable[str],
+) -> Manifest:
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         backend=backend,
@@ -266,13 +309,7 @@ def pack(
         container=container,
         pod_template_hash=pod_template_hash,
         created=now_rfc3339(),
-        payload=PayloadInfo(
-            file=payload_path.name,
-            compression=compression,
-            size=sink.size,
-            sha256=sink.sha.hexdigest(),
-            raw_size=raw.size,
-        ),
+        payload=payload,
         files=tuple(files),
         empty_dirs=tuple(str(p) for p in empty_dirs),
         memory_bytes=memory_bytes,
@@ -283,6 +320,77 @@ def pack(
     # The manifest lands last and atomically: an image without one is unfinished.
     tmp.rename(image_dir / MANIFEST)
     return manifest
+
+
+def _pack_dir(
+    payload: Path, engine_dir: Path, empty_dirs: tuple[Path, ...]
+) -> tuple[list[FileInfo], int, str]:
+    """The directory layout: the trees as they are, every regular file hashed once.
+
+    The engine's files are hard-linked when they can be (the dump's scratch copy
+    is removed right after), the emptyDirs copied (they stay the pod's)."""
+    payload.mkdir()
+    trees = [(ENGINE_DIR, engine_dir, True)]
+    trees += [(f"{EMPTYDIR_DIR}/{i}", p, False) for i, p in enumerate(empty_dirs)]
+    files: list[FileInfo] = []
+    for prefix, root, link in trees:
+        if not root.is_dir():
+            raise CheckpointError(root, "not a directory")
+        dest = payload / prefix
+        dest.mkdir(parents=True)
+        for path in _walk(root):
+            rel = path.relative_to(root)
+            info = _place(path, dest / rel, f"{prefix}/{rel.as_posix()}", link)
+            if info is not None:
+                files.append(info)
+    # No fsync: this layout is for images that live and die with the node's pods.
+    return files, sum(f.size for f in files), _listing_digest(files)
+
+
+def _place(src: Path, dst: Path, arc: str, link: bool) -> FileInfo | None:
+    st = src.lstat()
+    if stat.S_ISSOCK(st.st_mode):
+        return None  # as in the stream layout: sockets cannot be kept
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            dst.mkdir()
+            shutil.copystat(src, dst)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), dst)
+        elif stat.S_ISFIFO(st.st_mode):
+            os.mkfifo(dst, stat.S_IMODE(st.st_mode))
+        else:
+            raise CheckpointError(src, "unsupported file type for an image")
+        with contextlib.suppress(OSError):
+            os.lchown(dst, st.st_uid, st.st_gid)
+        return None
+    if link:
+        try:
+            os.link(src, dst)
+        except OSError:
+            link = False
+    sha = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as f, contextlib.ExitStack() as stack:
+        out = None if link else stack.enter_context(open(dst, "xb"))
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+    if not link:
+        shutil.copystat(src, dst)
+        with contextlib.suppress(OSError):
+            os.lchown(dst, st.st_uid, st.st_gid)
+    return FileInfo(path=arc, size=size, sha256=sha.hexdigest())
+
+
+def _listing_digest(files: Iterable[FileInfo]) -> str:
+    """The directory layout's payload digest: that of its file list."""
+    sha = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        sha.update(f"{f.path}\0{f.size}\0{f.sha256}\n".encode())
+    return sha.hexdigest()
 
 
 def _sample(root: Path) -> bytes:
@@ -332,6 +440,12 @@ def read_manifest(image_dir: Path) -> Manifest:
         raise ImageCorrupt(where, f"{MANIFEST} is not valid JSON ({e})") from None
     m = manifest_from_dict(data, where)
     ppath = image_dir / m.payload.file
+    if m.payload.compression == DIR:
+        if not ppath.is_dir() or ppath.is_symlink():
+            raise ImageMissing(where, f"payload directory {m.payload.file} missing")
+        if _listing_digest(m.files) != m.payload.sha256:
+            raise ImageCorrupt(where, "payload sha256 does not match the manifest's file list")
+        return m  # file sizes and digests: checked by verify / unpack
     if not ppath.is_file():
         raise ImageMissing(where, f"payload {m.payload.file} missing")
     size = ppath.stat().st_size
@@ -358,7 +472,10 @@ def unpack(image_dir: Path, dest: Path) -> Manifest:
     where = str(image_dir)
     dest.mkdir(parents=True)
     try:
-        _extract(image_dir / m.payload.file, dest, m, where)
+        if m.payload.compression == DIR:
+            _check_dir(image_dir / m.payload.file, dest, m, where)
+        else:
+            _extract(image_dir / m.payload.file, dest, m, where)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)  # only we wrote there: no mounts
         raise
@@ -368,8 +485,64 @@ def unpack(image_dir: Path, dest: Path) -> Manifest:
 def verify(image_dir: Path) -> Manifest:
     """Check every digest of the image without extracting it (reads it once)."""
     m = read_manifest(image_dir)
-    _extract(image_dir / m.payload.file, None, m, str(image_dir))
+    if m.payload.compression == DIR:
+        _check_dir(image_dir / m.payload.file, None, m, str(image_dir))
+    else:
+        _extract(image_dir / m.payload.file, None, m, str(image_dir))
     return m
+
+
+def _check_dir(payload: Path, dest: Path | None, m: Manifest, where: str) -> None:
+    """The directory layout: every entry expected, every file's digest right
+    (copied into ``dest`` in the same pass when given: the engine and the
+    address rewrite work on a copy, so a failed restore leaves the image whole)."""
+    expected = {f.path: f for f in m.files}
+    seen: set[str] = set()
+    for top in sorted(p.name for p in payload.iterdir()):
+        if top not in (ENGINE_DIR, EMPTYDIR_DIR):
+            raise ImageCorrupt(where, f"payload: unexpected entry '{top}'")
+    for path in _walk(payload):
+        arc = path.relative_to(payload).as_posix()
+        st = path.lstat()
+        target = None if dest is None else dest / arc
+        if stat.S_ISREG(st.st_mode):
+            info = expected.get(arc)
+            if info is None:
+                raise ImageCorrupt(where, f"payload file '{arc}' not in the manifest")
+            _check_copy(path, target, info, where)
+            seen.add(arc)
+        elif stat.S_ISDIR(st.st_mode):
+            if target is not None:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copystat(path, target)
+        elif stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            if target is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _copy(path, target)
+        else:
+            raise ImageCorrupt(where, f"payload entry '{arc}' has an unsupported type")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise ImageCorrupt(where, f"payload lacks {len(missing)} file(s), first: {missing[0]}")
+
+
+def _check_copy(src: Path, dst: Path | None, info: FileInfo, where: str) -> None:
+    sha = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as f, contextlib.ExitStack() as stack:
+        out = None
+        if dst is not None:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            out = stack.enter_context(open(dst, "xb"))
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+    if size != info.size or sha.hexdigest() != info.sha256:
+        raise ImageCorrupt(where, f"payload file '{info.path}' does not match its digest")
+    if dst is not None:
+        shutil.copystat(src, dst)
 
 
 def _extract(payload: Path, dest: Path | None, m: Manifest, where: str) -> None:

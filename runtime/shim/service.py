@@ -841,12 +841,13 @@ class TaskService:
         self.notify({"event": "hibernated", "id": cid})
         return {"id": cid, "hibernated": True, "seconds": c.timings["hibernate"]}
 
-    async def _checkpoint(self, c: Container, compression: str = "none") -> None:
+    async def _checkpoint(self, c: Container, compression: str = "dir") -> None:
         """Checkpoint ``c`` into its own image (processes gone, memory released).
 
         The image records the pod IPs and carries the emptyDirs, so it can also
-        serve as a handover. Local images stay uncompressed: zstd costs more time
-        than it saves disk here (runtime/checkpoint/README.md)."""
+        serve as a handover. A hibernation image stays on the node: it keeps the
+        directory layout (no tar stream, one hashing pass each way; zstd would cost
+        more time than it saves disk here, runtime/checkpoint/README.md)."""
         safe_rmtree(c.image)
         addresses = await self._pod_addresses(c)
         c.checkpointing = True  # the init's exit during the dump is no exit

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -52,7 +54,7 @@ def test_choose_compression_by_measured_ratio() -> None:
     assert img.choose_compression(b"") == "none"
 
 
-@pytest.mark.parametrize("compression", ["none", "zstd", "auto"])
+@pytest.mark.parametrize("compression", ["none", "zstd", "auto", "dir"])
 def test_round_trip(tmp_path: Path, compression: str) -> None:
     pages = os.urandom(50_000) + b"\0" * 200_000
     m = img.pack(
@@ -68,8 +70,11 @@ def test_round_trip(tmp_path: Path, compression: str) -> None:
     assert (tmp_path / "out/engine/sub/x.img").read_bytes() == b""
     assert {f.path for f in m.files} == {
         "engine/pages-1.img", "engine/core-1.img", "engine/sub/x.img"}  # fmt: skip
-    if compression != "none":
+    if compression in ("zstd", "auto"):
         assert m.payload.compression == "zstd" and m.payload.size < m.payload.raw_size
+    if compression == "dir":
+        assert (tmp_path / "i" / "payload" / "engine" / "pages-1.img").read_bytes() == pages
+        assert m.payload.size == m.payload.raw_size == sum(f.size for f in m.files)
 
 
 def test_manifest_is_plain_json_with_digests(tmp_path: Path) -> None:
@@ -79,13 +84,15 @@ def test_manifest_is_plain_json_with_digests(tmp_path: Path) -> None:
     assert all(len(f["sha256"]) == 64 for f in d["files"])
 
 
-def test_empty_dirs_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["auto", "dir"])
+def test_empty_dirs_round_trip(tmp_path: Path, compression: str) -> None:
     vol = tmp_path / "vol"
     (vol / "a" / "b").mkdir(parents=True)
     (vol / "a" / "b" / "f").write_text("deep")
     (vol / "top").write_text("top")
     os.mkfifo(vol / "fifo")
-    image = _pack(tmp_path, empty_dirs=(vol,))
+    os.symlink("a/b/f", vol / "link")
+    image = _pack(tmp_path, empty_dirs=(vol,), compression=compression)
     shutil.rmtree(vol)
     vol.mkdir()
     (vol / "junk").write_text("x")
@@ -94,6 +101,7 @@ def test_empty_dirs_round_trip(tmp_path: Path) -> None:
     assert (vol / "a" / "b" / "f").read_text() == "deep"
     assert (vol / "top").read_text() == "top"
     assert (vol / "fifo").is_fifo()
+    assert os.readlink(vol / "link") == "a/b/f"
     assert not (vol / "junk").exists()
 
 
@@ -288,3 +296,77 @@ def test_manifest_from_dict_names_the_field() -> None:
         img.manifest_from_dict({"format_version": 2}, "here")
     with pytest.raises(ImageCorrupt, match="not a JSON object"):
         img.manifest_from_dict([], "here")
+
+
+def _dir_image(tmp_path: Path) -> Path:
+    return _pack(tmp_path, pages=os.urandom(40_000) + b"\0" * 100_000, compression="dir")
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "message"),
+    [
+        ("flip", ImageCorrupt, "'engine/pages-1.img' does not match its digest"),
+        ("truncate", ImageCorrupt, "'engine/pages-1.img' does not match its digest"),
+        ("extra-file", ImageCorrupt, "'engine/extra.img' not in the manifest"),
+        ("extra-top", ImageCorrupt, "unexpected entry 'junk'"),
+        ("missing-file", ImageCorrupt, "payload lacks 1 file(s), first: engine/core-1.img"),
+        ("file-digest", ImageCorrupt, "does not match the manifest's file list"),
+        ("no-payload", ImageMissing, "payload directory payload missing"),
+        ("payload-is-a-file", ImageMissing, "payload directory payload missing"),
+        ("device", ImageCorrupt, "'engine/null' has an unsupported type"),
+    ],
+)
+def test_bad_dir_image_is_typed_and_leaves_nothing(
+    tmp_path: Path, kind: str, error: type[ImageError], message: str
+) -> None:
+    image = _dir_image(tmp_path)
+    engine = image / "payload" / "engine"
+    mpath = image / "manifest.json"
+    match kind:
+        case "flip":
+            _flip(engine / "pages-1.img", 0.5)
+        case "truncate":
+            p = engine / "pages-1.img"
+            p.write_bytes(p.read_bytes()[:-1])
+        case "extra-file":
+            (engine / "extra.img").write_bytes(b"x")
+        case "extra-top":
+            (image / "payload" / "junk").mkdir()
+        case "missing-file":
+            (engine / "core-1.img").unlink()
+        case "file-digest":
+            manifest = json.loads(mpath.read_text())
+            manifest["files"][0]["sha256"] = "0" * 64
+            mpath.write_text(json.dumps(manifest))
+        case "no-payload":
+            shutil.rmtree(image / "payload")
+        case "payload-is-a-file":
+            shutil.rmtree(image / "payload")
+            (image / "payload").write_bytes(b"x")
+        case "device":
+            os.mknod(engine / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    with pytest.raises(error, match=re.escape(message)) as info:
+        img.verify(image)
+    assert str(image) in str(info.value)
+    with pytest.raises(error, match=re.escape(message)):
+        img.unpack(image, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dir_image_links_the_engine_files_and_copies_on_unpack(tmp_path: Path) -> None:
+    """Packing moves no bytes of the dump (hard links); unpacking copies, so the
+    engine and the address rewrite never touch the image itself."""
+    src = _engine(tmp_path, b"p" * 1000)
+    img.pack(
+        tmp_path / "i", src, (), backend="runc-criu", backend_version="t",
+        scope=Scope.CONTAINER, container="c", pod_template_hash="h", memory_bytes=0,
+        compression="dir",
+    )  # fmt: skip
+    packed = tmp_path / "i" / "payload" / "engine" / "pages-1.img"
+    assert packed.stat().st_ino == (src / "pages-1.img").stat().st_ino
+    img.unpack(tmp_path / "i", tmp_path / "out")
+    out = tmp_path / "out" / "engine" / "pages-1.img"
+    assert out.stat().st_ino != packed.stat().st_ino
+    out.write_bytes(b"rewritten")
+    assert img.verify(tmp_path / "i").payload.compression == "dir"
+
