@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from architect.engine.admission.pods import SidecarConfig
 from architect.engine.controlplane.checkpoints import GcSettings
 from architect.engine.controlplane.coordinate import TransferSettings
+from architect.engine.controlplane.trust import TRUST_SECRET
 from architect.policy.durations import parse_positive_duration
+from architect.policy.models import DNS_LABEL
+
+_NAMESPACE = re.compile(DNS_LABEL)
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,13 @@ class OperatorConfig:
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     gc: GcSettings = field(default_factory=GcSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
+    # Where the transfer CA and ticket key live; None: transfer.namespace.
+    trust_namespace: str | None = None
+
+    @property
+    def trust_home(self) -> str:
+        """The namespace of the trust Secret (``--trust-namespace``)."""
+        return self.trust_namespace or self.transfer.namespace
 
 
 def _duration(text: str) -> timedelta:
@@ -32,6 +44,15 @@ def _duration(text: str) -> timedelta:
         return parse_positive_duration(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _namespace(text: str) -> str:
+    if len(text) > 63 or not _NAMESPACE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name (lowercase letters, digits and '-', "
+            "at most 63, starting and ending with a letter or digit)"
+        )
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,8 +80,22 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--namespace",
+        type=_namespace,
+        # A string default goes through `type` too: a bad value from the
+        # environment gets the same message as one on the command line.
         default=env("ARCHITECT_NAMESPACE", TransferSettings.namespace),
-        help="Architect's own namespace: the transfer key, node certificates, grants",
+        help="Architect's own namespace: node certificates and transfer grants, "
+        "which the node daemons read (env ARCHITECT_NAMESPACE)",
+    )
+    ap.add_argument(
+        "--trust-namespace",
+        type=_namespace,
+        default=env("ARCHITECT_TRUST_NAMESPACE") or None,
+        help=f"namespace of the Secret {TRUST_SECRET} (the transfer CA's key, the ticket "
+        "key), which only the operator reads (env ARCHITECT_TRUST_NAMESPACE; default: "
+        "--namespace). Prefer one of its own: daemons read every Secret of --namespace "
+        "(RBAC cannot narrow list/watch to their node's), so there one compromised "
+        "node could mint certificates for every node",
     )
     ap.add_argument(
         "--transfer-port",
@@ -89,4 +124,5 @@ def from_args(ns: argparse.Namespace) -> OperatorConfig:
         transfer=TransferSettings(
             namespace=ns.namespace, port=ns.transfer_port, ticket_ttl=ns.ticket_ttl
         ),
+        trust_namespace=ns.trust_namespace,
     )

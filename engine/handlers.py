@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any, Protocol
 
 from architect.engine import metrics
@@ -397,14 +398,36 @@ async def refresh_policy_status(*, kube: KubeLike, now: datetime) -> int:
 # --- transfer between nodes ----------------------------------------------------
 
 
-async def load_trust(namespace: str, *, kube: KubeLike) -> trust.Trust:
-    """The transfer key and CA; made once per cluster (the first writer wins)."""
+async def load_trust(
+    namespace: str, *, kube: KubeLike, daemons_namespace: str | None = None
+) -> trust.Trust:
+    """The transfer key and CA from ``namespace`` (``--trust-namespace``); made
+    once per cluster (the first writer wins).
+
+    ``daemons_namespace`` (``--namespace``), when another one: a trust Secret an
+    older version left there is deleted, since every daemon can read it.
+    """
     for _ in range(3):
         secret = await kube.get_secret(namespace, trust.TRUST_SECRET)
         if secret is not None:
-            return trust.trust_from_secret(secret)
+            found = trust.trust_from_secret(secret)
+            if daemons_namespace and daemons_namespace != namespace:
+                await kube.delete_secret(daemons_namespace, trust.TRUST_SECRET)
+            return found
         await kube.put_secret(trust.new_trust_secret(namespace), replace=False)
     raise trust.TrustError(f"Secret {namespace}/{trust.TRUST_SECRET} could not be read back")
+
+
+def trust_unavailable(namespace: str, status: int | None, reason: str | None) -> str:
+    """What to tell the operator's user when the API refused the trust Secret."""
+    where = f"transfer key Secret {namespace}/{trust.TRUST_SECRET}"
+    if status == HTTPStatus.NOT_FOUND:
+        why = f"namespace {namespace} does not exist"
+    elif status == HTTPStatus.FORBIDDEN:
+        why = "the operator may not get or create Secrets there (its RBAC)"
+    else:
+        why = reason or f"HTTP {status}"
+    return f"{where}: {why} (--trust-namespace)"
 
 
 async def coordinate_checkpoint(

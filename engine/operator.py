@@ -31,7 +31,7 @@ from architect.engine.admission.webhooks import (
 from architect.engine.admission.workloads import AdmissionDenied, Op, describe
 from architect.engine.config import OperatorConfig
 from architect.engine.controlplane.trust import Trust, TrustError
-from architect.engine.kube import Kube, NotFound, load_config
+from architect.engine.kube import Kube, load_config
 from architect.policy.annotations import GROUP, VERSION
 
 log = logging.getLogger("architect.engine")
@@ -92,14 +92,17 @@ TRANSFER_INTERVAL_S = 2.0  # how often a Ready checkpoint looks for its replacem
 async def _trust(kube: Kube) -> Trust:
     """Read (or make) the transfer key and CA once; the Secret outlives the operator."""
     if not _TRUST:
-        ns = CONFIG.transfer.namespace
+        ns = CONFIG.trust_home
         try:
-            _TRUST.append(await handlers.load_trust(ns, kube=kube))
+            _TRUST.append(
+                await handlers.load_trust(
+                    ns, kube=kube, daemons_namespace=CONFIG.transfer.namespace
+                )
+            )
         except ApiException as err:
             # Say what is missing instead of a traceback per timer tick.
-            why = f"namespace {ns} does not exist" if err.status == NotFound else err.reason
             raise kopf.TemporaryError(
-                f"transfer key Secret {ns}/architect-transfer: {why} (--namespace)", delay=30
+                handlers.trust_unavailable(ns, err.status, err.reason), delay=30
             ) from None
         except TrustError as err:
             raise kopf.TemporaryError(str(err), delay=30) from None
