@@ -14,11 +14,13 @@ import pytest
 from cryptography import x509
 
 from architect.engine.admission.webhooks import ClientConfig, build_configurations
+from architect.engine.controlplane import trust
 from architect.policy.crdgen import all_crds
 from charts.generate import CHART, ChartError, drifted, expected_files, helm_binary, render
-from tests.charts.render import by_kind, custom_values, objects, one, rendered
+from tests.charts.render import by_kind, can, custom_values, objects, one, rendered
 
 NS = "architect-system"
+TRUST_NS = "architect-system-trust"
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,9 @@ def test_default_render_has_every_component(default: list[dict[str, Any]]) -> No
         "Secret": 1,
         "ClusterRole": 2,
         "ClusterRoleBinding": 2,
-        "Role": 2,
-        "RoleBinding": 2,
+        "Role": 3,
+        "RoleBinding": 3,
+        "Namespace": 1,
         "Service": 2,
         "DaemonSet": 1,
         "Deployment": 1,
@@ -226,16 +229,115 @@ def test_rbac_is_least_privilege(default: list[dict[str, Any]]) -> None:
     daemon = set(_rules(one(default, "ClusterRole", "daemon")))
     assert ("", "pods/resize", "patch") in daemon
     assert not [r for r in daemon if r[2] == "delete"]
-    # Secrets only through Roles in the release namespace; the daemon only reads them.
+    # Secrets only through Roles: the daemon's reads the release namespace, the
+    # operator's two write there and reach the trust Secret.
     roles = {r["metadata"]["name"]: r for r in by_kind(default)["Role"]}
-    assert all(r["metadata"]["namespace"] == NS for r in roles.values())
+    assert {n: r["metadata"]["namespace"] for n, r in roles.items()} == {
+        "architect-daemon": NS,
+        "architect-operator": NS,
+        "architect-operator-trust": TRUST_NS,
+    }
     assert set(_rules(roles["architect-daemon"])) == {
         ("", "secrets", v) for v in ("get", "list", "watch")
     }
-    assert {r[1] for r in _rules(roles["architect-operator"])} == {"secrets"}
+    assert set(_rules(roles["architect-operator"])) == {
+        ("", "secrets", v) for v in ("list", "create", "update", "delete")
+    }
     for binding in by_kind(default)["RoleBinding"]:
         assert binding["roleRef"]["kind"] == "Role"
-        assert binding["subjects"][0]["name"] == binding["metadata"]["name"]
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        (subject,) = binding["subjects"]
+        assert binding["metadata"]["name"].startswith(subject["name"])
+        assert subject["namespace"] == NS
+
+
+# --- the trust namespace ----------------------------------------------------------
+
+
+def test_trust_namespace_is_the_chart_s_and_the_operator_s_only(
+    default: list[dict[str, Any]],
+) -> None:
+    (namespace,) = by_kind(default)["Namespace"]
+    assert namespace["metadata"]["name"] == TRUST_NS
+    op = one(default, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]
+    assert f"--trust-namespace={TRUST_NS}" in op["args"]
+    in_trust = [o for o in default if o["metadata"].get("namespace") == TRUST_NS]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in in_trust) == [
+        ("Role", "architect-operator-trust"),
+        ("RoleBinding", "architect-operator-trust"),
+    ]
+    # The name the Role grants is the one the control plane uses.
+    role = one(default, "Role", "operator-trust")
+    assert [r.get("resourceNames") for r in role["rules"]] == [[trust.TRUST_SECRET], None]
+
+
+@pytest.mark.parametrize("values", [["custom"], []], ids=["custom", "default"])
+def test_daemon_cannot_read_the_trust_secret_and_the_operator_can(values: list[str]) -> None:
+    objs = rendered("daemon.enabled=true", values=custom_values() if values else None)
+    daemon, operator = (
+        next(
+            sa["metadata"]["name"]
+            for sa in by_kind(objs)["ServiceAccount"]
+            if c in sa["metadata"]["name"]
+        )
+        for c in ("daemon", "operator")
+    )
+    secret = trust.TRUST_SECRET
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert not can(objs, daemon, verb, "secrets", TRUST_NS, secret), verb
+    # The daemon reads its node certificate and grants where the operator writes them.
+    node_cert = trust.node_secret_name("node-a")
+    for verb in ("get", "list", "watch"):
+        assert can(objs, daemon, verb, "secrets", NS, node_cert), verb
+    assert not can(objs, daemon, "create", "secrets", NS, node_cert)
+    # The operator: get that one Secret and create it, nothing else there.
+    assert can(objs, operator, "get", "secrets", TRUST_NS, secret)
+    assert can(objs, operator, "create", "secrets", TRUST_NS, secret)
+    for verb in ("list", "watch", "update", "patch", "delete"):
+        assert not can(objs, operator, verb, "secrets", TRUST_NS, secret), verb
+    assert not can(objs, operator, "get", "secrets", TRUST_NS, "someone-elses")
+    # Release namespace: node certificates and grants, and a legacy trust Secret deleted.
+    for verb in ("list", "create", "update", "delete"):
+        assert can(objs, operator, verb, "secrets", NS, node_cert), verb
+    # The checker itself: a binding in another namespace grants nothing here.
+    assert not can(objs, daemon, "get", "secrets", "elsewhere", node_cert)
+
+
+def test_trust_namespace_value_and_an_existing_namespace() -> None:
+    objs = rendered("trust.namespace=architect-ca", "trust.createNamespace=false")
+    assert "Namespace" not in by_kind(objs)
+    assert one(objs, "Role", "operator-trust")["metadata"]["namespace"] == "architect-ca"
+    op = one(objs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]
+    assert "--trust-namespace=architect-ca" in op["args"]
+    assert can(objs, "architect-operator", "get", "secrets", "architect-ca", trust.TRUST_SECRET)
+
+
+@pytest.mark.parametrize(
+    ("setting", "namespace", "message"),
+    [
+        (
+            f"trust.namespace={NS}",
+            NS,
+            f'trust.namespace: "{NS}" is the release namespace, where every daemon can read '
+            "Secrets; the transfer CA's key needs a namespace of its own",
+        ),
+        # <release namespace>-trust cut to 63 characters is the release namespace again.
+        ("rbac.create=true", "n" * 63, f'trust.namespace: "{"n" * 63}" is the release namespace'),
+        (
+            "trust.namespace=Trust_CA",
+            NS,
+            "at '/trust/namespace': 'Trust_CA' does not match pattern",
+        ),
+        ("trust.createNamespce=false", NS, "at '/trust': additional properties 'createNamespce'"),
+    ],
+)
+def test_bad_trust_namespace_is_refused_naming_the_value(
+    setting: str, namespace: str, message: str
+) -> None:
+    with pytest.raises(ChartError) as err:
+        render(None, [setting], namespace=namespace)
+    assert message in str(err.value)
+    assert "Traceback" not in str(err.value)
 
 
 def test_cluster_scoped_names_include_the_release_namespace() -> None:
@@ -288,7 +390,7 @@ def test_rendered_args_are_what_the_programs_accept(default: list[dict[str, Any]
         8080,
         "/etc/architect/tls/tls.crt",
     )
-    assert (ns.namespace, ns.transfer_port) == (NS, 9447)
+    assert (ns.namespace, ns.trust_namespace, ns.transfer_port) == (NS, TRUST_NS, 9447)
     objs = rendered("daemon.resize=true", "daemon.kubeletRoot=/var/lib/k", "daemon.metricsPort=0")
     ds = one(objs, "DaemonSet")["spec"]["template"]["spec"]
     daemon = ds["containers"][0]

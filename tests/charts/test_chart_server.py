@@ -17,8 +17,13 @@ pytestmark = pytest.mark.cluster
 
 @pytest.mark.parametrize("case", sorted(cases()))
 def test_every_rendered_object_passes_server_dry_run(control_plane: Cluster, case: str) -> None:
-    with namespace(control_plane, "architect-chart-dry") as ns:
-        text = render(cases()[case], namespace=ns)
+    # A dry run creates no namespace: the trust namespace the chart makes must exist.
+    with (
+        namespace(control_plane, "architect-chart-dry") as ns,
+        namespace(control_plane, "architect-chart-dry-trust") as trust_ns,
+    ):
+        text = render(cases()[case], [f"trust.namespace={trust_ns}"], namespace=ns)
+        assert f"namespace: {trust_ns}\n" in text
         want = objects(text)
         proc = kubectl(
             control_plane,

@@ -61,3 +61,17 @@ not claim the same object.
 {{- define "architect.clusterName" -}}
 {{- printf "%s-%s" (include "architect.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/*
+The namespace of the trust Secret architect-transfer (the transfer CA's key and
+the ticket key), which only the operator reads: daemons read every Secret of the
+release namespace (RBAC cannot narrow their list/watch to their node's), so the
+CA's key must not be there.
+*/}}
+{{- define "architect.trustNamespace" -}}
+{{- $ns := .Values.trust.namespace | default (printf "%s-trust" .Release.Namespace | trunc 63 | trimSuffix "-") -}}
+{{- if eq $ns .Release.Namespace -}}
+{{- fail (printf "trust.namespace: %q is the release namespace, where every daemon can read Secrets; the transfer CA's key needs a namespace of its own (set trust.namespace to another name)" $ns) -}}
+{{- end -}}
+{{- $ns -}}
+{{- end -}}
