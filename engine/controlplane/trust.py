@@ -1,13 +1,17 @@
 """The cluster's transfer trust, kept in Secrets by the control plane. Pure.
 
-- ``architect-transfer`` (Architect's namespace): the HMAC key that signs
-  tickets and the transfer CA (certificate and key). Only the control plane
-  reads it.
-- ``architect-node-<node>`` (type kubernetes.io/tls, labelled with the node):
-  the node's certificate (CN = node name, SANs = its name and addresses, client
-  and server use), its key, the CA certificate and the ticket key (a source
-  daemon verifies tickets with it); the node's daemon mounts or reads it, never
-  the CA's key. Issued for every Node and renewed a month before it expires.
+- ``architect-transfer``, in the trust namespace (``--trust-namespace``; the
+  chart's ``<release namespace>-trust``): the HMAC key that signs tickets and
+  the transfer CA (certificate and key). Only the control plane reads it: node
+  daemons can read every Secret of ``--namespace`` (RBAC cannot narrow their
+  list/watch to their node's), so there one compromised node could mint
+  certificates for every node. ``--trust-namespace`` defaults to ``--namespace``
+  for single-namespace setups.
+- ``architect-node-<node>`` (in ``--namespace``; type kubernetes.io/tls,
+  labelled with the node): the node's certificate (CN = node name, SANs = its
+  name and addresses, client and server use), its key, the CA certificate and
+  the ticket key (a source daemon verifies tickets with it); the node's daemon
+  mounts or reads it, never the CA's key. Issued for every Node and renewed a month before it expires.
 """
 
 from __future__ import annotations
