@@ -310,6 +310,10 @@ def test_trust_namespace_value_and_an_existing_namespace() -> None:
     op = one(objs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]
     assert "--trust-namespace=architect-ca" in op["args"]
     assert can(objs, "architect-operator", "get", "secrets", "architect-ca", trust.TRUST_SECRET)
+    # `helm upgrade --reuse-values` from a chart without `trust` renders the defaults.
+    objs = rendered("trust=null")
+    assert one(objs, "Namespace")["metadata"]["name"] == TRUST_NS
+    assert one(objs, "Role", "operator-trust")["metadata"]["namespace"] == TRUST_NS
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,8 @@ release namespace (RBAC cannot narrow their list/watch to their node's), so the
 CA's key must not be there.
 */}}
 {{- define "architect.trustNamespace" -}}
-{{- $ns := .Values.trust.namespace | default (printf "%s-trust" .Release.Namespace | trunc 63 | trimSuffix "-") -}}
+{{- /* dig: `helm upgrade --reuse-values` from a chart without `trust` has no such key. */ -}}
+{{- $ns := dig "namespace" "" (.Values.trust | default dict) | default (printf "%s-trust" .Release.Namespace | trunc 63 | trimSuffix "-") -}}
 {{- if eq $ns .Release.Namespace -}}
 {{- fail (printf "trust.namespace: %q is the release namespace, where every daemon can read Secrets; the transfer CA's key needs a namespace of its own (set trust.namespace to another name)" $ns) -}}
 {{- end -}}
