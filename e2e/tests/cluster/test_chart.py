@@ -1,13 +1,16 @@
 """`helm install` of charts/architect on the e2e node: the operator runs from the
 architect image, the API server calls its webhooks through the chart's Service,
 annotated workloads get their compiled policies, bad annotations are refused at
-`kubectl apply` with the compiler's message, and `helm uninstall` leaves nothing
-that could block the cluster.
+`kubectl apply` with the compiler's message, the transfer CA's key sits in a
+namespace no daemon can read, and `helm uninstall` leaves nothing that could
+block the cluster.
 
 The release's webhooks only see namespaces labelled for this test, so other
-engineers' namespaces on the shared cluster are never touched. The daemon and the
-RuntimeClasses are off: the daemon package is not there yet, and the RuntimeClasses
-are cluster-wide objects other tests own (the render tests cover both).
+engineers' namespaces on the shared cluster are never touched. The daemon's
+DaemonSet selects no node (the node's daemon belongs to other tests) but its
+ServiceAccount and RBAC are installed, so what it may read is checked for real.
+The RuntimeClasses are off: cluster-wide objects other tests own (the render
+tests cover them).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from architect.engine.controlplane import trust
 from e2e.images import architect as image
 from e2e.pytest_cluster import NODE, Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl
@@ -39,6 +43,8 @@ CONTAINERD = Path("/run/architect-e2e/containerd/containerd.sock")
 LABEL = "architect.loopholelabs.io/chart-test"
 HELM_LABEL_KEY = LABEL.replace(".", "\\.")  # --set splits keys at unescaped dots
 INSTALL_TIMEOUT_S = 240
+NO_NODE = "architect.loopholelabs.io/chart-test-no-node"  # no node has this label
+NO_NODE_KEY = NO_NODE.replace(".", "\\.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Release:
     name: str
     namespace: str  # where the chart is installed
     apps: str  # a namespace the webhooks see
+    trust: str  # the chart's trust namespace (default: <namespace>-trust)
     image_ref: str
     install_s: float  # helm install until the operator pod is Ready
 
@@ -122,12 +129,24 @@ def release(node_cluster: Cluster) -> Iterator[Release]:
         f"chart-{label}",
         f"architect-chart-{label}",
         f"architect-chart-apps-{label}",
+        f"architect-chart-{label}-trust",
         built.ref,
         0.0,
     )
     for ns in (rel.namespace, rel.apps):
         kubectl(node_cluster, "create", "namespace", ns)
     kubectl(node_cluster, "label", "namespace", rel.apps, f"{LABEL}={label}")
+    # What an older release left where daemons read: the operator must delete it.
+    kubectl(
+        node_cluster,
+        "-n",
+        rel.namespace,
+        "create",
+        "secret",
+        "generic",
+        trust.TRUST_SECRET,
+        "--from-literal=key=left-by-an-older-release",
+    )
     try:
         start = time.monotonic()
         helm(
@@ -141,8 +160,8 @@ def release(node_cluster: Cluster) -> Iterator[Release]:
             f"image.tag={tag}",
             "--set",
             "image.pullPolicy=Never",
-            "--set",
-            "daemon.enabled=false",
+            "--set-string",
+            f"daemon.nodeSelector.{NO_NODE_KEY}=none",
             "--set",
             "runtimeClasses.create=false",
             "--set-string",
@@ -163,7 +182,13 @@ def release(node_cluster: Cluster) -> Iterator[Release]:
             "--timeout=60s",
         )
         rel = Release(
-            rel.cluster, rel.name, rel.namespace, rel.apps, rel.image_ref, time.monotonic() - start
+            rel.cluster,
+            rel.name,
+            rel.namespace,
+            rel.apps,
+            rel.trust,
+            rel.image_ref,
+            time.monotonic() - start,
         )
         how = f"built in {built.seconds:.1f}s" if built.seconds else "cached"
         size = image.image_size(built.archive) / 2**20
@@ -198,8 +223,16 @@ def release(node_cluster: Cluster) -> Iterator[Release]:
                 "HELM_DATA_HOME": "/tmp/architect-helm/data",
             },
         )
-        for ns in (rel.apps, rel.namespace):
-            kubectl(node_cluster, "delete", "namespace", ns, "--wait=false", check=False)
+        for ns in (rel.apps, rel.namespace, rel.trust):
+            kubectl(
+                node_cluster,
+                "delete",
+                "namespace",
+                ns,
+                "--wait=false",
+                "--ignore-not-found",
+                check=False,
+            )
 
 
 def _operator_pod(rel: Release) -> dict[str, Any]:
@@ -356,6 +389,53 @@ def test_operator_works_within_its_rbac(release: Release) -> None:
     assert "Forbidden" not in logs and "(403)" not in logs, logs[-3000:]
 
 
+def _can_i(rel: Release, account: str, verb: str, what: str, namespace: str) -> str:
+    """`kubectl auth can-i` as a ServiceAccount of the release: the API server's answer."""
+    who = f"system:serviceaccount:{rel.namespace}:{rel.name}-architect-{account}"
+    proc = kubectl(
+        rel.cluster, "auth", "can-i", verb, what, "-n", namespace, f"--as={who}", check=False
+    )
+    return proc.stdout.strip()
+
+
+def _exists(rel: Release, what: str, namespace: str) -> bool:
+    return kubectl(rel.cluster, "get", what, "-n", namespace, check=False).returncode == 0
+
+
+def test_only_the_operator_reaches_the_transfer_ca(release: Release) -> None:
+    secret = f"secret/{trust.TRUST_SECRET}"
+    node_secret = f"secret/{trust.node_secret_name(NODE)}"
+    eventually(
+        f"{secret} in {release.trust}, gone from {release.namespace}",
+        lambda: (
+            _exists(release, secret, release.trust)
+            and not _exists(release, secret, release.namespace)
+        ),
+        60,
+    )
+    eventually(
+        f"{node_secret} in {release.namespace}",
+        lambda: _exists(release, node_secret, release.namespace),
+        60,
+    )
+    ca = get_json(release.cluster, secret, "-n", release.trust)["data"]
+    node = get_json(release.cluster, node_secret, "-n", release.namespace)["data"]
+    # The node's certificate comes from the CA kept apart, and carries no CA key.
+    assert node[trust.CA_CERT_FIELD] == ca[trust.CA_CERT_FIELD]
+    assert trust.CA_KEY_FIELD in ca and trust.CA_KEY_FIELD not in node
+
+    for verb, what in (("get", secret), ("list", "secrets"), ("watch", "secrets")):
+        assert _can_i(release, "daemon", verb, what, release.trust) == "no", verb
+    # The same question where the daemon does read: the check can say yes.
+    assert _can_i(release, "daemon", "get", node_secret, release.namespace) == "yes"
+    assert _can_i(release, "daemon", "list", "secrets", release.namespace) == "yes"
+    # The operator: that one Secret, made once; nothing else of the namespace.
+    assert _can_i(release, "operator", "get", secret, release.trust) == "yes"
+    assert _can_i(release, "operator", "create", "secrets", release.trust) == "yes"
+    assert _can_i(release, "operator", "list", "secrets", release.trust) == "no"
+    assert _can_i(release, "operator", "get", "secret/other", release.trust) == "no"
+
+
 def test_helm_upgrade_keeps_the_certificate(release: Release) -> None:
     secret = f"{release.name}-architect-webhook-tls"
     before = get_json(release.cluster, "secret", secret, "-n", release.namespace)["data"]
@@ -432,6 +512,14 @@ def test_helm_uninstall_removes_everything(release: Release) -> None:
         return left.strip() == ""
 
     eventually(f"objects of release {release.name} gone", gone, 60)
+    # The chart's trust namespace goes too, with the transfer CA in it.
+    eventually(
+        f"namespace {release.trust} gone",
+        lambda: (
+            kubectl(release.cluster, "get", "namespace", release.trust, check=False).returncode != 0
+        ),
+        120,
+    )
     # Nothing blocks annotated workloads any more: the webhook is gone, not failing.
     kubectl(
         release.cluster,
