@@ -2,8 +2,9 @@
 
 For each backend (runc+CRIU, runsc) and app RSS (16, 64, 256 MiB by default):
 cold start of the app (run -> first HTTP answer), checkpoint time, image size,
-restore time, restore -> first answer, restore throughput. Plus a compression
-comparison (none vs zstd) for runc+CRIU at the largest RSS. Prints markdown.
+restore time, restore -> first answer, restore throughput. Plus a layout
+comparison (tar stream none / zstd, node-local directory) for runc+CRIU at the
+largest RSS. Prints markdown.
 
 Needs root and runtime/checkpoint/install. Run from the repository root:
     python bench/checkpoint.py [--sizes 16,64,256] [--fill mixed]
@@ -203,9 +204,10 @@ async def main() -> int:
                 for rss in sizes:
                     rows.append(await measure(app, rss, args.fill, "auto", f"{rss}"))
                     print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-            # Does compression pay? Same app, both ways, largest RSS.
+            # Does compression pay, and what does the node-local directory layout
+            # (the shim's hibernation images) save? Same app, each way, largest RSS.
             if apps and isinstance(apps[0], RuncApp):
-                for comp in ("none", "zstd"):
+                for comp in ("none", "zstd", "dir"):
                     rows.append(await measure(apps[0], max(sizes), args.fill, comp, f"c{comp}"))
         finally:
             lab.close()
