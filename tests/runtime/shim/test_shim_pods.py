@@ -56,12 +56,15 @@ def test_watch_reports_exec_wake(containerd: Containerd, rootfs: Path) -> None:
     containerd.remove("ww")
 
 
+@pytest.mark.parametrize("hibernated", [False, True], ids=["running", "hibernated"])
 def test_stop_checkpoints_for_migration_and_replacement_restores(
-    containerd: Containerd, rootfs: Path
+    containerd: Containerd, rootfs: Path, hibernated: bool
 ) -> None:
     ann = {HASH: "5d9c7b7f6", NAME: "app"}
     containerd.run_container("src", rootfs, COUNTER, ann)
     wait_for(lambda: count(rootfs) >= 20, 20, "counting")
+    if hibernated:  # its hibernation image (node-local layout) becomes the handover
+        assert containerd.control("src", {"op": "hibernate", "id": "src"})["ok"]
     resp = containerd.control("src", {"op": "migrate-on-stop", "id": "src"})
     assert resp["ok"] and resp["migrate_on_stop"]
     # The pod is being deleted: kubelet stops the container with SIGTERM.
@@ -70,6 +73,8 @@ def test_stop_checkpoints_for_migration_and_replacement_restores(
     frozen = count(rootfs)
     handover = containerd.shim_state / "handover" / "5d9c7b7f6" / "app"
     assert (handover / "ready").exists()
+    layout = json.loads((handover / "manifest.json").read_text())["payload"]["compression"]
+    assert (layout == "dir") == hibernated, layout
     containerd.ctr("task", "rm", "src")
     containerd.ctr("container", "rm", "src")
     assert (handover / "ready").exists(), "deleting the source lost the handover image"
