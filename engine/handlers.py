@@ -67,6 +67,9 @@ class KubeLike(Protocol):
         self, plural_: str, namespace: str, name: str, patch: Any
     ) -> dict[str, Any]: ...
     async def patch_meta(self, plural_: str, namespace: str, name: str, patch: Any) -> None: ...
+    async def try_patch_meta(
+        self, plural_: str, namespace: str, name: str, patch: Any
+    ) -> bool: ...
     async def delete(self, plural_: str, namespace: str, name: str) -> None: ...
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
@@ -271,25 +274,36 @@ async def _observe(
     if change is None:
         return None
     meta = body.get("metadata") or {}
+    ns, name = str(meta.get("namespace")), str(meta.get("name"))
+    # Claim the transition first, against the version this body shows: a stale
+    # body (an event older than our own annotation patch) loses here, so every
+    # transition is recorded once, whatever the watch delivers.
+    if not await kube.try_patch_meta(plural_, ns, name, observed_patch(meta, change)):
+        return None  # the object changed since: its newer event follows
     message = str((body.get("status") or {}).get("message") or "")
     etype, reason, text = event_for(kind, str(meta.get("name")), change, message)
     post_event(body, etype, reason, text)
     _record(kind, body, change, now)
     # Observed, not exact: phases are written by daemons too, and the control plane
     # sees each change within one watch event.
-    await kube.patch_status(
-        plural_,
-        str(meta.get("namespace")),
-        str(meta.get("name")),
-        {"status": {"lastTransitionTime": fmt_time(now)}},
-    )
-    await kube.patch_meta(
-        plural_,
-        str(meta.get("namespace")),
-        str(meta.get("name")),
-        {"metadata": {"annotations": change.annotations}},
-    )
+    await kube.patch_status(plural_, ns, name, {"status": {"lastTransitionTime": fmt_time(now)}})
     return change
+
+
+def observed_patch(meta: Mapping[str, Any], change: PhaseChange) -> list[dict[str, Any]]:
+    """JSON patch: the phase-observed annotations, if the object is still at the
+    resourceVersion of ``meta``."""
+    ops: list[dict[str, Any]] = []
+    if meta.get("resourceVersion"):
+        ops.append(
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+        )
+    if not meta.get("annotations"):
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+    for key, value in change.annotations.items():
+        pointer = key.replace("~", "~0").replace("/", "~1")
+        ops.append({"op": "add", "path": f"/metadata/annotations/{pointer}", "value": value})
+    return ops
 
 
 async def on_persistent(

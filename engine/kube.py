@@ -158,6 +158,26 @@ class Kube:
 
         await asyncio.to_thread(_patch)
 
+    async def try_patch_meta(
+        self, plural_: str, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """A compare-and-swap JSON patch of a custom object's metadata: False when a
+        ``test`` op failed (the object changed first) or the object is gone."""
+
+        def _patch() -> bool:
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural_, name, [dict(op) for op in patch],
+                    _content_type="application/json-patch+json",
+                )  # fmt: skip
+            except ApiException as err:
+                if err.status in (NotFound, Conflict, Unprocessable):
+                    return False
+                raise
+            return True
+
+        return await asyncio.to_thread(_patch)
+
     async def delete(self, plural_: str, namespace: str, name: str) -> None:
         def _delete() -> None:
             try:

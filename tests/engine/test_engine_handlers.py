@@ -65,6 +65,25 @@ class FakeKube:
         for k, v in patch["metadata"].items():
             obj["metadata"].setdefault(k, {}).update(v)
 
+    async def try_patch_meta(self, plural_: str, namespace: str, name: str, patch: Any) -> bool:
+        obj = self.objects.get((plural_, namespace, name))
+        if obj is None:
+            return False
+        meta = obj["metadata"]
+        for op in patch:
+            path = op["path"]
+            if op["op"] == "test":
+                assert path == "/metadata/resourceVersion"
+                if meta.get("resourceVersion") != op["value"]:
+                    return False
+            elif path == "/metadata/annotations":
+                meta["annotations"] = dict(op["value"])
+            else:
+                key = path.removeprefix("/metadata/annotations/")
+                meta["annotations"][key.replace("~1", "/").replace("~0", "~")] = op["value"]
+        meta["resourceVersion"] = str(int(meta.get("resourceVersion") or 0) + 1)
+        return True
+
     async def delete(self, plural_: str, namespace: str, name: str) -> None:
         self.calls.append(("delete", name))
         self.objects.pop((plural_, namespace, name), None)
@@ -374,6 +393,36 @@ async def test_checkpoint_duration_counts_the_first_ready_only() -> None:
         body["status"]["phase"] = phase
         await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
     assert _duration_count() == before + 1
+
+
+async def test_a_stale_event_records_a_transition_once() -> None:
+    """The watch may deliver the body of a version older than our own annotation
+    patch (e.g. the one our lastTransitionTime patch made): it must not count again."""
+    kube = FakeKube()
+    body: dict[str, Any] = {
+        "kind": "Checkpoint",
+        "metadata": {
+            "name": "s",
+            "namespace": "ns",
+            "resourceVersion": "7",
+            "creationTimestamp": fmt_time(NOW - timedelta(seconds=5)),
+        },
+        "spec": {"runtime": "runc", "reason": "Migration"},
+        "status": {"phase": "Ready"},
+    }
+    kube.objects[("checkpoints", "ns", "s")] = body
+    stale = copy.deepcopy(body)
+    events: list[str] = []
+
+    def post(obj: Any, t: str, r: str, m: str) -> None:
+        events.append(r)
+
+    before = _duration_count()
+    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    await handlers.on_checkpoint(stale, kube=kube, now=NOW, post_event=post)
+    assert events == ["CheckpointReady"]
+    assert _duration_count() == before + 1
+    assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Ready"
 
 
 async def test_persistent_moves_to_checkpointing() -> None:
