@@ -26,6 +26,7 @@ from architect.engine.admission.workloads import (
 )
 from architect.engine.controlplane import coordinate, persistent, trust
 from architect.engine.controlplane.checkpoints import (
+    OBSERVED_PHASE,
     PERSISTENT_TRANSITIONS,
     TRANSITIONS,
     GcSettings,
@@ -270,18 +271,29 @@ async def _observe(
     now: datetime,
     post_event: PostEvent,
 ) -> PhaseChange | None:
-    change = observe_phase(body, now)
-    if change is None:
-        return None
     meta = body.get("metadata") or {}
     ns, name = str(meta.get("namespace")), str(meta.get("name"))
-    # Claim the transition first, against the version this body shows: a stale
-    # body (an event older than our own annotation patch) loses here, so every
-    # transition is recorded once, whatever the watch delivers.
-    if not await kube.try_patch_meta(plural_, ns, name, observed_patch(meta, change)):
-        return None  # the object changed since: its newer event follows
+    view: Mapping[str, Any] = body
+    # Claim the transition before its Event and metrics: a compare-and-swap on the
+    # observed-phase annotation. The watch may deliver a body older than our own
+    # annotation patch; checked against the object as it is now, a phase already
+    # recorded is not recorded again, and a newer one is recorded from the phase
+    # recorded last (so no phase a body shows is lost).
+    for _ in range(3):
+        change = observe_phase(view, now)
+        if change is None:
+            return None
+        view_meta = view.get("metadata") or {}
+        if await kube.try_patch_meta(plural_, ns, name, observed_patch(view_meta, change)):
+            break
+        current = await kube.get(plural_, ns, name)
+        if current is None:
+            return None
+        view = {**current, "status": {**(current.get("status") or {}), "phase": phase_of(body)}}
+    else:
+        return None
     message = str((body.get("status") or {}).get("message") or "")
-    etype, reason, text = event_for(kind, str(meta.get("name")), change, message)
+    etype, reason, text = event_for(kind, name, change, message)
     post_event(body, etype, reason, text)
     _record(kind, body, change, now)
     # Observed, not exact: phases are written by daemons too, and the control plane
@@ -291,19 +303,26 @@ async def _observe(
 
 
 def observed_patch(meta: Mapping[str, Any], change: PhaseChange) -> list[dict[str, Any]]:
-    """JSON patch: the phase-observed annotations, if the object is still at the
-    resourceVersion of ``meta``."""
+    """JSON patch writing the phase-observed annotations, if the record of what was
+    observed is still ``change.old`` (for a first observation, which has no record
+    to test: if the object is still at the resourceVersion of ``meta``)."""
     ops: list[dict[str, Any]] = []
-    if meta.get("resourceVersion"):
+    if change.old is not None:
+        ops.append({"op": "test", "path": _annotation(OBSERVED_PHASE), "value": change.old})
+    elif meta.get("resourceVersion"):
         ops.append(
             {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
         )
     if not meta.get("annotations"):
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
     for key, value in change.annotations.items():
-        pointer = key.replace("~", "~0").replace("/", "~1")
-        ops.append({"op": "add", "path": f"/metadata/annotations/{pointer}", "value": value})
+        ops.append({"op": "add", "path": _annotation(key), "value": value})
     return ops
+
+
+def _annotation(key: str) -> str:
+    """The JSON pointer of an annotation (RFC 6901 escapes '~' and '/')."""
+    return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
 
 
 async def on_persistent(

@@ -73,15 +73,23 @@ class FakeKube:
         for op in patch:
             path = op["path"]
             if op["op"] == "test":
-                assert path == "/metadata/resourceVersion"
-                if meta.get("resourceVersion") != op["value"]:
+                if path == "/metadata/resourceVersion":
+                    have = meta.get("resourceVersion")
+                else:
+                    key = path.removeprefix("/metadata/annotations/")
+                    have = (meta.get("annotations") or {}).get(
+                        key.replace("~1", "/").replace("~0", "~")
+                    )
+                if have != op["value"]:
                     return False
             elif path == "/metadata/annotations":
                 meta["annotations"] = dict(op["value"])
             else:
                 key = path.removeprefix("/metadata/annotations/")
                 meta["annotations"][key.replace("~1", "/").replace("~0", "~")] = op["value"]
-        meta["resourceVersion"] = str(int(meta.get("resourceVersion") or 0) + 1)
+        # Far from any version a test writes by hand: a body of before this patch
+        # never matches again.
+        meta["resourceVersion"] = str(int(meta.get("resourceVersion") or 0) + 100)
         return True
 
     async def delete(self, plural_: str, namespace: str, name: str) -> None:
@@ -423,6 +431,32 @@ async def test_a_stale_event_records_a_transition_once() -> None:
     assert events == ["CheckpointReady"]
     assert _duration_count() == before + 1
     assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Ready"
+
+
+async def test_a_newer_phase_in_a_body_without_our_record_is_not_lost() -> None:
+    """Another writer moved the phase on before our annotation patch landed: its
+    body carries no record of what we observed, and must still be recorded, from
+    the phase recorded last."""
+    kube = FakeKube()
+    body: dict[str, Any] = {
+        "kind": "Checkpoint",
+        "metadata": {"name": "n", "namespace": "ns", "resourceVersion": "7"},
+        "spec": {"runtime": "runc"},
+        "status": {"phase": "Ready"},
+    }
+    kube.objects[("checkpoints", "ns", "n")] = body
+    claimed = copy.deepcopy(body)  # the claim, written before our record landed
+    claimed["metadata"]["resourceVersion"] = "8"
+    claimed["status"]["phase"] = "Restoring"
+    events: list[str] = []
+
+    def post(obj: Any, t: str, r: str, m: str) -> None:
+        events.append(m)
+
+    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    await handlers.on_checkpoint(claimed, kube=kube, now=NOW, post_event=post)
+    assert events == ["Checkpoint n is Ready", "Checkpoint n is Restoring (was Ready)"]
+    assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Restoring"
 
 
 async def test_persistent_moves_to_checkpointing() -> None:
