@@ -253,8 +253,19 @@ async def on_checkpoint(
     meta = body.get("metadata") or {}
     ns, name = str(meta.get("namespace")), str(meta.get("name"))
     if not (body.get("status") or {}).get("phase"):
-        await kube.patch_status("checkpoints", ns, name, {"status": {"phase": "Pending"}})
-        return  # the resulting event records the transition
+        # Only if nobody wrote a phase since this body (a daemon creates its
+        # Checkpoints and sets Ready at once; Ready -> Pending would be refused).
+        ops: list[dict[str, Any]] = []
+        if meta.get("resourceVersion"):
+            ops.append(
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+            )
+        if body.get("status") is None:
+            ops.append({"op": "add", "path": "/status", "value": {"phase": "Pending"}})
+        else:
+            ops.append({"op": "add", "path": "/status/phase", "value": "Pending"})
+        await kube.try_patch_status("checkpoints", ns, name, ops)
+        return  # the resulting event (or the newer one) records the transition
     change = await _observe(
         "Checkpoint", "checkpoints", body, kube=kube, now=now, post_event=post_event
     )

@@ -149,14 +149,21 @@ class FakeKube:
         obj = self.objects.get((plural_, namespace, name))
         if obj is None:
             return None
-        status = obj.setdefault("status", {})
         for op in patch:
-            field = op["path"].removeprefix("/status/")
-            if op["op"] == "test" and status.get(field) != op["value"]:
+            if op["op"] != "test":
+                continue
+            if op["path"] == "/metadata/resourceVersion":
+                have = obj["metadata"].get("resourceVersion")
+            else:
+                have = (obj.get("status") or {}).get(op["path"].removeprefix("/status/"))
+            if have != op["value"]:
                 return None
         for op in patch:
-            if op["op"] == "replace":
-                status[op["path"].removeprefix("/status/")] = op["value"]
+            if op["op"] == "add" and op["path"] == "/status":
+                obj["status"] = dict(op["value"])
+            elif op["op"] in ("replace", "add"):
+                obj.setdefault("status", {})[op["path"].removeprefix("/status/")] = op["value"]
+        status = obj.get("status") or {}
         self.calls.append(("status", name, status.get("phase", "")))
         return obj
 
@@ -457,6 +464,30 @@ async def test_a_newer_phase_in_a_body_without_our_record_is_not_lost() -> None:
     await handlers.on_checkpoint(claimed, kube=kube, now=NOW, post_event=post)
     assert events == ["Checkpoint n is Ready", "Checkpoint n is Restoring (was Ready)"]
     assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Restoring"
+
+
+async def test_pending_is_set_only_when_no_phase_was_written_meanwhile() -> None:
+    kube = FakeKube()
+    stale: dict[str, Any] = {
+        "kind": "Checkpoint",
+        "metadata": {"name": "d", "namespace": "ns", "resourceVersion": "1"},
+        "spec": {},
+    }
+    kube.objects[("checkpoints", "ns", "d")] = {
+        **copy.deepcopy(stale),
+        "metadata": {"name": "d", "namespace": "ns", "resourceVersion": "2"},
+        "status": {"phase": "Ready"},  # the daemon's, before the operator's first look
+    }
+
+    def post(obj: Any, t: str, r: str, m: str) -> None:
+        pass
+
+    await handlers.on_checkpoint(stale, kube=kube, now=NOW, post_event=post)
+    assert kube.objects[("checkpoints", "ns", "d")]["status"] == {"phase": "Ready"}
+    fresh = {**stale, "metadata": {**stale["metadata"], "resourceVersion": "2"}}
+    kube.objects[("checkpoints", "ns", "d")] = fresh
+    await handlers.on_checkpoint(fresh, kube=kube, now=NOW, post_event=post)
+    assert fresh["status"] == {"phase": "Pending"}
 
 
 async def test_persistent_moves_to_checkpointing() -> None:
