@@ -51,8 +51,9 @@ class Operator:
     metrics_port: int
     log: Path
     label: str  # namespaces with NS_LABEL=label reach this operator's webhooks
-    system_namespace: str  # Architect's own: transfer key, node certificates, grants
+    system_namespace: str  # Architect's own: node certificates, grants (daemons read it)
     transfer_port: int  # where the control plane says source daemons serve images
+    trust_namespace: str  # the transfer CA and ticket key: the operator's alone
 
     def metric(self, name: str) -> float:
         """Sum of a Prometheus metric's samples (all label sets)."""
@@ -77,7 +78,8 @@ class Operator:
             out = kubectl(
                 self.cluster, "get", "ns", "-l", f"{NS_LABEL}={self.label}", "-o", "name"
             )
-            return [n for n in out.stdout.split() if n != f"namespace/{self.system_namespace}"]
+            own = {f"namespace/{self.system_namespace}", f"namespace/{self.trust_namespace}"}
+            return [n for n in out.stdout.split() if n not in own]
 
         left = others()
         if left:
@@ -149,8 +151,10 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
     label = uuid.uuid4().hex[:8]
     name = f"architect-e2e-engine-{label}"
     system_ns = f"architect-e2e-sys-{label}"
-    kubectl(control_plane, "create", "namespace", system_ns)
-    kubectl(control_plane, "label", "namespace", system_ns, f"{NS_LABEL}={label}")
+    trust_ns = f"architect-e2e-trust-{label}"
+    for ns in (system_ns, trust_ns):
+        kubectl(control_plane, "create", "namespace", ns)
+        kubectl(control_plane, "label", "namespace", ns, f"{NS_LABEL}={label}")
     env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -178,6 +182,8 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
                 "example.test/architect:e2e",
                 "--namespace",
                 system_ns,
+                "--trust-namespace",
+                trust_ns,
                 "--transfer-port",
                 str(transfer_port),
                 "--kubeconfig",
@@ -207,7 +213,9 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
             "-",
             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [mutating, validating]}),
         )
-        op = Operator(control_plane, port, metrics_port, log, label, system_ns, transfer_port)
+        op = Operator(
+            control_plane, port, metrics_port, log, label, system_ns, transfer_port, trust_ns
+        )
         eventually("metrics endpoint", lambda: _metrics_up(op), timeout_s=30)
         yield op
     finally:

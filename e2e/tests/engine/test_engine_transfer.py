@@ -69,8 +69,8 @@ def nodes(operator: Operator) -> Iterator[tuple[str, str]]:
         kubectl(operator.cluster, "delete", "node", *names, "--ignore-not-found", check=False)
 
 
-def _secret(op: Operator, name: str) -> dict[str, bytes]:
-    obj = get_json(op.cluster, f"secret/{name}", "-n", op.system_namespace)
+def _secret(op: Operator, name: str, namespace: str | None = None) -> dict[str, bytes]:
+    obj = get_json(op.cluster, f"secret/{name}", "-n", namespace or op.system_namespace)
     return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
 
 
@@ -210,7 +210,10 @@ def test_checkpoint_moves_to_a_replacement_on_another_node(
     src_tls, dst_tls = _node_tls(operator, src), _node_tls(operator, dst)
     # The source daemon verifies tickets with the key in its own node Secret.
     key = _secret(operator, trust.node_secret_name(src))[trust.TICKET_KEY_FIELD]
-    assert key == _secret(operator, trust.TRUST_SECRET)["key"]
+    assert key == _secret(operator, trust.TRUST_SECRET, operator.trust_namespace)["key"]
+    # The CA's key is in the operator's trust namespace, never where daemons read.
+    assert kubectl(operator.cluster, "get", f"secret/{trust.TRUST_SECRET}", "-n",
+                   operator.system_namespace, check=False).returncode != 0
     assert "ca.key" not in _secret(operator, trust.node_secret_name(src))
 
     async def move() -> Path:
