@@ -199,6 +199,18 @@ class _HashingReader:
         return len(b)
 
 
+def _stream(src: IO[bytes] | BinaryIO, out: IO[bytes] | BinaryIO | None) -> tuple[int, str]:
+    """Copy ``src`` to ``out`` (if given) in CHUNKs; its size and sha256."""
+    sha = hashlib.sha256()
+    size = 0
+    while chunk := src.read(CHUNK):
+        sha.update(chunk)
+        size += len(chunk)
+        if out is not None:
+            out.write(chunk)
+    return size, sha.hexdigest()
+
+
 def _walk(root: Path) -> Iterator[Path]:
     """Every entry under ``root``, parents first, sorted for stable images."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -369,20 +381,13 @@ def _place(src: Path, dst: Path, arc: str, link: bool) -> FileInfo | None:
             os.link(src, dst)
         except OSError:
             link = False
-    sha = hashlib.sha256()
-    size = 0
     with open(src, "rb") as f, contextlib.ExitStack() as stack:
-        out = None if link else stack.enter_context(open(dst, "xb"))
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-            if out is not None:
-                out.write(chunk)
+        size, digest = _stream(f, None if link else stack.enter_context(open(dst, "xb")))
     if not link:
         shutil.copystat(src, dst)
         with contextlib.suppress(OSError):
             os.lchown(dst, st.st_uid, st.st_gid)
-    return FileInfo(path=arc, size=size, sha256=sha.hexdigest())
+    return FileInfo(path=arc, size=size, sha256=digest)
 
 
 def _listing_digest(files: Iterable[FileInfo]) -> str:
@@ -527,19 +532,13 @@ def _check_dir(payload: Path, dest: Path | None, m: Manifest, where: str) -> Non
 
 
 def _check_copy(src: Path, dst: Path | None, info: FileInfo, where: str) -> None:
-    sha = hashlib.sha256()
-    size = 0
     with open(src, "rb") as f, contextlib.ExitStack() as stack:
         out = None
         if dst is not None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             out = stack.enter_context(open(dst, "xb"))
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-            if out is not None:
-                out.write(chunk)
-    if size != info.size or sha.hexdigest() != info.sha256:
+        size, digest = _stream(f, out)
+    if size != info.size or digest != info.sha256:
         raise ImageCorrupt(where, f"payload file '{info.path}' does not match its digest")
     if dst is not None:
         shutil.copystat(src, dst)
@@ -636,14 +635,8 @@ def _check_file(
     fobj = tar.extractfile(ti)
     if fobj is None:
         raise ImageCorrupt(where, f"payload member '{ti.name}' unreadable")
-    sha = hashlib.sha256()
-    size = 0
-    while chunk := fobj.read(CHUNK):
-        sha.update(chunk)
-        size += len(chunk)
-        if out is not None:
-            out.write(chunk)
-    if size != info.size or sha.hexdigest() != info.sha256:
+    size, digest = _stream(fobj, out)
+    if size != info.size or digest != info.sha256:
         raise ImageCorrupt(where, f"payload member '{ti.name}' does not match its digest")
 
 

@@ -140,11 +140,7 @@ class Migrations:
             w = self.armed_for(cid)
             if w is None:
                 continue
-            ready = await asyncio.to_thread(
-                self.images.handover_ready, w.template_hash, w.container
-            )
-            if ready:
-                await self.written(cid, ok=True)
+            if await self._finish_if_ready(cid, w):
                 done.append(f"{w.namespace}/{w.pod}: late handover finished")
             else:
                 self.store.drop_key(cid)
@@ -190,15 +186,16 @@ class Migrations:
         done = 0
         for cid in list(self.store.data):
             w = self.armed_for(cid)
-            if w is None:
-                continue
-            ready = await asyncio.to_thread(
-                self.images.handover_ready, w.template_hash, w.container
-            )
-            if ready:
-                await self.written(cid, ok=True)
+            if w is not None and await self._finish_if_ready(cid, w):
                 done += 1
         return done
+
+    async def _finish_if_ready(self, cid: str, w: Written) -> bool:
+        """The Checkpoint of a handover whose shim event was lost, if it is written."""
+        if not await asyncio.to_thread(self.images.handover_ready, w.template_hash, w.container):
+            return False
+        await self.written(cid, ok=True)
+        return True
 
     # --- the replacement -------------------------------------------------------
 
