@@ -189,14 +189,20 @@ class GcAction:
 
 
 def phase_since(obj: Mapping[str, Any]) -> datetime | None:
-    """When the current phase began, as the control plane recorded it."""
+    """When the current phase began, as the control plane recorded it.
+
+    Never recorded at all (no control plane saw the object yet): its creation.
+    Another phase recorded: the current one has just begun and its record is on
+    its way, so None (garbage collection waits for the record; ageing it from the
+    creation would delete a Consumed checkpoint the moment it is consumed)."""
     meta = obj.get("metadata") or {}
     ann = meta.get("annotations") or {}
-    if ann.get(OBSERVED_PHASE) == phase_of(obj):
-        t = parse_time(ann.get(PHASE_SINCE))
-        if t is not None:
-            return t
-    return parse_time(meta.get("creationTimestamp"))
+    observed = ann.get(OBSERVED_PHASE)
+    if observed is None:
+        return parse_time(meta.get("creationTimestamp"))
+    if observed != phase_of(obj):
+        return None
+    return parse_time(ann.get(PHASE_SINCE)) or parse_time(meta.get("creationTimestamp"))
 
 
 def plan_gc(

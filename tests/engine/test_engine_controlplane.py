@@ -140,6 +140,15 @@ def test_observe_phase_records_once() -> None:
     assert observe_phase(c, NOW) is None
 
 
+def test_gc_waits_for_the_record_of_a_phase_not_yet_observed() -> None:
+    # Consumed a moment ago; the control plane's record still says Restoring. Aged
+    # from its creation (an hour ago) it would go at once.
+    c = ckpt(phase="Consumed", created=3600, observed=("Restoring", 5))
+    assert plan_gc([c], NOW) == []
+    never = ckpt(phase="Consumed", created=3600)  # no control plane saw it: its creation
+    assert [a.verb for a in plan_gc([never], NOW)] == ["delete"]
+
+
 @pytest.mark.parametrize(
     ("phase", "age", "verb"),
     [
