@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -59,7 +59,8 @@ PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
 
 class KubeLike(Protocol):
     async def list_policies(self, namespace: str) -> list[dict[str, Any]]: ...
-    async def apply(self, ops: list[Op]) -> None: ...
+    async def apply(self, ops: list[Op]) -> bool:
+        """False when a write met a newer version of its object (409)."""
     async def get(self, plural_: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def list_objects(
         self, plural_: str, namespace: str | None = None, label_selector: str | None = None
@@ -100,6 +101,9 @@ class Review:
 
     warnings: list[str]
     ops: list[Op]
+    # The policies as they should be: a write that meets a newer version (e.g. the
+    # status pass wrote in between) is planned again from them.
+    desired: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def review_workload(body: Mapping[str, Any], *, dryrun: bool, kube: KubeLike) -> Review:
@@ -118,7 +122,7 @@ async def review_workload(body: Mapping[str, Any], *, dryrun: bool, kube: KubeLi
     namespace = (body.get("metadata") or {}).get("namespace") or "default"
     desired = desired_policies(body, policies)
     existing = await kube.list_policies(namespace)
-    return Review(warnings, plan_sync(body, desired, existing))
+    return Review(warnings, plan_sync(body, desired, existing), desired)
 
 
 def architect_annotations(obj: Mapping[str, Any] | None) -> dict[str, str]:
@@ -155,12 +159,15 @@ async def review_pod_update(
         f"{describe(body)}: Architect annotations edited on a pod of {owner.get('kind')} "
         f"{owner.get('name')}; its policies follow that workload's pod template: edit it there"
     )
-    return Review([*review.warnings, note], review.ops)
+    return Review([*review.warnings, note], review.ops, review.desired)
+
+
+CONFLICT_RETRIES = 5
 
 
 async def record_policies(
     body: Mapping[str, Any],
-    ops: list[Op],
+    review: Review,
     *,
     kube: KubeLike,
     attempts: int = 60,
@@ -170,7 +177,8 @@ async def record_policies(
 
     False when it never appears (the request failed after admission) or was
     replaced by another object of the same name: then nothing is written and
-    no orphan is left.
+    no orphan is left. A write that meets a newer version of a policy (409) is
+    planned again from the policies as they are now (a bounded number of times).
     """
     meta = body.get("metadata") or {}
     kind, ns, name = (
@@ -181,8 +189,15 @@ async def record_policies(
     for _ in range(attempts):
         uid = await kube.get_uid(kind, ns, name)
         if uid == meta.get("uid"):
-            await kube.apply(ops)
-            return True
+            ops = review.ops
+            for _ in range(CONFLICT_RETRIES):
+                if await kube.apply(ops):
+                    return True
+                ops = plan_sync(body, review.desired, await kube.list_policies(ns))
+            raise RuntimeError(
+                f"{describe(body)}: its policies kept changing under "
+                f"{CONFLICT_RETRIES} writes; not recorded"
+            )
         if uid is not None:
             return False
         await asyncio.sleep(every_s)

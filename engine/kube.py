@@ -59,30 +59,34 @@ class Kube:
     async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.list_policies_sync, namespace)
 
-    def _apply_sync(self, ops: Sequence[Op]) -> None:
+    def _apply_sync(self, ops: Sequence[Op]) -> bool:
+        """The writes in order; False at the first that met a newer version (409)."""
         for op in ops:
             res = plural(op.kind)
-            if op.verb == "create":
-                self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, op.namespace, res, dict(op.body or {})
-                )
-            elif op.verb == "replace":
-                body = dict(op.body or {})
-                body["metadata"] = {**body["metadata"], "resourceVersion": op.resource_version}
-                self.custom.replace_namespaced_custom_object(
-                    GROUP, VERSION, op.namespace, res, op.name, body
-                )
-            else:
-                try:
+            try:
+                if op.verb == "create":
+                    self.custom.create_namespaced_custom_object(
+                        GROUP, VERSION, op.namespace, res, dict(op.body or {})
+                    )
+                elif op.verb == "replace":
+                    body = dict(op.body or {})
+                    body["metadata"] = {**body["metadata"], "resourceVersion": op.resource_version}
+                    self.custom.replace_namespaced_custom_object(
+                        GROUP, VERSION, op.namespace, res, op.name, body
+                    )
+                else:
                     self.custom.delete_namespaced_custom_object(
                         GROUP, VERSION, op.namespace, res, op.name
                     )
-                except ApiException as err:
-                    if err.status != NotFound:
-                        raise
+            except ApiException as err:
+                if err.status == Conflict:  # a newer version, or created meanwhile
+                    return False
+                if not (op.verb == "delete" and err.status == NotFound):
+                    raise
+        return True
 
-    async def apply(self, ops: Sequence[Op]) -> None:
-        await asyncio.to_thread(self._apply_sync, ops)
+    async def apply(self, ops: Sequence[Op]) -> bool:
+        return await asyncio.to_thread(self._apply_sync, ops)
 
     # --- generic custom objects ----------------------------------------------
 

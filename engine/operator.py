@@ -28,7 +28,7 @@ from architect.engine.admission.webhooks import (
     VALIDATE_POD_UPDATE,
     VALIDATE_WORKLOAD,
 )
-from architect.engine.admission.workloads import AdmissionDenied, Op, describe
+from architect.engine.admission.workloads import AdmissionDenied, describe
 from architect.engine.config import OperatorConfig
 from architect.engine.controlplane.trust import Trust, TrustError
 from architect.engine.kube import Kube, load_config
@@ -178,15 +178,15 @@ async def _review(
     warnings.extend(review.warnings)
     if review.ops:
         # After the response: the object is stored only once admission is done.
-        task = asyncio.get_running_loop().create_task(_record(dict(body), review.ops, memo.kube))
+        task = asyncio.get_running_loop().create_task(_record(dict(body), review, memo.kube))
         _PENDING.add(task)
         task.add_done_callback(_PENDING.discard)
     metrics.ADMISSIONS.labels(handler=hid, allowed="true").inc()
 
 
-async def _record(body: dict[str, Any], ops: list[Op], kube: Kube) -> None:
+async def _record(body: dict[str, Any], review: handlers.Review, kube: Kube) -> None:
     try:
-        if not await handlers.record_policies(body, ops, kube=kube):
+        if not await handlers.record_policies(body, review, kube=kube):
             log.info("%s was not stored; its policies were not recorded", describe(body))
     except Exception:  # logged: admission already answered
         log.exception("recording the policies of %s failed", describe(body))

@@ -24,6 +24,7 @@ class FakeKube:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, ...]] = []
         self.uids: dict[tuple[str, str, str], str] = {}
+        self.conflicts = 0  # how many applies meet a newer version first
 
     async def get_uid(self, kind: str, namespace: str, name: str) -> str | None:
         return self.uids.get((kind, namespace, name))
@@ -35,7 +36,11 @@ class FakeKube:
             if ns == namespace and pl.endswith("policies")
         ]
 
-    async def apply(self, ops: list[Op]) -> None:
+    async def apply(self, ops: list[Op]) -> bool:
+        if self.conflicts:  # another writer got there first (e.g. the status pass)
+            self.conflicts -= 1
+            self.calls.append(("conflict",))
+            return False
         for op in ops:
             pl = "hibernationpolicies" if op.kind == "HibernationPolicy" else "migrationpolicies"
             self.calls.append((op.verb, op.kind, op.name))
@@ -43,6 +48,7 @@ class FakeKube:
                 self.objects.pop((pl, op.namespace, op.name), None)
             else:
                 self.objects[(pl, op.namespace, op.name)] = copy.deepcopy(op.body or {})
+        return True
 
     async def get(self, plural_: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((plural_, namespace, name))
@@ -192,7 +198,22 @@ async def review_and_record(kube: FakeKube, body: dict[str, Any]) -> bool:
     review = await handlers.review_workload(body, dryrun=False, kube=kube)
     assert review.warnings == []
     assert kube.calls == [], "admission itself writes nothing"
-    return await handlers.record_policies(body, review.ops, kube=kube, attempts=3, every_s=0)
+    return await handlers.record_policies(body, review, kube=kube, attempts=3, every_s=0)
+
+
+async def test_a_write_that_meets_a_newer_version_is_planned_again() -> None:
+    kube = FakeKube()
+    kube.uids[("ReplicaSet", "ns", "web")] = "u1"
+    kube.conflicts = 2
+    assert await review_and_record(kube, workload(GOOD))
+    assert kube.calls[:2] == [("conflict",), ("conflict",)]
+    assert len(kube.objects) == 2
+    kube2 = FakeKube()
+    kube2.uids[("ReplicaSet", "ns", "web")] = "u1"
+    kube2.conflicts = handlers.CONFLICT_RETRIES
+    with pytest.raises(RuntimeError, match="kept changing"):
+        await review_and_record(kube2, workload(GOOD))
+    assert kube2.objects == {}
 
 
 async def test_review_records_policies_once_the_owner_exists() -> None:
