@@ -396,6 +396,25 @@ async def test_checkpoint_events_once_per_transition() -> None:
     assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Failed"
 
 
+def _stored(kube: FakeKube, name: str, phase: str, rv: str | None = None) -> dict[str, Any]:
+    """A Checkpoint created 5 s ago, stored in ``kube`` (the same dict is returned)."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "creationTimestamp": fmt_time(NOW - timedelta(seconds=5)),
+    }
+    if rv is not None:
+        meta["resourceVersion"] = rv
+    body: dict[str, Any] = {
+        "kind": "Checkpoint",
+        "metadata": meta,
+        "spec": {"runtime": "runc", "reason": "Migration"},
+        "status": {"phase": phase},
+    }
+    kube.objects[("checkpoints", "ns", name)] = body
+    return body
+
+
 def _duration_count() -> float:
     from architect.engine import metrics
 
@@ -409,17 +428,7 @@ def _duration_count() -> float:
 
 async def test_checkpoint_duration_counts_the_first_ready_only() -> None:
     kube = FakeKube()
-    body: dict[str, Any] = {
-        "kind": "Checkpoint",
-        "metadata": {
-            "name": "d",
-            "namespace": "ns",
-            "creationTimestamp": fmt_time(NOW - timedelta(seconds=5)),
-        },
-        "spec": {"runtime": "runc", "reason": "Migration"},
-        "status": {"phase": "Pending"},
-    }
-    kube.objects[("checkpoints", "ns", "d")] = body
+    body = _stored(kube, "d", "Pending")
 
     def post(obj: Any, t: str, r: str, m: str) -> None:
         pass
@@ -435,18 +444,7 @@ async def test_a_stale_event_records_a_transition_once() -> None:
     """The watch may deliver the body of a version older than our own annotation
     patch (e.g. the one our lastTransitionTime patch made): it must not count again."""
     kube = FakeKube()
-    body: dict[str, Any] = {
-        "kind": "Checkpoint",
-        "metadata": {
-            "name": "s",
-            "namespace": "ns",
-            "resourceVersion": "7",
-            "creationTimestamp": fmt_time(NOW - timedelta(seconds=5)),
-        },
-        "spec": {"runtime": "runc", "reason": "Migration"},
-        "status": {"phase": "Ready"},
-    }
-    kube.objects[("checkpoints", "ns", "s")] = body
+    body = _stored(kube, "s", "Ready", rv="7")
     stale = copy.deepcopy(body)
     events: list[str] = []
 
@@ -466,13 +464,7 @@ async def test_a_newer_phase_in_a_body_without_our_record_is_not_lost() -> None:
     body carries no record of what we observed, and must still be recorded, from
     the phase recorded last."""
     kube = FakeKube()
-    body: dict[str, Any] = {
-        "kind": "Checkpoint",
-        "metadata": {"name": "n", "namespace": "ns", "resourceVersion": "7"},
-        "spec": {"runtime": "runc"},
-        "status": {"phase": "Ready"},
-    }
-    kube.objects[("checkpoints", "ns", "n")] = body
+    body = _stored(kube, "n", "Ready", rv="7")
     claimed = copy.deepcopy(body)  # the claim, written before our record landed
     claimed["metadata"]["resourceVersion"] = "8"
     claimed["status"]["phase"] = "Restoring"
