@@ -38,6 +38,9 @@ WORKLOAD_ANNOTATION: Final = PREFIX + "compiled-from-workload"
 TEMPLATE_HASH_LABEL: Final = PREFIX + "pod-template-hash"
 TEMPLATE_HASH_ANNOTATION: Final = TEMPLATE_HASH_LABEL
 COMPILED_LABEL: Final = PREFIX + "compiled-from"
+# Put by admission on a bare Pod that has no labels, so its compiled policies
+# can select it (and only it); the value names the pod (compiler.pod_label_value).
+POD_LABEL: Final = PREFIX + "pod"
 COMPILED_FROM_ANNOTATIONS: Final = "annotations"
 WRITTEN_BY_ARCHITECT: Final = frozenset({STATUS_ANNOTATION, TEMPLATE_HASH_ANNOTATION})
 

@@ -10,7 +10,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from architect.policy.compiler import WORKLOAD_KINDS, CompileError, compile_workload
+from architect.policy.compiler import (
+    WORKLOAD_KINDS,
+    CompileError,
+    compile_notes,
+    compile_workload,
+)
 from architect.policy.crdgen import crd_files
 from architect.policy.validation import resource_kind, validate_object
 from architect.policy.yamlio import Document, InputError, dump_documents, load_documents, read_text
@@ -54,6 +59,9 @@ def compile_files(paths: Iterable[str], out: TextIO, err: TextIO) -> int:
         except CompileError as e:
             _report(doc, (str(p) for p in e.problems), err)
             ok = False
+            continue
+        # What admission adds that the output cannot show (a bare Pod's label).
+        _report(doc, (f"note: {n}" for n in compile_notes(doc.obj)), err)
     if not ok:
         return 1
     if compiled:

@@ -8,6 +8,7 @@ reported together, each as ``KEY: value 'VALUE': RULE``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -38,6 +39,10 @@ _DNS_SUBDOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
 _NETWORK_MODES = ("packets", "connections")
+# A label value: at most 63 characters, alphanumerics with -_. inside.
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_MAX = 63
+_HASH_CHARS = 10
 # Where the pod template lives, per kind.
 _TEMPLATE_PATH: dict[str, tuple[str, ...]] = {
     "Pod": (),
@@ -139,6 +144,55 @@ def _read_template(obj: Mapping[str, Any]) -> _Template:
         containers=containers,
         runtime_class=runtime_class if isinstance(runtime_class, str) else None,
     )
+
+
+def pod_label_value(name: str) -> str:
+    """The ``POD_LABEL`` value of the pod ``name``: the name itself when it is a
+    valid label value, else (a pod name may have 253 characters, a label value
+    63) its start and a hash of the whole name, so distinct names get distinct
+    values."""
+    if _LABEL_VALUE.match(name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_HASH_CHARS]
+    start = re.sub(r"[^-A-Za-z0-9_.]", "", name)[: _LABEL_MAX - _HASH_CHARS - 1].strip("-_.")
+    return f"{start}-{digest}" if start else digest
+
+
+def generated_label_value(generate_name: str, token: str) -> str:
+    """The ``POD_LABEL`` value of a pod that has only a ``generateName`` when it is
+    admitted (the API server picks the name later): the prefix and a random token."""
+    start = re.sub(r"[^-A-Za-z0-9_.]", "", generate_name)[: _LABEL_MAX - len(token) - 1]
+    start = start.strip("-_.")
+    return f"{start}-{token}" if start else token
+
+
+def is_bare_unlabelled_pod(obj: Mapping[str, Any]) -> bool:
+    """A Pod without any label: its policies select it by ``POD_LABEL``."""
+    if obj.get("kind") != "Pod":
+        return False
+    meta = obj.get("metadata")
+    return not (isinstance(meta, Mapping) and _string_map(meta.get("labels")))
+
+
+def compile_notes(obj: Mapping[str, Any]) -> list[str]:
+    """What ``architect compile`` cannot show but admission will do (printed as notes)."""
+    if not is_bare_unlabelled_pod(obj) or not architect_annotations(obj):
+        return []
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    name, generate = str(meta.get("name") or ""), str(meta.get("generateName") or "")
+    owned = "the policies are owned by the Pod (ownerReference) and deleted with it"
+    if name:
+        return [
+            f"the Pod has no labels: admission labels it {a.POD_LABEL}={pod_label_value(name)} "
+            f"and the policies select it by that label; {owned}"
+        ]
+    shown = pod_label_value(generate.rstrip("-")) if generate.rstrip("-") else ""
+    return [
+        f"the Pod has no labels and no name (generateName {generate!r}): admission labels it "
+        f"{a.POD_LABEL}=<generateName and a random suffix> and names the policies after the "
+        f"pod's generated name; the selector shown uses {shown!r}; {owned}"
+    ]
 
 
 def architect_annotations(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -430,7 +484,8 @@ def _metadata(tpl: _Template) -> ObjectMeta:
 
 
 def _build(tpl: _Template, p: _Parsed, runtime: str) -> list[Policy]:
-    selector = LabelSelector(match_labels=dict(sorted(tpl.labels.items())))
+    labels = tpl.labels or {a.POD_LABEL: pod_label_value(tpl.name)}
+    selector = LabelSelector(match_labels=dict(sorted(labels.items())))
     if runtime == "runsc":
         if not p.managed_pod:
             return []
@@ -499,7 +554,8 @@ def compile_workload(obj: Mapping[str, Any]) -> list[Policy]:
             )
     if not tpl.name:
         ctx.fail("metadata.name", "", f"the {tpl.kind} needs a name to name its policies")
-    if not tpl.labels:
+    if not tpl.labels and tpl.kind != "Pod":
+        # A bare Pod is selected by the label admission gives it (POD_LABEL).
         ctx.fail(
             "metadata.labels",
             "{}",

@@ -7,13 +7,25 @@ the mutated pod dict out (the input is not modified).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from architect.engine.admission.workloads import AdmissionDenied, compile_or_deny, describe
-from architect.policy.annotations import TEMPLATE_HASH_ANNOTATION, TEMPLATE_HASH_LABEL
-from architect.policy.compiler import Policy, pod_template
+from architect.engine.admission.workloads import (
+    AdmissionDenied,
+    compile_or_deny,
+    describe,
+    owns_its_policies,
+)
+from architect.policy.annotations import POD_LABEL, TEMPLATE_HASH_ANNOTATION, TEMPLATE_HASH_LABEL
+from architect.policy.compiler import (
+    Policy,
+    generated_label_value,
+    is_bare_unlabelled_pod,
+    pod_label_value,
+    pod_template,
+)
 from architect.policy.models import HibernationPolicy, PortMapping
 
 STATUS_DIR = "/run/architect"
@@ -105,15 +117,43 @@ def template_hash(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _token() -> str:
+    return secrets.token_hex(5)
+
+
+def pod_label(pod: Mapping[str, Any], new_token: Callable[[], str] = _token) -> str | None:
+    """The ``POD_LABEL`` value a bare, unlabelled Pod gets; None for any other pod.
+
+    Its name when it has one; a pod created with only ``generateName`` has no
+    name yet at this point (the API server picks it after the mutating
+    webhooks), so it gets the prefix and a random token: two pods of one
+    generateName never select each other.
+    """
+    if not is_bare_unlabelled_pod(pod) or not owns_its_policies(pod):
+        return None
+    meta = pod.get("metadata") or {}
+    if meta.get("name"):
+        return pod_label_value(str(meta["name"]))
+    return generated_label_value(str(meta.get("generateName") or ""), new_token())
+
+
 def mutate_pod(
-    pod: Mapping[str, Any], policy: HibernationPolicy | None, config: SidecarConfig
+    pod: Mapping[str, Any],
+    policy: HibernationPolicy | None,
+    config: SidecarConfig,
+    new_token: Callable[[], str] = _token,
 ) -> dict[str, Any]:
-    """The pod with sidecars, probe rewrites and the template-hash label and annotation added.
+    """The pod with sidecars, probe rewrites and the template-hash label and annotation
+    added, and a bare pod without labels labelled ``POD_LABEL`` (its policies select it
+    by that label).
 
     Idempotent: a pod that already has them (a reinvoked webhook) is unchanged.
     """
     out = copy.deepcopy(dict(pod))
     meta = out.setdefault("metadata", {})
+    label = pod_label(out, new_token)
+    if label is not None:
+        meta["labels"] = {POD_LABEL: label}
     th = template_hash(out)
     if th and not (meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL):
         meta.setdefault("labels", {})[TEMPLATE_HASH_LABEL] = th
@@ -183,8 +223,7 @@ def hibernation_policy(policies: list[Policy]) -> HibernationPolicy | None:
     return next((p for p in policies if isinstance(p, HibernationPolicy)), None)
 
 
-def validate_workload(obj: Mapping[str, Any]) -> list[Policy]:
-    """Compile a Pod's or workload's annotations and check its ports; deny on any problem."""
+def _compile_and_check(obj: Mapping[str, Any]) -> list[Policy]:
     policies = compile_or_deny(obj)
     _, spec = pod_template(obj)
     problems = check_ports({"spec": spec}, hibernation_policy(policies))
@@ -195,7 +234,28 @@ def validate_workload(obj: Mapping[str, Any]) -> list[Policy]:
     return policies
 
 
-def admit_pod(pod: Mapping[str, Any], config: SidecarConfig) -> dict[str, Any]:
+def validate_workload(obj: Mapping[str, Any]) -> list[Policy]:
+    """Compile a Pod's or workload's annotations and check its ports; deny on any problem.
+
+    A stored Pod (validation, after mutation) that still has no labels was never
+    labelled by the mutating webhook (created before it, or its annotations were
+    added later): its policies could select nothing, so the edit is refused with
+    the label to add.
+    """
+    policies = _compile_and_check(obj)
+    meta = obj.get("metadata") or {}
+    if policies and meta.get("uid") and is_bare_unlabelled_pod(obj) and owns_its_policies(obj):
+        value = pod_label_value(str(meta.get("name") or ""))
+        raise AdmissionDenied(
+            f"{describe(obj)}: the pod has no labels, so its compiled policies cannot select "
+            f"it: label it first (kubectl label pod {meta.get('name')} {POD_LABEL}={value})"
+        )
+    return policies
+
+
+def admit_pod(
+    pod: Mapping[str, Any], config: SidecarConfig, new_token: Callable[[], str] = _token
+) -> dict[str, Any]:
     """The mutated pod, or AdmissionDenied with the compiler's message."""
-    policies = validate_workload(pod)
-    return mutate_pod(pod, hibernation_policy(policies), config)
+    policies = _compile_and_check(pod)
+    return mutate_pod(pod, hibernation_policy(policies), config, new_token)

@@ -122,3 +122,31 @@ def test_daemon_subcommand_hands_over_its_flags() -> None:
     assert missing.returncode != 0
     assert "--node: not given and NODE_NAME is not set" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+BARE_POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bare
+  annotations:
+    architect.loopholelabs.io/managed-containers: '["app"]'
+    architect.loopholelabs.io/network-monitor: '{"app": "packets"}'
+spec:
+  runtimeClassName: runc-architect
+  containers:
+  - name: app
+    image: registry.local/app:1
+"""
+
+
+def test_compile_bare_pod_without_labels() -> None:
+    r = run("compile", "-f", "-", stdin=BARE_POD)
+    assert r.returncode == 0, r.stderr
+    docs = [d.obj for d in load_documents(r.stdout, "out")]
+    assert [d["kind"] for d in docs] == ["HibernationPolicy", "MigrationPolicy"]
+    for d in docs:
+        assert d["spec"]["selector"]["matchLabels"] == {"architect.loopholelabs.io/pod": "bare"}
+    assert "note: the Pod has no labels: admission labels it architect.loopholelabs.io/pod=bare" \
+        in r.stderr
+    assert "Traceback" not in r.stderr

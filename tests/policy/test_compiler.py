@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -10,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from architect.policy import annotations as a
-from architect.policy.compiler import CompileError, compile_workload, pod_template
+from architect.policy.compiler import (
+    CompileError,
+    compile_notes,
+    compile_workload,
+    generated_label_value,
+    pod_label_value,
+    pod_template,
+)
 from architect.policy.validation import validate_object
 
 P = a.PREFIX
@@ -261,6 +269,82 @@ def test_workload_kinds(api: str, kind: str, spec: dict[str, Any]) -> None:
     assert pod_template(obj)[1]["containers"] == [{"name": "app"}]
 
 
+def test_workload_template_without_labels_is_refused() -> None:
+    tpl = {**TEMPLATE, "metadata": {"annotations": MANAGED}}
+    obj = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"},
+           "spec": {"template": tpl}}
+    assert problems(obj) == [
+        "metadata.labels: value '{}': the pod template needs labels: the compiled "
+        "policies select its pods by them"
+    ]
+
+
+# --- bare pods without labels ------------------------------------------------------
+
+
+def test_bare_pod_without_labels_is_selected_by_its_pod_label() -> None:
+    out = compiled(pod({**MANAGED, P + "network-monitor": '{"app":"packets"}'}, labels={}))
+    for kind in ("HibernationPolicy", "MigrationPolicy"):
+        assert out[kind]["metadata"]["name"] == "p"
+        assert out[kind]["spec"]["selector"]["matchLabels"] == {a.POD_LABEL: "p"}
+    assert compile_notes(pod(MANAGED, labels={})) == [
+        f"the Pod has no labels: admission labels it {a.POD_LABEL}=p and the policies select "
+        "it by that label; the policies are owned by the Pod (ownerReference) and deleted "
+        "with it"
+    ]
+
+
+def test_labelled_pod_has_no_note_and_keeps_its_selector() -> None:
+    obj = pod(MANAGED)
+    assert compile_notes(obj) == []
+    assert compiled(obj)["HibernationPolicy"]["spec"]["selector"]["matchLabels"] == {"app": "p"}
+
+
+def test_admitted_bare_pod_compiles_to_the_same_selector() -> None:
+    # After the mutating webhook: the pod carries the label, the selector is the same.
+    before = compiled(pod(MANAGED, labels={}))
+    after = compiled(pod(MANAGED, labels={a.POD_LABEL: "p"}))
+    assert before == after
+
+
+def test_generate_name_pod_compiles_with_a_note() -> None:
+    obj = pod(MANAGED, labels={})
+    del obj["metadata"]["name"]
+    obj["metadata"]["generateName"] = "web-"
+    out = compiled(obj)
+    assert out["HibernationPolicy"]["spec"]["selector"]["matchLabels"] == {a.POD_LABEL: "web"}
+    (note,) = compile_notes(obj)
+    assert "generateName 'web-'" in note and "random suffix" in note
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("web", "web"),
+        ("a.b-c", "a.b-c"),
+        ("x" * 63, "x" * 63),
+    ],
+)
+def test_pod_label_value_is_the_name_when_it_fits(name: str, expected: str) -> None:
+    assert pod_label_value(name) == expected
+
+
+@given(st.from_regex(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", fullmatch=True))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_pod_label_value_is_always_a_valid_label_value(name: str) -> None:
+    value = pod_label_value(name)
+    assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", value), value
+    if len(name) > 63:  # distinct long names get distinct values (the hash)
+        assert pod_label_value(name + "z") != value
+
+
+def test_generated_label_value() -> None:
+    assert generated_label_value("web-", "3fa9c0e1b2") == "web-3fa9c0e1b2"
+    assert generated_label_value("", "3fa9c0e1b2") == "3fa9c0e1b2"
+    long = generated_label_value("a" * 80 + "-", "3fa9c0e1b2")
+    assert len(long) == 63 and long.endswith("-3fa9c0e1b2")
+
+
 # --- rules: each message names key, value and rule -------------------------------
 
 RULES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
@@ -452,12 +536,6 @@ RULES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
         MANAGED,
         {"runtime": "kata"},
         "needs runtimeClassName runc-architect or runsc-architect (the pod template has kata)",
-    ),
-    (
-        "no labels",
-        MANAGED,
-        {"labels": {}},
-        "metadata.labels: value '{}': the pod template needs labels",
     ),
 ]
 
