@@ -57,12 +57,17 @@ class CheckpointOptions:
 class AddressRewrite:
     """Pod IPs to rewrite in socket images when restoring into another pod.
 
-    Listeners bound to ``old`` become wildcard (0.0.0.0 / ::); established
-    connections get ``new`` as their source. Pairs of the same family.
+    With ``listeners``, listeners (and unconnected datagram sockets) bound to
+    ``old`` become wildcard (0.0.0.0 / ::); with ``established``, connected
+    sockets get ``new`` as their source. Pairs of the same family; an
+    unspecified ``new`` (the new pod has no address of that family) rewrites
+    listeners only.
     """
 
     old: IPAddress
     new: IPAddress
+    listeners: bool = True
+    established: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,10 @@ class RestoreOptions:
     # engine is started with them, and a container whose stdio were pipes gets
     # these in their place (runc's inherit-fd). None: /dev/null and log files.
     stdio: tuple[int, int, int] | None = None
+    # Put the image's emptyDir content back (into Container.empty_dirs). False:
+    # the container's emptyDirs are left exactly as they are (a local wake: the
+    # volume never left the node, and other containers may have written to it).
+    empty_dirs: bool = True
 
 
 DEFAULT_CHECKPOINT = CheckpointOptions()

@@ -165,7 +165,9 @@ class EngineBackend(Backend):
             raise RestoreFailed(container.id, f"bundle {bundle} has no config.json")
         await self.version()
         targets = container.empty_dirs or None
-        if targets is not None and len(targets) != len(manifest.empty_dirs):
+        if options.empty_dirs and targets is not None and len(targets) != len(
+            manifest.empty_dirs
+        ):
             raise ImageMismatch(
                 image_dir,
                 f"image holds {len(manifest.empty_dirs)} emptyDir(s), "
@@ -182,7 +184,8 @@ class EngineBackend(Backend):
             engine_dir, work_dir = unpacked / image.ENGINE_DIR, scratch / "work"
             work_dir.mkdir()
             details = self._prepare(engine_dir, options)
-            await asyncio.to_thread(image.put_back_empty_dirs, unpacked, manifest, targets)
+            if options.empty_dirs:
+                await asyncio.to_thread(image.put_back_empty_dirs, unpacked, manifest, targets)
             pid_file = scratch / "pid"
             t_engine = time.monotonic()
             done = await self._restore(container, bundle, engine_dir, work_dir, pid_file, options)

@@ -28,6 +28,7 @@ import os
 import shutil
 import stat
 import tarfile
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
@@ -643,10 +644,13 @@ def _check_file(
 def put_back_empty_dirs(
     unpacked: Path, m: Manifest, targets: tuple[Path, ...] | None = None
 ) -> None:
-    """Replace each emptyDir's content with the one saved in the image.
+    """Put each emptyDir's saved content into its target.
 
     ``targets``: where the n-th emptyDir goes (a replacement pod has new paths);
-    None: back where it was taken from."""
+    None: back where it was taken from. An entry of the image replaces the
+    target's entry of the same name; the target's other entries stay (another
+    container of the pod, an init container say, may have written them: nothing
+    a user wrote is deleted)."""
     paths = targets if targets is not None else tuple(Path(p) for p in m.empty_dirs)
     if len(paths) != len(m.empty_dirs):
         raise ImageMismatch(
@@ -656,14 +660,54 @@ def put_back_empty_dirs(
     for i, target in enumerate(paths):
         src = unpacked / EMPTYDIR_DIR / str(i)
         target.mkdir(parents=True, exist_ok=True)
-        for child in list(target.iterdir()):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-        if src.is_dir():
-            for child in list(src.iterdir()):
-                _move(child, target / child.name)
+        if not src.is_dir():
+            continue
+        for child in list(src.iterdir()):
+            dst = target / child.name
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            elif dst.exists() or dst.is_symlink():
+                dst.unlink()
+            _move(child, dst)
+
+
+def _scratch(beside: Path, what: str) -> Path:
+    """A fresh hidden directory path next to ``beside`` (same filesystem), not made."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    return beside.parent / f".{beside.name}.{what}-{uuid.uuid4().hex[:8]}"
+
+
+def place_empty_dirs(image_dir: Path, targets: tuple[Path, ...]) -> Manifest:
+    """Verify the image and put its emptyDir content into ``targets`` (the n-th
+    saved volume into the n-th path), without restoring anything: a replacement
+    that stays hibernated gets its volumes at create, like one that restores."""
+    scratch = _scratch(image_dir, "emptydirs")
+    try:
+        m = unpack(image_dir, scratch)
+        put_back_empty_dirs(scratch, m, targets)
+        return m
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # only we wrote there: no mounts
+
+
+def repack(
+    image_dir: Path, dest: Path, empty_dirs: Iterable[Path], compression: str = "auto"
+) -> Manifest:
+    """The image at ``image_dir`` as a new image in ``dest``, its emptyDir trees
+    replaced by the content of ``empty_dirs`` now (none: the new image holds none).
+    A hibernation image carries no emptyDir; a migration that should move them
+    repacks it with the volumes as they are at the pod's stop."""
+    scratch = _scratch(image_dir, "repack")
+    try:
+        m = unpack(image_dir, scratch)
+        return pack(
+            dest, scratch / ENGINE_DIR, empty_dirs,
+            backend=m.backend, backend_version=m.backend_version, scope=m.scope,
+            container=m.container, pod_template_hash=m.pod_template_hash,
+            memory_bytes=m.memory_bytes, compression=compression, addresses=m.addresses,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _move(src: Path, dst: Path) -> None:

@@ -61,15 +61,17 @@ def _mapped(a: IPAddress) -> ipaddress.IPv6Address | None:
     return None
 
 
-def _match(addr: IPAddress, rewrites: Sequence[AddressRewrite]) -> IPAddress | None:
-    """The new address for ``addr``, in ``addr``'s own form, or None."""
+def _match(
+    addr: IPAddress, rewrites: Sequence[AddressRewrite]
+) -> tuple[AddressRewrite, IPAddress] | None:
+    """The rule for ``addr`` and its new address in ``addr``'s own form, or None."""
     for r in rewrites:
         if addr == r.old:
-            return r.new
+            return r, r.new
         mapped_old, mapped_new = _mapped(r.old), _mapped(r.new)
         if mapped_old is not None and addr == mapped_old:
             # An AF_INET6 socket talking IPv4 stores v4-mapped addresses.
-            return mapped_new if mapped_new is not None else r.new
+            return r, mapped_new if mapped_new is not None else r.new
     return None
 
 
@@ -95,22 +97,36 @@ def rewrite_socket(
     dst: IPAddress | None,
     rewrites: Sequence[AddressRewrite],
 ) -> list[SocketChange]:
-    """What to change in one inet socket; empty if it does not use an old IP."""
+    """What to change in one inet socket; empty if it does not use an old IP or
+    its kind (listener / connected) is not one its rule rewrites."""
     changes: list[SocketChange] = []
     unconnected = state == TCP_LISTEN or (sock_type == SOCK_DGRAM and state == TCP_CLOSE)
-    if src is not None and (new := _match(src, rewrites)) is not None:
-        target = _wildcard(src) if unconnected else new
-        changes.append(SocketChange(ino, "src", src, target))
-    if dst is not None and not unconnected and (new := _match(dst, rewrites)) is not None:
-        # A connection to its own pod IP follows the pod to its new IP.
-        changes.append(SocketChange(ino, "dst", dst, new))
+    if src is not None and (hit := _match(src, rewrites)) is not None:
+        rule, new = hit
+        if unconnected and rule.listeners:
+            changes.append(SocketChange(ino, "src", src, _wildcard(src)))
+        elif not unconnected and rule.established and not new.is_unspecified:
+            changes.append(SocketChange(ino, "src", src, new))
+    if dst is not None and not unconnected and (hit := _match(dst, rewrites)) is not None:
+        rule, new = hit
+        if rule.established and not new.is_unspecified:
+            # A connection to its own pod IP follows the pod to its new IP.
+            changes.append(SocketChange(ino, "dst", dst, new))
     return changes
 
 
-def rewrites_between(old: Sequence[str], new: Sequence[str]) -> tuple[AddressRewrite, ...]:
+def rewrites_between(
+    old: Sequence[str],
+    new: Sequence[str],
+    *,
+    listeners: bool = True,
+    established: bool = True,
+) -> tuple[AddressRewrite, ...]:
     """Pairs old -> new pod IP, per family (the first address of each): what to
     rewrite when an image taken in a pod with ``old`` IPs restores into one with
-    ``new``. Equal addresses and families the new pod lacks give no pair."""
+    ``new``. Equal addresses give no pair; a family the new pod lacks gives a
+    listeners-only pair (to the wildcard), or none without ``listeners``.
+    Neither kind asked for: no pairs."""
     def first(addrs: Sequence[str], version: int) -> IPAddress | None:
         for a in addrs:
             ip = ipaddress.ip_address(a)
@@ -118,11 +134,17 @@ def rewrites_between(old: Sequence[str], new: Sequence[str]) -> tuple[AddressRew
                 return ip
         return None
 
+    if not (listeners or established):
+        return ()
     pairs = []
     for version in (4, 6):
         o, n = first(old, version), first(new, version)
-        if o is not None and n is not None and o != n:
-            pairs.append(AddressRewrite(o, n))
+        if o is None or o == n:
+            continue
+        if n is not None:
+            pairs.append(AddressRewrite(o, n, listeners, established))
+        elif listeners:
+            pairs.append(AddressRewrite(o, _wildcard(o), listeners=True, established=False))
     return tuple(pairs)
 
 

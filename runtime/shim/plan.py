@@ -20,6 +20,10 @@ ANN_TEMPLATE_HASH = keys.TEMPLATE_HASH_LABEL
 ANN_SCALEUP_TIMEOUT = keys.SCALEUP_TIMEOUT
 ANN_MANAGED = keys.MANAGED_CONTAINERS
 ANN_MANAGED_POD = keys.MANAGED_POD
+ANN_MIGRATE_EMPTYDIR = keys.MIGRATE_EMPTYDIR
+ANN_AUTOSCALEUP = keys.POSTMIGRATION_AUTOSCALEUP
+ANN_REWRITE_LISTENER = keys.REWRITE_LISTENER
+ANN_REWRITE_ESTABLISHED = keys.REWRITE_ESTABLISHED
 CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
 CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
@@ -57,6 +61,10 @@ class StartPlan:
     image: Path | None = None
     wait_seconds: float = 0.0  # how long to wait for a pending handover
     consume: bool = True  # remove the image once restored (not a PersistentCheckpoint's)
+    # A handover: restore and run (postmigration-autoscaleup lists the container),
+    # or stay hibernated with the image as its hibernation image (False).
+    wake: bool = True
+    handover: bool = False  # the image is another pod's (its emptyDirs may travel)
 
 
 def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
@@ -73,19 +81,59 @@ def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
     return parse_duration(str(value)) if value is not None else DEFAULT_SCALEUP_TIMEOUT
 
 
-def managed_containers(annotations: Mapping[str, str]) -> tuple[str, ...]:
-    """The container names of the managed-containers annotation (none when absent)."""
-    raw = annotations.get(ANN_MANAGED)
+def container_list(annotations: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """The container names of a JSON-list annotation (none when absent)."""
+    raw = annotations.get(key)
     if not raw:
         return ()
     want = keys.Shape.CONTAINER_LIST.value
     try:
         value = json.loads(raw)
     except ValueError:
-        raise PlanError(f"{ANN_MANAGED}: value {raw!r}: not JSON; want a {want}") from None
+        raise PlanError(f"{key}: value {raw!r}: not JSON; want a {want}") from None
     if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-        raise PlanError(f"{ANN_MANAGED}: value {raw!r}: want a {want}")
+        raise PlanError(f"{key}: value {raw!r}: want a {want}")
     return tuple(value)
+
+
+def managed_containers(annotations: Mapping[str, str]) -> tuple[str, ...]:
+    """The container names of the managed-containers annotation (none when absent)."""
+    return container_list(annotations, ANN_MANAGED)
+
+
+@dataclass(frozen=True)
+class MigrationChoices:
+    """What a migration does for one container, by its pod's annotations. Every
+    default is the seed's: nothing listed, so emptyDirs stay behind, the
+    replacement stays hibernated, and no socket address is rewritten."""
+
+    empty_dirs: bool = False  # migrate-emptydir-containers: its emptyDirs travel
+    wake: bool = False  # postmigration-autoscaleup-containers: it runs right after
+    rewrite_listeners: bool = False  # rewrite-listener-addresses-containers
+    rewrite_established: bool = False  # rewrite-established-addresses-containers
+    # Malformed annotations, read as their default (admission rejects them; a pod
+    # that got past it must still start).
+    problems: tuple[str, ...] = ()
+
+
+def migration_choices(annotations: Mapping[str, str], container: str) -> MigrationChoices:
+    """The four per-container migration annotations for ``container``; never raises."""
+    problems: list[str] = []
+
+    def listed(key: str) -> bool:
+        try:
+            return container in container_list(annotations, key)
+        except PlanError as e:
+            problems.append(str(e))
+            return False
+
+    return MigrationChoices(
+        empty_dirs=listed(ANN_MIGRATE_EMPTYDIR),
+        wake=listed(ANN_AUTOSCALEUP),
+        rewrite_listeners=listed(ANN_REWRITE_LISTENER),
+        rewrite_established=listed(ANN_REWRITE_ESTABLISHED),
+        problems=tuple(problems),
+    )
 
 
 def migration_expected(annotations: Mapping[str, str]) -> bool:
@@ -121,6 +169,8 @@ def plan_start(
       template-hash path;
     - runc: a handover image for the same pod-template-hash and container name,
       waiting up to scaleup-timeout while the daemon marks it pending; else fresh.
+      It runs at once only when postmigration-autoscaleup-containers lists the
+      container; else it stays hibernated (``wake`` False) until a packet or exec.
     """
     if own_image is not None and (own_image / READY_MARK).exists():
         return StartPlan("restore", "own hibernation image", own_image)
@@ -132,15 +182,19 @@ def plan_start(
         ns = annotations.get(CRI_SANDBOX_NAMESPACE, "default")
         d = persistent_dir(state_root, ns, ref)
         if (d / READY_MARK).exists():
-            return StartPlan("restore", f"PersistentCheckpoint {ref}", d, consume=False)
+            return StartPlan("restore", f"PersistentCheckpoint {ref}", d, consume=False,
+                             handover=True)
         return StartPlan("fresh", f"PersistentCheckpoint {ref} not available on this node")
     thash = annotations.get(ANN_TEMPLATE_HASH, "")
     if not thash or not name:
         return StartPlan("fresh", "no pod-template-hash / container name")
     d = handover_dir(state_root, thash, name)
+    wake = migration_choices(annotations, name).wake
     if (d / READY_MARK).exists():
-        return StartPlan("restore", f"handover checkpoint for {thash}/{name}", d)
+        return StartPlan("restore", f"handover checkpoint for {thash}/{name}", d,
+                         wake=wake, handover=True)
     if (d / PENDING_MARK).exists():
         wait = scaleup_timeout(annotations, name)
-        return StartPlan("restore", f"handover checkpoint for {thash}/{name} pending", d, wait)
+        return StartPlan("restore", f"handover checkpoint for {thash}/{name} pending", d, wait,
+                         wake=wake, handover=True)
     return StartPlan("fresh", f"no checkpoint for {thash}/{name}")

@@ -24,12 +24,15 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from architect.runtime.checkpoint import (
+    AddressRewrite,
     CheckpointError,
     CheckpointOptions,
     ImageError,
+    ImageMismatch,
     RestoreOptions,
 )
 from architect.runtime.checkpoint import Container as CkptContainer
+from architect.runtime.checkpoint import image as ckpt_image
 from architect.runtime.checkpoint._fs import safe_rmtree
 from architect.runtime.checkpoint.image import MANIFEST
 from architect.runtime.checkpoint.rewrite import rewrites_between
@@ -410,12 +413,19 @@ class TaskService:
             pid_file = bundle / "init.pid"
             c.start_reason = decision.reason
             if decision.path == "restore" and not req.terminal:
-                pid = await self._restore_on_create(c, decision)
-                if pid:
-                    init.pid = pid
-                    init.status = RUNNING  # restored processes run at once
-                    c.start_path = "restore"
-            if not init.pid:
+                if not decision.wake:
+                    if await self._hibernate_on_create(c, decision):
+                        # No process: RUNNING in containerd's eyes, as any
+                        # hibernated container; the first packet or exec wakes it.
+                        init.status = RUNNING
+                        c.start_path = "restore"
+                else:
+                    pid = await self._restore_on_create(c, decision)
+                    if pid:
+                        init.pid = pid
+                        init.status = RUNNING  # restored processes run at once
+                        c.start_path = "restore"
+            if not init.pid and not c.hibernated:
                 log.info("%s: starting fresh (%s)", c.id, c.start_reason)
                 if isinstance(init.io, ConsoleIO):
                     got = asyncio.create_task(init.io.receive())
@@ -471,26 +481,66 @@ class TaskService:
             return ConsoleIO(c.state_dir / name, p.stdin, p.stdout)
         return PipeIO(p.stdin, p.stdout, p.stderr)
 
-    def _ckpt(self, c: Container, addresses: tuple[str, ...] = ()) -> CkptContainer:
-        """``c`` as the checkpoint backend sees it: its emptyDirs travel in the image."""
+    def _ckpt(
+        self,
+        c: Container,
+        addresses: tuple[str, ...] = (),
+        empty_dirs: tuple[Path, ...] = (),
+    ) -> CkptContainer:
+        """``c`` as the checkpoint backend sees it. ``empty_dirs``: the volumes whose
+        content travels in (checkpoint) or comes out of (restore) the image; none
+        unless migrate-emptydir-containers lists the container."""
         import ipaddress
 
         return self.runc(self._binary).container(
             c.id,
             c.bundle,
             c.annotations.get(plan.ANN_TEMPLATE_HASH, ""),
-            podinfo.empty_dirs(podinfo.read_spec(c.bundle)),
+            empty_dirs,
             tuple(ipaddress.ip_address(a) for a in addresses),
         )
+
+    def _choices(self, c: Container) -> plan.MigrationChoices:
+        name = c.annotations.get(plan.CRI_CONTAINER_NAME, "")
+        choices = plan.migration_choices(c.annotations, name)
+        for problem in choices.problems:  # admission rejects these; never fail the pod
+            log.warning("%s: %s: read as the default (not listed)", c.id, problem)
+        return choices
+
+    def _travelling_dirs(self, c: Container) -> tuple[Path, ...]:
+        """The emptyDirs that move with a migration of ``c`` (opted in only)."""
+        if not self._choices(c).empty_dirs:
+            return ()
+        return podinfo.empty_dirs(podinfo.read_spec(c.bundle))
+
+    async def _rewrites(self, c: Container, image: Path) -> tuple[AddressRewrite, ...]:
+        """The socket rewrites a restore of ``image`` as ``c`` applies: only those
+        the rewrite-*-addresses-containers annotations ask for, from the pod IPs the
+        image recorded to the pod's IPs now (from its /etc/hosts, as the seed says;
+        the netns's addresses if that names none). Same IPs (a local wake): none."""
+        if c.runtime != "runc":  # runsc keeps its addresses inside gVisor's state
+            return ()
+        choices = self._choices(c)
+        if not (choices.rewrite_listeners or choices.rewrite_established):
+            return ()
+        old = self.runc(self._binary).backend.describe(image).addresses
+        new = podinfo.hosts_addresses(podinfo.read_spec(c.bundle))
+        if not new:
+            new = await self._pod_addresses(c)
+            log.info("%s: /etc/hosts names no pod IP; the netns has %s", c.id, list(new))
+        return rewrites_between(
+            old, new,
+            listeners=choices.rewrite_listeners, established=choices.rewrite_established,
+        )  # fmt: skip
 
     async def _pod_addresses(self, c: Container) -> tuple[str, ...]:
         ns = podinfo.netns_path(podinfo.read_spec(c.bundle))
         return await podinfo.netns_addresses(ns, self.reaper.spawner) if ns else ()
 
-    async def _restore_on_create(self, c: Container, decision: plan.StartPlan) -> int:
-        """Restore from ``decision.image``; 0 when the caller must start fresh
-        (``c.start_reason`` then says why)."""
-        assert decision.image is not None and isinstance(c.init.io, PipeIO)
+    async def _image_ready(self, c: Container, decision: plan.StartPlan) -> bool:
+        """Wait (bounded by the plan's scaleup-timeout) for ``decision.image``; False
+        when the caller must start fresh (``c.start_reason`` then says why)."""
+        assert decision.image is not None
         deadline = time.monotonic() + decision.wait_seconds
         ready, pending = decision.image / plan.READY_MARK, decision.image / plan.PENDING_MARK
         while not ready.exists():
@@ -499,23 +549,40 @@ class TaskService:
             if decision.wait_seconds and not pending.exists() and not ready.exists():
                 c.start_reason = f"handover {decision.image} withdrawn"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
-                return 0
+                return False
             if time.monotonic() >= deadline:
                 c.start_reason = f"scaleup-timeout passed waiting for {decision.image}"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
-                return 0
+                return False
             await asyncio.sleep(0.2)
+        return True
+
+    def _arriving_dirs(self, c: Container, decision: plan.StartPlan) -> tuple[Path, ...] | None:
+        """Where a start from ``decision`` puts the image's emptyDir content: the
+        container's emptyDirs for another pod's image when migrate-emptydir lists the
+        container; None: the volumes are left exactly as they are (its own
+        hibernation image: the volumes never left the node)."""
+        if not decision.handover or not self._choices(c).empty_dirs:
+            return None
+        return podinfo.empty_dirs(podinfo.read_spec(c.bundle))
+
+    async def _restore_on_create(self, c: Container, decision: plan.StartPlan) -> int:
+        """Restore from ``decision.image``; 0 when the caller must start fresh
+        (``c.start_reason`` then says why)."""
+        assert decision.image is not None and isinstance(c.init.io, PipeIO)
+        if not await self._image_ready(c, decision):
+            return 0
         t0 = time.monotonic()
         backend = self.runc(self._binary).backend
         try:
-            rewrites: tuple[Any, ...] = ()
-            addresses: tuple[str, ...] = ()
-            if c.runtime == "runc":  # runsc keeps its addresses inside gVisor's state
-                addresses = await self._pod_addresses(c)
-                rewrites = rewrites_between(backend.describe(decision.image).addresses, addresses)
+            rewrites = await self._rewrites(c, decision.image)
+            arriving = self._arriving_dirs(c, decision)
+            if arriving is not None and not backend.describe(decision.image).empty_dirs:
+                arriving = None  # the old pod sent none: nothing to put back
             result = await backend.restore(
-                self._ckpt(c, addresses), decision.image,
-                RestoreOptions(rewrites=rewrites, stdio=c.init.io.stdio().fds()),
+                self._ckpt(c, empty_dirs=arriving or ()), decision.image,
+                RestoreOptions(rewrites=rewrites, stdio=c.init.io.stdio().fds(),
+                               empty_dirs=arriving is not None),
             )
         except (CheckpointError, OSError, ValueError) as e:
             # The backend left nothing running: a fresh start is safe.
@@ -533,12 +600,57 @@ class TaskService:
             safe_rmtree(decision.image)
         return result.pid
 
+    async def _hibernate_on_create(self, c: Container, decision: plan.StartPlan) -> bool:
+        """A replacement that postmigration-autoscaleup-containers does not list: the
+        handover image becomes its hibernation image, verified now (a bad one starts
+        fresh, as a failed restore does), its emptyDirs (when they travel) put in
+        place now, so a later wake touches no volume. False: start fresh."""
+        assert decision.image is not None
+        if not await self._image_ready(c, decision):
+            return False
+        t0 = time.monotonic()
+        backend = self.runc(self._binary).backend
+        try:
+            m = backend.describe(decision.image)
+            if m.backend != backend.name:
+                raise ImageMismatch(
+                    decision.image, f"image was made by {m.backend}, not {backend.name}"
+                )
+            arriving = self._arriving_dirs(c, decision)
+            if arriving is not None and m.empty_dirs:
+                # unpacking verifies every digest first
+                await asyncio.to_thread(ckpt_image.place_empty_dirs, decision.image, arriving)
+            else:
+                await asyncio.to_thread(backend.describe, decision.image, True)
+            safe_rmtree(c.image)
+            c.image.mkdir(parents=True)
+            for f in decision.image.iterdir():
+                if f.name not in (plan.READY_MARK, plan.PENDING_MARK):
+                    shutil.move(f, c.image / f.name)  # same filesystem: a rename
+        except (CheckpointError, OSError, ValueError) as e:
+            safe_rmtree(c.image)
+            c.start_reason = f"restore from {decision.image} failed: {e}"
+            log.warning("%s: handover %s unusable, starting fresh: %s", c.id, decision.image, e)
+            if decision.consume:
+                safe_rmtree(decision.image)
+            return False
+        (c.image / plan.READY_MARK).touch()
+        if decision.consume:
+            safe_rmtree(decision.image)
+        c.hibernated = True
+        c.timings["restore"] = time.monotonic() - t0
+        c.start_reason = (f"{decision.reason}; hibernated until woken "
+                          f"(not in {plan.ANN_AUTOSCALEUP})")
+        log.info("%s: %s in %.3fs", c.id, c.start_reason, c.timings["restore"])
+        return True
+
     async def start(self, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
         c, p = self.proc(req.id, req.exec_id)
         if p is c.init:
-            if p.status == RUNNING:  # restored on create: already running
-                self._watch_exit(c)
-                self.oom.watch(c.id, cgroup_path(c.bundle))
+            if p.status == RUNNING:  # restored (or hibernated) on create
+                if not c.hibernated:  # a hibernated one has no process nor cgroup yet
+                    self._watch_exit(c)
+                    self.oom.watch(c.id, cgroup_path(c.bundle))
                 self.publish(events_pb2.TaskStart(container_id=c.id, pid=p.pid))
                 return shim_pb2.StartResponse(pid=p.pid)
             if p.status != CREATED:
@@ -841,19 +953,24 @@ class TaskService:
         self.notify({"event": "hibernated", "id": cid})
         return {"id": cid, "hibernated": True, "seconds": c.timings["hibernate"]}
 
-    async def _checkpoint(self, c: Container, compression: str = "dir") -> None:
+    async def _checkpoint(
+        self, c: Container, compression: str = "dir", empty_dirs: tuple[Path, ...] = ()
+    ) -> None:
         """Checkpoint ``c`` into its own image (processes gone, memory released).
 
-        The image records the pod IPs and carries the emptyDirs, so it can also
-        serve as a handover. A hibernation image stays on the node: it keeps the
-        directory layout (no tar stream, one hashing pass each way; zstd would cost
-        more time than it saves disk here, runtime/checkpoint/README.md)."""
+        The image records the pod IPs, so it can also serve as a handover. It
+        carries ``empty_dirs`` only: a hibernation carries none (the volumes stay
+        on the node, and a wake must leave them as they are then). A hibernation
+        image stays on the node: it keeps the directory layout (no tar stream, one
+        hashing pass each way; zstd would cost more time than it saves disk here,
+        runtime/checkpoint/README.md)."""
         safe_rmtree(c.image)
         addresses = await self._pod_addresses(c)
         c.checkpointing = True  # the init's exit during the dump is no exit
         try:
             await self.runc(self._binary).backend.checkpoint(
-                self._ckpt(c, addresses), c.image, CheckpointOptions(compression=compression)
+                self._ckpt(c, addresses, empty_dirs), c.image,
+                CheckpointOptions(compression=compression),
             )
         except BaseException:
             c.checkpointing = False
@@ -875,8 +992,12 @@ class TaskService:
         assert isinstance(c.init.io, PipeIO)
         t0 = time.monotonic()
         try:
+            # A wake never touches the emptyDirs: they stayed on the node, and another
+            # container of the pod may have written to them meanwhile.
             result = await self.runc(self._binary).backend.restore(
-                self._ckpt(c), c.image, RestoreOptions(stdio=c.init.io.stdio().fds())
+                self._ckpt(c), c.image,
+                RestoreOptions(rewrites=await self._rewrites(c, c.image),
+                               stdio=c.init.io.stdio().fds(), empty_dirs=False),
             )
         except ImageError as e:
             # The state is lost for good: report the exit, so kubelet's restart
@@ -921,18 +1042,26 @@ class TaskService:
             else:
                 stale.unlink()
         t0 = time.monotonic()
-        if not c.hibernated:
-            try:
-                await self._checkpoint(c, compression="auto")
-            except CheckpointError as e:
-                safe_rmtree(dest)
-                log.error("%s: checkpoint for migration failed, stopping: %s", c.id, e)
-                self.notify({"event": "migrate-failed", "id": c.id, "error": str(e)})
-                return
-        files = [f for f in c.image.iterdir() if f.name not in (plan.READY_MARK, MANIFEST)]
-        for f in [*files, c.image / MANIFEST]:
-            os.replace(f, dest / f.name)
-        safe_rmtree(c.image)
+        travelling = self._travelling_dirs(c)  # migrate-emptydir-containers
+        try:
+            if not c.hibernated:
+                await self._checkpoint(c, compression="auto", empty_dirs=travelling)
+            elif travelling or self.runc(self._binary).backend.describe(c.image).empty_dirs:
+                # A hibernation image holds no emptyDir (or, taken over from a
+                # handover, the old pod's): the handover takes the volumes as they
+                # are now, or none when they do not travel.
+                await asyncio.to_thread(ckpt_image.repack, c.image, dest, travelling)
+                safe_rmtree(c.image)
+        except (CheckpointError, OSError) as e:
+            safe_rmtree(dest)  # withdrawn: a waiting replacement starts fresh
+            log.error("%s: checkpoint for migration failed, stopping: %s", c.id, e)
+            self.notify({"event": "migrate-failed", "id": c.id, "error": str(e)})
+            return
+        if c.image.exists():  # the image moves in as it is, the manifest last
+            files = [f for f in c.image.iterdir() if f.name not in (plan.READY_MARK, MANIFEST)]
+            for f in [*files, c.image / MANIFEST]:
+                os.replace(f, dest / f.name)
+            safe_rmtree(c.image)
         (dest / plan.READY_MARK).touch()
         (dest / plan.PENDING_MARK).unlink(missing_ok=True)
         c.timings["migrate"] = time.monotonic() - t0

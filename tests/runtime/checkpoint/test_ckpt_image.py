@@ -102,7 +102,63 @@ def test_empty_dirs_round_trip(tmp_path: Path, compression: str) -> None:
     assert (vol / "top").read_text() == "top"
     assert (vol / "fifo").is_fifo()
     assert os.readlink(vol / "link") == "a/b/f"
-    assert not (vol / "junk").exists()
+    # Written since by someone else (another container of the pod): never deleted.
+    assert (vol / "junk").read_text() == "x"
+
+
+def test_put_back_replaces_same_names_and_keeps_the_rest(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    (vol / "d").mkdir(parents=True)
+    (vol / "d" / "old").write_text("old")
+    (vol / "f").write_text("saved")
+    image = _pack(tmp_path, empty_dirs=(vol,))
+    target = tmp_path / "new"
+    (target / "d").mkdir(parents=True)
+    (target / "d" / "init").write_text("from an init container")
+    (target / "f").write_text("newer")
+    (target / "other").write_text("kept")
+    m = img.unpack(image, tmp_path / "u")
+    img.put_back_empty_dirs(tmp_path / "u", m, (target,))
+    assert (target / "f").read_text() == "saved"  # the image's entry wins its name
+    assert sorted(p.name for p in (target / "d").iterdir()) == ["old"]
+    assert (target / "other").read_text() == "kept"
+
+
+@pytest.mark.parametrize("compression", ["dir", "auto"])
+def test_repack_replaces_the_empty_dirs(tmp_path: Path, compression: str) -> None:
+    """A hibernation image holds no emptyDir; a migration that moves them repacks it
+    with the volumes as they are then (or with none)."""
+    image = _pack(tmp_path, compression="dir")
+    assert img.read_manifest(image).empty_dirs == ()
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "now").write_text("at the stop")
+    with_dirs = img.repack(image, tmp_path / "with", (vol,), compression)
+    assert with_dirs.empty_dirs == (str(vol),)
+    assert with_dirs.payload.compression == ("dir" if compression == "dir" else "zstd")
+    assert (with_dirs.backend, with_dirs.container, with_dirs.pod_template_hash) == (
+        "runc-criu", "c1", "abc")
+    m = img.unpack(tmp_path / "with", tmp_path / "u")
+    assert (tmp_path / "u" / "engine" / "core-1.img").read_bytes() == b"core" * 100
+    assert (tmp_path / "u" / "emptydir" / "0" / "now").read_text() == "at the stop"
+    # And back to none: the old pod's volumes must not ride along.
+    assert img.repack(tmp_path / "with", tmp_path / "without", ()).empty_dirs == ()
+    assert m.empty_dirs == (str(vol),)
+    assert not list(tmp_path.glob(".*repack*")), "scratch left behind"
+
+
+def test_place_empty_dirs_without_restoring(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("travelled")
+    image = _pack(tmp_path, empty_dirs=(vol,))
+    target = tmp_path / "new"
+    img.place_empty_dirs(image, (target,))
+    assert (target / "f").read_text() == "travelled"
+    img.verify(image)  # the image itself is left whole
+    with pytest.raises(ImageMismatch, match="holds 1 emptyDir"):
+        img.place_empty_dirs(image, ())
+    assert not list(tmp_path.glob(".*emptydirs*")), "scratch left behind"
 
 
 def test_empty_dirs_go_to_the_restoring_pods_paths(tmp_path: Path) -> None:

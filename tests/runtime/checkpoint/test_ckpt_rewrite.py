@@ -132,7 +132,8 @@ def test_truncated_image_is_typed(tmp_path: Path) -> None:
         (["198.18.1.2"], ["198.18.2.2"], [(A4, B4)]),
         (["198.18.1.2", "fd0c:1::2"], ["fd0c:2::2", "198.18.2.2"], [(A4, B4), (A6, B6)]),
         (["198.18.1.2"], ["198.18.1.2"], []),  # same pod IP: nothing to do
-        (["198.18.1.2"], ["fd0c:2::2"], []),  # no family in common
+        # no family in common: listeners can still go to the wildcard
+        (["198.18.1.2"], ["fd0c:2::2"], [(A4, W4)]),
         ([], ["198.18.2.2"], []),  # an image that recorded no address
     ],
 )
@@ -140,3 +141,33 @@ def test_rewrites_between_pairs_by_family(
     old: list[str], new: list[str], want: list[tuple[object, object]]
 ) -> None:
     assert [(r.old, r.new) for r in rw.rewrites_between(old, new)] == want
+
+
+@pytest.mark.parametrize(
+    ("listeners", "established", "want"),
+    [
+        (False, False, []),
+        (True, False, [("listen", "src", A4, W4)]),
+        (False, True, [("conn", "src", A4, B4)]),
+        (True, True, [("listen", "src", A4, W4), ("conn", "src", A4, B4)]),
+    ],
+)  # fmt: skip
+def test_rewrites_apply_only_the_kinds_asked_for(
+    listeners: bool, established: bool, want: list[tuple[str, str, object, object]]
+) -> None:
+    """rewrite-listener / rewrite-established-addresses-containers each turn on one kind."""
+    rules = rw.rewrites_between(
+        ["198.18.1.2"], ["198.18.2.2"], listeners=listeners, established=established
+    )
+    got = [("listen", c.field, c.old, c.new)
+           for c in rw.rewrite_socket(1, STREAM, rw.TCP_LISTEN, A4, None, rules)]
+    got += [("conn", c.field, c.old, c.new)
+            for c in rw.rewrite_socket(2, STREAM, rw.TCP_ESTABLISHED, A4, PEER4, rules)]
+    assert got == want
+
+
+def test_listener_only_pair_never_gives_a_connection_the_wildcard() -> None:
+    (rule,) = rw.rewrites_between(["198.18.1.2"], ["fd0c:2::2"])
+    assert (rule.listeners, rule.established) == (True, False)
+    assert rw.rewrite_socket(2, STREAM, rw.TCP_ESTABLISHED, A4, A4, (rule,)) == []
+    assert rw.rewrites_between(["198.18.1.2"], ["fd0c:2::2"], listeners=False) == ()

@@ -60,7 +60,9 @@ def test_watch_reports_exec_wake(containerd: Containerd, rootfs: Path) -> None:
 def test_stop_checkpoints_for_migration_and_replacement_restores(
     containerd: Containerd, rootfs: Path, hibernated: bool
 ) -> None:
-    ann = {HASH: "5d9c7b7f6", NAME: "app"}
+    # Listed: the replacement runs right after its restore (else it stays hibernated).
+    ann = {HASH: "5d9c7b7f6", NAME: "app",
+           "architect.loopholelabs.io/postmigration-autoscaleup-containers": '["app"]'}
     containerd.run_container("src", rootfs, COUNTER, ann)
     wait_for(lambda: count(rootfs) >= 20, 20, "counting")
     if hibernated:  # its hibernation image (node-local layout) becomes the handover
