@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("operator", help="run the admission webhooks and control plane", add_help=False)
     sub.add_parser("daemon", help="run the per-node daemon (hibernate, wake, resize, migrate)",
                    add_help=False)
+    sub.add_parser("node", help="install or remove the shim and its containerd handlers on "
+                   "this node (what the chart's init container runs)", add_help=False)
     return parser
 
 
@@ -93,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from architect.runtime.daemon.main import main as daemon_main
 
         return int(daemon_main(args_list[1:]))
+    if args_list[:1] == ["node"]:
+        from architect.runtime.shim.nodeinstall import main as node_main
+
+        return int(node_main(args_list[1:]))
     args = _parser().parse_args(args_list)
     try:
         if args.command == "compile":

@@ -28,6 +28,7 @@ SOCKET_ROOT = Path("/run/containerd/s")  # containerd's defaults.DefaultStateDir
 SOCKET_FD_ENV = "ARCHITECT_SHIM_SOCKET_FD"
 STATE_ENV = "ARCHITECT_SHIM_STATE"
 RUN_ENV = "ARCHITECT_SHIM_RUN"
+LAUNCHER_ENV = "ARCHITECT_SHIM_LAUNCHER"  # set by the node installer's launcher (nodeinstall)
 DEFAULT_STATE = Path("/var/lib/architect/shim")
 DEFAULT_RUN = Path("/run/architect/shim")
 
@@ -147,6 +148,16 @@ def stop_window() -> float:
         raise UsageError(str(e)) from None
 
 
+def _self_command() -> list[str]:
+    """How to run this shim again: through the node installer's launcher when it
+    started us (its Python needs the payload's own loader and libraries), else
+    this interpreter."""
+    launcher = os.environ.get(LAUNCHER_ENV, "")
+    if launcher and os.access(launcher, os.X_OK):
+        return [launcher]
+    return [sys.executable, "-m", "architect.runtime.shim"]
+
+
 def start(a: Args) -> str:
     from architect.runtime.shim.plan import grouping
     from architect.runtime.shim.service import read_annotations
@@ -171,7 +182,7 @@ def start(a: Args) -> str:
         env = dict(os.environ)
         env[SOCKET_FD_ENV] = str(fd)
         env["ARCHITECT_SHIM_GROUP"] = group
-        argv = [sys.executable, "-m", "architect.runtime.shim", "-namespace", a.namespace,
+        argv = [*_self_command(), "-namespace", a.namespace,
                 "-id", a.id, "-address", a.address, "-publish-binary", a.publish_binary]
         if a.debug:
             argv.append("-debug")
