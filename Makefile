@@ -2,7 +2,7 @@
 PY ?= python3
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: setup lint install unit test generate bench
+.PHONY: setup lint install unit test demo generate bench
 
 setup:
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -31,6 +31,14 @@ test: lint install
 	$(PY) -m pytest
 	e2e/kuttl-run
 	e2e/cluster/down
+
+# The main thing, as a user gets it (root): the local cluster, the chart installed
+# (operator, webhooks, the daemon DaemonSet that sets up the node), the seed's app
+# hibernating when idle and waking on a request with its state; prints each step,
+# the wake time against the cold start, and how to tear down.
+demo: install
+	e2e/cluster/up >/dev/null
+	$(PY) -m e2e.product demo
 
 # Regenerate committed outputs (CRDs, reference docs); tests fail when they drift.
 generate: setup

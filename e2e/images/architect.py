@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -88,9 +89,27 @@ def _candidate(package: str) -> str:
     return found.group(1)
 
 
+def pycriu_dir() -> Path:
+    """pycriu as runtime/checkpoint/install put it into this Python (pure Python,
+    generated from CRIU's own image .protos): the shim reads and rewrites CRIU
+    images with it, so the node payload carries it."""
+    spec = importlib.util.find_spec("pycriu")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImageError("pycriu is not importable: run runtime/checkpoint/install first")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def deps_key() -> str:
     debs = [f"{p}={_candidate(p)}" for p in DEBS]
-    return _short("\n".join([RECIPE, sys.version.split()[0], *requirements(), *debs]))
+    return _short("\n".join([RECIPE, sys.version.split()[0], *requirements(), *debs,
+                             f"pycriu={_tree_digest(pycriu_dir())}"]))
 
 
 def source_key() -> str:
@@ -235,6 +254,7 @@ def deps_layer(cache: Path, base: Path) -> tuple[Path, str]:
             "pip install --target",
         )
         shutil.rmtree(site / "bin", ignore_errors=True)  # scripts with the host's shebang
+        shutil.copytree(pycriu_dir(), site / "pycriu", ignore=SKIP)
         packages = deb_closure(DEBS, installed_in_layer(base))
         try:
             _run(["apt-get", "download", *packages], "apt-get download", cwd=debs)

@@ -1,0 +1,180 @@
+"""The product as a user gets it: `helm install` of charts/architect on the e2e node,
+nothing started by hand.
+
+The daemon runs as the chart's DaemonSet pod; its init container (`architect node
+install`) puts the shim's payload on the node, writes containerd's runtime
+handlers and restarts containerd; the seed's Deployment (runc-architect,
+managed-containers, scaledown-durations, network-monitor packets) then
+hibernates by itself, is resized down, and wakes on a request or `kubectl exec`
+with its in-memory counter continuing. `daemon.resize=false` keeps requests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import product
+from e2e.pytest_cluster import Cluster
+from e2e.tests.cluster.kube import namespace, wait_architect_pods_gone
+from e2e.tests.cluster.shimfix import container_id, shim_record
+
+pytestmark = pytest.mark.node
+
+APP = "my-app"
+CONTAINER = f"{APP}-container"
+
+
+@pytest.fixture(scope="module")
+def kube(node_cluster: Cluster) -> Iterator[product.Kube]:
+    k = product.Kube(node_cluster.kubeconfig, node_cluster.context, node_cluster.kubectl)
+    took = product.install(k, extra=["--set", "daemon.logLevel=DEBUG"])
+    print(f"\nproduct: helm install to daemon Ready {took:.1f}s")
+    try:
+        yield k
+    finally:
+        wait_architect_pods_gone(node_cluster)
+        product.uninstall(k)
+
+
+def _daemon_pod(kube: product.Kube) -> dict[str, Any]:
+    pods = kube.json("pods", "-n", product.NAMESPACE, "-l", "app.kubernetes.io/component=daemon")
+    assert len(pods["items"]) == 1, pods["items"]
+    return dict(pods["items"][0])
+
+
+def _daemon_log(kube: product.Kube) -> str:
+    return kube.run("logs", "-n", product.NAMESPACE, "-l", "app.kubernetes.io/component=daemon",
+                    "--tail=200", check=False).stdout
+
+
+def _process(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _shim_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+    return [line for line in out.splitlines() if "-m architect.runtime.shim" in line]
+
+
+def _requests(kube: product.Kube, ns: str, pod: str) -> dict[str, str]:
+    spec = kube.json("pod", "-n", ns, pod)["spec"]["containers"][0]
+    return dict(spec.get("resources", {}).get("requests") or {})
+
+
+def _restarts(kube: product.Kube, ns: str, pod: str) -> int:
+    st = kube.json("pod", "-n", ns, pod)["status"]["containerStatuses"][0]
+    return int(st["restartCount"])
+
+
+def _wait_state(kube: product.Kube, ns: str, pod: str, want: str, timeout_s: float = 120) -> float:
+    def there() -> bool:
+        return product.status_of(kube, ns, pod).get(CONTAINER) == want
+
+    try:
+        return product.eventually(f"{pod} {CONTAINER} {want}", there, timeout_s, 0.25)
+    except product.ProductError:
+        raise AssertionError(f"{pod} never {want}: status {product.status_of(kube, ns, pod)}; "
+                             f"daemon log:\n{_daemon_log(kube)[-4000:]}") from None
+
+
+def test_the_chart_sets_up_the_node(kube: product.Kube) -> None:
+    pod = _daemon_pod(kube)
+    init = pod["status"]["initContainerStatuses"][0]
+    assert init["name"] == "install-node" and init["state"]["terminated"]["exitCode"] == 0
+    current = product.NODE_PREFIX / "current"
+    assert (current / "usr/local/lib/python3.11/dist-packages/architect").is_dir()
+    dropin = tomllib.loads((product.NODE_DROPINS / "architect.toml").read_text())
+    runtimes = dropin["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    launcher = str(product.NODE_PREFIX / "bin" / "containerd-shim-architect-v1")
+    assert runtimes["runc-architect"]["runtime_path"] == launcher
+    # The daemon runs in the pod, with the flags the values ask for.
+    args = pod["spec"]["containers"][0]["args"]
+    assert "--resize" in args and "--kubelet-root=/var/lib/architect-e2e/kubelet" in args
+
+
+def test_seed_app_hibernates_resizes_and_wakes_on_a_packet(kube: product.Kube) -> None:
+    with namespace(Cluster(kube.kubeconfig, kube.context, "node", kube.kubectl), "product") as ns:
+        kube.run("apply", "-n", ns, "-f", "-",
+                 stdin=json.dumps(product.counter_deployment(APP, scaledown="4s")))
+        t0 = time.monotonic()
+        pod = product.ready_pod(kube, ns, APP)
+        name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+        product.wait_listening(ip)
+        cold = time.monotonic() - t0
+        # Admission compiled the annotations into a policy owned by the workload.
+        hps = kube.json("hibernationpolicies", "-n", ns)["items"]
+        assert len(hps) == 1, hps
+        # The shim that runs it is the chart's payload, not a host install.
+        shims = _shim_processes()
+        assert shims and all(str(product.NODE_PREFIX) in s for s in shims), shims
+        body, _ = product.http_get(ip)
+        first = product.count_of(body)
+        rec = shim_record(container_id(pod))
+        assert not rec["hibernated"] and "python3 -c" in _process(rec["pid"])
+
+        _wait_state(kube, ns, name, "SCALED_DOWN")
+        rec = shim_record(container_id(pod))
+        assert rec["hibernated"], rec
+        assert "python3 -c" not in _process(rec["pid"]), "the app's process is still there"
+        requests = _requests(kube, ns, name)
+        product.eventually("requests given back", lambda: _requests(kube, ns, name)
+                           != {"cpu": "250m", "memory": "512Mi"}, 30)
+        requests = _requests(kube, ns, name)
+        assert requests != {"cpu": "250m", "memory": "512Mi"}, requests
+
+        body, wake = product.http_get(ip)
+        assert product.count_of(body) == first + 1, f"state lost: {body!r} after {first}"
+        print(f"\nproduct: wake on packet {wake * 1000:.0f} ms; cold start {cold:.2f}s "
+              f"({wake / cold:.2f}x)")
+        _wait_state(kube, ns, name, "RUNNING", 30)
+        product.eventually("requests restored", lambda: _requests(kube, ns, name)
+                           == {"cpu": "250m", "memory": "512Mi"}, 30)
+        assert _restarts(kube, ns, name) == 0
+
+        # kubectl exec wakes it too, and the app goes on counting.
+        _wait_state(kube, ns, name, "SCALED_DOWN")
+        out = kube.run("exec", "-n", ns, name, "-c", CONTAINER, "--", "sh", "-c",
+                       "echo exec-ok", timeout=90)
+        assert out.stdout.strip() == "exec-ok"
+        _wait_state(kube, ns, name, "RUNNING", 30)
+        body, _ = product.http_get(ip)
+        assert product.count_of(body) == first + 2, body
+        assert _restarts(kube, ns, name) == 0
+
+
+def test_bad_annotation_is_refused_at_apply(kube: product.Kube) -> None:
+    with namespace(Cluster(kube.kubeconfig, kube.context, "node", kube.kubectl), "product") as ns:
+        dep = product.counter_deployment("bad", scaledown="soon")
+        proc = kube.run("apply", "-n", ns, "-f", "-", stdin=json.dumps(dep), check=False)
+        assert proc.returncode != 0
+        err = proc.stderr
+        assert "architect.loopholelabs.io/scaledown-durations" in err and "soon" in err, err
+
+
+def test_resize_false_keeps_requests(kube: product.Kube) -> None:
+    product.install(kube, extra=["--set", "daemon.resize=false"])
+    try:
+        assert "--no-resize" in _daemon_pod(kube)["spec"]["containers"][0]["args"]
+        cluster = Cluster(kube.kubeconfig, kube.context, "node", kube.kubectl)
+        with namespace(cluster, "product") as ns:
+            kube.run("apply", "-n", ns, "-f", "-",
+                     stdin=json.dumps(product.counter_deployment(APP, scaledown="3s")))
+            pod = product.ready_pod(kube, ns, APP)
+            name = pod["metadata"]["name"]
+            _wait_state(kube, ns, name, "SCALED_DOWN")
+            time.sleep(3)  # several ticks: a resize would have been issued by now
+            assert _requests(kube, ns, name) == {"cpu": "250m", "memory": "512Mi"}
+    finally:
+        product.install(kube)
