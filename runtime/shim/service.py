@@ -528,10 +528,14 @@ class TaskService:
         if not new:
             new = await self._pod_addresses(c)
             log.info("%s: /etc/hosts names no pod IP; the netns has %s", c.id, list(new))
-        return rewrites_between(
-            old, new,
-            listeners=choices.rewrite_listeners, established=choices.rewrite_established,
-        )  # fmt: skip
+        try:
+            return rewrites_between(
+                old, new,
+                listeners=choices.rewrite_listeners, established=choices.rewrite_established,
+            )  # fmt: skip
+        except ValueError as e:  # an address that does not parse: restore unrewritten
+            log.warning("%s: no socket rewrite: %s", c.id, e)
+            return ()
 
     async def _pod_addresses(self, c: Container) -> tuple[str, ...]:
         ns = podinfo.netns_path(podinfo.read_spec(c.bundle))
