@@ -22,7 +22,13 @@ class PodNetwork:
 
     async def setup(self, target: Target, netns: str) -> None:
         spec = net_spec(
-            target.index, target.mode, target.tcp_ports, target.udp_ports, target.shadow_ports
+            target.index,
+            target.mode,
+            target.tcp_ports,
+            target.udp_ports,
+            target.shadow_ports,
+            except_tcp=target.except_tcp,
+            except_udp=target.except_udp,
         )
         if spec is None:
             return

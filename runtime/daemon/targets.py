@@ -39,6 +39,10 @@ class Target:
     shadow_ports: tuple[tuple[int, int], ...]  # (appPort, shadowPort)
     exec_wakes: bool = True
     requests: tuple[tuple[str, str], ...] = ()  # as admitted, for the resize back
+    # Declares no ports: every port is watched but these (other containers' ports).
+    except_tcp: tuple[int, ...] = ()
+    except_udp: tuple[int, ...] = ()
+    note: str = ""  # why the policy's network mode is not applied (logged once)
 
 
 def container_requests(pod: Mapping[str, Any], container: str) -> tuple[tuple[str, str], ...]:
@@ -74,6 +78,44 @@ def declared_ports(pod: Mapping[str, Any], container: str) -> tuple[tuple[int, .
     return tuple(sorted(tcp)), tuple(sorted(udp))
 
 
+def other_ports(
+    pod: Mapping[str, Any], container: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(tcp, udp) ports declared by every other container of the pod, init and
+    sidecar containers included (the health-check proxy's listener is one)."""
+    spec = pod.get("spec") or {}
+    tcp: set[int] = set()
+    udp: set[int] = set()
+    for c in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]:
+        name = str(c.get("name"))
+        if name == container:
+            continue
+        t, u = declared_ports({"spec": {"containers": [c]}}, name)
+        tcp.update(t)
+        udp.update(u)
+    return tuple(sorted(tcp)), tuple(sorted(udp))
+
+
+def network_mode(
+    pod: Mapping[str, Any], mode: str, tcp: tuple[int, ...], udp: tuple[int, ...]
+) -> tuple[str, str]:
+    """(the mode the daemon applies, why it differs from the policy's).
+
+    hostNetwork: the pod's namespace is the node's; holding or counting its ports
+    would hold the node's own traffic (kubelet, ssh), so nothing is installed and
+    the container wakes by exec only. connections mode on a container that
+    declares only UDP ports: no TCP connection to count, and no port to hold.
+    Admission warns about both.
+    """
+    if mode == "none":
+        return mode, ""
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        return "none", f"hostNetwork pod: wakeOn.network {mode} not applied (wakes by exec only)"
+    if mode == "connections" and udp and not tcp:
+        return "none", "wakeOn.network connections, but the container declares only UDP ports"
+    return mode, ""
+
+
 def policy_container(policy: HibernationPolicy, name: str) -> HibernationContainer | None:
     return next((c for c in policy.spec.containers if c.name == name), None)
 
@@ -98,17 +140,22 @@ def build_target(
     index = names.index(key.container) if key.container in names else 0
     hc = policy_container(policy, key.container) if policy is not None else None
     tcp, udp = declared_ports(pod, key.container)
+    mode, note = network_mode(pod, hc.wake_on.network if hc is not None else "none", tcp, udp)
+    ex_tcp, ex_udp = other_ports(pod, key.container) if not tcp and not udp else ((), ())
     return Target(
         key=key,
         pod_uid=str(meta.get("uid") or ""),
         container_id=container_ids(pod).get(key.container),
         index=index,
-        mode=hc.wake_on.network if hc is not None else "none",
+        mode=mode,
         tcp_ports=tcp,
         udp_ports=udp,
         shadow_ports=tuple((m.app_port, m.shadow_port) for m in hc.shadow_ports) if hc else (),
         exec_wakes=hc.wake_on.exec if hc is not None else True,
         requests=container_requests(pod, key.container),
+        except_tcp=ex_tcp,
+        except_udp=ex_udp,
+        note=note,
     )
 
 

@@ -206,6 +206,11 @@ def open_connections(
     )
 
 
+def all_ports_watched(listening: Iterable[int], excluded: Iterable[int]) -> tuple[int, ...]:
+    """The listened-on ports an all-ports container's connections are counted on."""
+    return tuple(sorted(set(listening) - set(excluded)))
+
+
 # --- the packets clock -----------------------------------------------------------
 
 
@@ -243,5 +248,14 @@ class ActivitySampler:
     def sample(self, now: datetime) -> ContainerActivity:
         count = iptables.activity_packets(self.ns, self.spec)
         self.clock = self.clock.observe(count, now)
-        conns = open_connections(self.read_flows(), self.spec.tcp_ports, self.spec.exclude_sources)
+        conns = open_connections(self.read_flows(), self.watched_tcp(), self.spec.exclude_sources)
         return ContainerActivity(self.clock.last_packet_at, conns, count)
+
+    def watched_tcp(self) -> tuple[int, ...]:
+        """The TCP ports whose connections count. All-ports: the ports listened on in
+        the namespace now (an accepted connection keeps its listener's port; an
+        outgoing one has an ephemeral port nobody listens on), but the excluded ones."""
+        if not self.spec.all_ports:
+            return self.spec.tcp_ports
+        tcp = [s for n in ("tcp", "tcp6") for s in parse_proc_net_sockets(self.ns.read_proc_net(n))]
+        return all_ports_watched(listening_ports(tcp, ())[0], self.spec.except_tcp)

@@ -34,15 +34,20 @@ def net_spec(
     udp_ports: Iterable[int] = (),
     shadow_ports: Iterable[tuple[int, int]] = (),
     exclude_sources: Iterable[str] = (),
+    except_tcp: Iterable[int] = (),
+    except_udp: Iterable[int] = (),
 ) -> NetSpec | None:
     """The spec of the ``index``-th managed container of a pod; None for mode "none".
 
-    ``tcp_ports``/``udp_ports``: the container's declared ports, or, when it
-    declares none, the ports it listens on (``activity.container_listening_ports``).
-    connections mode watches TCP only: UDP has no connection to keep it up.
-    ``shadow_ports``: (appPort, shadowPort) pairs of the shadow-ports mapping. The
-    health-check-proxy mapping adds nothing here: its shadowPort is the sidecar's
-    own listener, and the sidecar's source address is always excluded.
+    ``tcp_ports``/``udp_ports``: the container's declared ports. When it declares
+    none, every port of the pod's namespace is watched but ``except_tcp`` /
+    ``except_udp`` (the ports the pod's other containers declare): its ports are
+    not known while it is hibernated (no sockets), and a packet for a port nobody
+    declared can only be for it. connections mode watches TCP only: UDP has no
+    connection to keep it up. ``shadow_ports``: (appPort, shadowPort) pairs of the
+    shadow-ports mapping. The health-check-proxy mapping adds nothing here: its
+    shadowPort is the sidecar's own listener, and the sidecar's source address is
+    always excluded.
     """
     if mode not in NETWORK_MODES:
         raise SpecError(f"network mode {mode!r}: must be one of {', '.join(NETWORK_MODES)}")
@@ -50,13 +55,19 @@ def net_spec(
         return None
     if not 0 <= index <= 255:
         raise SpecError(f"container index {index}: must be in 0..255")
+    tcp, udp = tuple(sorted(set(tcp_ports))), tuple(sorted(set(udp_ports)))
+    all_ports = not tcp and not udp
     return NetSpec(
         tag=f"c{index}",
-        tcp_ports=tuple(sorted(set(tcp_ports))),
-        udp_ports=tuple(sorted(set(udp_ports))) if mode == "packets" else (),
+        tcp_ports=tcp,
+        udp_ports=udp if mode == "packets" else (),
         shadow=tuple(ShadowPort(a, s) for a, s in shadow_ports),
         exclude_sources=(f"{HEALTH_PROXY_SOURCE}/32", *exclude_sources),
         queue_num=index,
+        all_ports=all_ports,
+        udp_all=all_ports and mode == "packets",
+        except_tcp=tuple(sorted(set(except_tcp))) if all_ports else (),
+        except_udp=tuple(sorted(set(except_udp))) if all_ports and mode == "packets" else (),
     )
 
 

@@ -27,6 +27,14 @@ is a shadow port (after REDIRECT the socket only sees appPort, conntrack still
 knows), and packets from ``exclude_sources`` (by default the health-check proxy's
 source address ``127.0.0.6``).
 
+A container that declares no ports (``NetSpec.all_ports``) is watched on every
+port of the namespace except ``except_tcp``/``except_udp`` (the ports the pod's
+other containers declare, the health-check sidecars' listeners among them):
+those excluded ports RETURN first, then one rule per protocol matches the rest.
+Only packets of flows started from outside (``--ctdir ORIGINAL``) are held or
+counted, so the replies to connections the pod's containers open (an outgoing
+request, a DNS answer) neither wake nor keep the container awake.
+
 Installing is idempotent: the restore text declares each chain (which creates or
 flushes it) and adds a jump only when ``iptables-save`` shows none, all in one
 atomic ``iptables-restore --noflush``.
@@ -86,15 +94,28 @@ class NetSpec:
     shadow: tuple[ShadowPort, ...] = ()
     exclude_sources: tuple[str, ...] = (f"{HEALTH_PROXY_SOURCE}/32",)
     queue_num: int = 0
+    # No declared ports: every port but except_tcp / except_udp (udp_all: UDP too).
+    all_ports: bool = False
+    udp_all: bool = False
+    except_tcp: tuple[int, ...] = ()
+    except_udp: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not _TAG.match(self.tag):
             raise SpecError(f"tag {self.tag!r}: must be 1-12 of [A-Za-z0-9_]")
-        for p in self.tcp_ports:
-            _check_port("tcp_ports", p)
-        for p in self.udp_ports:
-            _check_port("udp_ports", p)
-        if not self.tcp_ports and not self.udp_ports:
+        for where, ports in (
+            ("tcp_ports", self.tcp_ports),
+            ("udp_ports", self.udp_ports),
+            ("except_tcp", self.except_tcp),
+            ("except_udp", self.except_udp),
+        ):
+            for p in ports:
+                _check_port(where, p)
+        if self.all_ports and (self.tcp_ports or self.udp_ports):
+            raise SpecError(f"tag {self.tag}: all_ports watches every port; give no tcp/udp_ports")
+        if not self.all_ports and (self.except_tcp or self.except_udp or self.udp_all):
+            raise SpecError(f"tag {self.tag}: except_tcp/except_udp/udp_all need all_ports")
+        if not self.all_ports and not self.tcp_ports and not self.udp_ports:
             raise SpecError(f"tag {self.tag}: no tcp_ports or udp_ports to watch")
         if not 0 <= self.queue_num <= 65535:
             raise SpecError(f"queue_num {self.queue_num}: must be in 0..65535")
@@ -168,10 +189,25 @@ def hold_chain(spec: NetSpec, family: Family) -> Chain:
             f"{c} -j REJECT --reject-with tcp-reset"
         )
     queue = f"-j NFQUEUE --queue-num {spec.queue_num} --queue-bypass"
+    if spec.all_ports:
+        rules.extend(_all_ports_rules(spec, name, c, f"-m conntrack --ctdir ORIGINAL {c} {queue}"))
     for proto, ports in (("tcp", spec.tcp_ports), ("udp", spec.udp_ports)):
         for group in _port_groups(ports):
             rules.append(f"-A {name} -p {proto} -m multiport --dports {group} {c} {queue}")
     return Chain("filter", name, tuple(rules), ("INPUT",), comment="hold")
+
+
+def _all_ports_rules(spec: NetSpec, name: str, c: str, action: str) -> list[str]:
+    """The excluded ports RETURN (go on through INPUT untouched), then every other
+    port of each watched protocol gets ``action``."""
+    rules: list[str] = []
+    protos = (("tcp", spec.except_tcp), *((("udp", spec.except_udp),) if spec.udp_all else ()))
+    for proto, excluded in protos:
+        for group in _port_groups(excluded):
+            rules.append(f"-A {name} -p {proto} -m multiport --dports {group} {c} -j RETURN")
+    for proto, _ in protos:
+        rules.append(f"-A {name} -p {proto} {action}")
+    return rules
 
 
 def activity_chain(spec: NetSpec, family: Family) -> Chain:
@@ -182,6 +218,10 @@ def activity_chain(spec: NetSpec, family: Family) -> Chain:
         rules.append(
             f"-A {name} -p tcp -m conntrack --ctstate DNAT --ctorigdstport {sh.shadow_port} "
             f"{_c('activity')} -j RETURN"
+        )
+    if spec.all_ports:
+        rules.extend(
+            _all_ports_rules(spec, name, _c("activity"), f"-m conntrack --ctdir ORIGINAL {c} -j RETURN")
         )
     for proto, ports in (("tcp", spec.tcp_ports), ("udp", spec.udp_ports)):
         for group in _port_groups(ports):

@@ -55,6 +55,51 @@ def test_target_from_pod_and_policy() -> None:
     assert build_target(p, ContainerKey(NS, "web", "main"), None).mode == "none"
 
 
+def test_target_without_declared_ports_watches_all_but_the_others() -> None:
+    p = pod(containers=("main", "side"), ports=())
+    p["spec"]["containers"][1]["ports"] = [
+        {"containerPort": 9000},
+        {"containerPort": 5353, "protocol": "UDP"},
+    ]
+    # The health-check proxy sidecar admission injects: its listener is excluded.
+    p["spec"]["initContainers"] = [
+        {"name": "architect-health-18080", "restartPolicy": "Always",
+         "ports": [{"name": "hc-18080", "containerPort": 18080}]}
+    ]
+    t = build_target(p, ContainerKey(NS, "web", "main"), hibernation(containers=("main",)))
+    assert (t.mode, t.tcp_ports, t.udp_ports) == ("packets", (), ())
+    assert (t.except_tcp, t.except_udp) == ((9000, 18080), (5353,))
+    assert t.note == ""
+
+
+def test_target_with_declared_ports_has_no_exclusions() -> None:
+    p = pod(containers=("main", "side"))
+    t = build_target(p, ContainerKey(NS, "web", "main"), hibernation(containers=("main",)))
+    assert (t.tcp_ports, t.except_tcp, t.except_udp) == ((8080,), (), ())
+
+
+@pytest.mark.parametrize(
+    ("network", "spec_extra", "ports", "mode", "note"),
+    [
+        ("packets", {"hostNetwork": True}, [{"containerPort": 80}], "none", "hostNetwork pod"),
+        ("packets", {"hostNetwork": True}, [], "none", "hostNetwork pod"),
+        ("connections", {}, [{"containerPort": 53, "protocol": "UDP"}], "none", "only UDP"),
+        ("packets", {}, [{"containerPort": 53, "protocol": "UDP"}], "packets", ""),
+        ("connections", {}, [], "connections", ""),
+    ],
+)
+def test_network_mode_the_daemon_applies(
+    network: str, spec_extra: dict[str, object], ports: list[dict[str, object]], mode: str,
+    note: str,
+) -> None:
+    p = pod()
+    p["spec"].update(spec_extra)
+    p["spec"]["containers"][0]["ports"] = ports
+    t = build_target(p, ContainerKey(NS, "web", "main"), hibernation(network=network))
+    assert t.mode == mode
+    assert (note in t.note) if note else t.note == ""
+
+
 @pytest.mark.parametrize(
     ("raw", "want"),
     [

@@ -11,6 +11,7 @@ from architect.runtime.network.activity import (
     Flow,
     PacketClock,
     ProcSocket,
+    all_ports_watched,
     listening_ports,
     open_connections,
     parse_conntrack,
@@ -136,3 +137,10 @@ def test_packet_clock(counts: list[int], expected: int | None) -> None:
         clock = clock.observe(c, T + timedelta(seconds=i))
     want = None if expected is None else T + timedelta(seconds=expected)
     assert clock.last_packet_at == want
+
+
+def test_all_ports_connections_count_on_listened_ports_but_the_others() -> None:
+    # Listening: 8080 (ours), 9000 (another container's). An outgoing connection's
+    # ephemeral port is not listened on, so it never counts.
+    assert all_ports_watched((8080, 9000), (9000, 18080)) == (8080,)
+    assert all_ports_watched((), (9000,)) == ()

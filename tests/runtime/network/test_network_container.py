@@ -40,12 +40,22 @@ def test_net_spec_per_mode() -> None:
     [
         ((0, "sometimes", (80,)), "network mode 'sometimes': must be one of none, packets"),
         ((300, "packets", (80,)), "container index 300: must be in 0..255"),
-        ((0, "connections", ()), "tag c0: no tcp_ports or udp_ports to watch"),
     ],
 )
 def test_net_spec_errors(args: tuple[int, str, tuple[int, ...]], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         net_spec(*args)
+
+
+def test_net_spec_without_declared_ports_watches_all_but_the_others() -> None:
+    p = net_spec(1, "packets", (), (), except_tcp=(9000, 8080, 9000), except_udp=(53,))
+    assert p is not None and p.all_ports and p.udp_all
+    assert (p.tcp_ports, p.udp_ports, p.except_tcp, p.except_udp) == ((), (), (8080, 9000), (53,))
+    c = net_spec(1, "connections", (), except_tcp=(8080,), except_udp=(53,))
+    assert c is not None and c.all_ports and not c.udp_all and c.except_udp == ()
+    # Declared ports: the others' ports play no part.
+    d = net_spec(1, "packets", (80,), except_tcp=(8080,))
+    assert d is not None and not d.all_ports and d.except_tcp == ()
 
 
 @pytest.mark.root

@@ -53,6 +53,69 @@ def test_spec_errors_name_the_field(kwargs: dict[str, object], message: str) -> 
         NetSpec(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tag": "a", "all_ports": True, "tcp_ports": (80,)}, "all_ports watches every port"),
+        ({"tag": "a", "tcp_ports": (80,), "except_tcp": (81,)}, "need all_ports"),
+        ({"tag": "a", "all_ports": True, "except_udp": (0,)}, "except_udp: port 0"),
+    ],
+)
+def test_all_ports_spec_errors(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(message)):
+        NetSpec(**kwargs)  # type: ignore[arg-type]
+
+
+ALL = NetSpec(
+    tag="c1",
+    all_ports=True,
+    udp_all=True,
+    except_tcp=(8080, 18080),
+    except_udp=(53,),
+    shadow=(ShadowPort(7070, 9070),),
+    queue_num=1,
+)
+
+
+def test_all_ports_hold_chain_excludes_the_others_then_queues_the_rest() -> None:
+    c = '-m comment --comment "architect:hold"'
+    q = "-j NFQUEUE --queue-num 1 --queue-bypass"
+    assert hold_chain(ALL, 4).rules == (
+        f"-A ARCHITECT-HOLD-c1 -s 127.0.0.6/32 {c} -j RETURN",
+        "-A ARCHITECT-HOLD-c1 -p tcp -m conntrack --ctstate DNAT --ctorigdstport 9070 "
+        f"{c} -j REJECT --reject-with tcp-reset",
+        f"-A ARCHITECT-HOLD-c1 -p tcp -m multiport --dports 8080,18080 {c} -j RETURN",
+        f"-A ARCHITECT-HOLD-c1 -p udp -m multiport --dports 53 {c} -j RETURN",
+        # Only flows started from outside: replies to the pod's own connections pass.
+        f"-A ARCHITECT-HOLD-c1 -p tcp -m conntrack --ctdir ORIGINAL {c} {q}",
+        f"-A ARCHITECT-HOLD-c1 -p udp -m conntrack --ctdir ORIGINAL {c} {q}",
+    )
+
+
+def test_all_ports_activity_chain_counts_only_the_catch_all() -> None:
+    rules = activity_chain(ALL, 4).rules
+    counted = [r for r in rules if "architect:count" in r]
+    assert counted == [
+        "-A ARCHITECT-ACT-c1 -p tcp -m conntrack --ctdir ORIGINAL "
+        '-m comment --comment "architect:count" -j RETURN',
+        "-A ARCHITECT-ACT-c1 -p udp -m conntrack --ctdir ORIGINAL "
+        '-m comment --comment "architect:count" -j RETURN',
+    ]
+    # The excluded ports and the shadow flow RETURN before, uncounted.
+    first_count = rules.index(counted[0])
+    assert any("--dports 8080,18080" in r for r in rules[:first_count])
+    assert any("--ctorigdstport 9070" in r for r in rules[:first_count])
+
+
+def test_all_ports_tcp_only_and_many_exclusions() -> None:
+    spec = NetSpec(tag="c0", all_ports=True, except_tcp=tuple(range(1000, 1020)))
+    rules = hold_chain(spec, 4).rules
+    assert not any("-p udp" in r for r in rules)
+    returns = [r for r in rules if "--dports" in r]
+    assert len(returns) == 2  # xt_multiport takes 15 ports a rule
+    assert rules[-1].startswith("-A ARCHITECT-HOLD-c0 -p tcp -m conntrack --ctdir ORIGINAL")
+
+
 def test_shadow_port_equal_to_app_port_is_refused() -> None:
     with pytest.raises(SpecError, match="appPort equals shadowPort"):
         ShadowPort(80, 80)
