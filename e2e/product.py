@@ -330,10 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m e2e.product", description=__doc__.splitlines()[0])
     p.add_argument("action", choices=("install", "uninstall", "demo"))
     p.add_argument("--scaledown", default="10s", help="the demo app's idle time before hibernation")
+    p.add_argument("helm_args", nargs=argparse.REMAINDER,
+                   help="install: more helm arguments, e.g. --set operator.consumedTTL=10s")
     a = p.parse_args(argv)
     try:
         if a.action == "install":
-            print(f"installed in {install(Kube()):.1f}s")
+            print(f"installed in {install(Kube(), extra=a.helm_args):.1f}s")
         elif a.action == "uninstall":
             uninstall(Kube())
         else:
