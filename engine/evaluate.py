@@ -28,6 +28,7 @@ from architect.engine.directives import (
 from architect.engine.labels import Matcher, compile_selector
 from architect.engine.pods import POD_SCOPE, PodInfo
 from architect.engine.telemetry import (
+    BUSY_CPU_MILLICORES,
     TRANSITIONAL,
     ContainerKey,
     ContainerState,
@@ -48,8 +49,8 @@ class Settings:
     """Knobs of the evaluator that are not per policy."""
 
     # A running container using at least this much CPU is busy, not idle, even
-    # without network activity (a batch step must not be frozen mid-way).
-    busy_cpu_millicores: float = 100.0
+    # without network activity (telemetry.BUSY_CPU_MILLICORES says why 50m).
+    busy_cpu_millicores: float = BUSY_CPU_MILLICORES
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
 
+# A running container that uses at least this much CPU (millicores, averaged over
+# the daemon's CPU window, runtime/daemon/usage.py: 10 s) is active, not idle, with
+# or without network activity: a batch step must not be frozen mid-way. 50m is 5 %
+# of a core: an idle server's background work (a runtime's GC and timers, a probe
+# answered every 10 s, a metrics scrape) stays well below it, while anything doing
+# real work, even throttled to a small CPU limit, is above it.
+BUSY_CPU_MILLICORES = 50.0
+
 
 class ContainerState(StrEnum):
     """The values of the pod annotation ``architect.loopholelabs.io/status``."""
@@ -49,7 +57,10 @@ class ContainerTelemetry:
     activity; shadow-port traffic is not counted by the daemon. ``held_packets``:
     packets queued by the packet hold while the container is hibernated.
     ``resources_reduced``: the pod's requests are currently the hibernated (zero)
-    ones, so a Resize is or is not due.
+    ones, so a Resize is or is not due. ``exec_sessions``: exec processes open in
+    the container (kubectl exec); ``cpu_millicores``: its CPU use over the daemon's
+    window. The daemon also counts either as activity (``last_activity``), so the
+    idle clock starts when they end, not when they began.
     """
 
     state: ContainerState

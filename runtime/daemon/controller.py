@@ -46,6 +46,7 @@ from architect.runtime.daemon.targets import (
     status_annotation,
 )
 from architect.runtime.daemon.tracker import Tracker, adopted_state
+from architect.runtime.daemon.usage import Usage, UsageSampler
 
 log = logging.getLogger("architect.daemon")
 
@@ -79,8 +80,11 @@ class Controller:
         originals: RequestsStore | None = None,
         migrations: Migrations | None = None,
         node: str = "",
+        usage: UsageSampler | None = None,
     ) -> None:
         self.shim, self.net, self.reporter = shim, net, reporter
+        # CPU and exec sessions of every running container (network-monitor or not).
+        self.usage = usage if usage is not None else UsageSampler()
         self.wake_timeout, self.resize_enabled, self.clock = wake_timeout, resize, clock
         self.tracker = Tracker()
         self.originals = originals if originals is not None else RequestsStore(None)
@@ -162,22 +166,34 @@ class Controller:
             and not self._lock(k).locked()
             and t.state is not ContainerState.MIGRATING  # its namespace is going away
         ]
-        if not keys:
+        used = [
+            k
+            for k, t in self.tracker.items.items()
+            if t.state is ContainerState.RUNNING and k in self.usage and not self._lock(k).locked()
+        ]
+        if not keys and not used:
             return
         now = self.clock()
 
-        def sample_all() -> list[tuple[ContainerKey, Any]]:
-            out = []
+        def sample_all() -> tuple[list[tuple[ContainerKey, Any]], list[tuple[ContainerKey, Usage]]]:
+            out, usages = [], []
             for k in keys:
                 try:
                     out.append((k, self.net.sample(k, now)))
                 except Exception as e:  # a vanished namespace: the pod is going away
                     log.warning("%s: activity sample failed: %s", _unit(k), e)
-            return out
+            for k in used:
+                u = self.usage.sample(k, now)
+                if u is not None:
+                    usages.append((k, u))
+            return out, usages
 
-        for k, act in await asyncio.to_thread(sample_all):
+        acts, usages = await asyncio.to_thread(sample_all)
+        for k, act in acts:
             if act is not None and k in self.tracker:
                 self.tracker.observe(k, act.last_packet_at, act.open_connections, act.held_packets)
+        for k, u in usages:
+            self.tracker.observe_usage(k, u.cpu_millicores, u.exec_sessions, now)
 
     async def _act(self, d: Directive) -> None:
         if d.action is Action.HIBERNATE:
@@ -232,6 +248,9 @@ class Controller:
                 log.warning("%s: network setup failed (retried next tick): %s", _unit(key), e)
                 return
         self.targets[key] = target
+        self.usage.add(key, found.cgroup)
+        if target.note:
+            log.warning("%s: %s", _unit(key), target.note)
         self._by_id[cid] = key
         self.tracker.add(key, state, now)
         self.tracker.set_reduced(key, saved is not None)
@@ -286,6 +305,7 @@ class Controller:
             with contextlib.suppress(Exception):  # the namespace may be gone with the pod
                 await self.net.teardown(key)
             self.tracker.drop(key)
+            self.usage.drop(key)
             self._swept.add(key)  # just torn down: no sweep needed
             target = self.targets.pop(key, None)
             if target is not None and not pod_alive:

@@ -35,6 +35,7 @@ class ShimContainer:
     socket: str  # the control socket the container's symlink points at
     start_path: str = ""  # "restore" | "fresh": how its Create started it
     start_reason: str = ""  # why (names the handover it restored or waited for)
+    cgroup: str | None = None  # linux.cgroupsPath of its config.json, resolved (daemon/usage.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from architect.runtime.daemon.ports import EventFn, ShimContainer, ShimError
 from architect.runtime.daemon.targets import network_namespace
+from architect.runtime.daemon.usage import cgroups_path
 from architect.runtime.shim import plan
 from architect.runtime.shim.client import request
 
@@ -31,12 +32,16 @@ def shim_run_dir() -> Path:
     return Path(os.environ.get("ARCHITECT_SHIM_RUN", DEFAULT_RUN))
 
 
-def read_netns(bundle: str) -> str | None:
+def read_bundle(bundle: str) -> tuple[str | None, str | None]:
+    """(network namespace path, cgroup path) of the bundle's config.json."""
     try:
         with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
-            return network_namespace(json.load(f))
+            config = json.load(f)
     except (OSError, ValueError):
-        return None
+        return None, None
+    if not isinstance(config, dict):
+        return None, None
+    return network_namespace(config), cgroups_path(config)
 
 
 class ShimClient:
@@ -71,14 +76,16 @@ class ShimClient:
         resp = await self._call(container_id, {"op": "status"})
         for c in resp.get("containers") or ():
             if c.get("id") == container_id:
+                netns, cgroup = await asyncio.to_thread(read_bundle, str(c.get("bundle") or ""))
                 return ShimContainer(
                     id=container_id,
                     status=str(c.get("status") or ""),
                     pid=int(c.get("pid") or 0),
-                    netns=await asyncio.to_thread(read_netns, str(c.get("bundle") or "")),
+                    netns=netns,
                     socket=os.path.realpath(link),
                     start_path=str(c.get("start_path") or ""),
                     start_reason=str(c.get("start_reason") or ""),
+                    cgroup=cgroup,
                 )
         return None
 

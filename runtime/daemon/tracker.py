@@ -20,7 +20,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from architect.engine.telemetry import ContainerKey, ContainerState, ContainerTelemetry
+from architect.engine.telemetry import (
+    BUSY_CPU_MILLICORES,
+    ContainerKey,
+    ContainerState,
+    ContainerTelemetry,
+)
 
 RUNNING = ContainerState.RUNNING
 CHECKPOINTING = ContainerState.CHECKPOINTING
@@ -42,6 +47,7 @@ class Tracked:
     open_connections: int = 0
     held_packets: int = 0
     exec_sessions: int = 0
+    cpu_millicores: float = 0.0
     resources_reduced: bool = False
     busy: bool = False  # an action is in flight: no other starts
     migrate_armed: bool = False  # the shim was told migrate-on-stop
@@ -55,6 +61,7 @@ class Tracked:
             open_connections=self.open_connections,
             exec_sessions=self.exec_sessions,
             held_packets=self.held_packets,
+            cpu_millicores=self.cpu_millicores,
             resources_reduced=self.resources_reduced,
         )
 
@@ -141,6 +148,26 @@ class Tracker:
         t.open_connections = open_connections
         t.held_packets = held_packets
 
+    def observe_usage(
+        self,
+        key: ContainerKey,
+        cpu_millicores: float | None,
+        exec_sessions: int,
+        now: datetime,
+        busy_millicores: float = BUSY_CPU_MILLICORES,
+    ) -> None:
+        """CPU and exec sessions of a running container (None: CPU not known yet).
+
+        Either one counts as activity now, so the idle clock restarts when a busy
+        step or an exec shell ends, not when it began."""
+        t = self.items.get(key)
+        if t is None:
+            return
+        t.cpu_millicores = cpu_millicores or 0.0
+        t.exec_sessions = exec_sessions
+        if exec_sessions > 0 or (cpu_millicores or 0.0) >= busy_millicores:
+            self.touch(key, now)
+
     def touch(self, key: ContainerKey, now: datetime) -> None:
         """Activity the counters do not see (an exec, a refused hibernate)."""
         t = self.items.get(key)
@@ -168,6 +195,7 @@ class Tracker:
     def hibernated(self, key: ContainerKey, now: datetime) -> None:
         t = self._move(key, (CHECKPOINTING,), SCALED_DOWN, now)
         t.busy, t.held_packets, t.open_connections = False, 0, 0
+        t.cpu_millicores, t.exec_sessions = 0.0, 0
 
     def hibernate_failed(self, key: ContainerKey, now: datetime) -> None:
         # Idle time restarts: a failing container is retried after another full

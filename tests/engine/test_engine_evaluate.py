@@ -62,6 +62,22 @@ CASES = [
         rules={"name": "app", "scaledownAfter": "30s", "wakeOn": {"network": "packets"}},
     ),
     Case("busy CPU keeps awake", tel(active=999, cpu=500), Action.STAY_AWAKE, "busy"),
+    Case("50m CPU (5 % of a core) is busy", tel(active=999, cpu=50), Action.STAY_AWAKE, "busy: 50m"),
+    Case("idle background CPU is idle", tel(active=999, cpu=49), Action.HIBERNATE, "idle"),
+    Case(
+        "busy CPU keeps awake without network-monitor",
+        tel(active=999, cpu=300),
+        Action.STAY_AWAKE,
+        "busy",
+        rules={"name": "app", "scaledownAfter": "30s", "wakeOn": {"network": "none"}},
+    ),
+    Case(
+        "exec session keeps awake without network-monitor",
+        tel(active=999, execs=2),
+        Action.STAY_AWAKE,
+        "2 exec session(s) open",
+        rules={"name": "app", "scaledownAfter": "30s", "wakeOn": {"network": "none"}},
+    ),
     Case(
         "autoScaledown false never hibernates",
         tel(active=999),

@@ -1,0 +1,199 @@
+"""CPU use and open exec sessions of a running managed container, from its cgroup.
+
+A container without ``network-monitor`` has no network activity at all, so
+without these a busy batch step or an open ``kubectl exec`` shell would be
+hibernated after ``scaledownAfter``. Both come from the container's cgroup, which
+runc creates at the OCI spec's ``linux.cgroupsPath`` (the same path again after a
+restore):
+
+- CPU: the cgroup's cumulative usage (v2 ``cpu.stat`` ``usage_usec``, v1
+  ``cpuacct.usage``), averaged over a window of ``WINDOW_S`` seconds, so one
+  short burst (a GC pause) does not count as work but a sustained one does.
+- exec sessions: the processes of the cgroup whose parent is outside it. The
+  container's init is one (its parent is the shim); every ``runc exec`` process
+  is another (runc's child, reparented to the shim); everything the container
+  forks has its parent inside. So sessions = such roots - 1.
+
+The cgroup files are read through ``/proc/1/root`` (the host's mount namespace:
+the daemon runs with hostPID) when that is readable, so the daemon sees the
+node's cgroup tree whether it runs on the host or in its DaemonSet pod.
+Parsing is pure; ``UsageSampler`` is the I/O shell.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from architect.engine.telemetry import ContainerKey
+
+WINDOW_S = 10.0
+MIN_WINDOW_S = 2.0  # a shorter span says nothing yet (just adopted, just woken)
+HOST_CGROUP = "/proc/1/root/sys/fs/cgroup"
+LOCAL_CGROUP = "/sys/fs/cgroup"
+_V1_CPU = ("cpuacct", "cpu,cpuacct", "cpuacct,cpu")
+
+
+def cgroups_path(config: Mapping[str, object]) -> str | None:
+    """The cgroup of an OCI runtime spec (config.json), relative to the cgroup root.
+
+    ``/kubepods/besteffort/pod<uid>/<id>`` (cgroupfs driver) as is; the systemd
+    driver's ``slice:prefix:name`` expanded as runc does
+    (``kubepods-besteffort-pod1.slice:cri-containerd:<id>`` ->
+    ``kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/
+    cri-containerd-<id>.scope``).
+    """
+    linux = config.get("linux")
+    raw = linux.get("cgroupsPath") if isinstance(linux, Mapping) else None
+    if not isinstance(raw, str) or not raw:
+        return None
+    if raw.startswith("/"):
+        return raw.strip("/")
+    parts = raw.split(":")
+    if len(parts) != 3:
+        return raw.strip("/") or None
+    slice_, prefix, name = parts
+    unit = f"{prefix}-{name}.scope" if prefix else name
+    return "/".join([*expand_slice(slice_ or "-.slice"), unit])
+
+
+def expand_slice(slice_: str) -> list[str]:
+    """systemd's slice nesting: ``a-b-c.slice`` -> [a.slice, a-b.slice, a-b-c.slice]."""
+    if slice_ == "-.slice" or not slice_.endswith(".slice"):
+        return []
+    words = slice_.removesuffix(".slice").split("-")
+    return ["-".join(words[: i + 1]) + ".slice" for i in range(len(words))]
+
+
+def parse_cpu_stat(text: str) -> int | None:
+    """Nanoseconds of CPU from a v2 ``cpu.stat`` (its ``usage_usec`` line)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec" and value.strip().isdigit():
+            return int(value) * 1000
+    return None
+
+
+def exec_sessions(parents: Mapping[int, int]) -> int:
+    """Exec sessions among a cgroup's processes (pid -> parent pid): the processes
+    whose parent is outside the cgroup, less the container's init."""
+    roots = sum(1 for ppid in parents.values() if ppid not in parents)
+    return max(0, roots - 1)
+
+
+def parse_ppid(stat: str) -> int | None:
+    """The parent pid from ``/proc/<pid>/stat`` (the command may hold spaces and ')')."""
+    _, sep, rest = stat.rpartition(")")
+    fields = rest.split()
+    if not sep or len(fields) < 2 or not fields[1].isdigit():
+        return None
+    return int(fields[1])
+
+
+@dataclass(slots=True)
+class CpuWindow:
+    """Cumulative CPU samples -> average millicores over the last ``WINDOW_S``."""
+
+    samples: deque[tuple[datetime, int]] = field(default_factory=deque)
+
+    def add(self, now: datetime, cpu_ns: int) -> float | None:
+        """Record a sample; the average since the window's oldest one (None: too
+        short a span to tell)."""
+        if self.samples and (cpu_ns < self.samples[-1][1] or now <= self.samples[-1][0]):
+            # A smaller counter is a new cgroup (the container was restored);
+            # a clock that did not move gives no rate.
+            if cpu_ns < self.samples[-1][1]:
+                self.samples.clear()
+            else:
+                return None
+        self.samples.append((now, cpu_ns))
+        # Keep one sample at least WINDOW_S old, so the window is full once it can be.
+        while len(self.samples) > 2 and (now - self.samples[1][0]).total_seconds() >= WINDOW_S:
+            self.samples.popleft()
+        start, first = self.samples[0]
+        span = (now - start).total_seconds()
+        if span < MIN_WINDOW_S:
+            return None
+        return (cpu_ns - first) / span / 1e6  # ns per s -> millicores
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    cpu_millicores: float | None  # None: not known yet
+    exec_sessions: int
+
+
+class UsageSampler:
+    """Reads the cgroup of each registered container (blocking: a worker thread)."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root if root is not None else _cgroup_root()
+        self.paths: dict[ContainerKey, str] = {}
+        self.windows: dict[ContainerKey, CpuWindow] = {}
+
+    def add(self, key: ContainerKey, path: str | None) -> None:
+        if path:
+            self.paths[key] = path
+            self.windows[key] = CpuWindow()
+
+    def drop(self, key: ContainerKey) -> None:
+        self.paths.pop(key, None)
+        self.windows.pop(key, None)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.paths
+
+    def _dirs(self, path: str) -> tuple[str, str | None]:
+        """(the directory with cgroup.procs, the CPU counter file) of ``path``."""
+        if os.path.exists(os.path.join(self.root, "cgroup.controllers")):  # v2
+            d = os.path.join(self.root, path)
+            return d, os.path.join(d, "cpu.stat")
+        for name in _V1_CPU:
+            d = os.path.join(self.root, name, path)
+            if os.path.isdir(os.path.join(self.root, name)):
+                return d, os.path.join(d, "cpuacct.usage")
+        return os.path.join(self.root, "pids", path), None
+
+    def sample(self, key: ContainerKey, now: datetime) -> Usage | None:
+        """None when the container has no cgroup (hibernated, gone) or none is known."""
+        path = self.paths.get(key)
+        if path is None:
+            return None
+        procs_dir, cpu_file = self._dirs(path)
+        try:
+            with open(os.path.join(procs_dir, "cgroup.procs"), encoding="ascii") as f:
+                pids = [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            return None
+        parents: dict[int, int] = {}
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+                    ppid = parse_ppid(f.read())
+            except OSError:  # exited meanwhile
+                continue
+            if ppid is not None:
+                parents[pid] = ppid
+        cpu: float | None = None
+        if cpu_file is not None:
+            try:
+                with open(cpu_file, encoding="ascii") as f:
+                    text = f.read()
+                ns = parse_cpu_stat(text) if cpu_file.endswith("cpu.stat") else int(text.strip())
+            except (OSError, ValueError):
+                ns = None
+            if ns is not None:
+                cpu = self.windows.setdefault(key, CpuWindow()).add(now, ns)
+        return Usage(cpu, exec_sessions(parents))
+
+
+def _cgroup_root() -> str:
+    try:
+        if os.path.isdir(HOST_CGROUP) and os.listdir(HOST_CGROUP):
+            return HOST_CGROUP
+    except OSError:  # no access to the host's mount namespace
+        pass
+    return LOCAL_CGROUP
