@@ -5,6 +5,7 @@ Needs helm (e2e/cluster/install builds it into /var/cache/architect/bin); no clu
 
 from __future__ import annotations
 
+import argparse
 import base64
 import copy
 import subprocess
@@ -16,6 +17,7 @@ from cryptography import x509
 from architect.engine.admission.webhooks import ClientConfig, build_configurations
 from architect.engine.controlplane import trust
 from architect.policy.crdgen import all_crds
+from architect.runtime.shim import nodeinstall
 from charts.generate import CHART, ChartError, drifted, expected_files, helm_binary, render
 from tests.charts.render import by_kind, can, custom_values, objects, one, rendered
 
@@ -404,5 +406,32 @@ def test_rendered_args_are_what_the_programs_accept(default: list[dict[str, Any]
     assert daemon["ports"] == [{"name": "transfer", "containerPort": 9447}]
     mounts = {m["mountPath"]: m["mountPropagation"] for m in daemon["volumeMounts"]}
     assert mounts["/var/lib/k"] == "HostToContainer"
+    init = ds["initContainers"][0]
+    init_mounts = {m["mountPath"] for m in init["volumeMounts"]}
     host = {v["hostPath"]["path"] for v in ds["volumes"]}
-    assert host == set(mounts)
+    assert host == set(mounts) | init_mounts
+    # The node setup's flags are what `architect node install` takes.
+    assert init["command"] == ["python3", "-m", "architect.runtime.shim.nodeinstall", "install"]
+    p = argparse.ArgumentParser()
+    nodeinstall.add_arguments(p)
+    a = p.parse_args(["install", *init["args"]])
+    assert (str(a.prefix), str(a.containerd_config_dir), str(a.config_dir)) == (
+        "/opt/architect", "/etc/containerd/conf.d", "/etc/architect")
+    assert a.restart == ["systemctl", "restart", "containerd"]
+    assert init_mounts == {"/opt/architect", "/etc/containerd/conf.d", "/etc/architect"}
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_daemon_resize_value_reaches_the_daemon(value: bool) -> None:
+    """The daemon's own default is on: `false` must really turn it off."""
+    from architect.runtime.daemon.config import parse_args as daemon_args
+
+    ds = one(rendered(f"daemon.resize={str(value).lower()}"), "DaemonSet")
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert daemon_args(args, env={"NODE_NAME": "n"}).resize is value
+
+
+def test_node_install_off_renders_no_init_container() -> None:
+    ds = one(rendered("node.install=false"), "DaemonSet")["spec"]["template"]["spec"]
+    assert "initContainers" not in ds
+    assert not {v["name"] for v in ds["volumes"]} & {"node-prefix", "node-config"}
