@@ -125,7 +125,7 @@ class Grants:
             if not self.handover_exists(grant.template_hash, grant.container):
                 taken_at = taken_at or time.monotonic()
                 if time.monotonic() - taken_at >= START_GRACE_S:
-                    break  # the shim took it; no start record here (see docs/daemon.md)
+                    break  # the shim took it; no start record here (see docs/critiques.md#daemon)
             await asyncio.sleep(POLL_S)
         else:
             await self.patch(t.namespace, t.name, failed_patch(
