@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from architect.engine import metrics
 from architect.engine.admission.pods import SidecarConfig, admit_pod, validate_workload
+from architect.engine.admission.warnings import config_warnings
 from architect.engine.admission.workloads import (
     AdmissionDenied,
     Op,
@@ -114,7 +115,8 @@ async def review_workload(body: Mapping[str, Any], *, dryrun: bool, kube: KubeLi
     ``record_policies`` does them once the owner exists.
     """
     policies = validate_workload(body)
-    warnings: list[str] = []
+    # A workload's pods would repeat its warnings to the controller creating them.
+    warnings = config_warnings(body, policies) if owns_its_policies(body) else []
     if body.get("kind") == "Pod":
         warnings.extend(await start_from_warnings(body, kube))
     if dryrun or not owns_its_policies(body):

@@ -191,7 +191,8 @@ def workload(annotations: dict[str, str], owner: str | None = None) -> dict[str,
     }
 
 
-GOOD = {P + "managed-containers": '["app"]'}
+# With a network wake: a managed container without one is warned about.
+GOOD = {P + "managed-containers": '["app"]', P + "network-monitor": '{"app":"packets"}'}
 
 
 async def review_and_record(kube: FakeKube, body: dict[str, Any]) -> bool:
