@@ -634,7 +634,7 @@ class TaskService:
         except (CheckpointError, OSError, ValueError) as e:
             safe_rmtree(c.image)
             c.start_reason = f"restore from {decision.image} failed: {e}"
-            log.warning("%s: handover %s unusable, starting fresh: %s", c.id, decision.image, e)
+            log.warning("%s: restore from %s failed, starting fresh: %s", c.id, decision.image, e)
             if decision.consume:
                 safe_rmtree(decision.image)
             return False

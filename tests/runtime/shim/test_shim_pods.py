@@ -137,17 +137,27 @@ def test_withdrawn_pending_handover_starts_fresh_at_once(
     containerd.remove("wdr")
 
 
-def test_broken_handover_image_falls_back_to_fresh(containerd: Containerd, rootfs: Path) -> None:
-    ann = {HASH: "broken1", NAME: "app"}
-    bad = containerd.shim_state / "handover" / "broken1" / "app"
+@pytest.mark.parametrize("autoscaleup", [False, True], ids=["stays-hibernated", "restores"])
+def test_broken_handover_image_falls_back_to_fresh(
+    containerd: Containerd, rootfs: Path, autoscaleup: bool
+) -> None:
+    """Whether the replacement would restore or stay hibernated, a bad image starts
+    it fresh (the hibernated path verifies the image at create)."""
+    thash = f"broken-{int(autoscaleup)}"
+    ann = {HASH: thash, NAME: "app"}
+    if autoscaleup:
+        ann["architect.loopholelabs.io/postmigration-autoscaleup-containers"] = '["app"]'
+    bad = containerd.shim_state / "handover" / thash / "app"
     bad.mkdir(parents=True)
     (bad / "inventory.img").write_bytes(b"not a CRIU image")
     (bad / "ready").touch()
-    containerd.run_container("brk", rootfs, COUNTER, ann)
-    rec = containerd.control("brk", {"op": "status"})["containers"][0]
-    assert rec["start_path"] == "fresh"
+    cid = f"brk{int(autoscaleup)}"
+    containerd.run_container(cid, rootfs, COUNTER, ann)
+    rec = containerd.control(cid, {"op": "status"})["containers"][0]
+    assert rec["start_path"] == "fresh" and not rec["hibernated"], rec
     wait_for(lambda: count(rootfs) >= 1, 20, "counting from scratch")
     assert count(rootfs) < 50
     logs = "".join(p.read_text() for p in (containerd.shim_run / "logs" / NS).glob("*.log"))
-    assert "brk: restore from" in logs and "failed, starting fresh" in logs
-    containerd.remove("brk")
+    assert f"{cid}: restore from" in logs and "failed, starting fresh" in logs
+    assert not bad.exists(), "a broken handover must not fail the next pod too"
+    containerd.remove(cid)
