@@ -56,3 +56,4 @@ bench: setup
 	$(PY) bench/shim_bench.py
 	$(PY) bench/daemon_bench.py
 	$(PY) bench/cluster_bench.py
+	$(PY) bench/product_wake.py

@@ -56,6 +56,7 @@ HELM_ENV = {
 # A fresh start counts from 1 again, so a continuing count proves a restore.
 COUNTER = """
 import http.server as h, os, time
+ballast = os.urandom(int(os.environ.get("BALLAST_MIB", "0")) << 20)  # RSS to carry
 n = [0]
 started = time.time()
 class H(h.BaseHTTPRequestHandler):
@@ -196,7 +197,8 @@ def uninstall(kube: Kube, release: str = RELEASE, namespace: str = NAMESPACE) ->
 
 
 def counter_deployment(name: str = "my-app", scaledown: str = "30s", mode: str = "packets",
-                       replicas: int = 1, extra: dict[str, str] | None = None) -> dict[str, Any]:
+                       replicas: int = 1, extra: dict[str, str] | None = None,
+                       ballast_mib: int = 0) -> dict[str, Any]:
     """The seed's Deployment (samples/deployment.yaml) with network-monitor, running
     the counter app from the e2e node's local python image."""
     c = f"{name}-container"
@@ -220,6 +222,7 @@ def counter_deployment(name: str = "my-app", scaledown: str = "30s", mode: str =
                     "containers": [{
                         "name": c, "image": "architect.local/python:3.11",
                         "imagePullPolicy": "Never", "command": ["python3", "-c", COUNTER],
+                        "env": [{"name": "BALLAST_MIB", "value": str(ballast_mib)}],
                         "ports": [{"containerPort": 8080}],
                         "resources": {"requests": {"memory": "512Mi", "cpu": "250m"}},
                     }],
