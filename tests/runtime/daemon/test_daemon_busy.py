@@ -70,3 +70,18 @@ async def test_an_open_exec_session_keeps_it_awake() -> None:
 async def test_idle_container_without_network_monitor_hibernates() -> None:
     states, _ = await run([Usage(2.0, 0)] * 3)
     assert states[-1] is ContainerState.SCALED_DOWN
+
+
+async def test_a_network_container_without_ports_is_adopted_once_on_all_ports() -> None:
+    # Once refused with a warning every tick ("no tcp_ports or udp_ports to watch").
+    calls: list[str] = []
+    shim, net = FakeShim(calls), FakeNet(calls)
+    shim.add(CID)
+    ctl = Controller(shim, net, FakeReporter(calls), clock=Clock())
+    p = pod(containers=("main", "side"), ports=())
+    p["spec"]["containers"][1]["ports"] = [{"containerPort": 9000}]
+    for _ in range(3):
+        await ctl.tick([p], [hibernation(containers=("main",), network="packets")])
+    (target,) = net.setups
+    assert (target.tcp_ports, target.except_tcp) == ((), (9000,))
+    assert ctl.tracker.get(KEY) is not None and KEY not in ctl.ignored
