@@ -103,3 +103,55 @@ async def test_all_ports_activity_counts_ours_not_the_others(netpair: NetPair) -
             srv.close()
         iptables.remove_container(netpair.pod, spec)
     assert iptables.architect_chains(netpair.pod) == []
+
+
+async def test_daemon_pod_network_holds_a_portless_container_on_all_ports(
+    netpair: NetPair,
+) -> None:
+    # The daemon's own path: pod dict -> Target -> PodNetwork, in a real namespace.
+    from architect.engine.telemetry import ContainerKey
+    from architect.policy.models import HibernationPolicy
+    from architect.runtime.daemon.network import PodNetwork
+    from architect.runtime.daemon.targets import build_target
+
+    pod = {
+        "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+        "spec": {"containers": [
+            {"name": "main"},  # network-monitor, no ports
+            {"name": "side", "ports": [{"containerPort": OTHER}]},
+        ]},
+        "status": {"containerStatuses": [{"name": "main", "containerID": "containerd://m"}]},
+    }
+    hp = HibernationPolicy.model_validate({
+        "apiVersion": "architect.loopholelabs.io/v1alpha1", "kind": "HibernationPolicy",
+        "metadata": {"name": "web", "namespace": "ns"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "runtime": "runc",
+                 "containers": [{"name": "main", "wakeOn": {"network": "packets"}}]},
+    })
+    key = ContainerKey("ns", "web", "main")
+    target = build_target(pod, key, hp)
+    assert target.except_tcp == (OTHER,)
+    other = await start_tcp_app(netpair.pod, OTHER)
+    servers: list[asyncio.Server] = []
+    woke = asyncio.Event()
+
+    async def wake() -> None:
+        servers.append(await start_tcp_app(netpair.pod, OURS))
+        woke.set()
+
+    net = PodNetwork(wake_timeout=10)
+    await net.setup(target, netpair.pod.path)
+    try:
+        await net.hold(key, wake)
+        assert await _greet(netpair, OTHER, timeout=3) == GREETING
+        assert not woke.is_set()
+        assert await _greet(netpair, OURS) == GREETING
+        assert woke.is_set()
+        await net.release(key)
+        act = net.sample(key, T0 + timedelta(seconds=1))
+        assert act is not None and act.last_packet_at is not None  # our port counted
+    finally:
+        await net.teardown(key)
+        for srv in (other, *servers):
+            srv.close()
+    assert iptables.architect_chains(netpair.pod) == []
