@@ -38,8 +38,13 @@ def annotations_markdown() -> str:
 - `health-check-proxy` and `shadow-ports` mappings need a `network-monitor` entry
   for their container.
 - An Architect annotation on a pod without runtime class `runc-architect` or
-  `runsc-architect`, an unknown key under the prefix, or a pod template without
-  labels (the compiled policies select pods by them) is refused.
+  `runsc-architect`, an unknown key under the prefix, or a workload's pod template
+  without labels (the compiled policies select pods by them) is refused.
+- A bare Pod without labels is accepted: admission labels it
+  `architect.loopholelabs.io/pod=<its name>` (a `generateName` pod: the prefix
+  and a random token) and its compiled policies select it by that label; they
+  are owned by the Pod and go with it. `architect compile` prints that selector
+  and a note.
 - Every problem of a workload is reported at once, as `KEY: value 'VALUE': RULE`.
 """
     return _HEADER + "\n".join(rows) + "\n\n## What each key does\n\n" + details + "\n" + rules
