@@ -5,8 +5,10 @@ namespaces) and the daemon run against the e2e node:
 
 - same node: a Deployment's pod under a MigrationPolicy is deleted; the daemon
   creates its Checkpoint from the shim's handover (Ready), the replacement
-  restores from it (counter continues), the Checkpoint goes Restoring ->
-  Consumed with the control plane's Events, and the control plane deletes it
+  takes it over and, by default (postmigration-autoscaleup-containers lists
+  nothing), stays hibernated; the Checkpoint goes Restoring -> Consumed with the
+  control plane's Events all the same, the first request wakes the replacement
+  (counter continues), and the control plane deletes the Checkpoint
   (consumed-ttl 3 s). The daemon drops its packed image.
 - across nodes, on one real node: a bare pod is deleted on the real node
   (daemon A, the real source), its replacement is bound to a Node object this
@@ -30,10 +32,17 @@ from typing import Any
 import pytest
 
 from architect.engine.controlplane import coordinate
+from architect.policy.annotations import POSTMIGRATION_AUTOSCALEUP
 from e2e.pytest_cluster import NODE, Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl
 from e2e.tests.cluster.shimfix import architect_node, start_daemon
-from e2e.tests.cluster.test_daemon_hibernate import http_get, shim_entry, wait_serving, web_pod
+from e2e.tests.cluster.test_daemon_hibernate import (
+    http_get,
+    shim_entry,
+    states,
+    wait_serving,
+    web_pod,
+)
 from e2e.tests.cluster.test_daemon_migrate import deployment, live_pods
 from e2e.tests.engine.harness import Operator, running_operator
 
@@ -79,7 +88,8 @@ def test_same_node_checkpoint_ready_restoring_consumed_then_collected(
 ) -> None:
     cluster = operator.cluster
     ns = operator.namespace("dck")
-    source = deployment("unused")
+    source = deployment("unused")  # postmigration-autoscaleup: the default (none)
+    assert POSTMIGRATION_AUTOSCALEUP not in source["spec"]["template"]["metadata"]["annotations"]
     # Admission writes the hash label and annotation on the pods; users never do.
     del source["spec"]["template"]["metadata"]["annotations"][HASH_LABEL]
     thash = ""
@@ -119,11 +129,20 @@ def test_same_node_checkpoint_ready_restoring_consumed_then_collected(
                 time.sleep(0.2)
             assert new is not None, f"no Ready replacement; phases {seen}\n{daemon.text()[-3000:]}"
             assert "Consumed" in seen, f"phases seen {seen}\n{daemon.text()[-3000:]}"
-            rec = shim_entry(new["status"]["containerStatuses"][0]["containerID"]
-                             .removeprefix("containerd://"))
+            new_name = new["metadata"]["name"]
+            cid = new["status"]["containerStatuses"][0]["containerID"].removeprefix(
+                "containerd://")
+            rec = shim_entry(cid)
             assert rec["start_path"] == "restore", rec
-            after, _ = http_get(new["status"]["podIP"])
+            # Consumed while still hibernated: no process until a request comes.
+            assert rec["status"] == "SCALED_DOWN" and rec["hibernated"] and rec["pid"] == 0, rec
+            eventually("the replacement adopted as hibernated (its packets held)",
+                       lambda: states(cluster, ns, new_name) == {"main": "SCALED_DOWN"},
+                       timeout_s=30)
+            after, wake_s = http_get(new["status"]["podIP"])
             assert after == count + 1, (count, after)  # a fresh start would answer 1
+            woken = shim_entry(cid)
+            assert not woken["hibernated"] and woken["pid"] > 0, woken
             obj = checkpoint(cluster, ns, ck_name)
             assert obj is not None
             spec, status = obj["spec"], obj["status"]
@@ -145,7 +164,7 @@ def test_same_node_checkpoint_ready_restoring_consumed_then_collected(
                   f"(restore {rec['timings'].get('restore', 0):.2f}s in the shim); "
                   f"phases first seen {json.dumps({k: round(v, 2) for k, v in seen.items()})}; "
                   f"Checkpoint first seen -> Consumed {created_to_consumed:.2f}s; "
-                  f"counter {count} -> {after}")
+                  f"counter {count} -> {after} (first request woke it in {wake_s:.2f}s)")
         finally:
             daemon.kill()  # first: the replacement's deletion must leave no handover
             print(daemon.text()[-5000:])

@@ -1,7 +1,12 @@
 """The daemon carries out CheckpointForMigration: a Deployment's pod governed by a
 MigrationPolicy is deleted, the daemon tells the shim migrate-on-stop before the
-kubelet stops it, and the replacement pod restores from the handover: the
-in-memory counter goes on."""
+kubelet stops it, and the replacement pod takes over the handover.
+
+By default (postmigration-autoscaleup-containers lists nothing) the replacement
+stays hibernated: no process, the shim says SCALED_DOWN, the daemon adopts it as
+hibernated and holds its packets; the first request wakes it and gets the next
+count. With the container listed it runs right after the restore, before any
+request. Either way the in-memory counter goes on."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from architect.policy.annotations import POSTMIGRATION_AUTOSCALEUP
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
 from e2e.tests.cluster.shimfix import architect_node, start_daemon
@@ -20,6 +26,7 @@ from e2e.tests.cluster.test_daemon_hibernate import (
     events,
     http_get,
     shim_entry,
+    states,
     wait_serving,
     web_pod,
 )
@@ -31,11 +38,14 @@ HANDOVER = Path("/var/lib/architect/shim/handover")
 HASH_KEY = "architect.loopholelabs.io/pod-template-hash"
 
 
-def deployment(template_hash: str) -> dict[str, Any]:
-    """The counter pod of test_daemon_hibernate as a Deployment's template."""
+def deployment(template_hash: str, autoscaleup: bool = False) -> dict[str, Any]:
+    """The counter pod of test_daemon_hibernate as a Deployment's template;
+    ``autoscaleup``: postmigration-autoscaleup-containers lists its container."""
     pod = web_pod("packets")
     annotations = pod["metadata"]["annotations"]
     annotations["architect.loopholelabs.io/scaledown-durations"] = '{"main":"1h"}'
+    if autoscaleup:
+        annotations[POSTMIGRATION_AUTOSCALEUP] = '["main"]'
     # What admission adds in a full install; the shim keys the handover by it
     # (containerd passes pod annotations under architect.loopholelabs.io/ on).
     annotations[HASH_KEY] = template_hash
@@ -74,8 +84,10 @@ def ready_pod(cluster: Cluster, ns: str, not_named: str = "") -> dict[str, Any]:
     return found[0]
 
 
+@pytest.mark.parametrize("autoscaleup", [False, True], ids=["default-stays-hibernated",
+                                                         "autoscaleup-runs"])
 def test_deleted_pod_state_moves_to_its_replacement(
-    architect_node: Cluster, tmp_path: Path
+    architect_node: Cluster, tmp_path: Path, autoscaleup: bool
 ) -> None:
     cluster = architect_node
     thash = f"dmn-{uuid.uuid4().hex[:8]}"
@@ -83,9 +95,9 @@ def test_deleted_pod_state_moves_to_its_replacement(
     try:
         with namespace(cluster, "dmnm") as ns:
             # The compiler refuses the hash annotation (users never write it).
-            source = deployment(thash)
+            source = deployment(thash, autoscaleup)
             del source["spec"]["template"]["metadata"]["annotations"][HASH_KEY]
-            compile_and_apply(cluster, ns, deployment(thash), tmp_path, source)
+            compile_and_apply(cluster, ns, deployment(thash, autoscaleup), tmp_path, source)
             old = ready_pod(cluster, ns)
             name = old["metadata"]["name"]
             wait_serving(old["status"]["podIP"])
@@ -100,15 +112,43 @@ def test_deleted_pod_state_moves_to_its_replacement(
                 eventually("migrate-on-stop armed by the daemon",
                            lambda: "CheckpointForMigration" in daemon.text(), timeout_s=30)
                 new = ready_pod(cluster, ns, not_named=name)
-                rec = shim_entry(new["status"]["containerStatuses"][0]["containerID"]
-                                 .removeprefix("containerd://"))
+                new_name = new["metadata"]["name"]
+                cid = new["status"]["containerStatuses"][0]["containerID"].removeprefix(
+                    "containerd://")
+                rec = shim_entry(cid)
                 assert rec["start_path"] == "restore", rec
-                after, _ = http_get(new["status"]["podIP"])
+                assert "handover checkpoint" in rec["start_reason"], rec
+                if autoscaleup:
+                    # Running before any request: a process of its own.
+                    assert rec["status"] == "RUNNING" and not rec["hibernated"], rec
+                    assert rec["pid"] > 0 and Path(f"/proc/{rec['pid']}").exists(), rec
+                    eventually("adopted as running", lambda: states(
+                        cluster, ns, new_name) == {"main": "RUNNING"}, timeout_s=30)
+                else:
+                    # The default: the handover image became its hibernation image.
+                    assert rec["status"] == "SCALED_DOWN" and rec["hibernated"], rec
+                    assert rec["pid"] == 0, rec
+                    assert POSTMIGRATION_AUTOSCALEUP in rec["start_reason"], rec
+                    # Published after the adoption armed the hold: the request
+                    # below is held, not refused by a netns with no listener.
+                    eventually("adopted as hibernated", lambda: states(
+                        cluster, ns, new_name) == {"main": "SCALED_DOWN"}, timeout_s=30)
+                    assert f"pod {ns}/{new_name}: adopted as SCALED_DOWN" in daemon.text()
+                after, seconds = http_get(new["status"]["podIP"])
                 assert after == count + 1, (count, after)  # a fresh start would answer 1
-                assert new["status"]["containerStatuses"][0]["restartCount"] == 0
+                woken = shim_entry(cid)
+                assert not woken["hibernated"] and woken["pid"] > 0, woken
+                if not autoscaleup:
+                    assert woken["timings"].get("wake", 0) > 0, woken  # the request woke it
+                    eventually("awake after the request", lambda: states(
+                        cluster, ns, new_name) == {"main": "RUNNING"}, timeout_s=30)
+                final = get_json(cluster, "pod", "-n", ns, new_name)["status"]
+                assert final["containerStatuses"][0]["restartCount"] == 0
                 assert "CheckpointForMigration" in events(cluster, ns)
-                print(f"FIGURE handover: counter {count} -> {after}, "
-                      f"restore {rec['timings'].get('restore', 0):.3f}s in the shim")
+                print(f"FIGURE handover ({'autoscaleup' if autoscaleup else 'default'}): "
+                      f"counter {count} -> {after}, "
+                      f"restore {rec['timings'].get('restore', 0):.3f}s in the shim, "
+                      f"first request answered in {seconds:.3f}s")
             finally:
                 # The daemon goes first: the replacement's deletion must not leave
                 # another handover behind.

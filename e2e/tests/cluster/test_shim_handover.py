@@ -1,8 +1,12 @@
 """Handover on the e2e node: a Deployment's pod is deleted with migrate-on-stop, and
 its replacement (same template hash, new pod IP, new emptyDir path) restores from
-the checkpoint the shim wrote on stop: its in-memory counter goes on, its emptyDir
-content came along, and its listener, bound to the old pod IP, answers on the new
-one. A corrupt handover image makes the replacement start fresh, and it is Ready."""
+the checkpoint the shim wrote on stop. Its annotations ask for everything the
+defaults leave out (postmigration-autoscaleup, migrate-emptydir and
+rewrite-listener-addresses list the container): it runs right after the restore,
+its in-memory counter goes on, its emptyDir content came along, and its listener,
+bound to the old pod IP, answers on the new one. A corrupt handover image makes
+the replacement start fresh, and it is Ready, whether the replacement was to run
+at once or (the default) to stay hibernated."""
 
 from __future__ import annotations
 
@@ -14,6 +18,12 @@ from typing import Any
 
 import pytest
 
+from architect.policy.annotations import (
+    MANAGED_CONTAINERS,
+    MIGRATE_EMPTYDIR,
+    POSTMIGRATION_AUTOSCALEUP,
+    REWRITE_LISTENER,
+)
 from architect.policy.annotations import TEMPLATE_HASH_ANNOTATION as HASH_KEY
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
@@ -32,7 +42,14 @@ APP = "app=counter"
 # A listener bound to the pod IP (restore must rewrite it), an in-memory counter
 # written to the rootfs, and a log in the emptyDir. httpd's directory is in the
 # emptyDir: the writable layer of the rootfs does not travel, and CRIU reopens a
-# process's cwd by path.
+# process's cwd by path, so the emptyDir must travel too.
+# What this app needs from a migration, none of it the default.
+MIGRATION = {
+    MANAGED_CONTAINERS: '["main"]',
+    POSTMIGRATION_AUTOSCALEUP: '["main"]',
+    MIGRATE_EMPTYDIR: '["main"]',
+    REWRITE_LISTENER: '["main"]',
+}
 SCRIPT = (
     "mkdir -p /data/www && echo hello > /data/www/index.html && "
     "httpd -f -p $POD_IP:8080 -h /data/www & "
@@ -41,7 +58,10 @@ SCRIPT = (
 )
 
 
-def _deployment(template_hash: str) -> dict[str, Any]:
+def _deployment(template_hash: str, autoscaleup: bool = True) -> dict[str, Any]:
+    annotations = {**MIGRATION, HASH_KEY: template_hash}
+    if not autoscaleup:
+        del annotations[POSTMIGRATION_AUTOSCALEUP]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -52,8 +72,7 @@ def _deployment(template_hash: str) -> dict[str, Any]:
             "template": {
                 # The shim keys handovers by this annotation (containerd passes pod
                 # annotations under architect.loopholelabs.io/ to the OCI spec).
-                "metadata": {"labels": {"app": "counter"},
-                             "annotations": {HASH_KEY: template_hash}},
+                "metadata": {"labels": {"app": "counter"}, "annotations": annotations},
                 "spec": {
                     "runtimeClassName": "runc-architect",
                     "terminationGracePeriodSeconds": 10,
@@ -84,9 +103,10 @@ def _http(ip: str) -> str:
         return str(r.read().decode())
 
 
-def _start(cluster: Cluster, ns: str, template_hash: str) -> dict[str, Any]:
+def _start(cluster: Cluster, ns: str, template_hash: str,
+           autoscaleup: bool = True) -> dict[str, Any]:
     kubectl(cluster, "apply", "-n", ns, "-f", "-",
-            stdin=json.dumps(_deployment(template_hash)))
+            stdin=json.dumps(_deployment(template_hash, autoscaleup)))
     pod = ready_pod(cluster, ns, APP)
     name = pod["metadata"]["name"]
     eventually("the counter reaches 8", lambda: _count(cluster, ns, name) >= 8, timeout_s=60)
@@ -113,6 +133,9 @@ def test_replacement_pod_restores_from_handover(architect_node: Cluster) -> None
             rec = shim_record(container_id(new))
             assert rec["start_path"] == "restore", rec
             assert "handover checkpoint" in rec["start_reason"], rec
+            # postmigration-autoscaleup lists it: running at once, not hibernated.
+            assert rec["status"] == "RUNNING" and not rec["hibernated"], rec
+            assert rec["pid"] > 0, rec
             # The counter went on from its checkpointed value; a fresh start would
             # count from 1 (and reach `before` only after as many seconds). The new
             # rootfs has no /tmp/count until the restored loop's next round.
@@ -137,12 +160,17 @@ def test_replacement_pod_restores_from_handover(architect_node: Cluster) -> None
         remove_handover(thash)
 
 
-def test_corrupt_handover_starts_fresh_and_ready(architect_node: Cluster) -> None:  # noqa: F811
+@pytest.mark.parametrize("autoscaleup", [True, False], ids=["restore", "stay-hibernated"])
+def test_corrupt_handover_starts_fresh_and_ready(
+    architect_node: Cluster, autoscaleup: bool,  # noqa: F811
+) -> None:
+    """Both of Create's paths verify the image: the restore (autoscaleup listed)
+    and the one that keeps the image as the replacement's hibernation image."""
     cluster = architect_node
     thash = f"e2e-{uuid.uuid4().hex[:8]}"
     try:
         with namespace(cluster, "handover") as ns:
-            _start(cluster, ns, thash)
+            _start(cluster, ns, thash, autoscaleup)
             # Scale to zero: the pod stops with SIGTERM and the shim writes the handover.
             kubectl(cluster, "scale", "-n", ns, "deployment/counter", "--replicas=0")
             image = HANDOVER / thash / "main"
@@ -159,6 +187,7 @@ def test_corrupt_handover_starts_fresh_and_ready(architect_node: Cluster) -> Non
             new = ready_pod(cluster, ns, APP)
             rec = shim_record(container_id(new))
             assert rec["start_path"] == "fresh", rec
+            assert not rec["hibernated"] and rec["pid"] > 0, rec
             # The reason names the image and what was wrong with it.
             assert "failed" in rec["start_reason"] and str(image) in rec["start_reason"], rec
             assert _count(cluster, ns, new["metadata"]["name"]) < 8, "state came back?"

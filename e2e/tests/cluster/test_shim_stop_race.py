@@ -4,7 +4,9 @@ the shim before the migrate-on-stop decision.
 The pod's PID 1 exits on SIGTERM, and its annotations (managed-containers + the
 template hash) make the shim expect a decision. (1) The decision comes 0.4 s
 after the delete, as from a daemon that lost the race: the shim's Kill waited for
-it, checkpointed, and the replacement restores (its counter goes on). (2) No
+it, checkpointed, and the replacement restores and runs at once
+(postmigration-autoscaleup-containers lists the container; by default it would
+stay hibernated, test_daemon_migrate.py) with its counter going on. (2) No
 decision comes: the old container exits once the stop window has passed (not at
 once, not after the grace period) and the replacement starts fresh and is Ready.
 """
@@ -25,7 +27,11 @@ from typing import Any
 
 import pytest
 
-from architect.policy.annotations import MANAGED_CONTAINERS, TEMPLATE_HASH_ANNOTATION
+from architect.policy.annotations import (
+    MANAGED_CONTAINERS,
+    POSTMIGRATION_AUTOSCALEUP,
+    TEMPLATE_HASH_ANNOTATION,
+)
 from architect.runtime.daemon.shimclient import ShimClient
 from architect.runtime.shim.client import request
 from architect.runtime.shim.stopwindow import DEFAULT_WINDOW
@@ -66,6 +72,8 @@ def _deployment(template_hash: str) -> dict[str, Any]:
                 "metadata": {"labels": {"app": "racer"}, "annotations": {
                     MANAGED_CONTAINERS: '["main"]',
                     TEMPLATE_HASH_ANNOTATION: template_hash,
+                    # No daemon here to wake a hibernated replacement on a packet.
+                    POSTMIGRATION_AUTOSCALEUP: '["main"]',
                 }},
                 "spec": {
                     "runtimeClassName": "runc-architect",
@@ -223,6 +231,7 @@ def test_decision_after_the_sigterm_still_checkpoints(architect_node: Cluster) -
         rec = shim_record(container_id(new))
         assert rec["start_path"] == "restore", rec
         assert "handover checkpoint" in rec["start_reason"], rec
+        assert rec["status"] == "RUNNING" and not rec["hibernated"] and rec["pid"] > 0, rec
         new_name = new["metadata"]["name"]
         eventually("the restored counter writes",
                    lambda: _count(cluster, r.ns, new_name) > 0, timeout_s=30)
