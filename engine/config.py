@@ -62,13 +62,15 @@ def parser() -> argparse.ArgumentParser:
         description="Run Architect's admission webhooks and control plane.",
     )
     ap.add_argument("--webhook-addr", default=env("ARCHITECT_WEBHOOK_ADDR", "0.0.0.0"))
-    ap.add_argument("--webhook-port", type=int, default=int(env("ARCHITECT_WEBHOOK_PORT", "9443")))
+    # String defaults go through `type` too: a bad environment value is a usage
+    # error naming the flag, not a traceback.
+    ap.add_argument("--webhook-port", type=int, default=env("ARCHITECT_WEBHOOK_PORT", "9443"))
     ap.add_argument("--webhook-host", default=env("ARCHITECT_WEBHOOK_HOST"))
     ap.add_argument("--tls-cert", default=env("ARCHITECT_TLS_CERT"), help="PEM certificate file")
     ap.add_argument("--tls-key", default=env("ARCHITECT_TLS_KEY"), help="PEM private key file")
-    ap.add_argument("--metrics-port", type=int, default=int(env("ARCHITECT_METRICS_PORT", "0")))
+    ap.add_argument("--metrics-port", type=int, default=env("ARCHITECT_METRICS_PORT", "0"))
     ap.add_argument(
-        "--gc-interval", type=_duration, default=_duration(env("ARCHITECT_GC_INTERVAL", "60s"))
+        "--gc-interval", type=_duration, default=env("ARCHITECT_GC_INTERVAL", "60s")
     )
     ap.add_argument("--consumed-ttl", type=_duration, default=_duration("10m"))
     ap.add_argument("--failed-ttl", type=_duration, default=_duration("1h"))
@@ -100,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--transfer-port",
         type=int,
-        default=int(env("ARCHITECT_TRANSFER_PORT", str(TransferSettings.port))),
+        default=env("ARCHITECT_TRANSFER_PORT", str(TransferSettings.port)),
         help="the port the daemons serve checkpoint images on",
     )
     ap.add_argument("--ticket-ttl", type=_duration, default=_duration("10m"))

@@ -103,3 +103,10 @@ lock_cluster() {
   exec 9> /run/architect-e2e-updown.lock
   flock -w 3600 9 || die "another e2e/cluster up/down held the lock for an hour"
 }
+
+# make_shared DIR: DIR is a mount point with shared propagation (idempotent).
+make_shared() {
+  mkdir -p "$1"
+  mountpoint -q "$1" || mount --rbind "$1" "$1"
+  mount --make-rshared "$1"
+}

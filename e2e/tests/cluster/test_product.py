@@ -35,9 +35,9 @@ CONTAINER = f"{APP}-container"
 @pytest.fixture(scope="module")
 def kube(node_cluster: Cluster) -> Iterator[product.Kube]:
     k = product.Kube(node_cluster.kubeconfig, node_cluster.context, node_cluster.kubectl)
-    took = product.install(k, extra=["--set", "daemon.logLevel=DEBUG"])
-    print(f"\nproduct: helm install to daemon Ready {took:.1f}s")
     try:
+        took = product.install(k, extra=["--set", "daemon.logLevel=DEBUG"])
+        print(f"\nproduct: helm install to daemon Ready {took:.1f}s")
         yield k
     finally:
         wait_architect_pods_gone(node_cluster)
