@@ -12,9 +12,10 @@ host's ``--prefix`` and ``--containerd-config-dir`` mounted at the same paths. I
 3. writes containerd's runtime handlers (``runc-architect``, ``runsc-architect``,
    ``runtime_path`` = the launcher) into the drop-in directory containerd imports,
    and the runsc configuration;
-4. when the drop-in changed, runs ``--restart`` on the host (its mount, PID and
-   cgroups of PID 1, so the restarted containerd does not live in this
-   container's cgroup and die with it).
+4. until containerd has been restarted for this drop-in (a stamp in PREFIX, so a
+   failed restart is tried again on the next run), runs ``--restart`` on the host:
+   in the namespaces and cgroups of ``--host-process`` (PID 1), so the restarted
+   containerd does not live in this container's cgroup and die with it.
 
 The text each step writes is computed by pure functions (tested without a node).
 """
@@ -36,11 +37,11 @@ SHIM_BINARY = "containerd-shim-architect-v1"
 DROPIN_NAME = "architect.toml"
 RUNSC_CONFIG = "runsc-architect.toml"
 LAUNCHER_MARK = "# Architect shim launcher (architect node install)"
-# Run a command as a peer of the host's PID 1: its cgroups first (cgroup v1
-# hierarchies or the v2 unified one), then exec. Without it, a containerd
-# restarted from here would sit in this container's cgroup, which runc empties
-# (SIGKILL) when the container is deleted.
-_JOIN_PID1 = r"""
+# Run a command as a peer of the host's anchor process (PID 1 on a node): its
+# cgroups first (cgroup v1 hierarchies or the v2 unified one), then exec. Without
+# it, a containerd restarted from here would sit in this container's cgroup, which
+# runc empties (SIGKILL) when the container is deleted.
+_JOIN_CGROUPS = r"""
 while IFS=: read -r _ ctrl path; do
   case $ctrl in
     '') d=/sys/fs/cgroup/unified; [ -d "$d" ] || d=/sys/fs/cgroup ;;
@@ -48,9 +49,10 @@ while IFS=: read -r _ ctrl path; do
     *) d=/sys/fs/cgroup/$ctrl ;;
   esac
   [ -w "$d$path/cgroup.procs" ] && echo $$ > "$d$path/cgroup.procs" 2>/dev/null
-done < /proc/1/cgroup
+done < "/proc/$ANCHOR/cgroup"
 exec "$@"
 """
+RESTART_STAMP = ".containerd-restarted-for"
 
 
 class InstallError(Exception):
@@ -123,10 +125,43 @@ def tree_key(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def restart_argv(command: Sequence[str]) -> list[str]:
-    """``command`` run on the host as a peer of PID 1 (namespaces and cgroups)."""
-    return ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--",
-            "/bin/sh", "-c", _JOIN_PID1, "sh", *command]
+def restart_argv(command: Sequence[str], anchor: int = 1) -> list[str]:
+    """``command`` run on the host as a peer of ``anchor`` (namespaces and cgroups)."""
+    return ["nsenter", "-t", str(anchor), "-m", "-u", "-i", "-n", "-p", "--",
+            "/usr/bin/env", f"ANCHOR={anchor}", "/bin/sh", "-c", _JOIN_CGROUPS, "sh", *command]
+
+
+def find_anchor(spec: str, proc: Path = Path("/proc")) -> int:
+    """The host process to run the restart beside: a pid, or ``containerd`` for the
+    containerd process (for nodes whose PID 1 is not the host's init, such as a
+    sandbox that hides it: the e2e node)."""
+    if spec.isdigit():
+        return int(spec)
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == spec:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    if not found:
+        raise InstallError(f"--host-process {spec!r}: no such process on this node")
+    return min(found)  # the longest-running one: containerd's shims are not named so
+
+
+def restart_needed(prefix: Path, dropin_text: str) -> bool:
+    """The drop-in differs from the one containerd was last restarted for (so a
+    restart that failed is tried again on the next run, not skipped as unchanged)."""
+    stamp = prefix / RESTART_STAMP
+    want = hashlib.sha256(dropin_text.encode()).hexdigest()
+    return not stamp.exists() or stamp.read_text().strip() != want
+
+
+def _mark_restarted(prefix: Path, dropin_text: str) -> None:
+    _write_if_changed(prefix / RESTART_STAMP,
+                      hashlib.sha256(dropin_text.encode()).hexdigest() + "\n")
 
 
 def _write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
@@ -187,6 +222,7 @@ def install(
     restart: Sequence[str] = (),
     source: Path = Path("/"),
     python: str = sys.executable,
+    host_process: str = "1",
 ) -> Report:
     if not prefix.is_absolute() or not containerd_config_dir.is_absolute():
         raise InstallError("--prefix and --containerd-config-dir must be absolute host paths")
@@ -197,15 +233,17 @@ def install(
     runsc_config = config_dir / RUNSC_CONFIG
     _write_if_changed(runsc_config, (DEPLOY / RUNSC_CONFIG).read_text(encoding="utf-8"))
     template = (DEPLOY / "containerd-architect.toml").read_text(encoding="utf-8")
-    changed = _write_if_changed(containerd_config_dir / DROPIN_NAME,
-                                dropin_text(template, str(launcher), str(runsc_config)))
+    text = dropin_text(template, str(launcher), str(runsc_config))
+    changed = _write_if_changed(containerd_config_dir / DROPIN_NAME, text)
     restarted = False
-    if changed and restart:
-        proc = subprocess.run(restart_argv(restart), capture_output=True, text=True,
+    if restart and restart_needed(prefix, text):
+        anchor = find_anchor(host_process)
+        proc = subprocess.run(restart_argv(restart, anchor), capture_output=True, text=True,
                               timeout=600, check=False)
         if proc.returncode != 0:
-            raise InstallError(f"restarting containerd with {list(restart)} failed "
-                               f"({proc.returncode}): {proc.stderr[-2000:]}")
+            raise InstallError(f"restarting containerd with {list(restart)} beside pid "
+                               f"{anchor} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        _mark_restarted(prefix, text)
         restarted = True
     return Report(payload_dir, copied, changed, restarted)
 
@@ -225,6 +263,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the directory containerd's config imports (drop-ins)")
     p.add_argument("--config-dir", type=Path, default=Path("/etc/architect"),
                    help="host directory for the runsc configuration")
+    p.add_argument("--host-process", default="1",
+                   help="pid (or process name, e.g. containerd) whose namespaces and cgroups "
+                        "the restart runs in; 1 on a node whose PID 1 is its init")
     p.add_argument("--restart", nargs=argparse.REMAINDER, default=[],
                    help="command (run on the host) that restarts containerd when the "
                         "drop-in changed, e.g. --restart systemctl restart containerd")
@@ -236,7 +277,8 @@ def run(a: argparse.Namespace) -> int:
             uninstall(a.prefix, a.containerd_config_dir, a.config_dir)
             print(f"architect node: removed {a.prefix} and the containerd drop-in")
             return 0
-        report = install(a.prefix, a.containerd_config_dir, a.config_dir, a.restart)
+        report = install(a.prefix, a.containerd_config_dir, a.config_dir, a.restart,
+                         host_process=a.host_process)
     except (InstallError, OSError, subprocess.TimeoutExpired) as e:
         print(f"architect node install: {e}", file=sys.stderr)
         return 1

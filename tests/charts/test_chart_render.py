@@ -417,7 +417,7 @@ def test_rendered_args_are_what_the_programs_accept(default: list[dict[str, Any]
     a = p.parse_args(["install", *init["args"]])
     assert (str(a.prefix), str(a.containerd_config_dir), str(a.config_dir)) == (
         "/opt/architect", "/etc/containerd/conf.d", "/etc/architect")
-    assert a.restart == ["systemctl", "restart", "containerd"]
+    assert a.restart == ["systemctl", "restart", "containerd"] and a.host_process == "1"
     assert init_mounts == {"/opt/architect", "/etc/containerd/conf.d", "/etc/architect"}
 
 

@@ -45,11 +45,50 @@ def test_launcher_uses_the_payloads_loader_and_ignores_the_hosts_python_env() ->
     assert 'ARCHITECT_SHIM_LAUNCHER="$0"' in text
 
 
-def test_restart_runs_on_the_host_as_a_peer_of_pid_1() -> None:
+def test_restart_runs_on_the_host_as_a_peer_of_the_anchor() -> None:
     argv = ni.restart_argv(["systemctl", "restart", "containerd"])
-    assert argv[:3] == ["nsenter", "-t", "1"]
+    assert argv[:3] == ["nsenter", "-t", "1"] and "ANCHOR=1" in argv
     assert argv[-3:] == ["systemctl", "restart", "containerd"]
-    assert "/proc/1/cgroup" in argv[argv.index("-c") + 1]
+    assert '"/proc/$ANCHOR/cgroup"' in argv[argv.index("-c") + 1]
+    assert ni.restart_argv(["up"], 4242)[:3] == ["nsenter", "-t", "4242"]
+
+
+def test_anchor_by_pid_or_by_name(tmp_path: Path) -> None:
+    for pid, comm in ((7, "containerd"), (9, "containerd"), (3, "kubelet")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm + "\n")
+    (tmp_path / "self").mkdir()
+    assert ni.find_anchor("1", tmp_path) == 1
+    assert ni.find_anchor("containerd", tmp_path) == 7
+    with pytest.raises(ni.InstallError, match="no such process"):
+        ni.find_anchor("systemd", tmp_path)
+
+
+def test_a_failed_restart_is_tried_again_on_the_next_run(tmp_path: Path) -> None:
+    assert ni.restart_needed(tmp_path, "dropin v1")
+    ni._mark_restarted(tmp_path, "dropin v1")
+    assert not ni.restart_needed(tmp_path, "dropin v1")
+    assert ni.restart_needed(tmp_path, "dropin v2")
+
+
+def test_restart_failure_fails_the_install_and_the_rerun_restarts(tmp_path: Path) -> None:
+    """The real install on a scratch tree, with a restart command that fails once."""
+    src, prefix, conf, cfg = (tmp_path / n for n in ("img", "opt", "conf.d", "etc"))
+    _tiny_usr(src, {"bin/python3.11": "x", "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": "x"})
+    flag = tmp_path / "fail-once"
+    flag.write_text("")
+    me = str(os.getpid())
+    restart = ["/bin/sh", "-c", f'if [ -e {flag} ]; then rm {flag}; exit 3; fi; echo ok']
+    with pytest.raises(ni.InstallError, match="failed"):
+        ni.install(prefix, conf, cfg, restart, source=src, python="/usr/bin/python3.11",
+                   host_process=me)
+    assert (conf / ni.DROPIN_NAME).exists()  # written, but containerd not restarted
+    report = ni.install(prefix, conf, cfg, restart, source=src, python="/usr/bin/python3.11",
+                        host_process=me)
+    assert report.restarted and not report.dropin_changed
+    again = ni.install(prefix, conf, cfg, restart, source=src, python="/usr/bin/python3.11",
+                       host_process=me)
+    assert not again.restarted
 
 
 def _tiny_usr(root: Path, files: dict[str, str]) -> None:
