@@ -188,7 +188,8 @@ def uninstall(kube: Kube, release: str = RELEASE, namespace: str = NAMESPACE) ->
     kube.run("delete", "namespace", namespace, f"{namespace}-trust", "--ignore-not-found",
              "--wait=false", check=False)
     subprocess.run([sys.executable, "-m", "architect.runtime.shim.nodeinstall", "uninstall",
-                    "--prefix", str(NODE_PREFIX), "--containerd-config-dir", str(NODE_DROPINS)],
+                    "--prefix", str(NODE_PREFIX), "--containerd-config-dir", str(NODE_DROPINS),
+                    "--link-dir", "/usr/local/bin"],
                    check=True, capture_output=True, timeout=120, cwd=REPO)
     subprocess.run([str(UP)], check=True, capture_output=True, timeout=600)
 

@@ -8,7 +8,11 @@ host's ``--prefix`` and ``--containerd-config-dir`` mounted at the same paths. I
    tree, so an unchanged image copies nothing;
 2. writes the launcher ``PREFIX/bin/containerd-shim-architect-v1``, which runs that
    Python through the payload's own dynamic loader and libraries: the host needs
-   no Python at all (only containerd, runc, CRIU and runsc, which the shim drives);
+   no Python at all (only containerd, runc, CRIU and runsc, which the shim drives),
+   and links it into a directory on containerd's PATH (``--link-dir``, the host's
+   /usr/local/bin mounted there): containerd 1.6 finds shims by name, whatever
+   ``runtime_path`` says. A file of that name that is not ours is kept aside as
+   ``NAME.architect-saved`` and put back by ``uninstall``;
 3. writes containerd's runtime handlers (``runc-architect``, ``runsc-architect``,
    ``runtime_path`` = the launcher) into the drop-in directory containerd imports,
    and the runsc configuration;
@@ -175,6 +179,38 @@ def _write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
     return True
 
 
+SAVED_SUFFIX = ".architect-saved"
+
+
+def link_shim(link_dir: Path, launcher: Path) -> bool:
+    """``link_dir/containerd-shim-architect-v1`` -> the launcher; True if it changed."""
+    link = link_dir / SHIM_BINARY
+    if link.is_symlink() and os.readlink(link) == str(launcher):
+        return False
+    if (link.exists() or link.is_symlink()) and not _ours(link):
+        link.rename(link.with_name(link.name + SAVED_SUFFIX))
+    tmp = link_dir / f".{SHIM_BINARY}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(launcher)
+    tmp.replace(link)
+    return True
+
+
+def _ours(link: Path) -> bool:
+    """A link another install of ours made (to any prefix's launcher)."""
+    return link.is_symlink() and os.readlink(link).endswith(f"/bin/{SHIM_BINARY}") and (
+        Path(os.readlink(link)).parent.parent / "current").is_symlink()
+
+
+def unlink_shim(link_dir: Path, prefix: Path) -> None:
+    link = link_dir / SHIM_BINARY
+    if link.is_symlink() and os.readlink(link) == str(prefix / "bin" / SHIM_BINARY):
+        link.unlink()
+        saved = link.with_name(link.name + SAVED_SUFFIX)
+        if saved.exists() or saved.is_symlink():
+            saved.rename(link)
+
+
 def install_payload(source: Path, prefix: Path) -> tuple[Path, bool]:
     """Copy ``source/usr`` to ``prefix/payload-KEY`` (once) and switch ``current``."""
     key = tree_key(source / "usr")
@@ -223,6 +259,7 @@ def install(
     source: Path = Path("/"),
     python: str = sys.executable,
     host_process: str = "1",
+    link_dir: Path | None = None,
 ) -> Report:
     if not prefix.is_absolute() or not containerd_config_dir.is_absolute():
         raise InstallError("--prefix and --containerd-config-dir must be absolute host paths")
@@ -230,6 +267,8 @@ def install(
     payload = Payload.find(payload_dir, python)
     launcher = prefix / "bin" / SHIM_BINARY
     _write_if_changed(launcher, launcher_text(str(prefix), payload), mode=0o755)
+    if link_dir is not None:
+        link_shim(link_dir, launcher)
     runsc_config = config_dir / RUNSC_CONFIG
     _write_if_changed(runsc_config, (DEPLOY / RUNSC_CONFIG).read_text(encoding="utf-8"))
     template = (DEPLOY / "containerd-architect.toml").read_text(encoding="utf-8")
@@ -248,8 +287,11 @@ def install(
     return Report(payload_dir, copied, changed, restarted)
 
 
-def uninstall(prefix: Path, containerd_config_dir: Path, config_dir: Path) -> None:
+def uninstall(prefix: Path, containerd_config_dir: Path, config_dir: Path,
+              link_dir: Path | None = None) -> None:
     """Remove what install wrote (containerd keeps its handlers until restarted)."""
+    if link_dir is not None:
+        unlink_shim(link_dir, prefix)
     (containerd_config_dir / DROPIN_NAME).unlink(missing_ok=True)
     (config_dir / RUNSC_CONFIG).unlink(missing_ok=True)
     shutil.rmtree(prefix, ignore_errors=True)
@@ -263,6 +305,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the directory containerd's config imports (drop-ins)")
     p.add_argument("--config-dir", type=Path, default=Path("/etc/architect"),
                    help="host directory for the runsc configuration")
+    p.add_argument("--link-dir", type=Path, default=None,
+                   help="a directory on containerd's PATH (as mounted here) to link the "
+                        "shim into, e.g. the host's /usr/local/bin")
     p.add_argument("--host-process", default="1",
                    help="pid (or process name, e.g. containerd) whose namespaces and cgroups "
                         "the restart runs in; 1 on a node whose PID 1 is its init")
@@ -274,11 +319,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     try:
         if a.action == "uninstall":
-            uninstall(a.prefix, a.containerd_config_dir, a.config_dir)
+            uninstall(a.prefix, a.containerd_config_dir, a.config_dir, a.link_dir)
             print(f"architect node: removed {a.prefix} and the containerd drop-in")
             return 0
         report = install(a.prefix, a.containerd_config_dir, a.config_dir, a.restart,
-                         host_process=a.host_process)
+                         host_process=a.host_process, link_dir=a.link_dir)
     except (InstallError, OSError, subprocess.TimeoutExpired) as e:
         print(f"architect node install: {e}", file=sys.stderr)
         return 1

@@ -409,7 +409,7 @@ def test_rendered_args_are_what_the_programs_accept(default: list[dict[str, Any]
     init = ds["initContainers"][0]
     init_mounts = {m["mountPath"] for m in init["volumeMounts"]}
     host = {v["hostPath"]["path"] for v in ds["volumes"]}
-    assert host == set(mounts) | init_mounts
+    assert host == set(mounts) | (init_mounts - {"/host/shim-link-dir"}) | {"/usr/local/bin"}
     # The node setup's flags are what `architect node install` takes.
     assert init["command"] == ["python3", "-m", "architect.runtime.shim.nodeinstall", "install"]
     p = argparse.ArgumentParser()
@@ -418,7 +418,11 @@ def test_rendered_args_are_what_the_programs_accept(default: list[dict[str, Any]
     assert (str(a.prefix), str(a.containerd_config_dir), str(a.config_dir)) == (
         "/opt/architect", "/etc/containerd/conf.d", "/etc/architect")
     assert a.restart == ["systemctl", "restart", "containerd"] and a.host_process == "1"
-    assert init_mounts == {"/opt/architect", "/etc/containerd/conf.d", "/etc/architect"}
+    assert init_mounts == {"/opt/architect", "/etc/containerd/conf.d", "/etc/architect",
+                           "/host/shim-link-dir"}
+    assert str(a.link_dir) == "/host/shim-link-dir"
+    link_vol = next(v for v in ds["volumes"] if v["name"] == "node-shim-link-dir")
+    assert link_vol["hostPath"]["path"] == "/usr/local/bin"
 
 
 @pytest.mark.parametrize("value", [True, False])

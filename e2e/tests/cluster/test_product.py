@@ -12,7 +12,6 @@ with its in-memory counter continuing. `daemon.resize=false` keeps requests.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import tomllib
 from collections.abc import Iterator
@@ -62,10 +61,11 @@ def _process(pid: int) -> str:
         return ""
 
 
-def _shim_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30,
-                         check=True).stdout
-    return [line for line in out.splitlines() if "-m architect.runtime.shim" in line]
+def _parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid in /proc/{pid}/status")
 
 
 def _requests(kube: product.Kube, ns: str, pod: str) -> dict[str, str]:
@@ -116,13 +116,15 @@ def test_seed_app_hibernates_resizes_and_wakes_on_a_packet(kube: product.Kube) -
         # Admission compiled the annotations into a policy owned by the workload.
         hps = kube.json("hibernationpolicies", "-n", ns)["items"]
         assert len(hps) == 1, hps
-        # The shim that runs it is the chart's payload, not a host install.
-        shims = _shim_processes()
-        assert shims and all(str(product.NODE_PREFIX) in s for s in shims), shims
         body, _ = product.http_get(ip)
         first = product.count_of(body)
         rec = shim_record(container_id(pod))
         assert not rec["hibernated"] and "python3 -c" in _process(rec["pid"])
+        # The shim that runs it (the app's parent: the shim is its subreaper) is
+        # the chart's payload, not a host install.
+        shim = _process(_parent(rec["pid"]))
+        assert f"{product.NODE_PREFIX}/current/usr/bin/python3.11 -I -m architect.runtime.shim" \
+            in shim, shim
 
         _wait_state(kube, ns, name, "SCALED_DOWN")
         rec = shim_record(container_id(pod))

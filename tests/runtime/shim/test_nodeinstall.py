@@ -177,3 +177,20 @@ def test_cli_reports_a_bad_prefix_without_a_traceback(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert "must be absolute" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shim_link_keeps_a_foreign_file_aside_and_puts_it_back(tmp_path: Path) -> None:
+    bin_dir, prefix = tmp_path / "usr-local-bin", tmp_path / "opt"
+    bin_dir.mkdir()
+    foreign = bin_dir / ni.SHIM_BINARY
+    foreign.write_text("#!/bin/sh\n# a host install\n")
+    launcher = prefix / "bin" / ni.SHIM_BINARY
+    assert ni.link_shim(bin_dir, launcher)
+    assert os.readlink(bin_dir / ni.SHIM_BINARY) == str(launcher)
+    saved = bin_dir / (ni.SHIM_BINARY + ni.SAVED_SUFFIX)
+    assert saved.read_text().endswith("# a host install\n")
+    assert not ni.link_shim(bin_dir, launcher)  # unchanged the second time
+    ni.unlink_shim(bin_dir, prefix)
+    assert not (bin_dir / ni.SHIM_BINARY).is_symlink()
+    assert (bin_dir / ni.SHIM_BINARY).read_text().endswith("# a host install\n")
+    assert not saved.exists()
