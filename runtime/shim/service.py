@@ -108,6 +108,9 @@ class Container:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     start_path: str = "fresh"
     start_reason: str = ""
+    # Hibernated at create from another pod's handover and never run here: its
+    # first wake is its start, so a restore that fails then starts it fresh.
+    deferred_restore: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -128,12 +131,9 @@ class Container:
             "image": str(self.image),
             "start_path": self.start_path,
             "start_reason": self.start_reason,
+            "deferred_restore": self.deferred_restore,
             "timings": dict(self.timings),
         }
-
-
-class ShimError(TtrpcError):
-    pass
 
 
 def not_found(cid: str, exec_id: str = "") -> TtrpcError:
@@ -183,10 +183,6 @@ def runtime_config(opt: any_pb2.Any) -> RuntimeConfig:
         if ro.config_path:
             return config_file(Path(ro.config_path))
     return RuntimeConfig()
-
-
-def runtime_binary(opt: any_pb2.Any) -> str:
-    return runtime_config(opt).binary
 
 
 def config_file(path: Path) -> RuntimeConfig:
@@ -642,6 +638,7 @@ class TaskService:
         if decision.consume:
             safe_rmtree(decision.image)
         c.hibernated = True
+        c.deferred_restore = True
         c.timings["restore"] = time.monotonic() - t0
         c.start_reason = (f"{decision.reason}; hibernated until woken "
                           f"(not in {plan.ANN_AUTOSCALEUP})")
@@ -1003,7 +1000,13 @@ class TaskService:
                 RestoreOptions(rewrites=await self._rewrites(c, c.image),
                                stdio=c.init.io.stdio().fds(), empty_dirs=False),
             )
-        except ImageError as e:
+        except CheckpointError as e:
+            if c.deferred_restore:
+                # Its first run: as for a restore at create, start it fresh.
+                await self._start_fresh_at_wake(c, f"restore at the first wake failed: {e}")
+                return
+            if not isinstance(e, ImageError):  # the engine failed; the image stays
+                raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
             # The state is lost for good: report the exit, so kubelet's restart
             # policy decides, rather than a container that never wakes.
             log.error("%s: hibernation image unusable, reporting an exit: %s", c.id, e)
@@ -1012,10 +1015,9 @@ class TaskService:
             self.notify({"event": "wake-failed", "id": c.id, "error": str(e)})
             await self._exited(c, c.init, 255)
             raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
-        except CheckpointError as e:  # the engine failed; the image stays for a retry
-            raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
         c.init.pid = result.pid
         c.hibernated = False
+        c.deferred_restore = False
         self._watch_exit(c)
         c.timings["wake"] = time.monotonic() - t0
         c.timings.update({f"wake_{k}": v for k, v in result.details.items()})
@@ -1024,6 +1026,28 @@ class TaskService:
         self.persist(c)
         log.info("%s: woken (%s) in %.3fs, pid %d", c.id, reason, c.timings["wake"], result.pid)
         self.notify({"event": "woken", "id": c.id, "reason": reason})
+
+    async def _start_fresh_at_wake(self, c: Container, why: str) -> None:
+        """Run a deferred replacement from its bundle, as create would have."""
+        assert isinstance(c.init.io, PipeIO)
+        log.warning("%s: %s; starting fresh", c.id, why)
+        safe_rmtree(c.image)
+        r = self.runc(self._binary)
+        try:
+            c.init.pid = await r.create(c.id, c.bundle, c.bundle / "init.pid",
+                                        c.init.io.stdio())
+            await r.start(c.id)
+        except (RuncError, OSError, TimeoutError) as e:
+            c.hibernated = False
+            self.persist(c)
+            await self._exited(c, c.init, 255)
+            raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {why}; fresh start: {e}") from e
+        c.hibernated = c.deferred_restore = False
+        c.start_path, c.start_reason = "fresh", why
+        self._watch_exit(c)
+        self.oom.watch(c.id, cgroup_path(c.bundle))
+        self.persist(c)
+        self.notify({"event": "woken", "id": c.id, "reason": "fresh start", "error": why})
 
     async def _checkpoint_for_migration(self, c: Container) -> None:
         """Pod deletion of a managed container: leave its state for the replacement.

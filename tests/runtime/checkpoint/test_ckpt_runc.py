@@ -27,7 +27,6 @@ from architect.runtime.checkpoint import (
     ImageTruncated,
     RestoreFailed,
     RestoreOptions,
-    backend,
 )
 from architect.runtime.checkpoint import image as image_mod
 from architect.runtime.checkpoint.runc import RuncCriuBackend
@@ -89,7 +88,7 @@ async def test_checkpoint_frees_process_and_memory_restore_continues_counter(
     used = memory_cgroup_bytes(cg)
     assert used is not None and used >= 64 * MIB
 
-    b = backend("runc-architect")
+    b = RuncCriuBackend()
     m = await b.checkpoint(c, tmp_path / "img")
 
     assert wait_until(lambda: not pid_alive(pid), 5)

@@ -128,21 +128,21 @@ def test_bad_scaleup_timeout_is_named() -> None:
 
 
 def test_runtime_binary_from_options(tmp_path: Path) -> None:
-    assert service.runtime_binary(any_pb2.Any()) == "runc"
+    assert service.runtime_config(any_pb2.Any()).binary == "runc"
     ro = runc_options_pb2.Options(binary_name="runsc")
     packed = any_pb2.Any(type_url="containerd.runc.v1.Options", value=ro.SerializeToString())
-    assert service.runtime_binary(packed) == "runsc"
+    assert service.runtime_config(packed).binary == "runsc"
     cfg = tmp_path / "runsc.toml"
     cfg.write_text('binary_name = "runsc"\n')
     opt = runtime_options_pb2.Options(config_path=str(cfg))
     packed = any_pb2.Any(type_url="runtimeoptions.v1.Options", value=opt.SerializeToString())
-    assert service.runtime_binary(packed) == "runsc"
+    assert service.runtime_config(packed).binary == "runsc"
     cfg.write_text('binary_name = "sh"\n')
     with pytest.raises(TtrpcError, match="binary_name 'sh'"):
-        service.runtime_binary(packed)
+        service.runtime_config(packed)
     cfg.write_text("binary_name = \n")
     with pytest.raises(TtrpcError, match="not TOML"):
-        service.runtime_binary(packed)
+        service.runtime_config(packed)
 
 
 def test_cgroup_metrics_read_v1_files(tmp_path: Path) -> None:
