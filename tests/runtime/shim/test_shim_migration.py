@@ -199,3 +199,38 @@ def test_hibernated_replacement_migrates_again_with_its_volume_as_it_is(
     assert (vols[2] / "mine").read_text() == "mine\n"
     containerd.remove("t2")
 
+
+
+def test_hibernated_replacement_whose_restore_fails_at_wake_starts_fresh(
+    containerd: Containerd, rootfs: Path
+) -> None:
+    """The first wake of a replacement is its start: when the restore fails there
+    (here: an image file changed on disk after create), it starts fresh from its
+    bundle, as a failed restore at create does, instead of staying hibernated."""
+    thash = "hib-fail"
+    ann = {HASH: thash, NAME: "app"}
+    old, new = empty_dir(containerd, "u-f-old"), empty_dir(containerd, "u-f-new")
+    start(containerd, "fs", rootfs, old, ann)
+    wait_for(lambda: count(rootfs) >= 20, 20, "counting")
+    stop_for_migration(containerd, "fs", thash)
+    start(containerd, "fd", rootfs, new, ann)
+    rec = record(containerd, "fd")
+    assert rec["hibernated"] and rec["deferred_restore"], rec
+    image = Path(rec["image"])
+    victim = max((f for f in image.rglob("*")
+                  if f.is_file() and f.name not in ("manifest.json", "ready")),
+                 key=lambda f: f.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    victim.write_bytes(bytes(data))
+
+    res = containerd.run_result("task", "exec", "--exec-id", "w", "fd", "/bin/true")
+    assert res.returncode == 0, res.stderr
+    rec = record(containerd, "fd")
+    assert rec["status"] == "RUNNING" and not rec["hibernated"], rec
+    assert rec["start_path"] == "fresh" and "restore at the first wake failed" in \
+        rec["start_reason"], rec
+    pid = containerd.tasks()["fd"][0]
+    assert pid > 0 and Path(f"/proc/{pid}").exists()
+    assert not image.exists(), "the unusable image must go"
+    containerd.remove("fd")
