@@ -13,29 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from architect.engine.directives import Conflict, Directive
 from architect.engine.evaluate import evaluate
 from architect.engine.pods import pod_info, telemetry_from_pod
-from architect.policy.models import HibernationPolicy, MigrationPolicy
-
-
-def parse_policies(
-    objs: Sequence[Mapping[str, Any]],
-) -> tuple[list[HibernationPolicy | MigrationPolicy], list[str]]:
-    out: list[HibernationPolicy | MigrationPolicy] = []
-    notes = []
-    for obj in objs:
-        model = HibernationPolicy if obj.get("kind") == "HibernationPolicy" else MigrationPolicy
-        try:
-            out.append(model.model_validate(obj))
-        except ValidationError as err:
-            name = (obj.get("metadata") or {}).get("name")
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            notes.append(f"{obj.get('kind')} {name} ignored: {where}: {first['msg']}")
-    return out, notes
+from architect.policy.models import parse_policies
 
 
 def _line(d: Directive, conflicts: Sequence[Conflict]) -> list[str]:

@@ -43,7 +43,6 @@ from architect.engine.controlplane.checkpoints import (
 )
 from architect.engine.directives import PolicyRef
 from architect.engine.evaluate import evaluate
-from architect.engine.explain import parse_policies
 from architect.engine.pods import pod_info, telemetry_from_pod
 from architect.engine.status import selector_string, statuses
 from architect.engine.telemetry import ContainerKey, ContainerTelemetry
@@ -53,6 +52,7 @@ from architect.policy.annotations import (
     START_FROM_PERSISTENT,
     WRITTEN_BY_ARCHITECT,
 )
+from architect.policy.models import parse_policies
 
 # (object, type, reason, message): posts a Kubernetes Event about the object.
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]

@@ -10,10 +10,11 @@ only, so no rule is written twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
 from architect.policy.annotations import (
@@ -688,3 +689,22 @@ RESOURCES: tuple[type[Resource], ...] = (
     PersistentCheckpoint,
 )
 BY_KIND: dict[str, type[Resource]] = {m.KIND: m for m in RESOURCES}
+
+
+def parse_policies(
+    objs: Sequence[Mapping[str, Any]],
+) -> tuple[list[HibernationPolicy | MigrationPolicy], list[str]]:
+    """The policies among ``objs`` (raw HibernationPolicy / MigrationPolicy dicts),
+    and a note for each one that does not validate (skipped, not fatal)."""
+    out: list[HibernationPolicy | MigrationPolicy] = []
+    notes = []
+    for obj in objs:
+        model = HibernationPolicy if obj.get("kind") == "HibernationPolicy" else MigrationPolicy
+        try:
+            out.append(model.model_validate(obj))
+        except ValidationError as err:
+            name = (obj.get("metadata") or {}).get("name")
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            notes.append(f"{obj.get('kind')} {name} ignored: {where}: {first['msg']}")
+    return out, notes

@@ -18,8 +18,8 @@ log = logging.getLogger("architect.daemon")
 async def run(cfg: DaemonConfig) -> int:
     from prometheus_client import start_http_server
 
-    from architect.engine.explain import parse_policies
     from architect.engine.kube import load_config
+    from architect.policy.models import parse_policies
     from architect.runtime.daemon.checkpoints import Migrations, NodeImages
     from architect.runtime.daemon.controller import Controller
     from architect.runtime.daemon.kube import (
