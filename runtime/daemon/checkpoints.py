@@ -46,9 +46,14 @@ from architect.runtime.daemon.store import JsonStore
 log = logging.getLogger("architect.daemon.checkpoints")
 
 
+class NamespaceGone(Exception):
+    """The Checkpoint's namespace is gone or being deleted: no replacement can come."""
+
+
 class CheckpointApi(Protocol):
     async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Create; None when an object of that name exists already."""
+        """Create; None when an object of that name exists already. Raises
+        NamespaceGone when its namespace no longer takes new objects."""
 
     async def get_checkpoint(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -166,7 +171,16 @@ class Migrations:
         else:
             message = f"the shim's checkpoint failed: {error}"
         body = checkpoint_body(w, image)
-        existing = await self.api.create_checkpoint(body)
+        try:
+            existing = await self.api.create_checkpoint(body)
+        except NamespaceGone as e:
+            # A namespace deletion took the pod: nothing can ever consume it.
+            log.warning("handover of %s/%s container %s: no Checkpoint (%s); dropped",
+                        w.namespace, w.pod, w.container, e)
+            if image is not None:
+                await asyncio.to_thread(self.images.drop, w.template_hash, w.container)
+            self.store.drop_key(container_id)
+            return None
         if existing is None:  # made before a restart: finish it, never a second one
             existing = await self.api.get_checkpoint(w.namespace, name)
         else:
@@ -186,8 +200,12 @@ class Migrations:
         done = 0
         for cid in list(self.store.data):
             w = self.armed_for(cid)
-            if w is not None and await self._finish_if_ready(cid, w):
-                done += 1
+            try:
+                if w is not None and await self._finish_if_ready(cid, w):
+                    done += 1
+            except Exception as e:  # one stale record must never stop the daemon
+                log.warning("handover record %s (%s/%s): not recovered: %s", cid,
+                            w.namespace if w else "?", w.pod if w else "?", e)
         return done
 
     async def _finish_if_ready(self, cid: str, w: Written) -> bool:

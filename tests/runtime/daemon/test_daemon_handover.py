@@ -23,7 +23,7 @@ from architect.engine.controlplane.transfer import (
 )
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import Checkpoint
-from architect.runtime.daemon.checkpoints import Migrations, NodeImages
+from architect.runtime.daemon.checkpoints import Migrations, NamespaceGone, NodeImages
 from architect.runtime.daemon.config import UsageError, parse_args
 from architect.runtime.daemon.grants import Grants, decode_grant
 from architect.runtime.daemon.handover import (
@@ -211,10 +211,13 @@ class FakeApi:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[str] = []
         self.fail_create = False
+        self.gone: set[str] = set()  # namespaces deleted meanwhile
 
     async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         if self.fail_create:
             raise OSError("API server unreachable")
+        if body["metadata"]["namespace"] in self.gone:
+            raise NamespaceGone(f"namespace {body['metadata']['namespace']}: Not Found")
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         self.calls.append(f"create {key[1]}")
         if key in self.objects:
@@ -324,6 +327,30 @@ async def test_armed_record_survives_a_restart_and_is_finished(tmp_path: Path) -
     assert JsonStore(tmp_path / "m.json").data == {}
     m.store.put_key("broken", {"nope": "x"})
     assert m.armed_for("broken") is None
+
+
+async def test_handover_of_a_deleted_namespace_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """A namespace deletion took the pod: no Checkpoint can be made there, and a
+    restarted daemon must not crash-loop on the record (seen on the e2e node)."""
+    m, api, images = rig(tmp_path)
+    m.armed("cid", W)
+    m.armed("other", Written("live", "web-x", "main", "h2", NODE))
+    api.gone.add("shop")
+    m2 = Migrations(api, images, NODE, JsonStore(tmp_path / "m.json"))
+    assert await m2.recover() == 2  # both done: the live one finished, the gone one dropped
+    assert ("shop", "web-abc-main") not in api.objects
+    assert api.objects[("live", "web-x-main")]["status"]["phase"] == "Ready"
+    assert (W.template_hash, "main") in images.dropped
+    assert JsonStore(tmp_path / "m.json").data == {}
+
+
+async def test_recover_survives_a_record_that_fails(tmp_path: Path) -> None:
+    m, api, _ = rig(tmp_path)
+    m.armed("cid", W)
+    api.fail_create = True
+    m2 = Migrations(api, FakeImages(), NODE, JsonStore(tmp_path / "m.json"))
+    assert await m2.recover() == 0  # logged, kept for the next start
+    assert "cid" in JsonStore(tmp_path / "m.json").data
 
 
 async def test_same_node_replacement_claims_then_consumes_then_drops() -> None:
