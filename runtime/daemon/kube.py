@@ -236,7 +236,7 @@ class KubeReporter:
 
 def checkpoint_reflector(api: client.ApiClient, node: str, on_change: Callable[[], None]) -> Reflector:
     """This node's Checkpoints (labelled with their source node by the daemon)."""
-    from architect.engine.controlplane.persistent import NODE_LABEL
+    from architect.policy.annotations import NODE_LABEL
 
     custom = client.CustomObjectsApi(api)
 
@@ -251,8 +251,7 @@ def grant_reflector(
     api: client.ApiClient, namespace: str, node: str, on_change: Callable[[], None]
 ) -> Reflector:
     """Transfer grants for this node, in Architect's namespace (label-selected)."""
-    from architect.engine.controlplane.coordinate import GRANT_LABEL
-    from architect.engine.controlplane.persistent import NODE_LABEL
+    from architect.policy.annotations import GRANT_LABEL, NODE_LABEL
 
     core = client.CoreV1Api(api)
     return Reflector("grants", core.list_namespaced_secret, "Secret", "v1",
