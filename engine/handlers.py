@@ -27,7 +27,6 @@ from architect.engine.admission.workloads import (
 )
 from architect.engine.controlplane import coordinate, persistent, trust
 from architect.engine.controlplane.checkpoints import (
-    OBSERVED_PHASE,
     PERSISTENT_TRANSITIONS,
     TRANSITIONS,
     GcSettings,
@@ -47,8 +46,13 @@ from architect.engine.pods import pod_info, telemetry_from_pod
 from architect.engine.status import selector_string, statuses
 from architect.engine.telemetry import ContainerKey, ContainerTelemetry
 from architect.policy.annotations import (
+    GRANT_ANNOTATION,
+    GRANT_LABEL,
     HEALTH_CHECK_PROXY,
+    NODE_CERT_LABEL,
+    OBSERVED_PHASE,
     PREFIX,
+    SOURCE_ANNOTATION,
     START_FROM_PERSISTENT,
     WRITTEN_BY_ARCHITECT,
 )
@@ -566,14 +570,14 @@ async def coordinate_checkpoint(
         "Normal",
         "TransferGranted",
         f"{plan.pod} on {plan.destination_node} may fetch the image from "
-        f"{spec.get('sourceNode')} ({plan.annotations[coordinate.SOURCE_ANNOTATION]}); grant {grant}",
+        f"{spec.get('sourceNode')} ({plan.annotations[SOURCE_ANNOTATION]}); grant {grant}",
     )
     return f"granted {grant}"
 
 
 async def revoke_grant(body: Mapping[str, Any], *, kube: KubeLike) -> None:
     """The checkpoint left Restoring: its grant is of no more use."""
-    ref = ((body.get("metadata") or {}).get("annotations") or {}).get(coordinate.GRANT_ANNOTATION)
+    ref = ((body.get("metadata") or {}).get("annotations") or {}).get(GRANT_ANNOTATION)
     if ref:
         ns, _, name = str(ref).partition("/")
         await kube.delete_secret(ns, name)
@@ -583,7 +587,7 @@ async def sweep_transfer(
     *, kube: KubeLike, now: datetime, namespace: str, cluster: trust.Trust
 ) -> tuple[int, int]:
     """Revoke stale grants and issue missing node certificates: (revoked, issued)."""
-    grants = await kube.list_secrets(namespace, f"{coordinate.GRANT_LABEL}=true")
+    grants = await kube.list_secrets(namespace, f"{GRANT_LABEL}=true")
     revoked = 0
     if grants:
         ckpts = await kube.list_objects("checkpoints")
@@ -592,7 +596,7 @@ async def sweep_transfer(
             await kube.delete_secret(namespace, name)
             revoked += 1
     nodes = await kube.list_nodes()
-    certs = await kube.list_secrets(namespace, f"{trust.NODE_CERT_LABEL}=true")
+    certs = await kube.list_secrets(namespace, f"{NODE_CERT_LABEL}=true")
     issued = 0
     for node in trust.nodes_needing_certs(nodes, certs, cluster, now):
         await kube.put_secret(trust.node_cert_secret(cluster, node, namespace))

@@ -44,6 +44,23 @@ POD_LABEL: Final = PREFIX + "pod"
 COMPILED_FROM_ANNOTATIONS: Final = "annotations"
 WRITTEN_BY_ARCHITECT: Final = frozenset({STATUS_ANNOTATION, TEMPLATE_HASH_ANNOTATION})
 
+# Keys the control plane and the daemons write on Architect's own objects
+# (Checkpoints, PersistentCheckpoints, Secrets), never on users' pods.
+NODE_LABEL: Final = PREFIX + "node"  # the node a checkpoint or Secret belongs to
+NODE_CERT_LABEL: Final = PREFIX + "node-certificate"  # "true" on every node certificate Secret
+ADDRESSES_ANNOTATION: Final = PREFIX + "addresses"  # the addresses a node certificate was issued for
+# The phase the control plane last saw and since when, so TTLs and durations
+# survive operator restarts without a status field for them.
+OBSERVED_PHASE: Final = PREFIX + "observed-phase"
+PHASE_SINCE: Final = PREFIX + "phase-since"
+GRANT_LABEL: Final = PREFIX + "transfer-grant"  # "true" on every grant Secret
+GRANT_TYPE: Final = PREFIX + "transfer-grant"  # the grant Secret's type
+# On the Checkpoint (engine-set annotations; see docs/engine.md).
+GRANT_ANNOTATION: Final = PREFIX + "transfer-grant"  # NAMESPACE/NAME of the grant Secret
+SOURCE_ANNOTATION: Final = PREFIX + "transfer-source"  # https://HOST:PORT of the source daemon
+DESTINATION_ANNOTATION: Final = PREFIX + "transfer-destination"  # the destination node
+CHECKPOINT_ANNOTATION: Final = PREFIX + "checkpoint"  # on the grant: NAMESPACE/NAME
+
 RUNC_CLASS: Final = "runc-architect"
 RUNSC_CLASS: Final = "runsc-architect"
 RUNTIME_CLASSES: Final = {RUNC_CLASS: "runc", RUNSC_CLASS: "runsc"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from architect.policy.annotations import PREFIX
+from architect.policy.annotations import OBSERVED_PHASE, PHASE_SINCE
 
 PHASES = ("Pending", "Ready", "Restoring", "Consumed", "Failed")
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -28,11 +28,6 @@ PERSISTENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "Ready": frozenset(),
     "Failed": frozenset(),
 }
-
-# Written by the control plane: the phase it last saw and since when, so TTLs
-# and durations survive operator restarts without a status field for them.
-OBSERVED_PHASE = PREFIX + "observed-phase"
-PHASE_SINCE = PREFIX + "phase-since"
 
 
 class TransitionError(ValueError):

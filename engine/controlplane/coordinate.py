@@ -29,7 +29,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from architect.engine.controlplane.checkpoints import claim_patch, fmt_time, phase_of
-from architect.engine.controlplane.persistent import NODE_LABEL
 from architect.engine.controlplane.transfer import (
     GRANT_TOKEN,
     Grant,
@@ -39,15 +38,16 @@ from architect.engine.controlplane.transfer import (
     issue,
     peek,
 )
-from architect.policy.annotations import PREFIX, TEMPLATE_HASH_LABEL
-
-GRANT_LABEL = PREFIX + "transfer-grant"  # "true" on every grant Secret
-GRANT_TYPE = PREFIX + "transfer-grant"  # the Secret's type
-# On the Checkpoint (engine-set annotations; see docs/engine.md).
-GRANT_ANNOTATION = PREFIX + "transfer-grant"  # NAMESPACE/NAME of the grant Secret
-SOURCE_ANNOTATION = PREFIX + "transfer-source"  # https://HOST:PORT of the source daemon
-DESTINATION_ANNOTATION = PREFIX + "transfer-destination"  # the destination node
-CHECKPOINT_ANNOTATION = PREFIX + "checkpoint"  # on the grant: NAMESPACE/NAME
+from architect.policy.annotations import (
+    CHECKPOINT_ANNOTATION,
+    DESTINATION_ANNOTATION,
+    GRANT_ANNOTATION,
+    GRANT_LABEL,
+    GRANT_TYPE,
+    NODE_LABEL,
+    SOURCE_ANNOTATION,
+    TEMPLATE_HASH_LABEL,
+)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,7 @@ from architect.engine.controlplane.checkpoints import (
     phase_of,
     phase_since,
 )
-from architect.policy.annotations import MANAGED_POD, PREFIX, RUNSC_CLASS
-
-NODE_LABEL = PREFIX + "node"
+from architect.policy.annotations import MANAGED_POD, NODE_LABEL, RUNSC_CLASS
 
 
 @dataclass(frozen=True)
@@ -150,7 +148,6 @@ def ready_status(image: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 
 
 __all__ = [
-    "NODE_LABEL",
     "StartDecision",
     "Step",
     "may_start_from",

@@ -25,15 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from architect.engine.controlplane.persistent import NODE_LABEL
 from architect.engine.tls import CertAuthority, make_ca, make_node_cert, not_after
-from architect.policy.annotations import PREFIX
+from architect.policy.annotations import ADDRESSES_ANNOTATION, NODE_CERT_LABEL, NODE_LABEL
 
 TRUST_SECRET = "architect-transfer"
 KEY_FIELD, CA_CERT_FIELD, CA_KEY_FIELD = "key", "ca.crt", "ca.key"
 TICKET_KEY_FIELD = "ticket.key"  # in a node's Secret: the HMAC key, to verify tickets
-NODE_CERT_LABEL = PREFIX + "node-certificate"
-ADDRESSES_ANNOTATION = PREFIX + "addresses"  # the addresses a node certificate was issued for
 RENEW_BEFORE = timedelta(days=30)
 
 

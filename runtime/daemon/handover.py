@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, claim_patch, phase_of
+from architect.engine.controlplane.checkpoints import claim_patch, phase_of
 from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
-from architect.engine.controlplane.persistent import NODE_LABEL
-from architect.policy.annotations import API_VERSION, TEMPLATE_HASH_LABEL
+from architect.policy.annotations import (
+    API_VERSION,
+    NODE_LABEL,
+    OBSERVED_PHASE,
+    TEMPLATE_HASH_LABEL,
+)
 
 NAME_MAX = 253
 LIVE_PHASES = frozenset({"Pending", "Ready", "Restoring"})

@@ -25,7 +25,7 @@ from architect.engine.admission.pods import STATUS_VOLUME
 from architect.engine.directives import ResizeTarget
 from architect.engine.kube import Kube
 from architect.engine.telemetry import ContainerState
-from architect.policy.annotations import GROUP, VERSION
+from architect.policy.annotations import GRANT_LABEL, GROUP, NODE_LABEL, VERSION
 from architect.runtime.daemon.checkpoints import NamespaceGone
 from architect.runtime.daemon.targets import status_file_path, status_patch
 
@@ -236,8 +236,6 @@ class KubeReporter:
 
 def checkpoint_reflector(api: client.ApiClient, node: str, on_change: Callable[[], None]) -> Reflector:
     """This node's Checkpoints (labelled with their source node by the daemon)."""
-    from architect.policy.annotations import NODE_LABEL
-
     custom = client.CustomObjectsApi(api)
 
     def list_fn(**kw: Any) -> Any:
@@ -251,8 +249,6 @@ def grant_reflector(
     api: client.ApiClient, namespace: str, node: str, on_change: Callable[[], None]
 ) -> Reflector:
     """Transfer grants for this node, in Architect's namespace (label-selected)."""
-    from architect.policy.annotations import GRANT_LABEL, NODE_LABEL
-
     core = client.CoreV1Api(api)
     return Reflector("grants", core.list_namespaced_secret, "Secret", "v1",
                      {"namespace": namespace,

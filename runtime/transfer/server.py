@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from architect.engine.controlplane.coordinate import DESTINATION_ANNOTATION
 from architect.engine.controlplane.transfer import SCHEME, TransferError, authorize, verify
+from architect.policy.annotations import DESTINATION_ANNOTATION
 from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint.errors import CheckpointError
 from architect.runtime.transfer.images import outgoing_dir
