@@ -35,6 +35,14 @@ class ResizeTarget(StrEnum):
     ORIGINAL = "Original"  # the pod's own requests again
 
 
+class WakeReason(StrEnum):
+    """What a WAKE directive wakes for (typed, so no one reads it out of ``why``)."""
+
+    EXEC = "exec"  # a kubectl exec session is waiting
+    PACKET = "packet"  # packets were held since hibernation
+    CONNECTION = "connection"  # a TCP connection is open
+
+
 class PolicyRef(NamedTuple):
     kind: str
     namespace: str
@@ -62,6 +70,7 @@ class Directive(NamedTuple):
     next_at: datetime | None = None  # when the decision changes if nothing else happens
     resize_to: ResizeTarget | None = None
     args: tuple[object, ...] = ()
+    wake_reason: WakeReason | None = None  # set on every WAKE directive
 
     @property
     def reason(self) -> str:

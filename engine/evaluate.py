@@ -24,6 +24,7 @@ from architect.engine.directives import (
     PolicyRef,
     PolicyStats,
     ResizeTarget,
+    WakeReason,
 )
 from architect.engine.labels import Matcher, compile_selector
 from architect.engine.pods import POD_SCOPE, PodInfo
@@ -202,6 +203,7 @@ def _decide(
                 policy,
                 migration,
                 args=(t.exec_sessions,),
+                wake_reason=WakeReason.EXEC,
             )
         if rules.network != "none" and t.held_packets > 0:
             return Directive(
@@ -211,6 +213,7 @@ def _decide(
                 policy,
                 migration,
                 args=(t.held_packets, rules.network),
+                wake_reason=WakeReason.PACKET,
             )
         if rules.network == "connections" and t.open_connections > 0:
             return Directive(
@@ -220,6 +223,7 @@ def _decide(
                 policy,
                 migration,
                 args=(t.open_connections,),
+                wake_reason=WakeReason.CONNECTION,
             )
         if not t.resources_reduced:
             return Directive(

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from architect.engine.directives import Action, Directive, Evaluation, ResizeTarget
+from architect.engine.directives import Action, Directive, Evaluation, ResizeTarget, WakeReason
 from architect.engine.evaluate import evaluate
 from architect.engine.pods import POD_SCOPE, pod_info
 from architect.engine.telemetry import ContainerKey, ContainerState
@@ -199,7 +199,10 @@ class Controller:
         if d.action is Action.HIBERNATE:
             await self.hibernate(d.key, d.reason)
         elif d.action is Action.WAKE:
-            await self.wake(d.key, "connection" if "connection" in d.why else "packet")
+            # The metric label and Event: a directive's exec wake has always counted as
+            # "packet" (the shim reports the exec wakes it does itself as "exec").
+            conn = d.wake_reason is WakeReason.CONNECTION
+            await self.wake(d.key, "connection" if conn else "packet")
         elif d.action is Action.RESIZE and d.resize_to is not None:
             await self.resize(d.key, d.resize_to)
         elif d.action is Action.CHECKPOINT_FOR_MIGRATION:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from engine_factories import NOW, ago, hp, mp, pod, tel
 
-from architect.engine.directives import Action, PolicyRef, ResizeTarget
+from architect.engine.directives import Action, PolicyRef, ResizeTarget, WakeReason
 from architect.engine.evaluate import POD_SCOPE, Settings, evaluate
 from architect.engine.telemetry import ContainerKey, ContainerState, ContainerTelemetry
 
@@ -26,6 +26,7 @@ class Case:
     reason_has: str
     rules: dict[str, Any] | None = None  # the container entry of the policy
     next_in: float | None = None  # seconds from NOW to next_at
+    wake: WakeReason | None = None  # the typed reason of a WAKE (None otherwise)
 
 
 CASES = [
@@ -94,6 +95,7 @@ CASES = [
         Action.WAKE,
         "3 packet(s) held",
         rules={"name": "app", "wakeOn": {"network": "packets"}},
+        wake=WakeReason.PACKET,
     ),
     Case(
         "held packets do not wake when network wake is off",
@@ -107,8 +109,11 @@ CASES = [
         Action.WAKE,
         "1 TCP connection",
         rules={"name": "app", "wakeOn": {"network": "connections"}},
+        wake=WakeReason.CONNECTION,
     ),
-    Case("exec wakes", tel(DOWN, execs=1), Action.WAKE, "kubectl exec"),
+    Case(
+        "exec wakes", tel(DOWN, execs=1), Action.WAKE, "kubectl exec", wake=WakeReason.EXEC
+    ),
     Case(
         "exec does not wake when wakeOn.exec is false",
         tel(DOWN, execs=1),
@@ -136,6 +141,7 @@ def test_single_container_decisions(case: Case) -> None:
     assert d.key == KEY
     assert d.action is case.action, d.reason
     assert case.reason_has in d.reason
+    assert d.wake_reason is case.wake
     assert d.policy == PolicyRef("HibernationPolicy", "default", "hp")
     if case.next_in is not None:
         assert d.next_at == NOW + timedelta(seconds=case.next_in)

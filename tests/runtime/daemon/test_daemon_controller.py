@@ -435,3 +435,26 @@ async def test_policy_removed_container_is_torn_down_not_swept() -> None:
     await r.ctl.tick([pod()], [])
     assert "net.teardown main" in r.calls
     assert not any(c.startswith("net.sweep") for c in r.calls)
+
+
+@pytest.mark.parametrize(
+    ("network", "activity", "by"),
+    [
+        ("connections", Activity(None, 1, 0), "connection"),  # an open TCP connection
+        ("packets", Activity(None, 0, 2), "packet"),  # packets held since hibernation
+    ],
+)
+async def test_a_wake_directive_is_reported_by_its_typed_reason(
+    network: str, activity: Activity, by: str
+) -> None:
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    policies = [hibernation(network=network)]
+    await r.ctl.tick([pod()], policies)
+    assert r.state() is ContainerState.SCALED_DOWN
+    r.net.activity[KEY] = activity
+    await r.ctl.tick([pod()], policies)
+    await r.settle()
+    assert r.state() is ContainerState.RUNNING
+    _, reason, message = r.rep.events[-1]
+    assert reason == "Woken" and f"main woken by {by} in" in message
