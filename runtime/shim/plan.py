@@ -32,6 +32,9 @@ GROUP_LABELS = ("io.containerd.runc.v2.group", CRI_SANDBOX_ID)
 DEFAULT_SCALEUP_TIMEOUT = durations.parse_duration(keys.DEFAULT_SCALEUP_TIMEOUT).total_seconds()
 READY_MARK = "ready"  # handover dirs hold an image once this file exists
 PENDING_MARK = "pending"  # the daemon is still transferring: wait up to scaleup-timeout
+# The namespace of the pod that left a handover. Pod-template hashes are the same
+# for the same template in any namespace: only a pod of that namespace restores it.
+NAMESPACE_MARK = "namespace"
 
 
 class PlanError(ValueError):
@@ -191,6 +194,9 @@ def plan_start(
     d = handover_dir(state_root, thash, name)
     wake = migration_choices(annotations, name).wake
     if (d / READY_MARK).exists():
+        refused = foreign_handover(d, annotations.get(CRI_SANDBOX_NAMESPACE, ""))
+        if refused:
+            return StartPlan("fresh", refused)
         return StartPlan("restore", f"handover checkpoint for {thash}/{name}", d,
                          wake=wake, handover=True)
     if (d / PENDING_MARK).exists():
@@ -198,3 +204,15 @@ def plan_start(
         return StartPlan("restore", f"handover checkpoint for {thash}/{name} pending", d, wait,
                          wake=wake, handover=True)
     return StartPlan("fresh", f"no checkpoint for {thash}/{name}")
+
+
+def foreign_handover(d: Path, namespace: str) -> str:
+    """Why a pod of ``namespace`` must not restore the handover in ``d`` ("" when it
+    may): another namespace left it, or it records none (then nobody can tell)."""
+    try:
+        owner = (d / NAMESPACE_MARK).read_text(encoding="utf-8").strip()
+    except OSError:
+        return f"handover {d} records no namespace: not restored"
+    if owner != namespace:
+        return f"handover {d} belongs to namespace {owner!r}, not {namespace!r}: not restored"
+    return ""

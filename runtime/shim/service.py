@@ -555,6 +555,13 @@ class TaskService:
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
                 return False
             await asyncio.sleep(0.2)
+        if decision.handover and decision.consume:  # another pod's: of this namespace only
+            refused = plan.foreign_handover(
+                decision.image, c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, ""))
+            if refused:
+                c.start_reason = refused
+                log.warning("%s: %s: starting fresh", c.id, refused)
+                return False
         return True
 
     def _arriving_dirs(self, c: Container, decision: plan.StartPlan) -> tuple[Path, ...] | None:
@@ -625,7 +632,7 @@ class TaskService:
             safe_rmtree(c.image)
             c.image.mkdir(parents=True)
             for f in decision.image.iterdir():
-                if f.name not in (plan.READY_MARK, plan.PENDING_MARK):
+                if f.name not in (plan.READY_MARK, plan.PENDING_MARK, plan.NAMESPACE_MARK):
                     shutil.move(f, c.image / f.name)  # same filesystem: a rename
         except (CheckpointError, OSError, ValueError) as e:
             safe_rmtree(c.image)
@@ -1090,6 +1097,8 @@ class TaskService:
             for f in [*files, c.image / MANIFEST]:
                 os.replace(f, dest / f.name)
             safe_rmtree(c.image)
+        (dest / plan.NAMESPACE_MARK).write_text(
+            c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, ""), encoding="utf-8")
         (dest / plan.READY_MARK).touch()
         (dest / plan.PENDING_MARK).unlink(missing_ok=True)
         c.timings["migrate"] = time.monotonic() - t0

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from architect.engine.controlplane.transfer import SCHEME, DigestVerifier, Grant, TransferError
 from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint.errors import CheckpointError
-from architect.runtime.shim.plan import PENDING_MARK, READY_MARK
+from architect.runtime.shim.plan import NAMESPACE_MARK, PENDING_MARK, READY_MARK
 from architect.runtime.transfer.images import MARKS, incoming_dir
 from architect.runtime.transfer.server import CHUNK, MANIFEST_LENGTH
 from architect.runtime.transfer.tls import NodeTLS, peer_node
@@ -94,6 +94,8 @@ async def fetch(
         for child in sorted((unpacked / image.ENGINE_DIR).iterdir()):
             if child.name not in MARKS:  # the source's marks are not ours
                 os.replace(child, dest / child.name)
+        # The Checkpoint's namespace: only its pods may restore the image.
+        (dest / NAMESPACE_MARK).write_text(ticket.namespace, encoding="utf-8")
         (dest / READY_MARK).touch()  # last: the shim restores once it sees this
         (dest / PENDING_MARK).unlink(missing_ok=True)
         timings["unpack"] = time.monotonic() - t0 - timings["download"]

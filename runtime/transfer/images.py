@@ -24,10 +24,10 @@ from typing import Any
 from architect.engine.controlplane.transfer import TransferError
 from architect.runtime.checkpoint import Scope, image
 from architect.runtime.checkpoint.errors import CheckpointError
-from architect.runtime.shim.plan import PENDING_MARK, READY_MARK, handover_dir
+from architect.runtime.shim.plan import NAMESPACE_MARK, PENDING_MARK, READY_MARK, handover_dir
 
 OUTGOING = "outgoing"
-MARKS = frozenset({READY_MARK, PENDING_MARK})
+MARKS = frozenset({READY_MARK, PENDING_MARK, NAMESPACE_MARK})
 
 
 @dataclass(frozen=True)

@@ -83,10 +83,25 @@ def test_grouping_prefers_sandbox_id() -> None:
     assert plan.grouping("c1", {"io.containerd.runc.v2.group": "g", plan.CRI_SANDBOX_ID: "sb"}) == "g"
 
 
-def _ready(d: Path, mark: str = plan.READY_MARK) -> Path:
+def _ready(d: Path, mark: str = plan.READY_MARK, namespace: str = "") -> Path:
     d.mkdir(parents=True, exist_ok=True)
+    (d / plan.NAMESPACE_MARK).write_text(namespace)
     (d / mark).touch()
     return d
+
+
+def test_a_handover_is_restored_only_by_a_pod_of_its_namespace(tmp_path: Path) -> None:
+    """Pod-template hashes repeat across namespaces (the same Deployment in two)."""
+    ann = {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app",
+           plan.CRI_SANDBOX_NAMESPACE: "team-b"}
+    d = _ready(plan.handover_dir(tmp_path, "5d9c", "app"), namespace="team-a")
+    p = plan.plan_start("runc", ann, tmp_path, None)
+    assert p.path == "fresh" and "belongs to namespace 'team-a'" in p.reason
+    (d / plan.NAMESPACE_MARK).write_text("team-b")
+    assert plan.plan_start("runc", ann, tmp_path, None).path == "restore"
+    (d / plan.NAMESPACE_MARK).unlink()  # left by a version that recorded none
+    p = plan.plan_start("runc", ann, tmp_path, None)
+    assert p.path == "fresh" and "records no namespace" in p.reason
 
 
 def test_plan_runc_paths(tmp_path: Path) -> None:

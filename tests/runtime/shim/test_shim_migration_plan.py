@@ -63,6 +63,7 @@ def test_malformed_annotation_reads_as_default_and_is_named() -> None:
 
 def _ready(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
+    (d / plan.NAMESPACE_MARK).write_text("")  # these pods name no namespace
     (d / plan.READY_MARK).touch()
     return d
 

@@ -150,6 +150,7 @@ def test_broken_handover_image_falls_back_to_fresh(
     bad = containerd.shim_state / "handover" / thash / "app"
     bad.mkdir(parents=True)
     (bad / "inventory.img").write_bytes(b"not a CRIU image")
+    (bad / "namespace").write_text("")  # left by a pod of the same (unnamed) namespace
     (bad / "ready").touch()
     cid = f"brk{int(autoscaleup)}"
     containerd.run_container(cid, rootfs, COUNTER, ann)
