@@ -61,17 +61,15 @@ def build_sidecar_spec(
         "image": config.image,
         "imagePullPolicy": config.image_pull_policy,
         "restartPolicy": "Always",
+        # The flags of runtime/network/healthproxy.parse_args (a test holds the two
+        # together: they once drifted apart and every proxied pod crash-looped).
         "command": [
             "architect",
             "health-proxy",
-            "--listen",
-            str(mapping.shadow_port),
-            "--forward",
-            str(mapping.app_port),
+            "--map",
+            f"{container}:{mapping.app_port}:{mapping.shadow_port}",
             "--status-file",
             STATUS_FILE,
-            "--container",
-            container,
         ],
         "ports": [{"name": f"hc-{mapping.shadow_port}", "containerPort": mapping.shadow_port}],
         "resources": {

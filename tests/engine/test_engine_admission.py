@@ -98,15 +98,18 @@ def test_sidecar_injected_and_probes_rewritten() -> None:
     assert sidecar["command"] == [
         "architect",
         "health-proxy",
-        "--listen",
-        "9080",
-        "--forward",
-        "8080",
+        "--map",
+        "app:8080:9080",
         "--status-file",
         "/run/architect/status.json",
-        "--container",
-        "app",
     ]
+    # What admission injects is what the proxy accepts (the runtime's own parser).
+    from architect.runtime.network.healthproxy import parse_args as proxy_args
+
+    cfg = proxy_args(sidecar["command"][2:])
+    assert [(m.container, m.app_port, m.shadow_port) for m in cfg.mappings] == [
+        ("app", 8080, 9080)]
+    assert cfg.status_file == "/run/architect/status.json"
     assert sidecar["volumeMounts"][0]["mountPath"] == "/run/architect"
     assert any(v["name"] == STATUS_VOLUME and "emptyDir" in v for v in out["spec"]["volumes"])
     app = out["spec"]["containers"][0]
