@@ -182,14 +182,7 @@ def test_bare_pod_gets_sidecar_probe_rewrite_and_policies(operator: Operator) ->
     (sidecar,) = pod["spec"]["initContainers"]
     assert sidecar["image"] == "example.test/architect:e2e"
     assert sidecar["restartPolicy"] == "Always"
-    assert sidecar["command"][:6] == [
-        "architect",
-        "health-proxy",
-        "--listen",
-        "9080",
-        "--forward",
-        "8080",
-    ]
+    assert sidecar["command"][:4] == ["architect", "health-proxy", "--map", "app:8080:9080"]
     assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] == 9080
     assert any(v["name"] == "architect-run" for v in pod["spec"]["volumes"])
     eventually("policies recorded", lambda: len(policies(operator, ns)) == 2)
