@@ -1,4 +1,5 @@
-"""kopf wiring only: every handler is a few lines that call ``engine.handlers``.
+"""kopf wiring only: every handler is a few lines that call ``engine.admission.handlers``
+or ``engine.controlplane.handlers``.
 
 Watches: kopf sends no label selectors, so the operator watches only
 Architect's own, few objects (Checkpoint, PersistentCheckpoint). Pods and
@@ -19,7 +20,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
-from architect.engine import handlers, metrics
+from architect.engine import metrics
+from architect.engine.admission import handlers as admission
 from architect.engine.admission.webhooks import (
     MUTATE_POD,
     VALIDATE_CHECKPOINT_STATUS,
@@ -30,6 +32,7 @@ from architect.engine.admission.webhooks import (
 )
 from architect.engine.admission.workloads import AdmissionDenied, describe
 from architect.engine.config import OperatorConfig
+from architect.engine.controlplane import handlers as controlplane
 from architect.engine.controlplane.trust import Trust, TrustError
 from architect.engine.kube import Kube, load_config
 from architect.policy.annotations import GROUP, VERSION
@@ -70,12 +73,12 @@ def _deny(err: AdmissionDenied, handler: str) -> kopf.AdmissionError:
 async def _gc_loop(kube: Kube, config: OperatorConfig) -> None:
     while True:
         try:
-            await handlers.collect_garbage(
+            await controlplane.collect_garbage(
                 kube=kube, now=_now(), settings=config.gc, post_event=_post_event
             )
-            await handlers.refresh_policy_status(kube=kube, now=_now())
+            await controlplane.refresh_policy_status(kube=kube, now=_now())
             trust = await _trust(kube)
-            await handlers.sweep_transfer(
+            await controlplane.sweep_transfer(
                 kube=kube, now=_now(), namespace=config.transfer.namespace, cluster=trust
             )
         except kopf.TemporaryError as err:  # a setup problem, already said plainly
@@ -95,14 +98,14 @@ async def _trust(kube: Kube) -> Trust:
         ns = CONFIG.trust_home
         try:
             _TRUST.append(
-                await handlers.load_trust(
+                await controlplane.load_trust(
                     ns, kube=kube, daemons_namespace=CONFIG.transfer.namespace
                 )
             )
         except ApiException as err:
             # Say what is missing instead of a traceback per timer tick.
             raise kopf.TemporaryError(
-                handlers.trust_unavailable(ns, err.status, err.reason), delay=30
+                controlplane.trust_unavailable(ns, err.status, err.reason), delay=30
             ) from None
         except TrustError as err:
             raise kopf.TemporaryError(str(err), delay=30) from None
@@ -146,7 +149,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.mutate("v1", "pods", id=MUTATE_POD, operations=["CREATE"])
 def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     try:
-        new = handlers.mutate_pod(dict(body), CONFIG.sidecar)
+        new = admission.mutate_pod(dict(body), CONFIG.sidecar)
     except AdmissionDenied as err:
         raise _deny(err, MUTATE_POD) from None
 
@@ -168,11 +171,11 @@ async def _review(
 ) -> None:
     try:
         if hid == VALIDATE_POD_UPDATE:
-            review = await handlers.review_pod_update(
+            review = await admission.review_pod_update(
                 dict(body), old, dryrun=dryrun, kube=memo.kube
             )
         else:
-            review = await handlers.review_workload(dict(body), dryrun=dryrun, kube=memo.kube)
+            review = await admission.review_workload(dict(body), dryrun=dryrun, kube=memo.kube)
     except AdmissionDenied as err:
         raise _deny(err, hid) from None
     warnings.extend(review.warnings)
@@ -184,9 +187,9 @@ async def _review(
     metrics.ADMISSIONS.labels(handler=hid, allowed="true").inc()
 
 
-async def _record(body: dict[str, Any], review: handlers.Review, kube: Kube) -> None:
+async def _record(body: dict[str, Any], review: admission.Review, kube: Kube) -> None:
     try:
-        if not await handlers.record_policies(body, review, kube=kube):
+        if not await admission.record_policies(body, review, kube=kube):
             log.info("%s was not stored; its policies were not recorded", describe(body))
     except Exception:  # logged: admission already answered
         log.exception("recording the policies of %s failed", describe(body))
@@ -236,7 +239,7 @@ def validate_status(body: kopf.Body, **kwargs: Any) -> None:
     old, new = kwargs.get("old"), kwargs.get("new")
     kind = str(body.get("kind", "Checkpoint"))
     try:
-        handlers.review_status_update(kind, old, new)
+        admission.review_status_update(kind, old, new)
     except AdmissionDenied as err:
         raise _deny(err, VALIDATE_CHECKPOINT_STATUS) from None
 
@@ -247,13 +250,13 @@ def validate_status(body: kopf.Body, **kwargs: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "checkpoints")
 async def checkpoint_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type != "DELETED":
-        await handlers.on_checkpoint(dict(body), kube=memo.kube, now=_now(), post_event=_post_event)
+        await controlplane.on_checkpoint(dict(body), kube=memo.kube, now=_now(), post_event=_post_event)
 
 
 @kopf.on.event(GROUP, VERSION, "persistentcheckpoints")
 async def persistent_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type != "DELETED":
-        await handlers.on_persistent(dict(body), kube=memo.kube, now=_now(), post_event=_post_event)
+        await controlplane.on_persistent(dict(body), kube=memo.kube, now=_now(), post_event=_post_event)
 
 
 def _transfer_candidate(body: kopf.Body, **_: Any) -> bool:
@@ -273,7 +276,7 @@ async def coordinate_transfer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
     Restoring: hand back when its pod is gone. A timer, since pods are not
     watched: a replacement may be bound after the checkpoint is Ready."""
     trust = await _trust(memo.kube)
-    done = await handlers.coordinate_checkpoint(
+    done = await controlplane.coordinate_checkpoint(
         dict(body),
         kube=memo.kube,
         now=_now(),

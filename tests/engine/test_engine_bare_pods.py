@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from architect.engine import handlers
+from architect.engine.admission import handlers as admission
 from architect.engine.admission.pods import SidecarConfig, admit_pod, pod_label, validate_workload
 from architect.engine.admission.workloads import AdmissionDenied, desired_policies
 from architect.policy.annotations import POD_LABEL
@@ -91,8 +91,8 @@ async def test_review_of_the_admitted_pod_records_its_policies() -> None:
     kube.uids[("Pod", "ns", "solo")] = "p1"
     stored = admit_pod(bare(), CFG)
     stored["metadata"]["uid"] = "p1"
-    review = await handlers.review_workload(copy.deepcopy(stored), dryrun=False, kube=kube)
-    assert await handlers.record_policies(stored, review, kube=kube, attempts=2, every_s=0)
+    review = await admission.review_workload(copy.deepcopy(stored), dryrun=False, kube=kube)
+    assert await admission.record_policies(stored, review, kube=kube, attempts=2, every_s=0)
     hp = kube.objects[("hibernationpolicies", "ns", "solo")]
     assert hp["spec"]["selector"]["matchLabels"] == {POD_LABEL: "solo"}
     assert hp["metadata"]["ownerReferences"][0]["uid"] == "p1"

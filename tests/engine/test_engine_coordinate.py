@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from test_engine_handlers import FakeKube
 
-from architect.engine import handlers
 from architect.engine.controlplane import coordinate, trust
+from architect.engine.controlplane import handlers as controlplane
 from architect.engine.controlplane.checkpoints import fmt_time
 from architect.engine.controlplane.transfer import grant_from_data, verify
 from architect.engine.tls import make_ca, pem_common_name
@@ -285,7 +285,7 @@ async def test_coordinate_claims_and_grants_across_nodes() -> None:
     c = ckpt()
     kube = _fake(c, pod("web-1"))
     events: list[tuple[str, str, str]] = []
-    done = await handlers.coordinate_checkpoint(
+    done = await controlplane.coordinate_checkpoint(
         c,
         kube=kube,
         now=NOW,
@@ -301,7 +301,7 @@ async def test_coordinate_claims_and_grants_across_nodes() -> None:
     assert c["metadata"]["annotations"][coordinate.SOURCE_ANNOTATION] == "https://10.0.0.7:9447"
     assert events[0][1] == "TransferGranted" and "web-1 on node-b" in events[0][2]
     # A second look finds it Restoring for a pod that exists: nothing to do.
-    again = await handlers.coordinate_checkpoint(
+    again = await controlplane.coordinate_checkpoint(
         c, kube=kube, now=NOW, key=KEY, settings=SETTINGS, post_event=lambda *a: None
     )
     assert again == "restoring"
@@ -314,7 +314,7 @@ async def test_coordinate_loses_a_race_quietly() -> None:
         "phase": "Restoring",
         "consumedBy": "x",
     }
-    done = await handlers.coordinate_checkpoint(
+    done = await controlplane.coordinate_checkpoint(
         c, kube=kube, now=NOW, key=KEY, settings=SETTINGS, post_event=lambda *a: None
     )
     assert done == "claimed by another" and kube.secrets == {}
@@ -323,7 +323,7 @@ async def test_coordinate_loses_a_race_quietly() -> None:
 async def test_coordinate_fails_when_the_source_node_is_gone() -> None:
     c = ckpt(sourceNode="node-gone")
     kube = _fake(c, pod("web-1"))
-    done = await handlers.coordinate_checkpoint(
+    done = await controlplane.coordinate_checkpoint(
         c, kube=kube, now=NOW, key=KEY, settings=SETTINGS, post_event=lambda *a: None
     )
     assert done == "failed" and c["status"]["phase"] == "Failed"
@@ -332,6 +332,6 @@ async def test_coordinate_fails_when_the_source_node_is_gone() -> None:
 
 async def test_load_trust_makes_the_secret_once() -> None:
     kube = _fake(ckpt())
-    first = await handlers.load_trust("arch", kube=kube)
-    second = await handlers.load_trust("arch", kube=kube)
+    first = await controlplane.load_trust("arch", kube=kube)
+    second = await controlplane.load_trust("arch", kube=kube)
     assert first == second and list(kube.secrets) == [("arch", "architect-transfer")]

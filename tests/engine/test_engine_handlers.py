@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from architect.engine import handlers
+from architect.engine.admission import handlers as admission
 from architect.engine.admission.workloads import AdmissionDenied, Op
+from architect.engine.controlplane import handlers as controlplane
 from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, GcSettings, fmt_time
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -196,10 +197,10 @@ GOOD = {P + "managed-containers": '["app"]', P + "network-monitor": '{"app":"pac
 
 
 async def review_and_record(kube: FakeKube, body: dict[str, Any]) -> bool:
-    review = await handlers.review_workload(body, dryrun=False, kube=kube)
+    review = await admission.review_workload(body, dryrun=False, kube=kube)
     assert review.warnings == []
     assert kube.calls == [], "admission itself writes nothing"
-    return await handlers.record_policies(body, review, kube=kube, attempts=3, every_s=0)
+    return await admission.record_policies(body, review, kube=kube, attempts=3, every_s=0)
 
 
 async def test_a_write_that_meets_a_newer_version_is_planned_again() -> None:
@@ -211,7 +212,7 @@ async def test_a_write_that_meets_a_newer_version_is_planned_again() -> None:
     assert len(kube.objects) == 2
     kube2 = FakeKube()
     kube2.uids[("ReplicaSet", "ns", "web")] = "u1"
-    kube2.conflicts = handlers.CONFLICT_RETRIES
+    kube2.conflicts = admission.CONFLICT_RETRIES
     with pytest.raises(RuntimeError, match="kept changing"):
         await review_and_record(kube2, workload(GOOD))
     assert kube2.objects == {}
@@ -226,7 +227,7 @@ async def test_review_records_policies_once_the_owner_exists() -> None:
         ("create", "MigrationPolicy", "web"),
     ]
     kube.calls.clear()
-    review = await handlers.review_workload(workload(GOOD), dryrun=False, kube=kube)
+    review = await admission.review_workload(workload(GOOD), dryrun=False, kube=kube)
     assert review.ops == []  # nothing changed: no writes
 
 
@@ -244,14 +245,14 @@ async def test_review_writes_nothing_for_dry_runs_and_owned_objects(
     dryrun: bool, owner: str | None
 ) -> None:
     kube = FakeKube()
-    review = await handlers.review_workload(workload(GOOD, owner), dryrun=dryrun, kube=kube)
+    review = await admission.review_workload(workload(GOOD, owner), dryrun=dryrun, kube=kube)
     assert review.ops == [] and kube.calls == []
 
 
 async def test_review_denies_bad_annotations_before_any_write() -> None:
     kube = FakeKube()
     with pytest.raises(AdmissionDenied, match="managed-containers: value 'x'"):
-        await handlers.review_workload(
+        await admission.review_workload(
             workload({P + "managed-containers": '["x"]'}), dryrun=False, kube=kube
         )
     assert kube.calls == []
@@ -283,7 +284,7 @@ async def test_pod_edit_of_a_bare_pod_recompiles_its_policies() -> None:
     assert await review_and_record(kube, running_pod(GOOD))
     kube.calls.clear()
     edited = {**GOOD, P + "scaledown-durations": '{"app":"5m"}'}
-    review = await handlers.review_pod_update(
+    review = await admission.review_pod_update(
         running_pod(edited), running_pod(GOOD), dryrun=False, kube=kube
     )
     assert [(op.verb, op.kind) for op in review.ops] == [("replace", "HibernationPolicy")]
@@ -294,16 +295,16 @@ async def test_pod_edit_of_a_bare_pod_recompiles_its_policies() -> None:
 async def test_pod_edit_unchanged_or_status_only_does_nothing() -> None:
     kube = FakeKube()
     status = {**GOOD, P + "status": '{"app":"SCALED_DOWN"}'}
-    review = await handlers.review_pod_update(
+    review = await admission.review_pod_update(
         running_pod(status), running_pod(GOOD), dryrun=False, kube=kube
     )
-    assert review == handlers.Review([], [])
+    assert review == admission.Review([], [])
 
 
 async def test_pod_edit_invalid_or_of_the_sidecar_mapping_is_denied() -> None:
     kube = FakeKube()
     with pytest.raises(AdmissionDenied, match=r"Pod ns/solo: invalid Architect annotations"):
-        await handlers.review_pod_update(
+        await admission.review_pod_update(
             running_pod({P + "managed-containers": '["x"]'}),
             running_pod(GOOD),
             dryrun=False,
@@ -313,7 +314,7 @@ async def test_pod_edit_invalid_or_of_the_sidecar_mapping_is_denied() -> None:
     with pytest.raises(
         AdmissionDenied, match="health-check-proxy cannot change on an existing pod"
     ):
-        await handlers.review_pod_update(
+        await admission.review_pod_update(
             running_pod({**GOOD, P + "health-check-proxy": hc}),
             running_pod(GOOD),
             dryrun=False,
@@ -325,7 +326,7 @@ async def test_pod_edit_invalid_or_of_the_sidecar_mapping_is_denied() -> None:
 async def test_pod_edit_of_a_workload_pod_is_validated_and_pointed_at_the_template() -> None:
     kube = FakeKube()
     edited = {**GOOD, P + "scaledown-durations": '{"app":"5m"}'}
-    review = await handlers.review_pod_update(
+    review = await admission.review_pod_update(
         running_pod(edited, "ReplicaSet"), running_pod(GOOD, "ReplicaSet"), dryrun=False, kube=kube
     )
     assert review.ops == []
@@ -342,14 +343,14 @@ async def test_start_from_warning() -> None:
             "annotations": {P + "start-from-persistent-checkpoint": "a/warm"},
         },
     }
-    (w,) = await handlers.start_from_warnings(pod, kube)
+    (w,) = await admission.start_from_warnings(pod, kube)
     assert "PersistentCheckpoint a/warm not found" in w
     kube.objects[("persistentcheckpoints", "a", "warm")] = {
         "metadata": {"namespace": "a", "name": "warm"},
         "spec": {"allowedNamespaces": ["b"]},
         "status": {"phase": "Ready", "image": {"digest": "x"}},
     }
-    assert await handlers.start_from_warnings(pod, kube) == []
+    assert await admission.start_from_warnings(pod, kube) == []
 
 
 def test_status_review() -> None:
@@ -358,8 +359,8 @@ def test_status_review() -> None:
     with pytest.raises(
         AdmissionDenied, match="Checkpoint c: phase Consumed -> Ready is not allowed"
     ):
-        handlers.review_status_update("Checkpoint", old, new)
-    handlers.review_status_update(
+        admission.review_status_update("Checkpoint", old, new)
+    admission.review_status_update(
         "Checkpoint", {"status": {"phase": "Ready"}}, {"status": {"phase": "Restoring"}}
     )
 
@@ -381,14 +382,14 @@ async def test_checkpoint_events_once_per_transition() -> None:
     def post(obj: Any, t: str, r: str, m: str) -> None:
         events.append((t, r, m))
 
-    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
     assert body["status"]["phase"] == "Pending" and events == []
     for _ in range(2):  # the same state seen twice: one event
-        await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+        await controlplane.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
     assert [e[1] for e in events] == ["CheckpointPending"]
     body["status"]["phase"] = "Failed"
     body["status"]["message"] = "criu dump failed"
-    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
     assert events[-1] == (
         "Warning",
         "CheckpointFailed",
@@ -437,7 +438,7 @@ async def test_checkpoint_duration_counts_the_first_ready_only() -> None:
     before = _duration_count()
     for phase in ("Pending", "Ready", "Restoring", "Ready"):  # the last one: a handback
         body["status"]["phase"] = phase
-        await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+        await controlplane.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
     assert _duration_count() == before + 1
 
 
@@ -453,8 +454,8 @@ async def test_a_stale_event_records_a_transition_once() -> None:
         events.append(r)
 
     before = _duration_count()
-    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
-    await handlers.on_checkpoint(stale, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(stale, kube=kube, now=NOW, post_event=post)
     assert events == ["CheckpointReady"]
     assert _duration_count() == before + 1
     assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Ready"
@@ -474,8 +475,8 @@ async def test_a_newer_phase_in_a_body_without_our_record_is_not_lost() -> None:
     def post(obj: Any, t: str, r: str, m: str) -> None:
         events.append(m)
 
-    await handlers.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
-    await handlers.on_checkpoint(claimed, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(body, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(claimed, kube=kube, now=NOW, post_event=post)
     assert events == ["Checkpoint n is Ready", "Checkpoint n is Restoring (was Ready)"]
     assert body["metadata"]["annotations"][OBSERVED_PHASE] == "Restoring"
 
@@ -496,11 +497,11 @@ async def test_pending_is_set_only_when_no_phase_was_written_meanwhile() -> None
     def post(obj: Any, t: str, r: str, m: str) -> None:
         pass
 
-    await handlers.on_checkpoint(stale, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(stale, kube=kube, now=NOW, post_event=post)
     assert kube.objects[("checkpoints", "ns", "d")]["status"] == {"phase": "Ready"}
     fresh = {**stale, "metadata": {**stale["metadata"], "resourceVersion": "2"}}
     kube.objects[("checkpoints", "ns", "d")] = fresh
-    await handlers.on_checkpoint(fresh, kube=kube, now=NOW, post_event=post)
+    await controlplane.on_checkpoint(fresh, kube=kube, now=NOW, post_event=post)
     assert fresh["status"] == {"phase": "Pending"}
 
 
@@ -517,9 +518,9 @@ async def test_persistent_moves_to_checkpointing() -> None:
         "spec": {"runtimeClassName": "runsc-architect", "nodeName": "n1"},
     }
     noop = lambda *a: None  # noqa: E731
-    await handlers.on_persistent(pc, kube=kube, now=NOW, post_event=noop)
+    await controlplane.on_persistent(pc, kube=kube, now=NOW, post_event=noop)
     assert pc["status"]["phase"] == "Pending"
-    await handlers.on_persistent(pc, kube=kube, now=NOW, post_event=noop)
+    await controlplane.on_persistent(pc, kube=kube, now=NOW, post_event=noop)
     assert pc["status"]["phase"] == "Checkpointing"
     assert pc["metadata"]["labels"] == {P + "node": "n1"}
 
@@ -536,7 +537,7 @@ async def test_gc_pass() -> None:
             },
             "status": {"phase": phase},
         }
-    n = await handlers.collect_garbage(
+    n = await controlplane.collect_garbage(
         kube=kube, now=NOW, settings=GcSettings(), post_event=lambda *a: None
     )
     assert n == 2
@@ -566,10 +567,10 @@ async def test_policy_status_pass_marks_the_loser() -> None:
         },
         "spec": {"runtimeClassName": "runc-architect", "containers": [{"name": "app"}]},
     }
-    assert await handlers.refresh_policy_status(kube=kube, now=NOW) == 2
+    assert await controlplane.refresh_policy_status(kube=kube, now=NOW) == 2
     a = kube.objects[("hibernationpolicies", "ns", "a")]["status"]
     b = kube.objects[("hibernationpolicies", "ns", "b")]["status"]
     assert {c["type"]: c["status"] for c in a["conditions"]}["Conflicted"] == "True"
     assert {c["type"]: c["status"] for c in b["conditions"]}["Conflicted"] == "False"
     assert (b["matchedPods"], b["hibernatedContainers"]) == (1, 1)
-    assert await handlers.refresh_policy_status(kube=kube, now=NOW) == 0  # nothing changed
+    assert await controlplane.refresh_policy_status(kube=kube, now=NOW) == 0  # nothing changed

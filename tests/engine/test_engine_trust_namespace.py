@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from test_engine_handlers import FakeKube
 
-from architect.engine import config, handlers
+from architect.engine import config
+from architect.engine.controlplane import handlers as controlplane
 from architect.engine.controlplane import trust
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -99,11 +100,11 @@ def _kube() -> FakeKube:
 
 async def test_trust_is_made_in_its_namespace_and_node_secrets_in_the_daemons() -> None:
     kube = _kube()
-    cluster = await handlers.load_trust(TRUST, kube=kube, daemons_namespace=DAEMONS)
+    cluster = await controlplane.load_trust(TRUST, kube=kube, daemons_namespace=DAEMONS)
     assert list(kube.secrets) == [(TRUST, trust.TRUST_SECRET)]
-    assert await handlers.load_trust(TRUST, kube=kube, daemons_namespace=DAEMONS) == cluster
+    assert await controlplane.load_trust(TRUST, kube=kube, daemons_namespace=DAEMONS) == cluster
 
-    revoked, issued = await handlers.sweep_transfer(
+    revoked, issued = await controlplane.sweep_transfer(
         kube=kube, now=NOW, namespace=DAEMONS, cluster=cluster
     )
     assert (revoked, issued) == (0, 2)
@@ -117,7 +118,7 @@ async def test_trust_is_made_in_its_namespace_and_node_secrets_in_the_daemons() 
             assert ca_key not in secret["data"].values()
     assert kube.secrets[(TRUST, trust.TRUST_SECRET)]["data"][trust.CA_KEY_FIELD] == ca_key
     # The next pass finds every node served: nothing reissued.
-    again = await handlers.sweep_transfer(kube=kube, now=NOW, namespace=DAEMONS, cluster=cluster)
+    again = await controlplane.sweep_transfer(kube=kube, now=NOW, namespace=DAEMONS, cluster=cluster)
     assert again == (0, 0)
 
 
@@ -133,11 +134,11 @@ async def test_a_trust_secret_left_where_daemons_read_is_deleted() -> None:
     for s in old_certs:
         kube.secrets[(DAEMONS, s["metadata"]["name"])] = s
 
-    cluster = await handlers.load_trust(TRUST, kube=kube, daemons_namespace=DAEMONS)
+    cluster = await controlplane.load_trust(TRUST, kube=kube, daemons_namespace=DAEMONS)
     assert (DAEMONS, trust.TRUST_SECRET) not in kube.secrets
     assert (TRUST, trust.TRUST_SECRET) in kube.secrets
     assert ("delete-secret", trust.TRUST_SECRET) in kube.calls
-    _, issued = await handlers.sweep_transfer(
+    _, issued = await controlplane.sweep_transfer(
         kube=kube, now=NOW, namespace=DAEMONS, cluster=cluster
     )
     assert issued == 2
@@ -148,8 +149,8 @@ async def test_a_trust_secret_left_where_daemons_read_is_deleted() -> None:
 
 async def test_one_namespace_for_both_keeps_the_trust_secret() -> None:
     kube = _kube()
-    first = await handlers.load_trust(DAEMONS, kube=kube, daemons_namespace=DAEMONS)
-    assert await handlers.load_trust(DAEMONS, kube=kube, daemons_namespace=DAEMONS) == first
+    first = await controlplane.load_trust(DAEMONS, kube=kube, daemons_namespace=DAEMONS)
+    assert await controlplane.load_trust(DAEMONS, kube=kube, daemons_namespace=DAEMONS) == first
     assert list(kube.secrets) == [(DAEMONS, trust.TRUST_SECRET)]
     assert not [c for c in kube.calls if c[0] == "delete-secret"]
 
@@ -166,6 +167,6 @@ async def test_one_namespace_for_both_keeps_the_trust_secret() -> None:
 def test_an_unreachable_trust_secret_is_explained(
     status: int | None, reason: str | None, why: str
 ) -> None:
-    assert handlers.trust_unavailable(TRUST, status, reason) == (
+    assert controlplane.trust_unavailable(TRUST, status, reason) == (
         f"transfer key Secret {TRUST}/{trust.TRUST_SECRET}: {why} (--trust-namespace)"
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from architect.engine import handlers
+from architect.engine.admission import handlers as admission
 from architect.engine.admission.pods import SidecarConfig, admit_pod
 from architect.engine.admission.warnings import MAX_WARNING, config_warnings
 from architect.policy.compiler import compile_workload
@@ -154,13 +154,13 @@ def test_workloads_are_warned_not_their_pods() -> None:
 async def test_review_returns_the_warnings_once() -> None:
     kube = FakeKube()
     bare = pod({P + "managed-containers": '["app"]'})
-    review = await handlers.review_workload(bare, dryrun=True, kube=kube)
+    review = await admission.review_workload(bare, dryrun=True, kube=kube)
     assert len(review.warnings) == 1 and "only kubectl exec" in review.warnings[0]
     owned = pod({P + "managed-containers": '["app"]'})
     owned["metadata"]["ownerReferences"] = [
         {"kind": "ReplicaSet", "name": "r", "uid": "u", "controller": True}
     ]
-    assert (await handlers.review_workload(owned, dryrun=True, kube=kube)).warnings == []
+    assert (await admission.review_workload(owned, dryrun=True, kube=kube)).warnings == []
 
 
 def test_every_warning_fits_the_api_servers_limit() -> None:
