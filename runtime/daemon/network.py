@@ -29,6 +29,8 @@ class PodNetwork:
             target.shadow_ports,
             except_tcp=target.except_tcp,
             except_udp=target.except_udp,
+            others_tcp=target.others_tcp,
+            others_udp=target.others_udp,
         )
         if spec is None:
             return

@@ -40,6 +40,8 @@ class Target:
     exec_wakes: bool = True
     requests: tuple[tuple[str, str], ...] = ()  # as admitted, for the resize back
     # Declares no ports: every port is watched but these (other containers' ports).
+    others_tcp: tuple[int, ...] = ()  # every other container's ports (CRIU's lock lets them by)
+    others_udp: tuple[int, ...] = ()
     except_tcp: tuple[int, ...] = ()
     except_udp: tuple[int, ...] = ()
     note: str = ""  # why the policy's network mode is not applied (logged once)
@@ -141,7 +143,8 @@ def build_target(
     hc = policy_container(policy, key.container) if policy is not None else None
     tcp, udp = declared_ports(pod, key.container)
     mode, note = network_mode(pod, hc.wake_on.network if hc is not None else "none", tcp, udp)
-    ex_tcp, ex_udp = other_ports(pod, key.container) if not tcp and not udp else ((), ())
+    others_tcp, others_udp = other_ports(pod, key.container)
+    ex_tcp, ex_udp = (others_tcp, others_udp) if not tcp and not udp else ((), ())
     return Target(
         key=key,
         pod_uid=str(meta.get("uid") or ""),
@@ -155,6 +158,8 @@ def build_target(
         requests=container_requests(pod, key.container),
         except_tcp=ex_tcp,
         except_udp=ex_udp,
+        others_tcp=others_tcp,
+        others_udp=others_udp,
         note=note,
     )
 

@@ -36,6 +36,8 @@ def net_spec(
     exclude_sources: Iterable[str] = (),
     except_tcp: Iterable[int] = (),
     except_udp: Iterable[int] = (),
+    others_tcp: Iterable[int] = (),
+    others_udp: Iterable[int] = (),
 ) -> NetSpec | None:
     """The spec of the ``index``-th managed container of a pod; None for mode "none".
 
@@ -68,6 +70,8 @@ def net_spec(
         udp_all=all_ports and mode == "packets",
         except_tcp=tuple(sorted(set(except_tcp))) if all_ports else (),
         except_udp=tuple(sorted(set(except_udp))) if all_ports and mode == "packets" else (),
+        others_tcp=tuple(sorted(set(others_tcp) - set(tcp))),
+        others_udp=tuple(sorted(set(others_udp) - set(udp))),
     )
 
 
@@ -104,6 +108,8 @@ class ContainerNetwork:
         on top, so the container's packets are queued (and wake it), not dropped."""
         if self.hold is not None:
             await asyncio.to_thread(iptables.move_hold_first, self.ns, self.spec)
+            # The pod's other containers keep their traffic while this one sleeps.
+            await asyncio.to_thread(iptables.exempt_from_lock, self.ns, self.spec)
 
     def sample(self, now: datetime) -> ContainerActivity:
         act = self.sampler.sample(now)

@@ -21,6 +21,7 @@ from .rules import (
     hold_chain,
     hold_first_plan,
     install_plan,
+    lock_exempt_plan,
     parse_save,
     removal_plan,
     shadow_chain,
@@ -102,6 +103,16 @@ def activity_packets(ns: NetNs, spec: NetSpec) -> int:
     return sum(
         count_packets(save(ns, family, counters=True), spec.activity_chain) for family in FAMILIES
     )
+
+
+def exempt_from_lock(ns: NetNs, spec: NetSpec) -> bool:
+    """Let the other containers' ports through CRIU's lock (``rules.lock_exempt_plan``)."""
+    changed = False
+    for family in FAMILIES:
+        text = lock_exempt_plan(save(ns, family), spec)
+        _restore(ns, family, text)
+        changed = changed or bool(text)
+    return changed
 
 
 def move_hold_first(ns: NetNs, spec: NetSpec) -> bool:

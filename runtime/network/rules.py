@@ -99,6 +99,10 @@ class NetSpec:
     udp_all: bool = False
     except_tcp: tuple[int, ...] = ()
     except_udp: tuple[int, ...] = ()
+    # Ports the pod's other containers declare (the health-check proxy's listener
+    # among them): let through CRIU's network lock while this one is hibernated.
+    others_tcp: tuple[int, ...] = ()
+    others_udp: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not _TAG.match(self.tag):
@@ -344,6 +348,35 @@ def count_packets(saved: dict[str, SavedTable], chain: str) -> int:
             if "architect:count" in rule:
                 total += count
     return total
+
+
+LOCK_EXEMPT = "architect:lock-exempt"
+
+
+def lock_exempt_plan(saved: dict[str, SavedTable], spec: NetSpec) -> str:
+    """Restore text that lets the pod's other containers' ports through CRIU's lock
+    (first rules of its own ``CRIU`` chain, which CRIU flushes and deletes at the
+    restore, so nothing is left to clean); "" without a lock, without ports, or
+    when they are let through already.
+
+    The lock exists for the dumped process's sockets; the sidecars' (the
+    health-check proxy answering probes, anything else the pod runs) are not
+    dumped, and dropping their traffic makes the kubelet restart a hibernated pod.
+    """
+    table = saved.get("filter")
+    if table is None:
+        return ""
+    criu = [rule for chain, rule in table.rules if chain == "CRIU"]
+    if not criu or any(LOCK_EXEMPT in rule for rule in criu):
+        return ""
+    lines = []
+    for proto, ports in (("tcp", spec.others_tcp), ("udp", spec.others_udp)):
+        if ports:
+            plist = ",".join(str(p) for p in ports)
+            lines += [f'-I CRIU 1 -p {proto} -m multiport --{d} {plist} '
+                      f'-m comment --comment "{LOCK_EXEMPT}" -j ACCEPT'
+                      for d in ("dports", "sports")]
+    return "\n".join(["*filter", *lines, "COMMIT", ""]) if lines else ""
 
 
 def hold_first_plan(saved: dict[str, SavedTable], hold_chain: str) -> str:

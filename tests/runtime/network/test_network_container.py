@@ -211,3 +211,56 @@ async def test_after_checkpoint_puts_the_hold_above_a_criu_style_lock(netpair: N
         await net.teardown()  # the CRIU chain goes with the test's namespace
         for srv in servers:
             srv.close()
+
+
+async def test_other_containers_ports_pass_criu_lock_while_hibernated(netpair: NetPair) -> None:
+    """CRIU keeps its lock (DROP in INPUT and OUTPUT) from the dump to the restore.
+    The pod's other containers, such as the health-check proxy answering the
+    kubelet's probes, must keep their traffic meanwhile (seen on the e2e node: every
+    probe timed out and the kubelet restarted the hibernated pod)."""
+    spec = net_spec(0, "packets", (8080,), others_tcp=(9080,))
+    assert spec is not None and spec.others_tcp == (9080,)
+    net = ContainerNetwork(netpair.pod, spec)
+    sidecar = await start_tcp_app(netpair.pod, 9080)  # the proxy: not hibernated
+    servers: list[asyncio.Server] = []
+    # CRIU's own unlock at the restore: the chain declared (so flushed, our
+    # exemptions with it), the jumps removed, the chain deleted.
+    unlock = ("*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\n-D OUTPUT -j CRIU\n-X CRIU\n"
+              "COMMIT\n")
+
+    async def wake() -> None:
+        for tool in ("iptables-restore", "ip6tables-restore"):
+            netpair.pod.run([tool, "-w", "--noflush"], stdin=unlock)
+        servers.append(await start_tcp_app(netpair.pod, 8080))
+
+    await net.setup()
+    try:
+        await net.hibernate(wake)
+        lock = ("*filter\n:CRIU - [0:0]\n-I INPUT 1 -j CRIU\n-I OUTPUT 1 -j CRIU\n"
+                "-A CRIU -j DROP\nCOMMIT\n")
+        netpair.pod.run(["iptables-restore", "-w", "--noflush"], stdin=lock)
+        netpair.pod.run(["ip6tables-restore", "-w", "--noflush"], stdin=lock)
+        await net.after_checkpoint()
+        await net.after_checkpoint()  # idempotent: the exemption is added once
+        criu = [r for c, r in iptables.save(netpair.pod, 4)["filter"].rules if c == "CRIU"]
+        assert sum("architect:lock-exempt" in r for r in criu) == 2, criu
+        # The sidecar answers through the lock at once, and nothing woke the app.
+        s = netpair.sock(netpair.client)
+        assert await connect_and_greet(s, (netpair.pod_ip, 9080), timeout=3) == GREETING
+        s.close()
+        assert not servers
+        # Any other port still meets the lock (dropped: the connect times out).
+        s = netpair.sock(netpair.client)
+        with pytest.raises((TimeoutError, OSError)):
+            await connect_and_greet(s, (netpair.pod_ip, 7070), timeout=1)
+        s.close()
+        # The container's own port is still held and wakes it.
+        s = netpair.sock(netpair.client)
+        assert await connect_and_greet(s, (netpair.pod_ip, 8080), timeout=5) == GREETING
+        s.close()
+        assert "CRIU" not in {c for c, _ in iptables.save(netpair.pod, 4)["filter"].rules}
+    finally:
+        await net.teardown()
+        sidecar.close()
+        for srv in servers:
+            srv.close()
