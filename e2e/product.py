@@ -44,6 +44,7 @@ NAMESPACE = "architect-system"
 # Where the e2e values put the node setup (tests/charts/values/e2e-node.yaml).
 NODE_PREFIX = Path("/var/lib/architect-e2e/architect")
 NODE_DROPINS = Path("/etc/architect-e2e/containerd-runtimes.d")
+NODE_CONFIG = Path("/var/lib/architect-e2e/architect-config")
 STATUS = "architect.loopholelabs.io/status"
 INSTALL_TIMEOUT_S = 420
 HELM_ENV = {
@@ -189,7 +190,7 @@ def uninstall(kube: Kube, release: str = RELEASE, namespace: str = NAMESPACE) ->
              "--wait=false", check=False)
     subprocess.run([sys.executable, "-m", "architect.runtime.shim.nodeinstall", "uninstall",
                     "--prefix", str(NODE_PREFIX), "--containerd-config-dir", str(NODE_DROPINS),
-                    "--link-dir", "/usr/local/bin"],
+                    "--config-dir", str(NODE_CONFIG), "--link-dir", "/usr/local/bin"],
                    check=True, capture_output=True, timeout=120, cwd=REPO)
     subprocess.run([str(UP)], check=True, capture_output=True, timeout=600)
 
