@@ -272,6 +272,11 @@ class Controller:
             if outcome is not None:
                 log.info("%s: started %s from the handover of %s", _unit(key),
                          "restored" if outcome == "restored" else "fresh", thash)
+            if outcome == "fresh":  # the user sees why the state did not come
+                await self._transition_event(
+                    key, "Warning", "StartedFresh",
+                    f"{key.container} started fresh instead of from the handover of "
+                    f"{thash}: {found.start_reason}")
         if state is ContainerState.SCALED_DOWN and target.mode != "none":
             await self._arm(key)
 

@@ -595,3 +595,29 @@ async def test_controller_turns_the_shims_events_into_checkpoints() -> None:
     await ctl.tick([new], policies)
     assert fake.objects[(NS, "web-main")]["status"]["phase"] == "Consumed"
     assert fake.objects[(NS, "web-main")]["status"]["consumedBy"] == "web-2"
+
+
+async def test_a_replacement_that_started_fresh_gets_an_event_saying_why() -> None:
+    """The shim could not restore the handover (a flipped byte, say): the pod's
+    Events say so, whether or not the daemon had claimed the Checkpoint yet."""
+    from architect.policy.models import HibernationPolicy, MigrationPolicy
+    from architect.runtime.daemon.controller import Controller
+    from architect.runtime.daemon.ports import ShimContainer
+    from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
+    from tests.runtime.daemon.objects import hibernation, migration, pod
+
+    calls: list[str] = []
+    shim, rep = FakeShim(calls), FakeReporter(calls)
+    ctl = Controller(shim, FakeNet(calls), rep, clock=Clock(),
+                     migrations=Migrations(FakeApi(), FakeImages(), NODE), node=NODE)
+    why = "restore from /var/lib/architect/shim/handover/h1/main failed: digest mismatch"
+    shim.containers["new-id"] = ShimContainer(
+        "new-id", "RUNNING", 7, "/proc/1/ns/net", "/sock/new", "fresh", why)
+    new = pod("web-2", template_hash="h1")
+    new["status"]["containerStatuses"][0]["containerID"] = "containerd://new-id"
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    await ctl.tick([new], policies)
+    fresh = [(t, m) for t, r, m in rep.events if r == "StartedFresh"]
+    assert len(fresh) == 1 and fresh[0][0] == "Warning" and "digest mismatch" in fresh[0][1]
+    await ctl.tick([new], policies)
+    assert len([r for _, r, _ in rep.events if r == "StartedFresh"]) == 1  # once
