@@ -395,6 +395,7 @@ class Controller:
         the hold releases its packets itself when this returns), a WAKE directive,
         or ``_forget``."""
         ok = False
+        t_enter = time.monotonic()
         async with self._lock(key):
             t, target = self.tracker.get(key), self.targets.get(key)
             if t is None or target is None or target.container_id is None:
@@ -402,6 +403,7 @@ class Controller:
             if not self.tracker.begin_wake(key, self.clock(), reason):
                 return
             await self._publish_key(key)
+            t_call = time.monotonic()
             try:
                 seconds = await asyncio.wait_for(
                     self.shim.wake(target.container_id), self.wake_timeout
@@ -412,12 +414,17 @@ class Controller:
             except Exception as e:
                 error = str(e)
             if ok:
+                t_back = time.monotonic()
                 self.tracker.woken(key, self.clock())
                 metrics.RESTORE_SECONDS.labels(runtime="runc").observe(seconds)
                 metrics.WAKES.labels(reason=reason).inc()
                 await self._transition_event(
                     key, "Normal", "Woken", f"{key.container} woken by {reason} in {seconds:.2f}s"
                 )
+                metrics.observe_wake_phases({
+                    "decision": t_call - t_enter, "restore": t_back - t_call,
+                    "report": time.monotonic() - t_back,
+                })  # fmt: skip
             else:
                 self.tracker.wake_failed(key, self.clock())
                 await self._transition_event(

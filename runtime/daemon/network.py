@@ -7,6 +7,7 @@ import contextlib
 from datetime import datetime
 
 from architect.engine.telemetry import ContainerKey
+from architect.runtime.daemon import metrics
 from architect.runtime.daemon.ports import Activity, WakeFn
 from architect.runtime.daemon.targets import Target
 from architect.runtime.network import iptables
@@ -63,6 +64,10 @@ class PodNetwork:
             # order, rather than cancelling the wake under it.
             with contextlib.suppress(TimeoutError):
                 await hold.wait_released(self.wake_timeout + 10)
+        if hold is not None and hold.core.outcome == "woken":
+            st = hold.stats  # the hold's phases of a wake by packet (metrics.py)
+            metrics.observe_wake_phases(metrics.hold_phases(
+                st.first_packet_at, st.wake_started_at, st.wake_finished_at, st.released_at))
         await net.resume()
 
     async def teardown(self, key: ContainerKey) -> None:
