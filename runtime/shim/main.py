@@ -159,8 +159,8 @@ def _self_command() -> list[str]:
 
 
 def start(a: Args) -> str:
+    from architect.runtime.shim.bundle import read_annotations
     from architect.runtime.shim.plan import grouping
-    from architect.runtime.shim.service import read_annotations
 
     stop_window()  # a bad setting fails the start, where containerd shows it
     group = grouping(a.id, read_annotations(Path.cwd()))

@@ -9,10 +9,11 @@ import pytest
 
 from architect.runtime.daemon.ports import ShimError
 from architect.runtime.daemon.shimclient import ShimClient
-from architect.runtime.shim import service
+from architect.runtime.shim import process, service
 from architect.runtime.shim.control import ControlServer
 from architect.runtime.shim.events import Publisher, PublishTarget
 from architect.runtime.shim.reaper import Reaper
+from architect.runtime.shim.runtimeconfig import RuntimeConfig
 
 CID = "0123456789abcdef"
 
@@ -21,8 +22,9 @@ async def test_expect_then_decide_reach_the_shims_stop_decision(tmp_path: Path) 
     reaper = Reaper()
     svc = service.TaskService(reaper, Publisher(reaper, PublishTarget("true", "", "k8s.io")),
                               "k8s.io", tmp_path / "state", tmp_path / "runc")
-    init = service.Proc("", "", "", "", False, pid=4242, status=service.RUNNING)
-    c = service.Container(CID, tmp_path / "bundle", "runc", {}, init, tmp_path / "c")
+    init = process.Proc("", "", "", "", False, pid=4242, status=process.RUNNING)
+    c = process.Container(CID, tmp_path / "bundle", svc.runc(RuntimeConfig()), {}, init,
+                          tmp_path / "c")
     svc.containers[CID] = c
     server = ControlServer(svc, tmp_path / "control.sock")
     await server.start()

@@ -12,7 +12,17 @@ import pytest
 from google.protobuf import any_pb2
 
 from architect.runtime.checkpoint import _proc
-from architect.runtime.shim import control, events, main, plan, podinfo, reaper, runc, service
+from architect.runtime.shim import (
+    control,
+    events,
+    main,
+    plan,
+    podinfo,
+    reaper,
+    runc,
+    runtimeconfig,
+    stats,
+)
 from architect.runtime.shim.pb import events_pb2, runc_options_pb2, runtime_options_pb2
 from architect.runtime.shim.ttrpc import TtrpcError
 
@@ -143,21 +153,21 @@ def test_bad_scaleup_timeout_is_named() -> None:
 
 
 def test_runtime_binary_from_options(tmp_path: Path) -> None:
-    assert service.runtime_config(any_pb2.Any()).binary == "runc"
+    assert runtimeconfig.runtime_config(any_pb2.Any()).binary == "runc"
     ro = runc_options_pb2.Options(binary_name="runsc")
     packed = any_pb2.Any(type_url="containerd.runc.v1.Options", value=ro.SerializeToString())
-    assert service.runtime_config(packed).binary == "runsc"
+    assert runtimeconfig.runtime_config(packed).binary == "runsc"
     cfg = tmp_path / "runsc.toml"
     cfg.write_text('binary_name = "runsc"\n')
     opt = runtime_options_pb2.Options(config_path=str(cfg))
     packed = any_pb2.Any(type_url="runtimeoptions.v1.Options", value=opt.SerializeToString())
-    assert service.runtime_config(packed).binary == "runsc"
+    assert runtimeconfig.runtime_config(packed).binary == "runsc"
     cfg.write_text('binary_name = "sh"\n')
     with pytest.raises(TtrpcError, match="binary_name 'sh'"):
-        service.runtime_config(packed)
+        runtimeconfig.runtime_config(packed)
     cfg.write_text("binary_name = \n")
     with pytest.raises(TtrpcError, match="not TOML"):
-        service.runtime_config(packed)
+        runtimeconfig.runtime_config(packed)
 
 
 def test_cgroup_metrics_read_v1_files(tmp_path: Path) -> None:
@@ -170,11 +180,11 @@ def test_cgroup_metrics_read_v1_files(tmp_path: Path) -> None:
         d = tmp_path / sub / "ns" / "c1"
         d.mkdir(parents=True, exist_ok=True)
         (d / name).write_text(value + "\n")
-    m = service.read_cgroup_metrics("/ns/c1", tmp_path)
+    m = stats.read_cgroup_metrics("/ns/c1", tmp_path)
     assert (m.memory.usage.usage, m.memory.usage.limit, m.cpu.usage.total, m.pids.current) == (
         1234, 99999, 777, 3
     )
-    assert service.read_cgroup_metrics("", tmp_path).memory.usage.usage == 0
+    assert stats.read_cgroup_metrics("", tmp_path).memory.usage.usage == 0
 
 
 # -- control requests ---------------------------------------------------------------
@@ -275,14 +285,14 @@ def test_generated_protobuf_code_does_not_drift(tmp_path: Path) -> None:
 def test_runsc_config_table_becomes_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "r.toml"
     cfg.write_text('binary_name = "runsc"\n[runsc_config]\nnetwork = "none"\ndebug = true\n')
-    assert service.config_file(cfg) == service.RuntimeConfig(
+    assert runtimeconfig.config_file(cfg) == runtimeconfig.RuntimeConfig(
         "runsc", ("--debug=true", "--network=none")
     )
     cfg.write_text('binary_name = "runsc"\nrunsc_config = ["x"]\n')
     with pytest.raises(TtrpcError, match="runsc_config"):
-        service.config_file(cfg)
+        runtimeconfig.config_file(cfg)
     with pytest.raises(TtrpcError, match="No such file"):
-        service.config_file(tmp_path / "missing.toml")
+        runtimeconfig.config_file(tmp_path / "missing.toml")
 
 
 async def test_runtime_command_is_bounded_in_time(tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ import pytest
 from architect.policy import annotations as keys
 from architect.runtime.checkpoint import Scope
 from architect.runtime.checkpoint import image as ckpt_image
-from architect.runtime.shim import plan, podinfo, service
+from architect.runtime.shim import plan, podinfo, process, service
 from architect.runtime.shim.events import Publisher, PublishTarget
 from architect.runtime.shim.reaper import Reaper
+from architect.runtime.shim.runtimeconfig import RuntimeConfig
 
 ANN = {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app"}
 
@@ -145,7 +146,7 @@ def test_hosts_file_from_the_spec(tmp_path: Path) -> None:
 
 def _svc_container(
     tmp_path: Path, ann: dict[str, str]
-) -> tuple[service.TaskService, service.Container, tuple[Path, ...]]:
+) -> tuple[service.TaskService, process.Container, tuple[Path, ...]]:
     vols = tuple(tmp_path / "pod" / "volumes" / "kubernetes.io~empty-dir" / n
                  for n in ("data", "cache"))
     hosts = tmp_path / "pod" / "etc-hosts"
@@ -159,8 +160,9 @@ def _svc_container(
     reaper = Reaper()
     svc = service.TaskService(reaper, Publisher(reaper, PublishTarget("true", "", "k8s.io")),
                               "k8s.io", tmp_path / "state", tmp_path / "runc")
-    init = service.Proc("", "", "", "", False)
-    c = service.Container("c1", bundle, "runc", {**ANN, **ann}, init, tmp_path / "c1")
+    init = process.Proc("", "", "", "", False)
+    c = process.Container("c1", bundle, svc.runc(RuntimeConfig()), {**ANN, **ann}, init,
+                          tmp_path / "c1")
     return svc, c, vols
 
 
@@ -191,14 +193,14 @@ async def test_restore_rewrites_only_what_is_listed_to_the_ip_in_etc_hosts(
 ) -> None:
     svc, c, _ = _svc_container(tmp_path, ann)
     image = _image(tmp_path, ("10.244.0.5",))
-    got = await svc._rewrites(c, image)
+    got = await svc.lifecycle.rewrites(c, image)
     assert [(str(r.old), str(r.new), r.listeners, r.established) for r in got] == want
 
 
 async def test_a_local_wake_rewrites_nothing(tmp_path: Path) -> None:
     both = {keys.REWRITE_LISTENER: '["app"]', keys.REWRITE_ESTABLISHED: '["app"]'}
     svc, c, _ = _svc_container(tmp_path, both)
-    assert await svc._rewrites(c, _image(tmp_path, ("10.244.0.17",))) == ()
+    assert await svc.lifecycle.rewrites(c, _image(tmp_path, ("10.244.0.17",))) == ()
 
 
 @pytest.mark.parametrize("opted_in", [False, True])
@@ -206,9 +208,9 @@ def test_empty_dirs_travel_and_arrive_only_when_opted_in(tmp_path: Path, opted_i
     svc, c, vols = _svc_container(
         tmp_path, {keys.MIGRATE_EMPTYDIR: '["app"]' if opted_in else '["other"]'}
     )
-    assert svc._travelling_dirs(c) == (vols if opted_in else ())
+    assert svc.lifecycle.travelling_dirs(c) == (vols if opted_in else ())
     handover = plan.StartPlan("restore", "handover", tmp_path / "h", handover=True)
-    assert svc._arriving_dirs(c, handover) == (vols if opted_in else None)
+    assert svc.lifecycle.arriving_dirs(c, handover) == (vols if opted_in else None)
     # Its own hibernation image: the volumes never left the node, none come out.
     own = plan.StartPlan("restore", "own hibernation image", tmp_path / "own")
-    assert svc._arriving_dirs(c, own) is None
+    assert svc.lifecycle.arriving_dirs(c, own) is None

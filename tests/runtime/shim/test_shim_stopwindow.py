@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from architect.policy import annotations as keys
-from architect.runtime.shim import control, plan, service, stopwindow
+from architect.runtime.shim import control, plan, process, service, stopwindow
 from architect.runtime.shim.events import Publisher, PublishTarget
 from architect.runtime.shim.pb import shim_pb2
 from architect.runtime.shim.reaper import Reaper
@@ -165,6 +165,8 @@ def test_migrate_on_stop_requests_ok(req: dict[str, Any]) -> None:
 class Recorder:
     """Stands in for runc (Kill's signal) and CRIU (the migration checkpoint)."""
 
+    gvisor = False  # as runc's
+
     def __init__(self) -> None:
         self.calls: list[str] = []
 
@@ -173,22 +175,21 @@ class Recorder:
 
 
 def _service(tmp_path: Path, window: float, ann: dict[str, str], rec: Recorder,
-             monkeypatch: pytest.MonkeyPatch) -> tuple[service.TaskService, service.Container]:
+             monkeypatch: pytest.MonkeyPatch) -> tuple[service.TaskService, process.Container]:
     reaper = Reaper()
     svc = service.TaskService(reaper, Publisher(reaper, PublishTarget("true", "", "k8s.io")),
                               "k8s.io", tmp_path / "state", tmp_path / "runc",
                               stop_window=window)
-    init = service.Proc("", "", "", "", False, pid=4242, status=service.RUNNING)
-    c = service.Container("c1", tmp_path / "bundle", "runc", ann, init, tmp_path / "c1")
+    init = process.Proc("", "", "", "", False, pid=4242, status=process.RUNNING)
+    c = process.Container("c1", tmp_path / "bundle", rec, ann, init, tmp_path / "c1")
     c.stop.expected = plan.migration_expected(ann)
     svc.containers[c.id] = c
-    monkeypatch.setattr(svc, "runc", lambda binary: rec)
 
-    async def checkpoint(c: service.Container) -> None:
+    async def checkpoint(c: process.Container) -> None:
         rec.calls.append(f"checkpoint {c.id}")
         c.hibernated = True  # as the real one leaves it: processes gone, image kept
 
-    monkeypatch.setattr(svc, "_checkpoint_for_migration", checkpoint)
+    monkeypatch.setattr(svc.lifecycle, "checkpoint_for_migration", checkpoint)
     return svc, c
 
 
@@ -234,7 +235,7 @@ async def test_kill_waits_for_the_decision_served_meanwhile(
     assert decided["event"] == "stop-decision" and decided["id"] == "c1"
     assert decided["outcome"] == ("armed" if decision["enabled"] else "disarmed")
     if decision["enabled"]:  # checkpointed: the exit is reported without a signal
-        assert c.init.status == service.STOPPED and c.init.exit_status == 128 + signal.SIGTERM
+        assert c.init.status == process.STOPPED and c.init.exit_status == 128 + signal.SIGTERM
 
 
 async def test_kill_without_a_decision_delivers_after_the_window(
@@ -286,7 +287,7 @@ async def test_exit_during_the_wait_is_no_signal(
 
     async def exit_soon() -> None:
         await asyncio.sleep(0.05)
-        c.init.status = service.STOPPED
+        c.init.status = process.STOPPED
 
     task = asyncio.create_task(exit_soon())
     with pytest.raises(TtrpcError, match="already finished"):
@@ -297,6 +298,6 @@ async def test_exit_during_the_wait_is_no_signal(
 
 def test_a_new_container_starts_disarmed(tmp_path: Path) -> None:
     """Create builds a fresh Container, so one restored from a handover is not armed."""
-    init = service.Proc("", "", "", "", False)
-    c = service.Container("c2", tmp_path, "runc", dict(MANAGED), init, tmp_path / "c2")
+    init = process.Proc("", "", "", "", False)
+    c = process.Container("c2", tmp_path, Recorder(), dict(MANAGED), init, tmp_path / "c2")
     assert not c.migrate_on_stop and c.stop.enabled is None and not c.stop.expected

@@ -1,0 +1,473 @@
+"""A container's hibernate/wake state machine: hibernate, wake, the start a Create
+takes (fresh, restored, or hibernated from a handover), the checkpoint for a
+migration when the pod stops, and the bounded wait for the daemon's decision.
+
+The Task API (``service.py``) calls in here and owns everything shim-wide (the
+containers, events, exits); what it lends this module comes in as callables, so
+this module never imports the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from architect.runtime.checkpoint import (
+    AddressRewrite,
+    CheckpointError,
+    CheckpointOptions,
+    ImageError,
+    ImageMismatch,
+    RestoreOptions,
+)
+from architect.runtime.checkpoint import Container as CkptContainer
+from architect.runtime.checkpoint import image as ckpt_image
+from architect.runtime.checkpoint._fs import safe_rmtree
+from architect.runtime.checkpoint.image import MANIFEST
+from architect.runtime.checkpoint.rewrite import rewrites_between
+from architect.runtime.shim import plan, podinfo, stopwindow
+from architect.runtime.shim.bundle import cgroup_path
+from architect.runtime.shim.oom import OomWatcher
+from architect.runtime.shim.process import RUNNING, Container, Proc
+from architect.runtime.shim.reaper import Reaper
+from architect.runtime.shim.runc import RuncError
+from architect.runtime.shim.stdio import ConsoleIO, PipeIO
+from architect.runtime.shim.ttrpc import Code, TtrpcError
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[dict[str, Any]], None]
+Exited = Callable[[Container, Proc, int], Awaitable[None]]
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        reaper: Reaper,
+        state_root: Path,
+        oom: OomWatcher,
+        notify: Notify,
+        exited: Exited,
+        watch_exit: Callable[[Container], None],
+        stop_window: float = stopwindow.DEFAULT_WINDOW,
+    ) -> None:
+        self.reaper = reaper
+        self.state_root = state_root
+        self.oom = oom
+        self.notify = notify  # to the control socket's watchers
+        self.exited = exited  # reports a process's exit (TaskExit)
+        self.watch_exit = watch_exit  # watches an init's exit the reaper cannot see
+        self.stop_window = stop_window
+
+    # -- create ------------------------------------------------------------------
+
+    async def create(self, c: Container, decision: plan.StartPlan, terminal: bool) -> None:
+        """Start ``c`` as ``decision`` says: restored (its processes run), hibernated
+        from the image (none run), or fresh from its bundle when neither took."""
+        init = c.init
+        c.start_reason = decision.reason
+        if decision.path == "restore" and not terminal:
+            if not decision.wake:
+                if await self.hibernate_on_create(c, decision):
+                    # No process: RUNNING in containerd's eyes, as any
+                    # hibernated container; the first packet or exec wakes it.
+                    init.status = RUNNING
+                    c.start_path = "restore"
+            else:
+                pid = await self.restore_on_create(c, decision)
+                if pid:
+                    init.pid = pid
+                    init.status = RUNNING  # restored processes run at once
+                    c.start_path = "restore"
+        if not init.pid and not c.hibernated:
+            log.info("%s: starting fresh (%s)", c.id, c.start_reason)
+            pid_file = c.bundle / "init.pid"
+            assert init.io is not None
+            if isinstance(init.io, ConsoleIO):
+                got = asyncio.create_task(init.io.receive())
+                init.pid = await c.runc.create(c.id, c.bundle, pid_file, None, init.io.sock_path)
+                await got
+            else:
+                init.pid = await c.runc.create(c.id, c.bundle, pid_file, init.io.stdio())
+
+    # -- hibernation -------------------------------------------------------------
+
+    async def hibernate(self, c: Container) -> dict[str, Any]:
+        async with c.lock:
+            if c.hibernated:
+                return {"id": c.id, "hibernated": True, "seconds": 0.0}
+            if c.init.status != RUNNING:
+                raise TtrpcError(Code.FAILED_PRECONDITION, f"container {c.id!r} is not running")
+            if c.init.terminal:
+                raise TtrpcError(
+                    Code.FAILED_PRECONDITION, f"container {c.id!r} has a TTY: not hibernated"
+                )
+            running = [e.exec_id for e in c.execs.values() if e.status == RUNNING]
+            if running:
+                raise TtrpcError(
+                    Code.FAILED_PRECONDITION, f"container {c.id!r} has running execs {running}"
+                )
+            t0 = time.monotonic()
+            try:
+                await self.checkpoint(c)
+            except CheckpointError as e:
+                raise TtrpcError(Code.UNKNOWN, f"hibernate {c.id}: {e}") from e
+            c.timings["hibernate"] = time.monotonic() - t0
+            c.persist()
+        log.info("%s: hibernated in %.3fs", c.id, c.timings["hibernate"])
+        self.notify({"event": "hibernated", "id": c.id})
+        return {"id": c.id, "hibernated": True, "seconds": c.timings["hibernate"]}
+
+    async def checkpoint(
+        self, c: Container, compression: str = "dir", empty_dirs: tuple[Path, ...] = ()
+    ) -> None:
+        """Checkpoint ``c`` into its own image (processes gone, memory released).
+
+        The image records the pod IPs, so it can also serve as a handover. It
+        carries ``empty_dirs`` only: a hibernation carries none (the volumes stay
+        on the node, and a wake must leave them as they are then). A hibernation
+        image stays on the node: it keeps the directory layout (no tar stream, one
+        hashing pass each way; zstd would cost more time than it saves disk here,
+        runtime/checkpoint/README.md)."""
+        safe_rmtree(c.image)
+        addresses = await self.pod_addresses(c)
+        c.checkpointing = True  # the init's exit during the dump is no exit
+        try:
+            await c.runc.backend.checkpoint(
+                self.ckpt(c, addresses, empty_dirs), c.image,
+                CheckpointOptions(compression=compression),
+            )
+        except BaseException:
+            c.checkpointing = False
+            safe_rmtree(c.image)
+            raise
+        (c.image / plan.READY_MARK).touch()
+        c.hibernated = True
+        c.checkpointing = False
+
+    # -- wake --------------------------------------------------------------------
+
+    async def wake(self, c: Container, reason: str = "request") -> dict[str, Any]:
+        async with c.lock:
+            if not c.hibernated:
+                return {"id": c.id, "hibernated": False, "seconds": 0.0}
+            await self.wake_locked(c, reason)
+        return {"id": c.id, "hibernated": False, "seconds": c.timings["wake"], "pid": c.init.pid}
+
+    async def wake_locked(self, c: Container, reason: str) -> None:
+        """Restore hibernated ``c`` (the caller holds ``c.lock``)."""
+        assert isinstance(c.init.io, PipeIO)
+        t0 = time.monotonic()
+        try:
+            # A wake never touches the emptyDirs: they stayed on the node, and another
+            # container of the pod may have written to them meanwhile.
+            result = await c.runc.backend.restore(
+                self.ckpt(c), c.image,
+                RestoreOptions(rewrites=await self.rewrites(c, c.image),
+                               stdio=c.init.io.stdio().fds(), empty_dirs=False),
+            )
+        except CheckpointError as e:
+            if c.deferred_restore:
+                # Its first run: as for a restore at create, start it fresh.
+                await self._start_fresh_at_wake(c, f"restore at the first wake failed: {e}")
+                return
+            if not isinstance(e, ImageError):  # the engine failed; the image stays
+                raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
+            # The state is lost for good: report the exit, so kubelet's restart
+            # policy decides, rather than a container that never wakes.
+            log.error("%s: hibernation image unusable, reporting an exit: %s", c.id, e)
+            c.hibernated = False
+            c.persist()
+            self.notify({"event": "wake-failed", "id": c.id, "error": str(e)})
+            await self.exited(c, c.init, 255)
+            raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {e}") from e
+        c.init.pid = result.pid
+        c.hibernated = False
+        c.deferred_restore = False
+        self.watch_exit(c)
+        c.timings["wake"] = time.monotonic() - t0
+        c.timings.update({f"wake_{k}": v for k, v in result.details.items()})
+        self.oom.watch(c.id, cgroup_path(c.bundle))  # the restore made a new cgroup
+        safe_rmtree(c.image)
+        c.persist()
+        log.info("%s: woken (%s) in %.3fs, pid %d", c.id, reason, c.timings["wake"], result.pid)
+        self.notify({"event": "woken", "id": c.id, "reason": reason})
+
+    async def _start_fresh_at_wake(self, c: Container, why: str) -> None:
+        """Run a deferred replacement from its bundle, as create would have."""
+        assert isinstance(c.init.io, PipeIO)
+        log.warning("%s: %s; starting fresh", c.id, why)
+        safe_rmtree(c.image)
+        r = c.runc
+        try:
+            c.init.pid = await r.create(c.id, c.bundle, c.bundle / "init.pid",
+                                        c.init.io.stdio())
+            await r.start(c.id)
+        except (RuncError, OSError, TimeoutError) as e:
+            c.hibernated = False
+            c.persist()
+            await self.exited(c, c.init, 255)
+            raise TtrpcError(Code.UNKNOWN, f"wake {c.id}: {why}; fresh start: {e}") from e
+        c.hibernated = c.deferred_restore = False
+        c.start_path, c.start_reason = "fresh", why
+        self.watch_exit(c)
+        self.oom.watch(c.id, cgroup_path(c.bundle))
+        c.persist()
+        self.notify({"event": "woken", "id": c.id, "reason": "fresh start", "error": why})
+
+    # -- migration on stop -------------------------------------------------------
+
+    async def await_stop_decision(self, c: Container, sig: int) -> None:
+        """The daemon may not have decided yet whether this stop migrates (it and the
+        kubelet see the pod's deletion at the same time): wait for it, bounded. Outside
+        ``c.lock``, so a wake or the control request is never held up by the wait."""
+        if not c.stop.expected or c.stop.enabled is not None:
+            return
+        name = signal.Signals(sig).name
+        self.notify({"event": "stop-waiting", "id": c.id, "signal": name,
+                     "window": self.stop_window})
+        outcome, waited = await c.stop.wait(self.stop_window)
+        c.timings["stop_window"] = waited
+        if outcome is stopwindow.Outcome.TIMEOUT:
+            log.warning("%s: %s: no migrate-on-stop decision after waiting %.3fs "
+                        "(window %.1fs): delivering", c.id, name, waited, self.stop_window)
+        else:
+            log.info("%s: %s: migrate-on-stop %s after waiting %.3fs",
+                     c.id, name, outcome.value, waited)
+        self.notify({"event": "stop-decision", "id": c.id, "outcome": outcome.value,
+                     "waited": round(waited, 3)})
+
+    async def checkpoint_for_migration(self, c: Container) -> None:
+        """Pod deletion of a managed container: leave its state for the replacement.
+
+        ``pending`` marks the handover while the checkpoint runs (a replacement
+        created meanwhile waits up to its scaleup-timeout); the image's files move
+        in with the manifest last, then ``ready``."""
+        thash = c.annotations.get(plan.ANN_TEMPLATE_HASH, "")
+        name = c.annotations.get(plan.CRI_CONTAINER_NAME, c.id)
+        dest = plan.handover_dir(self.state_root, thash or "unknown", name)
+        # The daemon may have marked it pending already: keep that mark (a waiting
+        # replacement must never see the dir without one), clear the rest.
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / plan.PENDING_MARK).touch()
+        for stale in dest.iterdir():
+            if stale.name == plan.PENDING_MARK:
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                safe_rmtree(stale)
+            else:
+                stale.unlink()
+        t0 = time.monotonic()
+        travelling = self.travelling_dirs(c)  # migrate-emptydir-containers
+        try:
+            if not c.hibernated:
+                await self.checkpoint(c, compression="auto", empty_dirs=travelling)
+            elif travelling or c.runc.backend.describe(c.image).empty_dirs:
+                # A hibernation image holds no emptyDir (or, taken over from a
+                # handover, the old pod's): the handover takes the volumes as they
+                # are now, or none when they do not travel.
+                await asyncio.to_thread(ckpt_image.repack, c.image, dest, travelling)
+                safe_rmtree(c.image)
+        except (CheckpointError, OSError) as e:
+            safe_rmtree(dest)  # withdrawn: a waiting replacement starts fresh
+            log.error("%s: checkpoint for migration failed, stopping: %s", c.id, e)
+            self.notify({"event": "migrate-failed", "id": c.id, "error": str(e)})
+            return
+        if c.image.exists():  # the image moves in as it is, the manifest last
+            files = [f for f in c.image.iterdir() if f.name not in (plan.READY_MARK, MANIFEST)]
+            for f in [*files, c.image / MANIFEST]:
+                os.replace(f, dest / f.name)
+            safe_rmtree(c.image)
+        (dest / plan.NAMESPACE_MARK).write_text(
+            c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, ""), encoding="utf-8")
+        (dest / plan.READY_MARK).touch()
+        (dest / plan.PENDING_MARK).unlink(missing_ok=True)
+        c.timings["migrate"] = time.monotonic() - t0
+        log.info("%s: checkpointed for migration into %s in %.3fs",
+                 c.id, dest, c.timings["migrate"])
+        self.notify({"event": "migrated", "id": c.id, "image": str(dest)})
+
+    # -- restore at create -------------------------------------------------------
+
+    async def image_ready(self, c: Container, decision: plan.StartPlan) -> bool:
+        """Wait (bounded by the plan's scaleup-timeout) for ``decision.image``; False
+        when the caller must start fresh (``c.start_reason`` then says why)."""
+        assert decision.image is not None
+        deadline = time.monotonic() + decision.wait_seconds
+        ready, pending = decision.image / plan.READY_MARK, decision.image / plan.PENDING_MARK
+        while not ready.exists():
+            # `ready` lands before `pending` goes: neither means the handover was
+            # withdrawn (the old pod's checkpoint failed), so waiting on is pointless.
+            if decision.wait_seconds and not pending.exists() and not ready.exists():
+                c.start_reason = f"handover {decision.image} withdrawn"
+                log.info("%s: %s: starting fresh", c.id, c.start_reason)
+                return False
+            if time.monotonic() >= deadline:
+                c.start_reason = f"scaleup-timeout passed waiting for {decision.image}"
+                log.info("%s: %s: starting fresh", c.id, c.start_reason)
+                return False
+            await asyncio.sleep(0.2)
+        if decision.handover and decision.consume:  # another pod's: of this namespace only
+            refused = plan.foreign_handover(
+                decision.image, c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, ""))
+            if refused:
+                c.start_reason = refused
+                log.warning("%s: %s: starting fresh", c.id, refused)
+                return False
+        return True
+
+    async def restore_on_create(self, c: Container, decision: plan.StartPlan) -> int:
+        """Restore from ``decision.image``; 0 when the caller must start fresh
+        (``c.start_reason`` then says why)."""
+        assert decision.image is not None and isinstance(c.init.io, PipeIO)
+        if not await self.image_ready(c, decision):
+            return 0
+        t0 = time.monotonic()
+        backend = c.runc.backend
+        try:
+            rewrites = await self.rewrites(c, decision.image)
+            arriving = self.arriving_dirs(c, decision)
+            if arriving is not None and not backend.describe(decision.image).empty_dirs:
+                arriving = None  # the old pod sent none: nothing to put back
+            result = await backend.restore(
+                self.ckpt(c, empty_dirs=arriving or ()), decision.image,
+                RestoreOptions(rewrites=rewrites, stdio=c.init.io.stdio().fds(),
+                               empty_dirs=arriving is not None),
+            )
+        except (CheckpointError, OSError, ValueError) as e:
+            # The backend left nothing running: a fresh start is safe.
+            c.start_reason = f"restore from {decision.image} failed: {e}"
+            log.warning("%s: restore from %s failed, starting fresh: %s", c.id, decision.image, e)
+            if decision.consume:  # a broken handover must not fail the next pod too
+                safe_rmtree(decision.image)
+            return 0
+        c.timings["restore"] = time.monotonic() - t0
+        c.timings.update({f"restore_{k}": v for k, v in result.details.items()})
+        log.info("%s: restored from %s (%s) in %.3fs, rewrites %s",
+                 c.id, decision.image, decision.reason, c.timings["restore"],
+                 [f"{r.old}->{r.new}" for r in rewrites] or "none")
+        if decision.consume:  # no second container may restore the same state
+            safe_rmtree(decision.image)
+        return result.pid
+
+    async def hibernate_on_create(self, c: Container, decision: plan.StartPlan) -> bool:
+        """A replacement that postmigration-autoscaleup-containers does not list: the
+        handover image becomes its hibernation image, verified now (a bad one starts
+        fresh, as a failed restore does), its emptyDirs (when they travel) put in
+        place now, so a later wake touches no volume. False: start fresh."""
+        assert decision.image is not None
+        if not await self.image_ready(c, decision):
+            return False
+        t0 = time.monotonic()
+        backend = c.runc.backend
+        try:
+            m = backend.describe(decision.image)
+            if m.backend != backend.name:
+                raise ImageMismatch(
+                    decision.image, f"image was made by {m.backend}, not {backend.name}"
+                )
+            arriving = self.arriving_dirs(c, decision)
+            if arriving is not None and m.empty_dirs:
+                # unpacking verifies every digest first
+                await asyncio.to_thread(ckpt_image.place_empty_dirs, decision.image, arriving)
+            else:
+                await asyncio.to_thread(backend.describe, decision.image, True)
+            safe_rmtree(c.image)
+            c.image.mkdir(parents=True)
+            for f in decision.image.iterdir():
+                if f.name not in (plan.READY_MARK, plan.PENDING_MARK, plan.NAMESPACE_MARK):
+                    shutil.move(f, c.image / f.name)  # same filesystem: a rename
+        except (CheckpointError, OSError, ValueError) as e:
+            safe_rmtree(c.image)
+            c.start_reason = f"restore from {decision.image} failed: {e}"
+            log.warning("%s: restore from %s failed, starting fresh: %s", c.id, decision.image, e)
+            if decision.consume:
+                safe_rmtree(decision.image)
+            return False
+        (c.image / plan.READY_MARK).touch()
+        if decision.consume:
+            safe_rmtree(decision.image)
+        c.hibernated = True
+        c.deferred_restore = True
+        c.timings["restore"] = time.monotonic() - t0
+        c.start_reason = (f"{decision.reason}; hibernated until woken "
+                          f"(not in {plan.ANN_AUTOSCALEUP})")
+        log.info("%s: %s in %.3fs", c.id, c.start_reason, c.timings["restore"])
+        return True
+
+    # -- what the annotations and the pod say ------------------------------------
+
+    def ckpt(
+        self,
+        c: Container,
+        addresses: tuple[str, ...] = (),
+        empty_dirs: tuple[Path, ...] = (),
+    ) -> CkptContainer:
+        """``c`` as the checkpoint backend sees it. ``empty_dirs``: the volumes whose
+        content travels in (checkpoint) or comes out of (restore) the image; none
+        unless migrate-emptydir-containers lists the container."""
+        return c.runc.container(
+            c.id,
+            c.bundle,
+            c.annotations.get(plan.ANN_TEMPLATE_HASH, ""),
+            empty_dirs,
+            tuple(ipaddress.ip_address(a) for a in addresses),
+        )
+
+    def choices(self, c: Container) -> plan.MigrationChoices:
+        name = c.annotations.get(plan.CRI_CONTAINER_NAME, "")
+        choices = plan.migration_choices(c.annotations, name)
+        for problem in choices.problems:  # admission rejects these; never fail the pod
+            log.warning("%s: %s: read as the default (not listed)", c.id, problem)
+        return choices
+
+    def travelling_dirs(self, c: Container) -> tuple[Path, ...]:
+        """The emptyDirs that move with a migration of ``c`` (opted in only)."""
+        if not self.choices(c).empty_dirs:
+            return ()
+        return podinfo.empty_dirs(podinfo.read_spec(c.bundle))
+
+    def arriving_dirs(self, c: Container, decision: plan.StartPlan) -> tuple[Path, ...] | None:
+        """Where a start from ``decision`` puts the image's emptyDir content: the
+        container's emptyDirs for another pod's image when migrate-emptydir lists the
+        container; None: the volumes are left exactly as they are (its own
+        hibernation image: the volumes never left the node)."""
+        if not decision.handover or not self.choices(c).empty_dirs:
+            return None
+        return podinfo.empty_dirs(podinfo.read_spec(c.bundle))
+
+    async def rewrites(self, c: Container, image: Path) -> tuple[AddressRewrite, ...]:
+        """The socket rewrites a restore of ``image`` as ``c`` applies: only those
+        the rewrite-*-addresses-containers annotations ask for, from the pod IPs the
+        image recorded to the pod's IPs now (from its /etc/hosts, as the seed says;
+        the netns's addresses if that names none). Same IPs (a local wake): none."""
+        if c.runtime != "runc":  # runsc keeps its addresses inside gVisor's state
+            return ()
+        choices = self.choices(c)
+        if not (choices.rewrite_listeners or choices.rewrite_established):
+            return ()
+        old = c.runc.backend.describe(image).addresses
+        new = podinfo.hosts_addresses(podinfo.read_spec(c.bundle))
+        if not new:
+            new = await self.pod_addresses(c)
+            log.info("%s: /etc/hosts names no pod IP; the netns has %s", c.id, list(new))
+        try:
+            return rewrites_between(
+                old, new,
+                listeners=choices.rewrite_listeners, established=choices.rewrite_established,
+            )  # fmt: skip
+        except ValueError as e:  # an address that does not parse: restore unrewritten
+            log.warning("%s: no socket rewrite: %s", c.id, e)
+            return ()
+
+    async def pod_addresses(self, c: Container) -> tuple[str, ...]:
+        ns = podinfo.netns_path(podinfo.read_spec(c.bundle))
+        return await podinfo.netns_addresses(ns, self.reaper.spawner) if ns else ()
