@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from architect.engine.admission.workloads import Op, plural
 from architect.policy.annotations import GROUP, VERSION
+from architect.policy.timestamps import fmt_time
 
 NotFound = 404
 Conflict = 409
@@ -214,8 +215,8 @@ class Kube:
             "reason": reason,
             "message": message[:1024],
             "source": {"component": "architect"},
-            "firstTimestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "lastTimestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "firstTimestamp": fmt_time(now),
+            "lastTimestamp": fmt_time(now),
             "count": 1,
         }
         await asyncio.to_thread(self.core.create_namespaced_event, ns, cast(Any, event))

@@ -10,6 +10,7 @@ from typing import Any
 
 from architect.engine.telemetry import ContainerKey, ContainerState, ContainerTelemetry
 from architect.policy.annotations import RUNTIME_CLASSES, STATUS_ANNOTATION, TEMPLATE_HASH_LABEL
+from architect.policy.timestamps import parse_time
 
 POD_SCOPE = ""  # the container name of a pod-scoped (runsc managed-pod) unit
 
@@ -53,15 +54,6 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo:
     )
 
 
-def _time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def telemetry_from_pod(
     pod: Mapping[str, Any],
 ) -> tuple[dict[ContainerKey, ContainerTelemetry], list[str]]:
@@ -86,8 +78,8 @@ def telemetry_from_pod(
         except json.JSONDecodeError:
             notes.append(f"{STATUS_ANNOTATION}: value '{raw}': not valid JSON")
     since = (
-        _time((pod.get("status") or {}).get("startTime"))
-        or _time(meta.get("creationTimestamp"))
+        parse_time((pod.get("status") or {}).get("startTime"))
+        or parse_time(meta.get("creationTimestamp"))
         or datetime.now(UTC)
     )
     out: dict[ContainerKey, ContainerTelemetry] = {}

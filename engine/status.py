@@ -9,6 +9,7 @@ from typing import Any
 
 from architect.engine.directives import Conflict, Evaluation, PolicyRef, PolicyStats
 from architect.policy.models import LabelSelector
+from architect.policy.timestamps import fmt_time
 
 MAX_CONFLICTS_SHOWN = 3
 
@@ -44,7 +45,7 @@ def _condition(
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": since or now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "lastTransitionTime": since or fmt_time(now),
     }
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from architect.policy.annotations import OBSERVED_PHASE, PHASE_SINCE
+from architect.policy.timestamps import fmt_time, parse_time
 
 PHASES = ("Pending", "Ready", "Restoring", "Consumed", "Failed")
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -50,19 +51,6 @@ def check_transition(
     if new not in allowed:
         nexts = ", ".join(sorted(allowed)) or f"none: {old} is final"
         raise TransitionError(f"{kind}: phase {old} -> {new} is not allowed (from {old}: {nexts})")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def fmt_time(t: datetime) -> str:
-    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

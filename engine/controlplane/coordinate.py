@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from architect.engine.controlplane.checkpoints import claim_patch, fmt_time, phase_of
+from architect.engine.controlplane.checkpoints import claim_patch, phase_of
 from architect.engine.controlplane.transfer import (
     GRANT_TOKEN,
     Grant,
@@ -48,6 +48,7 @@ from architect.policy.annotations import (
     SOURCE_ANNOTATION,
     TEMPLATE_HASH_LABEL,
 )
+from architect.policy.timestamps import fmt_time
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,7 @@ from architect.engine.controlplane.checkpoints import (
     GcSettings,
     PhaseChange,
     event_for,
-    fmt_time,
     observe_phase,
-    parse_time,
     phase_of,
     plan_gc,
 )
@@ -39,6 +37,7 @@ from architect.policy.annotations import (
     SOURCE_ANNOTATION,
 )
 from architect.policy.models import parse_policies
+from architect.policy.timestamps import fmt_time, parse_time
 
 
 def _record(kind: str, body: Mapping[str, Any], change: PhaseChange, now: datetime) -> None:

@@ -18,12 +18,11 @@ from architect.engine.controlplane.checkpoints import (
     DEFAULT_GC,
     GcAction,
     GcSettings,
-    fmt_time,
-    parse_time,
     phase_of,
     phase_since,
 )
 from architect.policy.annotations import MANAGED_POD, NODE_LABEL, RUNSC_CLASS
+from architect.policy.timestamps import fmt_time
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,6 @@ __all__ = [
     "Step",
     "may_start_from",
     "next_step",
-    "parse_time",
     "plan_gc",
     "ready_status",
     "resolve_start",

@@ -7,11 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from architect.errors import UsageError
 from architect.runtime.daemon.shimclient import DEFAULT_RUN, DEFAULT_STATE
-
-
-class UsageError(ValueError):
-    """A bad flag or environment value; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ import sys
 import time
 from typing import Any
 
+from architect.errors import UsageError
 from architect.runtime.daemon import metrics
-from architect.runtime.daemon.config import DaemonConfig, UsageError, parse_args
+from architect.runtime.daemon.config import DaemonConfig, parse_args
 
 log = logging.getLogger("architect.daemon")
 

@@ -31,6 +31,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from architect.errors import UsageError
+
 log = logging.getLogger("architect.health-proxy")
 
 DEFAULT_STATUS_FILE = "/run/architect/status.json"
@@ -43,10 +45,6 @@ RESPONSE_200 = (
     + f"Content-Length: {len(_BODY)}\r\n\r\n".encode()
     + _BODY
 )
-
-
-class UsageError(ValueError):
-    """A command-line mistake; the message names the flag and the value."""
 
 
 @dataclass(frozen=True, slots=True)

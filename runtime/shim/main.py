@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from architect.errors import UsageError
+
 SOCKET_ROOT = Path("/run/containerd/s")  # containerd's defaults.DefaultStateDir + /s
 SOCKET_FD_ENV = "ARCHITECT_SHIM_SOCKET_FD"
 STATE_ENV = "ARCHITECT_SHIM_STATE"
@@ -33,10 +35,6 @@ DEFAULT_STATE = Path("/var/lib/architect/shim")
 DEFAULT_RUN = Path("/run/architect/shim")
 
 log = logging.getLogger("architect.shim")
-
-
-class UsageError(Exception):
-    pass
 
 
 @dataclass

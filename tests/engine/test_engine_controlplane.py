@@ -17,10 +17,10 @@ from architect.engine.controlplane.checkpoints import (
     check_transition,
     claim_patch,
     find_for_replacement,
-    fmt_time,
     observe_phase,
     plan_gc,
 )
+from architect.policy.timestamps import fmt_time
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DIGEST = "sha256:" + "a" * 64

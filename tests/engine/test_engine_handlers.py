@@ -11,7 +11,8 @@ import pytest
 from architect.engine.admission import handlers as admission
 from architect.engine.admission.workloads import AdmissionDenied, Op
 from architect.engine.controlplane import handlers as controlplane
-from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, GcSettings, fmt_time
+from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, GcSettings
+from architect.policy.timestamps import fmt_time
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 P = "architect.loopholelabs.io/"

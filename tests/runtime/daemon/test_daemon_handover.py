@@ -21,10 +21,11 @@ from architect.engine.controlplane.transfer import (
     grant_data,
     issue,
 )
+from architect.errors import UsageError
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import Checkpoint
 from architect.runtime.daemon.checkpoints import Migrations, NamespaceGone, NodeImages
-from architect.runtime.daemon.config import UsageError, parse_args
+from architect.runtime.daemon.config import parse_args
 from architect.runtime.daemon.grants import Grants, decode_grant
 from architect.runtime.daemon.handover import (
     Written,

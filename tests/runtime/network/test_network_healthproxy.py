@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from architect.errors import UsageError
 from architect.runtime.network.healthproxy import (
     Mapping,
     ProxyConfig,
     StatusFile,
-    UsageError,
     main,
     parse_args,
     parse_mapping,
