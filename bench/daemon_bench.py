@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from architect.engine.evaluate import evaluate
 from architect.engine.pods import pod_info
 from architect.runtime.daemon.controller import Controller
+from tests.factories import hibernation, pod
 from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
-from tests.runtime.daemon.objects import hibernation, pod
 
 
 def decision_bench(n: int, rounds: int) -> tuple[float, float]:

@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from engine_factories import NOW, ago, hp, mp, pod, tel
 
 from architect.engine.directives import Action, PolicyRef, ResizeTarget, WakeReason
 from architect.engine.evaluate import POD_SCOPE, Settings, evaluate
 from architect.engine.telemetry import ContainerKey, ContainerState, ContainerTelemetry
+from tests.factories import NOW, ago, hp, mp, pod_info, tel
 
 RUNNING = ContainerState.RUNNING
 DOWN = ContainerState.SCALED_DOWN
@@ -136,7 +136,7 @@ CASES = [
 def test_single_container_decisions(case: Case) -> None:
     rules = case.rules or {"name": "app", "scaledownAfter": "30s"}
     telemetry = {KEY: case.telemetry} if case.telemetry else {}
-    ev = evaluate([hp(containers=[rules])], [pod()], telemetry, NOW)
+    ev = evaluate([hp(containers=[rules])], [pod_info()], telemetry, NOW)
     (d,) = ev.directives
     assert d.key == KEY
     assert d.action is case.action, d.reason
@@ -152,7 +152,7 @@ def test_single_container_decisions(case: Case) -> None:
 
 def test_busy_threshold_is_a_setting() -> None:
     t = {KEY: tel(active=999, cpu=500)}
-    ev = evaluate([hp()], [pod()], t, NOW, Settings(busy_cpu_millicores=1000))
+    ev = evaluate([hp()], [pod_info()], t, NOW, Settings(busy_cpu_millicores=1000))
     assert ev.directives[0].action is Action.HIBERNATE
 
 
@@ -185,7 +185,7 @@ PRECEDENCE = [
 @pytest.mark.parametrize("case", PRECEDENCE, ids=[c.name for c in PRECEDENCE])
 def test_precedence_and_conflicts(case: PrecedenceCase) -> None:
     for order in (case.policies, list(reversed(case.policies))):
-        ev = evaluate(order, [pod()], {KEY: tel(active=1)}, NOW)
+        ev = evaluate(order, [pod_info()], {KEY: tel(active=1)}, NOW)
         (d,) = ev.directives
         assert d.policy is not None and d.policy.name == case.winner
         (c,) = ev.conflicts
@@ -198,7 +198,7 @@ def test_precedence_and_conflicts(case: PrecedenceCase) -> None:
 def test_policy_that_does_not_list_the_container_is_no_conflict() -> None:
     ev = evaluate(
         [hp("a"), hp("b", containers=[{"name": "sidecar"}])],
-        [pod(containers=("app", "sidecar"))],
+        [pod_info(containers=("app", "sidecar"))],
         {},
         NOW,
     )
@@ -208,7 +208,7 @@ def test_policy_that_does_not_list_the_container_is_no_conflict() -> None:
 
 
 def test_unlisted_container_is_unmanaged_with_near_miss() -> None:
-    ev = evaluate([hp()], [pod(containers=("app", "log"))], {}, NOW)
+    ev = evaluate([hp()], [pod_info(containers=("app", "log"))], {}, NOW)
     log = next(d for d in ev.directives if d.key.container == "log")
     assert log.action is Action.UNMANAGED
     assert "does not list container log" in log.reason
@@ -224,7 +224,7 @@ def test_unlisted_container_is_unmanaged_with_near_miss() -> None:
     ],
 )
 def test_unmanaged(pod_kwargs: dict[str, Any], reason: str) -> None:
-    ev = evaluate([hp()], [pod(**pod_kwargs)], {}, NOW)
+    ev = evaluate([hp()], [pod_info(**pod_kwargs)], {}, NOW)
     (d,) = ev.directives
     assert d.action is Action.UNMANAGED
     assert reason in d.reason
@@ -232,26 +232,26 @@ def test_unmanaged(pod_kwargs: dict[str, Any], reason: str) -> None:
 
 
 def test_runtime_mismatch_is_named() -> None:
-    ev = evaluate([hp(runtime="runsc", managed_pod=True)], [pod()], {}, NOW)
+    ev = evaluate([hp(runtime="runsc", managed_pod=True)], [pod_info()], {}, NOW)
     assert "is for runtime runsc" in ev.directives[0].reason
 
 
 def test_match_expressions() -> None:
     exprs = [{"key": "tier", "operator": "In", "values": ["a", "b"]}]
     policy = hp(labels={}, match_expressions=exprs)
-    yes = pod("p1", labels={"tier": "a"})
-    no = pod("p2", labels={"tier": "c"})
+    yes = pod_info("p1", labels={"tier": "a"})
+    no = pod_info("p2", labels={"tier": "c"})
     ev = evaluate([policy], [yes, no], {}, NOW)
     assert [d.action for d in ev.directives] == [Action.WAIT, Action.UNMANAGED]
 
 
 def test_empty_selector_matches_nothing() -> None:
-    ev = evaluate([hp(labels={})], [pod()], {}, NOW)
+    ev = evaluate([hp(labels={})], [pod_info()], {}, NOW)
     assert ev.directives[0].action is Action.UNMANAGED
 
 
 def test_deleted_pod_with_migration_policy_checkpoints() -> None:
-    ev = evaluate([hp(), mp()], [pod(deleting=True)], {KEY: tel(DOWN)}, NOW)
+    ev = evaluate([hp(), mp()], [pod_info(deleting=True)], {KEY: tel(DOWN)}, NOW)
     (d,) = ev.directives
     assert d.action is Action.CHECKPOINT_FOR_MIGRATION
     assert d.migration_policy == PolicyRef("MigrationPolicy", "default", "mp")
@@ -259,26 +259,26 @@ def test_deleted_pod_with_migration_policy_checkpoints() -> None:
 
 
 def test_deleted_pod_already_migrating_waits() -> None:
-    ev = evaluate([mp()], [pod(deleting=True)], {KEY: tel(ContainerState.MIGRATING)}, NOW)
+    ev = evaluate([mp()], [pod_info(deleting=True)], {KEY: tel(ContainerState.MIGRATING)}, NOW)
     assert ev.directives[0].action is Action.WAIT
 
 
 def test_deleted_pod_without_migration_policy_lets_go() -> None:
-    ev = evaluate([hp()], [pod(deleting=True)], {KEY: tel()}, NOW)
+    ev = evaluate([hp()], [pod_info(deleting=True)], {KEY: tel()}, NOW)
     (d,) = ev.directives
     assert d.action is Action.NONE
     assert "not kept" in d.reason
 
 
 def test_migration_only_container() -> None:
-    ev = evaluate([mp()], [pod()], {KEY: tel()}, NOW)
+    ev = evaluate([mp()], [pod_info()], {KEY: tel()}, NOW)
     (d,) = ev.directives
     assert d.action is Action.NONE
     assert d.migration_policy is not None and "only migrates" in d.reason
 
 
 def test_migration_conflicts_are_reported() -> None:
-    ev = evaluate([mp("a"), mp("b", priority=2)], [pod(deleting=True)], {KEY: tel()}, NOW)
+    ev = evaluate([mp("a"), mp("b", priority=2)], [pod_info(deleting=True)], {KEY: tel()}, NOW)
     (c,) = ev.conflicts
     assert (c.winner.name, c.loser.name) == ("b", "a")
     assert ev.directives[0].migration_policy == PolicyRef("MigrationPolicy", "default", "b")
@@ -286,7 +286,7 @@ def test_migration_conflicts_are_reported() -> None:
 
 def test_runsc_managed_pod_is_pod_scoped_and_not_idle_hibernated() -> None:
     policy = hp(runtime="runsc", managed_pod=True)
-    p = pod(runtime_class="runsc-architect", containers=("a", "b"))
+    p = pod_info(runtime_class="runsc-architect", containers=("a", "b"))
     key = ContainerKey("default", "web-1", POD_SCOPE)
     ev = evaluate([policy, mp(runtime="runsc", containers=[])], [p], {key: tel(active=9999)}, NOW)
     (d,) = ev.directives
@@ -295,7 +295,7 @@ def test_runsc_managed_pod_is_pod_scoped_and_not_idle_hibernated() -> None:
     assert "PersistentCheckpoint" in d.reason
     ev = evaluate(
         [policy, mp(runtime="runsc", containers=[])],
-        [pod("web-1", runtime_class="runsc-architect", deleting=True)],
+        [pod_info("web-1", runtime_class="runsc-architect", deleting=True)],
         {},
         NOW,
     )
@@ -303,7 +303,7 @@ def test_runsc_managed_pod_is_pod_scoped_and_not_idle_hibernated() -> None:
 
 
 def test_stats_count_pods_and_hibernated() -> None:
-    pods = [pod("p1"), pod("p2"), pod("p3", labels={"app": "x"})]
+    pods = [pod_info("p1"), pod_info("p2"), pod_info("p3", labels={"app": "x"})]
     t = {
         ContainerKey("default", "p1", "app"): tel(DOWN),
         ContainerKey("default", "p2", "app"): tel(active=1),
@@ -314,7 +314,7 @@ def test_stats_count_pods_and_hibernated() -> None:
 
 
 def test_deterministic_and_ordered() -> None:
-    pods = [pod(f"p{i}") for i in range(20)]
+    pods = [pod_info(f"p{i}") for i in range(20)]
     t = {ContainerKey("default", f"p{i}", "app"): tel(active=i * 3) for i in range(20)}
     a = evaluate([hp("x"), hp("y", priority=1)], pods, t, NOW)
     b = evaluate([hp("y", priority=1), hp("x")], list(pods), dict(reversed(t.items())), NOW)
@@ -324,7 +324,7 @@ def test_deterministic_and_ordered() -> None:
 
 def test_now_is_the_only_clock() -> None:
     t = {KEY: tel(active=10)}
-    assert evaluate([hp()], [pod()], t, NOW).directives[0].action is Action.STAY_AWAKE
+    assert evaluate([hp()], [pod_info()], t, NOW).directives[0].action is Action.STAY_AWAKE
     later = NOW + timedelta(seconds=20)
-    assert evaluate([hp()], [pod()], t, later).directives[0].action is Action.HIBERNATE
+    assert evaluate([hp()], [pod_info()], t, later).directives[0].action is Action.HIBERNATE
     assert ago(0) == NOW

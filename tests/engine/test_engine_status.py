@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from engine_factories import NOW, hp, pod, tel
-
 from architect.engine.directives import PolicyRef
 from architect.engine.evaluate import evaluate
 from architect.engine.status import selector_string, statuses
 from architect.engine.telemetry import ContainerKey, ContainerState
 from architect.policy.models import LabelSelector
+from tests.factories import NOW, hp, pod_info, tel
 
 
 def test_loser_is_conflicted_winner_is_not() -> None:
     t = {ContainerKey("default", "web-1", "app"): tel(ContainerState.SCALED_DOWN)}
-    ev = evaluate([hp("a"), hp("b", priority=1)], [pod()], t, NOW)
+    ev = evaluate([hp("a"), hp("b", priority=1)], [pod_info()], t, NOW)
     out = statuses(ev, {}, NOW)
     a = out[PolicyRef("HibernationPolicy", "default", "a")]
     b = out[PolicyRef("HibernationPolicy", "default", "b")]

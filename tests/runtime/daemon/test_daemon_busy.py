@@ -10,8 +10,8 @@ from architect.engine.telemetry import ContainerKey, ContainerState
 from architect.runtime.daemon.controller import Controller
 from architect.runtime.daemon.ports import ShimContainer
 from architect.runtime.daemon.usage import Usage, UsageSampler
+from tests.factories import NS, hibernation, pod
 from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
-from tests.runtime.daemon.objects import NS, hibernation, pod
 
 KEY = ContainerKey(NS, "web", "main")
 CID = "web-main-id"

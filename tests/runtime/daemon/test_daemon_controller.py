@@ -15,8 +15,8 @@ from architect.policy.models import HibernationPolicy, MigrationPolicy
 from architect.runtime.daemon.controller import Controller
 from architect.runtime.daemon.ports import Activity
 from architect.runtime.daemon.store import RequestsStore
+from tests.factories import NS, hibernation, migration, pod
 from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
-from tests.runtime.daemon.objects import NS, hibernation, migration, pod
 
 KEY = ContainerKey(NS, "web", "main")
 CID = "web-main-id"

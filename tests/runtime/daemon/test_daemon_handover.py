@@ -564,8 +564,8 @@ async def test_controller_turns_the_shims_events_into_checkpoints() -> None:
     from architect.policy.models import HibernationPolicy, MigrationPolicy
     from architect.runtime.daemon.controller import Controller
     from architect.runtime.daemon.ports import ShimContainer
+    from tests.factories import NS, hibernation, migration, pod
     from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
-    from tests.runtime.daemon.objects import NS, hibernation, migration, pod
 
     calls: list[str] = []
     shim, rep = FakeShim(calls), FakeReporter(calls)
@@ -604,8 +604,8 @@ async def test_a_replacement_that_started_fresh_gets_an_event_saying_why() -> No
     from architect.policy.models import HibernationPolicy, MigrationPolicy
     from architect.runtime.daemon.controller import Controller
     from architect.runtime.daemon.ports import ShimContainer
+    from tests.factories import hibernation, migration, pod
     from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
-    from tests.runtime.daemon.objects import hibernation, migration, pod
 
     calls: list[str] = []
     shim, rep = FakeShim(calls), FakeReporter(calls)

@@ -20,8 +20,8 @@ from architect.runtime.daemon.targets import (
     status_file_path,
 )
 from architect.runtime.daemon.tracker import Tracker, TransitionError, adopted_state
+from tests.factories import NS, hibernation, pod
 from tests.runtime.daemon.fakes import T0
-from tests.runtime.daemon.objects import NS, hibernation, pod
 
 S = ContainerState
 

@@ -17,7 +17,7 @@ from architect.engine.telemetry import ContainerKey
 from architect.runtime.daemon import metrics
 from architect.runtime.daemon.network import PodNetwork
 from architect.runtime.network.hold import HoldCore, HoldStats, Phase
-from tests.runtime.daemon.objects import NS, hibernation, pod
+from tests.factories import NS, hibernation, pod
 from tests.runtime.daemon.test_daemon_controller import CID, KEY, Rig
 
 
