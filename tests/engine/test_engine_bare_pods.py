@@ -12,7 +12,7 @@ from architect.engine.admission import handlers as admission
 from architect.engine.admission.pods import SidecarConfig, admit_pod, pod_label, validate_workload
 from architect.engine.admission.workloads import AdmissionDenied, desired_policies
 from architect.policy.annotations import POD_LABEL
-from tests.engine.test_engine_handlers import FakeKube
+from tests.engine.fakes import FakeKube
 
 P = "architect.loopholelabs.io/"
 CFG = SidecarConfig(image="example/architect:test")

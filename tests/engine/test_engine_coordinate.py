@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from test_engine_handlers import FakeKube
 
 from architect.engine.controlplane import coordinate, trust
 from architect.engine.controlplane import handlers as controlplane
@@ -18,6 +17,7 @@ from architect.engine.controlplane.transfer import grant_from_data, verify
 from architect.engine.tls import make_ca, pem_common_name
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.timestamps import fmt_time
+from tests.engine.fakes import FakeKube
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 KEY = b"k" * 32

@@ -8,11 +8,11 @@ import base64
 from datetime import UTC, datetime
 
 import pytest
-from test_engine_handlers import FakeKube
 
 from architect.engine import config
 from architect.engine.controlplane import handlers as controlplane
 from architect.engine.controlplane import trust
+from tests.engine.fakes import FakeKube
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DAEMONS, TRUST = "arch", "arch-trust"

@@ -11,7 +11,7 @@ from architect.engine.admission import handlers as admission
 from architect.engine.admission.pods import SidecarConfig, admit_pod
 from architect.engine.admission.warnings import MAX_WARNING, config_warnings
 from architect.policy.compiler import compile_workload
-from tests.engine.test_engine_handlers import FakeKube
+from tests.engine.fakes import FakeKube
 
 P = "architect.loopholelabs.io/"
 

@@ -1,5 +1,7 @@
 """Fakes of the daemon's ports, all writing to one shared call log so tests can
-assert ordering (hold before hibernate, wake before release)."""
+assert ordering (hold before hibernate, wake before release), and of the
+Checkpoint API and node images ``Migrations`` uses. mypy holds each fake to the
+protocol it stands in for (see the end)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,19 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from architect.engine.controlplane.transfer import TransferError
 from architect.engine.directives import ResizeTarget
 from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.runtime.daemon.checkpoints import NamespaceGone
 from architect.runtime.daemon.ports import Activity, EventFn, ShimContainer, ShimError, WakeFn
 from architect.runtime.daemon.targets import Target
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+# The spec.image FakeImages.export packs.
+IMAGE: dict[str, Any] = {"location": "node://node-a/outgoing/h1/main", "digest": "sha256:" + "a" * 64,
+         "sizeBytes": 10}
 
 
 @dataclass
@@ -148,3 +155,88 @@ class FakeReporter:
         self.calls.append(f"resize {container} {to.value} {dict(original)}")
         if self.fail_resize:
             raise OSError("pods/resize: 403")
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.fail_create = False
+        self.gone: set[str] = set()  # namespaces deleted meanwhile
+
+    async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self.fail_create:
+            raise OSError("API server unreachable")
+        if body["metadata"]["namespace"] in self.gone:
+            raise NamespaceGone(f"namespace {body['metadata']['namespace']}: Not Found")
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        self.calls.append(f"create {key[1]}")
+        if key in self.objects:
+            return None
+        obj = {**dict(body), "metadata": {**body["metadata"], "creationTimestamp":
+                                          "2026-11-23T11:59:00Z", "uid": "u1"}}
+        self.objects[key] = obj
+        return obj
+
+    async def get_checkpoint(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((namespace, name))
+
+    async def patch_checkpoint_status(
+        self, namespace: str, name: str, patch: Any
+    ) -> dict[str, Any] | None:
+        obj = self.objects.get((namespace, name))
+        if obj is None:
+            return None
+        status = obj.setdefault("status", {})
+        if isinstance(patch, dict):
+            status.update(patch["status"])
+            self.calls.append(f"status {name} {status['phase']}")
+            return obj
+        for op in patch:  # enough of RFC 6902 for these patches
+            field = op["path"].rsplit("/", 1)[1]
+            if op["op"] == "test" and status.get(field, "") != op["value"]:
+                self.calls.append(f"status {name} conflict")
+                return None
+        for op in patch:
+            if op["op"] in ("replace", "add"):
+                status[op["path"].rsplit("/", 1)[1]] = op["value"]
+        self.calls.append(f"status {name} {status['phase']}")
+        return obj
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return list(self.objects.values())
+
+
+class FakeImages:
+    def __init__(self) -> None:
+        self.fail: str = ""
+        self.ready = True
+        self.packed: list[tuple[str, str, float]] = []
+        self.dropped: list[tuple[str, str]] = []
+
+    def export(self, template_hash: str, container: str) -> dict[str, Any]:
+        if self.fail:
+            raise TransferError(self.fail)
+        self.packed.append((template_hash, container, 1.0))
+        return dict(IMAGE)
+
+    def handover_ready(self, template_hash: str, container: str) -> bool:
+        return self.ready
+
+    def outgoing(self) -> list[tuple[str, str, float]]:
+        return list(self.packed)
+
+    def drop(self, template_hash: str, container: str) -> None:
+        self.dropped.append((template_hash, container))
+        self.packed = [p for p in self.packed if p[:2] != (template_hash, container)]
+
+
+if TYPE_CHECKING:
+    from architect.runtime.daemon.checkpoints import CheckpointApi, Images
+    from architect.runtime.daemon.ports import Network, Reporter, Shim
+
+    _shim: Shim = FakeShim([])
+    _net: Network = FakeNet([])
+    _reporter: Reporter = FakeReporter([])
+    _api: CheckpointApi = FakeApi()
+    _images: Images = FakeImages()

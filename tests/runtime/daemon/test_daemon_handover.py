@@ -24,7 +24,7 @@ from architect.engine.controlplane.transfer import (
 from architect.errors import UsageError
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import Checkpoint
-from architect.runtime.daemon.checkpoints import Migrations, NamespaceGone, NodeImages
+from architect.runtime.daemon.checkpoints import Migrations, NodeImages
 from architect.runtime.daemon.config import parse_args
 from architect.runtime.daemon.grants import Grants, decode_grant
 from architect.runtime.daemon.handover import (
@@ -39,14 +39,13 @@ from architect.runtime.daemon.handover import (
     written_status,
 )
 from architect.runtime.daemon.store import JsonStore
+from tests.runtime.daemon.fakes import IMAGE, FakeApi, FakeImages
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 NODE = "node-a"
 W = Written("shop", "web-abc", "main", "h1", NODE)
 HANDOVER = "/var/lib/architect/shim/handover/h1/main"
 DIGEST = "sha256:" + "a" * 64
-IMAGE: dict[str, Any] = {"location": "node://node-a/outgoing/h1/main", "digest": "sha256:" + "a" * 64,
-         "sizeBytes": 10}
 
 
 def ck(name: str = "web-abc-main", phase: str | None = "Ready", *, node: str = NODE,
@@ -205,80 +204,6 @@ def test_transfer_retryable(message: str, retry: bool) -> None:
 
 
 # --- Migrations with a fake API -------------------------------------------------
-
-
-class FakeApi:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self.fail_create = False
-        self.gone: set[str] = set()  # namespaces deleted meanwhile
-
-    async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        if self.fail_create:
-            raise OSError("API server unreachable")
-        if body["metadata"]["namespace"] in self.gone:
-            raise NamespaceGone(f"namespace {body['metadata']['namespace']}: Not Found")
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        self.calls.append(f"create {key[1]}")
-        if key in self.objects:
-            return None
-        obj = {**dict(body), "metadata": {**body["metadata"], "creationTimestamp":
-                                          "2026-11-23T11:59:00Z", "uid": "u1"}}
-        self.objects[key] = obj
-        return obj
-
-    async def get_checkpoint(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((namespace, name))
-
-    async def patch_checkpoint_status(
-        self, namespace: str, name: str, patch: Any
-    ) -> dict[str, Any] | None:
-        obj = self.objects.get((namespace, name))
-        if obj is None:
-            return None
-        status = obj.setdefault("status", {})
-        if isinstance(patch, dict):
-            status.update(patch["status"])
-            self.calls.append(f"status {name} {status['phase']}")
-            return obj
-        for op in patch:  # enough of RFC 6902 for these patches
-            field = op["path"].rsplit("/", 1)[1]
-            if op["op"] == "test" and status.get(field, "") != op["value"]:
-                self.calls.append(f"status {name} conflict")
-                return None
-        for op in patch:
-            if op["op"] in ("replace", "add"):
-                status[op["path"].rsplit("/", 1)[1]] = op["value"]
-        self.calls.append(f"status {name} {status['phase']}")
-        return obj
-
-    def checkpoints(self) -> list[dict[str, Any]]:
-        return list(self.objects.values())
-
-
-class FakeImages:
-    def __init__(self) -> None:
-        self.fail: str = ""
-        self.ready = True
-        self.packed: list[tuple[str, str, float]] = []
-        self.dropped: list[tuple[str, str]] = []
-
-    def export(self, template_hash: str, container: str) -> dict[str, Any]:
-        if self.fail:
-            raise TransferError(self.fail)
-        self.packed.append((template_hash, container, 1.0))
-        return dict(IMAGE)
-
-    def handover_ready(self, template_hash: str, container: str) -> bool:
-        return self.ready
-
-    def outgoing(self) -> list[tuple[str, str, float]]:
-        return list(self.packed)
-
-    def drop(self, template_hash: str, container: str) -> None:
-        self.dropped.append((template_hash, container))
-        self.packed = [p for p in self.packed if p[:2] != (template_hash, container)]
 
 
 def rig(tmp_path: Path | None = None) -> tuple[Migrations, FakeApi, FakeImages]:
