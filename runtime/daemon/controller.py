@@ -33,8 +33,8 @@ from architect.engine.telemetry import ContainerKey, ContainerState
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import HibernationPolicy, MigrationPolicy
 from architect.runtime.daemon import metrics
-from architect.runtime.daemon.checkpoints import Migrations
-from architect.runtime.daemon.handover import Written
+from architect.runtime.daemon.checkpointobjects import Written
+from architect.runtime.daemon.migrations import Migrations
 from architect.runtime.daemon.ports import Network, Reporter, Shim, ShimError
 from architect.runtime.daemon.store import RequestsStore
 from architect.runtime.daemon.targets import (

@@ -26,7 +26,7 @@ from typing import Any
 
 from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
 from architect.engine.controlplane.transfer import Grant, TransferError, grant_from_data
-from architect.runtime.daemon.handover import Outcome, transfer_retryable
+from architect.runtime.daemon.checkpointobjects import Outcome, transfer_retryable
 
 log = logging.getLogger("architect.daemon.grants")
 

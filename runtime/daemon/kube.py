@@ -26,7 +26,7 @@ from architect.engine.directives import ResizeTarget
 from architect.engine.kube import Kube
 from architect.engine.telemetry import ContainerState
 from architect.policy.annotations import GRANT_LABEL, GROUP, NODE_LABEL, VERSION
-from architect.runtime.daemon.checkpoints import NamespaceGone
+from architect.runtime.daemon.migrations import NamespaceGone
 from architect.runtime.daemon.targets import status_file_path, status_patch
 
 log = logging.getLogger("architect.daemon.kube")
@@ -257,7 +257,7 @@ def grant_reflector(
 
 
 class CheckpointClient:
-    """``checkpoints.CheckpointApi`` over the API server; reads from the reflector."""
+    """``migrations.CheckpointApi`` over the API server; reads from the reflector."""
 
     def __init__(self, api: client.ApiClient, reflector: Reflector) -> None:
         self.kube = Kube(api)

@@ -21,7 +21,6 @@ async def run(cfg: DaemonConfig) -> int:
 
     from architect.engine.kube import load_config
     from architect.policy.models import parse_policies
-    from architect.runtime.daemon.checkpoints import Migrations, NodeImages
     from architect.runtime.daemon.controller import Controller
     from architect.runtime.daemon.kube import (
         CheckpointClient,
@@ -30,6 +29,7 @@ async def run(cfg: DaemonConfig) -> int:
         grant_reflector,
         reflectors,
     )
+    from architect.runtime.daemon.migrations import Migrations, NodeImages
     from architect.runtime.daemon.network import PodNetwork
     from architect.runtime.daemon.shimclient import ShimClient
     from architect.runtime.daemon.store import JsonStore, RequestsStore

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from architect.engine.controlplane.transfer import TransferError
 from architect.engine.directives import ResizeTarget
 from architect.engine.telemetry import ContainerKey, ContainerState
-from architect.runtime.daemon.checkpoints import NamespaceGone
+from architect.runtime.daemon.migrations import NamespaceGone
 from architect.runtime.daemon.ports import Activity, EventFn, ShimContainer, ShimError, WakeFn
 from architect.runtime.daemon.targets import Target
 
@@ -232,7 +232,7 @@ class FakeImages:
 
 
 if TYPE_CHECKING:
-    from architect.runtime.daemon.checkpoints import CheckpointApi, Images
+    from architect.runtime.daemon.migrations import CheckpointApi, Images
     from architect.runtime.daemon.ports import Network, Reporter, Shim
 
     _shim: Shim = FakeShim([])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from architect.runtime.daemon.checkpoints import ARMED_AT, MAX_ARMED_S
-from architect.runtime.daemon.handover import Written
+from architect.runtime.daemon.checkpointobjects import Written
+from architect.runtime.daemon.migrations import ARMED_AT, MAX_ARMED_S
 from architect.runtime.daemon.store import JsonStore
 from tests.runtime.daemon.test_daemon_handover import NODE, W, rig
 

@@ -24,10 +24,7 @@ from architect.engine.controlplane.transfer import (
 from architect.errors import UsageError
 from architect.policy.annotations import TEMPLATE_HASH_LABEL
 from architect.policy.models import Checkpoint
-from architect.runtime.daemon.checkpoints import Migrations, NodeImages
-from architect.runtime.daemon.config import parse_args
-from architect.runtime.daemon.grants import Grants, decode_grant
-from architect.runtime.daemon.handover import (
+from architect.runtime.daemon.checkpointobjects import (
     Written,
     checkpoint_body,
     checkpoint_name,
@@ -38,6 +35,9 @@ from architect.runtime.daemon.handover import (
     transfer_retryable,
     written_status,
 )
+from architect.runtime.daemon.config import parse_args
+from architect.runtime.daemon.grants import Grants, decode_grant
+from architect.runtime.daemon.migrations import Migrations, NodeImages
 from architect.runtime.daemon.store import JsonStore
 from tests.runtime.daemon.fakes import IMAGE, FakeApi, FakeImages
 

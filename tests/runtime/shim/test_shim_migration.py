@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from architect.engine.telemetry import ContainerState
-from architect.runtime.daemon.handover import start_outcome
+from architect.runtime.daemon.checkpointobjects import start_outcome
 from architect.runtime.daemon.tracker import adopted_state
 from tests.runtime.shim.conftest import NS, RUNTIME, Containerd, wait_for
 from tests.runtime.shim.test_shim_containerd import COUNTER, count

@@ -1,5 +1,5 @@
 """Checkpoint objects for the handovers the shim writes, and what replacements did
-with them. Decisions are ``handover``'s (pure); this module sequences the I/O
+with them. Decisions are ``checkpointobjects``' (pure); this module sequences the I/O
 through two ports, so it is tested with fakes.
 
 - ``armed``: migrate-on-stop was sent; remembered in ``<state dir>/migrations.json``
@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from architect.runtime.daemon.handover import (
+from architect.runtime.daemon.checkpointobjects import (
     Outcome,
     Written,
     checkpoint_body,
