@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from architect.engine.admission.pods import SidecarConfig
-from architect.engine.controlplane.checkpoints import GcSettings
 from architect.engine.controlplane.coordinate import TransferSettings
+from architect.engine.controlplane.phases import GcSettings
 from architect.engine.controlplane.trust import TRUST_SECRET
 from architect.policy.durations import parse_positive_duration
 from architect.policy.models import DNS_LABEL

@@ -23,7 +23,7 @@ from architect.engine.admission.workloads import (
     plan_sync,
 )
 from architect.engine.controlplane import persistent
-from architect.engine.controlplane.checkpoints import (
+from architect.engine.controlplane.phases import (
     PERSISTENT_TRANSITIONS,
     TRANSITIONS,
     TransitionError,

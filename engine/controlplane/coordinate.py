@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from architect.engine.controlplane.checkpoints import claim_patch, phase_of
+from architect.engine.controlplane.phases import claim_patch, phase_of
 from architect.engine.controlplane.transfer import (
     GRANT_TOKEN,
     Grant,

@@ -15,7 +15,7 @@ from typing import Any
 
 from architect.engine import metrics
 from architect.engine.controlplane import coordinate, persistent, trust
-from architect.engine.controlplane.checkpoints import (
+from architect.engine.controlplane.phases import (
     GcSettings,
     PhaseChange,
     event_for,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from architect.engine.controlplane.checkpoints import (
+from architect.engine.controlplane.phases import (
     DEFAULT_GC,
     GcAction,
     GcSettings,

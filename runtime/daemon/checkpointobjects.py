@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from architect.engine.controlplane.checkpoints import claim_patch, phase_of
 from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
+from architect.engine.controlplane.phases import claim_patch, phase_of
 from architect.policy.annotations import (
     API_VERSION,
     NODE_LABEL,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from architect.engine.controlplane import persistent, transfer
-from architect.engine.controlplane.checkpoints import (
+from architect.engine.controlplane.phases import (
     OBSERVED_PHASE,
     PHASE_SINCE,
     TRANSITIONS,

@@ -11,7 +11,7 @@ import pytest
 from architect.engine.admission import handlers as admission
 from architect.engine.admission.workloads import AdmissionDenied
 from architect.engine.controlplane import handlers as controlplane
-from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, GcSettings
+from architect.engine.controlplane.phases import OBSERVED_PHASE, GcSettings
 from architect.policy.timestamps import fmt_time
 from tests.engine.fakes import FakeKube
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from architect.engine.controlplane.checkpoints import OBSERVED_PHASE, TRANSITIONS
 from architect.engine.controlplane.coordinate import grant_name
+from architect.engine.controlplane.phases import OBSERVED_PHASE, TRANSITIONS
 from architect.engine.controlplane.transfer import (
     Grant,
     Ticket,
