@@ -7,10 +7,15 @@ container exists, and removes one; everything about the image is here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
 import uuid
 from abc import abstractmethod
+from collections import OrderedDict
 from pathlib import Path
+from typing import ClassVar
 
 from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint._fs import safe_rmtree
@@ -34,6 +39,8 @@ from architect.runtime.checkpoint.errors import (
 )
 from architect.runtime.checkpoint.rewrite import check_rewrites
 
+log = logging.getLogger(__name__)
+
 
 def scratch_beside(path: Path, what: str) -> Path:
     """A fresh hidden directory next to ``path`` (same filesystem: cheap renames)."""
@@ -43,9 +50,34 @@ def scratch_beside(path: Path, what: str) -> Path:
     return d
 
 
+# How many images' seals a backend keeps (one per hibernated container it runs).
+MAX_SEALS = 1024
+
+
 class EngineBackend(Backend):
     # How engine commands are started and reaped (None: asyncio's subprocess).
     _spawner: Spawner | None = None
+    # Whether the engine may restore straight from a directory-layout image when
+    # nothing in it is to be edited (it only reads the image: CRIU writes its
+    # logs and stats to the work dir). Else it restores from a verified copy.
+    restores_in_place: ClassVar[bool] = False
+
+    @property
+    def _seals(self) -> OrderedDict[str, image.Seal]:
+        """Seals of the images this backend wrote (image path -> seal), newest last."""
+        book: OrderedDict[str, image.Seal] | None = self.__dict__.get("_seal_book")
+        if book is None:
+            book = self.__dict__["_seal_book"] = OrderedDict()
+        return book
+
+    def _keep_seal(self, image_dir: Path, manifest: Manifest) -> None:
+        sealed = image.seal(image_dir, manifest)
+        key = os.path.abspath(image_dir)
+        self._seals.pop(key, None)
+        if sealed is not None:
+            self._seals[key] = sealed
+            while len(self._seals) > MAX_SEALS:
+                self._seals.popitem(last=False)
 
     async def _run(
         self, argv: list[str], timeout: float, stdio: tuple[int, int, int] | None = None
@@ -111,6 +143,7 @@ class EngineBackend(Backend):
         version = await self.version()
         if not await self._exists(container):
             raise ContainerNotFound(container.id, f"{self.name}: no such container")
+        self._seals.pop(os.path.abspath(image_dir), None)
         scratch = scratch_beside(image_dir, "dump")
         try:
             engine_dir, work_dir = scratch / "engine", scratch / "work"
@@ -126,7 +159,7 @@ class EngineBackend(Backend):
             try:
                 # In a thread: hashing and copying a large image must not stall the
                 # caller's event loop (the shim answers containerd meanwhile).
-                return await asyncio.to_thread(
+                manifest = await asyncio.to_thread(
                     image.pack,
                     image_dir,
                     engine_dir,
@@ -146,6 +179,10 @@ class EngineBackend(Backend):
                 raise
         finally:
             safe_rmtree(scratch)
+        if self.restores_in_place:
+            # After the scratch is gone: its unlinks moved the files' ctimes.
+            await asyncio.to_thread(self._keep_seal, image_dir, manifest)
+        return manifest
 
     # ------------------------------------------------------------ restore
 
@@ -173,19 +210,38 @@ class EngineBackend(Backend):
                 f"image holds {len(manifest.empty_dirs)} emptyDir(s), "
                 f"container {container.id} has {len(targets)}",
             )
-        if await self._exists(container):
-            raise RestoreFailed(container.id, f"{self.name}: container already exists")
-        scratch = scratch_beside(image_dir, "restore")
+        # Straight from the image when nothing in it is edited (no address rewrite,
+        # no emptyDir to put back): verified where it lies, no copy.
+        in_place = (
+            self.restores_in_place
+            and manifest.payload.compression == image.DIR
+            and not options.rewrites
+            and not (options.empty_dirs and manifest.empty_dirs)
+        )
+        key = os.path.abspath(image_dir)
+        scratch: Path | None = None
         try:
-            unpacked = scratch / "image"
-            # verifies every digest first; in a thread, as pack
-            await asyncio.to_thread(image.unpack, image_dir, unpacked)
-            t_verified = time.monotonic()
-            engine_dir, work_dir = unpacked / image.ENGINE_DIR, scratch / "work"
+            if in_place:
+                engine_dir = await self._verify_in_place(container, image_dir, key)
+                t_verified = time.monotonic()
+                scratch = scratch_beside(image_dir, "restore")
+                details: dict[str, float] = {}
+            else:
+                if await self._exists(container):
+                    raise RestoreFailed(container.id, f"{self.name}: container already exists")
+                scratch = scratch_beside(image_dir, "restore")
+                unpacked = scratch / "image"
+                # verifies every digest first; in a thread, as pack
+                await asyncio.to_thread(image.unpack, image_dir, unpacked)
+                t_verified = time.monotonic()
+                engine_dir = unpacked / image.ENGINE_DIR
+                details = self._prepare(engine_dir, options)
+                if options.empty_dirs:
+                    await asyncio.to_thread(
+                        image.put_back_empty_dirs, unpacked, manifest, targets
+                    )
+            work_dir = scratch / "work"
             work_dir.mkdir()
-            details = self._prepare(engine_dir, options)
-            if options.empty_dirs:
-                await asyncio.to_thread(image.put_back_empty_dirs, unpacked, manifest, targets)
             pid_file = scratch / "pid"
             t_engine = time.monotonic()
             done = await self._restore(container, bundle, engine_dir, work_dir, pid_file, options)
@@ -202,6 +258,29 @@ class EngineBackend(Backend):
                 raise RestoreFailed(container.id, f"{self.name} restore wrote no pid") from None
             t_done = time.monotonic()
             details.update(verify_unpack=t_verified - t0, engine_restore=t_done - t_engine)
+            self._seals.pop(key, None)  # the process runs on: the image is history
             return RestoreResult(container.id, pid, manifest, t_done - t0, details)
         finally:
-            safe_rmtree(scratch)
+            if scratch is not None:
+                safe_rmtree(scratch)
+
+    async def _verify_in_place(self, container: Container, image_dir: Path, key: str) -> Path:
+        """Verify the image where it lies (sealed files not hashed again) while the
+        runtime is asked whether the container exists; the engine's dir in it."""
+        exists = asyncio.ensure_future(self._exists(container))
+        try:
+            checked = await asyncio.to_thread(
+                image.verify_in_place, image_dir, self._seals.get(key)
+            )
+        except BaseException:
+            exists.cancel()
+            with contextlib.suppress(BaseException):
+                await exists
+            raise
+        if await exists:
+            raise RestoreFailed(container.id, f"{self.name}: container already exists")
+        log.debug(
+            "%s: image verified in place: %d file(s) hashed (%d bytes), %d sealed",
+            image_dir, checked.hashed_files, checked.hashed_bytes, checked.trusted_files,
+        )  # fmt: skip
+        return checked.engine_dir

@@ -15,6 +15,14 @@ stream to write and read back, only one hashing pass each way. Every file's
 digest is checked just the same before the engine sees a byte; the payload's
 digest is then that of the manifest's file list. An image that leaves the node
 is packed as a stream (``runtime.transfer`` packs the handover directory).
+
+A directory-layout image can also be verified where it lies
+(``verify_in_place``): the engine then reads the image itself, no copy. With a
+``Seal`` taken right after the checkpoint hashed the files (every file's inode,
+size, mtime and ctime), a file whose stat is still exactly that is not hashed
+again: its content is the one whose digest the manifest records, since any write,
+truncate, rename or replacement through the filesystem changes its ctime or
+inode. Every other file is hashed; the entry set is always checked.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import stat
 import tarfile
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, BinaryIO, cast
 
@@ -498,12 +506,87 @@ def verify(image_dir: Path) -> Manifest:
     return m
 
 
-def _check_dir(payload: Path, dest: Path | None, m: Manifest, where: str) -> None:
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): ctime cannot be set from
+# user space, and every change of content or name through the filesystem moves it.
+Fingerprint = tuple[int, int, int, int, int]
+
+
+def fingerprint(st: os.stat_result) -> Fingerprint:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class Seal:
+    """How a directory-layout image's files looked once their digests were taken.
+
+    Taken by the process that wrote and hashed the image (``seal``), kept in that
+    process's memory only: nothing on disk vouches for an image, and a restarted
+    process hashes every file again."""
+
+    manifest: Fingerprint
+    files: dict[str, Fingerprint] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """What ``verify_in_place`` did: the engine's directory inside the image, and
+    how many files (bytes) it hashed and how many the seal vouched for."""
+
+    manifest: Manifest
+    engine_dir: Path
+    hashed_files: int
+    hashed_bytes: int
+    trusted_files: int
+
+
+def seal(image_dir: Path, m: Manifest) -> Seal | None:
+    """A ``Seal`` of the directory-layout image ``image_dir`` (None for a stream).
+
+    Call it right after ``pack`` (once whatever else linked to its files is
+    gone: an unlink moves the ctime of the other links too), in the process that
+    hashed them; a file that changed since the hashing is not vouched for."""
+    if m.payload.compression != DIR:
+        return None
+    payload = image_dir / m.payload.file
+    files: dict[str, Fingerprint] = {}
+    for f in m.files:
+        st = (payload / f.path).lstat()
+        if stat.S_ISREG(st.st_mode) and st.st_size == f.size:
+            files[f.path] = fingerprint(st)
+    return Seal(fingerprint((image_dir / MANIFEST).lstat()), files)
+
+
+def verify_in_place(image_dir: Path, sealed: Seal | None = None) -> InPlace:
+    """Verify a directory-layout image without copying it (ImageCorrupt, ... as
+    ``verify``); files ``sealed`` vouches for are not hashed again (all of them
+    are when the manifest itself is not the sealed one)."""
+    m = read_manifest(image_dir)
+    where = str(image_dir)
+    if m.payload.compression != DIR:
+        raise ImageMismatch(where, f"payload '{m.payload.file}' is a stream, not a directory")
+    trusted: dict[str, Fingerprint] = {}
+    if sealed is not None and fingerprint((image_dir / MANIFEST).lstat()) == sealed.manifest:
+        trusted = sealed.files
+    payload = image_dir / m.payload.file
+    counts = _check_dir(payload, None, m, where, trusted)
+    return InPlace(m, payload / ENGINE_DIR, *counts)
+
+
+def _check_dir(
+    payload: Path,
+    dest: Path | None,
+    m: Manifest,
+    where: str,
+    trusted: dict[str, Fingerprint] | None = None,
+) -> tuple[int, int, int]:
     """The directory layout: every entry expected, every file's digest right
     (copied into ``dest`` in the same pass when given: the engine and the
-    address rewrite work on a copy, so a failed restore leaves the image whole)."""
+    address rewrite work on a copy, so a failed restore leaves the image whole).
+    A file whose stat is its ``trusted`` fingerprint is not hashed. Returns the
+    files and bytes hashed and the files trusted."""
     expected = {f.path: f for f in m.files}
     seen: set[str] = set()
+    hashed = hashed_bytes = vouched = 0
     for top in sorted(p.name for p in payload.iterdir()):
         if top not in (ENGINE_DIR, EMPTYDIR_DIR):
             raise ImageCorrupt(where, f"payload: unexpected entry '{top}'")
@@ -515,8 +598,12 @@ def _check_dir(payload: Path, dest: Path | None, m: Manifest, where: str) -> Non
             info = expected.get(arc)
             if info is None:
                 raise ImageCorrupt(where, f"payload file '{arc}' not in the manifest")
-            _check_copy(path, target, info, where)
             seen.add(arc)
+            if target is None and trusted and trusted.get(arc) == fingerprint(st):
+                vouched += 1
+                continue
+            _check_copy(path, target, info, where)
+            hashed, hashed_bytes = hashed + 1, hashed_bytes + info.size
         elif stat.S_ISDIR(st.st_mode):
             if target is not None:
                 target.mkdir(parents=True, exist_ok=True)
@@ -530,6 +617,7 @@ def _check_dir(payload: Path, dest: Path | None, m: Manifest, where: str) -> Non
     missing = sorted(set(expected) - seen)
     if missing:
         raise ImageCorrupt(where, f"payload lacks {len(missing)} file(s), first: {missing[0]}")
+    return hashed, hashed_bytes, vouched
 
 
 def _check_copy(src: Path, dst: Path | None, info: FileInfo, where: str) -> None:

@@ -55,6 +55,7 @@ def cgroups_path(bundle: Path, container_id: str) -> str:
 class RuncCriuBackend(EngineBackend):
     name: ClassVar[str] = "runc-criu"
     scope: ClassVar[Scope] = Scope.CONTAINER
+    restores_in_place: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -75,6 +76,13 @@ class RuncCriuBackend(EngineBackend):
         if container.state_root is not None:
             argv += ["--root", str(container.state_root)]
         return argv
+
+    async def _exists(self, container: Container) -> bool:
+        """Whether runc has a record of ``container``: its ``<root>/<id>/state.json``,
+        which is what ``runc state`` loads (a stat instead of a process: it was the
+        one runc call of a wake besides the restore itself)."""
+        root = container.state_root or DEFAULT_RUNC_ROOT
+        return (root / container.id / "state.json").is_file()
 
     async def version(self) -> str:
         if self._version is None:

@@ -376,6 +376,7 @@ def test_bad_dir_image_is_typed_and_leaves_nothing(
     tmp_path: Path, kind: str, error: type[ImageError], message: str
 ) -> None:
     image = _dir_image(tmp_path)
+    sealed = img.seal(image, img.read_manifest(image))  # as the backend keeps it
     engine = image / "payload" / "engine"
     mpath = image / "manifest.json"
     match kind:
@@ -407,6 +408,8 @@ def test_bad_dir_image_is_typed_and_leaves_nothing(
     with pytest.raises(error, match=re.escape(message)):
         img.unpack(image, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(error, match=re.escape(message)):  # the seal vouches for none of it
+        img.verify_in_place(image, sealed)
 
 
 def test_dir_image_links_the_engine_files_and_copies_on_unpack(tmp_path: Path) -> None:
