@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kubernetes import client
 
-    from architect.engine.kube import load_config
+    from architect.engine.kubeclient import load_config
 
     with tempfile.TemporaryDirectory() as tmp, running_operator(cluster, Path(tmp)) as op:
         ns = op.namespace("bench-admission")

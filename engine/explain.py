@@ -69,7 +69,7 @@ def explain_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from kubernetes.client.exceptions import ApiException
 
-    from architect.engine.kube import Kube, load_config
+    from architect.engine.kubeclient import Kube, load_config
 
     try:
         kube = Kube(load_config(args.kubeconfig))

@@ -34,7 +34,7 @@ from architect.engine.admission.workloads import AdmissionDenied, describe
 from architect.engine.config import OperatorConfig
 from architect.engine.controlplane import handlers as controlplane
 from architect.engine.controlplane.trust import Trust, TrustError
-from architect.engine.kube import Kube, load_config
+from architect.engine.kubeclient import Kube, load_config
 from architect.policy.annotations import GROUP, VERSION
 
 log = logging.getLogger("architect.engine")

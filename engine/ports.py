@@ -1,4 +1,4 @@
-"""What the handlers need of the Kubernetes API: ``engine.kube.Kube`` is the real
+"""What the handlers need of the Kubernetes API: ``engine.kubeclient.Kube`` is the real
 one, the unit tests pass fakes."""
 
 from __future__ import annotations

@@ -19,16 +19,16 @@ log = logging.getLogger("architect.daemon")
 async def run(cfg: DaemonConfig) -> int:
     from prometheus_client import start_http_server
 
-    from architect.engine.kube import load_config
+    from architect.engine.kubeclient import load_config
     from architect.policy.models import parse_policies
-    from architect.runtime.daemon.controller import Controller
-    from architect.runtime.daemon.kube import (
+    from architect.runtime.daemon.apiserver import (
         CheckpointClient,
         KubeReporter,
         checkpoint_reflector,
         grant_reflector,
         reflectors,
     )
+    from architect.runtime.daemon.controller import Controller
     from architect.runtime.daemon.migrations import Migrations, NodeImages
     from architect.runtime.daemon.network import PodNetwork
     from architect.runtime.daemon.shimclient import ShimClient
@@ -136,7 +136,7 @@ class Transfer:
         )
 
     def _load(self) -> tuple[Any, bytes] | None:
-        from architect.runtime.daemon.kube import node_secret_data
+        from architect.runtime.daemon.apiserver import node_secret_data
         from architect.runtime.transfer import NodeTLS, TransferError, ticket_key_from_dir
         from architect.runtime.transfer.tls import CA_FILE, CERT_FILE, KEY_FILE, TICKET_KEY_FILE
 
@@ -154,7 +154,7 @@ class Transfer:
 
     async def start(self, stop: asyncio.Event) -> None:
         """Read the node certificate (bounded backoff until it exists), then serve."""
-        from architect.runtime.daemon.kube import next_backoff
+        from architect.runtime.daemon.apiserver import next_backoff
         from architect.runtime.transfer import serve
 
         failures = 0
@@ -175,7 +175,7 @@ class Transfer:
             return
         self.tls, key = loaded
         if self.cfg.transfer_port:
-            from architect.engine.kube import Kube
+            from architect.engine.kubeclient import Kube
 
             kube = Kube(self.api)
 

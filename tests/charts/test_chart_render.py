@@ -221,7 +221,7 @@ def test_rbac_is_least_privilege(default: list[dict[str, Any]]) -> None:
         assert not [r for r in rules if r[1] in ("secrets", "pods/exec", "nodes/proxy")]
         assert not [r for r in rules if r[0] == "admissionregistration.k8s.io"]
     operator = set(_rules(one(default, "ClusterRole", "operator")))
-    # What engine/kube.py and kopf call, and nothing that writes pods or workloads.
+    # What engine/kubeclient.py and kopf call, and nothing that writes pods or workloads.
     assert ("architect.loopholelabs.io", "hibernationpolicies", "create") in operator
     assert ("architect.loopholelabs.io", "checkpoints/status", "patch") in operator
     assert ("apps", "deployments", "get") in operator

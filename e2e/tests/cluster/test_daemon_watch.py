@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import config
 
-from architect.runtime.daemon.kube import Reflector, reflectors
+from architect.runtime.daemon.apiserver import Reflector, reflectors
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, kubectl, namespace
 

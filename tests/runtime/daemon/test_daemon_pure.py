@@ -8,8 +8,8 @@ import pytest
 from architect.engine.directives import ResizeTarget
 from architect.engine.telemetry import ContainerKey, ContainerState
 from architect.errors import UsageError
+from architect.runtime.daemon.apiserver import apply_event, next_backoff, resize_patch
 from architect.runtime.daemon.config import parse_args
-from architect.runtime.daemon.kube import apply_event, next_backoff, resize_patch
 from architect.runtime.daemon.targets import (
     annotated_states,
     build_target,

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from architect.engine.admission.pods import STATUS_VOLUME
 from architect.engine.directives import ResizeTarget
-from architect.engine.kube import Kube
+from architect.engine.kubeclient import Kube
 from architect.engine.telemetry import ContainerState
 from architect.policy.annotations import GRANT_LABEL, GROUP, NODE_LABEL, VERSION
 from architect.runtime.daemon.migrations import NamespaceGone
