@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(health_proxy_main(args_list[1:]))
     if args_list[:1] == ["operator"]:
-        from architect.engine.main import main as operator_main
+        from architect.engine.serve import main as operator_main
 
         return int(operator_main(args_list[1:]))
     if args_list[:1] == ["daemon"]:

@@ -38,7 +38,7 @@ from architect.engine.kubeclient import Kube, load_config
 from architect.policy.annotations import GROUP, VERSION
 
 log = logging.getLogger("architect.engine")
-CONFIG: OperatorConfig = OperatorConfig()  # set by engine.main before kopf starts
+CONFIG: OperatorConfig = OperatorConfig()  # set by engine.serve before kopf starts
 
 
 def _now() -> datetime:

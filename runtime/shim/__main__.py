@@ -8,6 +8,6 @@ import sys
 sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 sys.modules.setdefault("_hashlib", None)  # type: ignore[arg-type]
 
-from architect.runtime.shim.main import main  # noqa: E402
+from architect.runtime.shim.binary import main  # noqa: E402
 
 sys.exit(main())

@@ -378,7 +378,7 @@ def test_bad_values_are_refused_naming_the_value(setting: str, message: str) -> 
 
 
 def test_kopf_needs_no_peering_and_render_is_parseable() -> None:
-    # `standalone=True` in engine/main.py: no KopfPeering objects or permissions.
+    # `standalone=True` in engine/serve.py: no KopfPeering objects or permissions.
     text = render()
     assert "kopfpeerings" not in text
     assert objects(text)

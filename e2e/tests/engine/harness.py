@@ -161,7 +161,7 @@ def running_operator(control_plane: Cluster, work: Path, *extra_args: str) -> It
             [
                 sys.executable,
                 "-m",
-                "architect.engine.main",
+                "architect.engine.serve",
                 "--webhook-addr",
                 "127.0.0.1",
                 "--webhook-port",

@@ -13,9 +13,9 @@ from google.protobuf import any_pb2
 
 from architect.runtime.checkpoint import _proc
 from architect.runtime.shim import (
+    binary,
     control,
     events,
-    main,
     plan,
     podinfo,
     reaper,
@@ -30,16 +30,16 @@ from architect.runtime.shim.ttrpc import TtrpcError
 
 
 def test_go_flag_syntax_as_containerd_passes_it() -> None:
-    a = main.parse_args(
+    a = binary.parse_args(
         ["-namespace", "k8s.io", "-address", "/run/c.sock", "-publish-binary",
          "/usr/bin/containerd", "-id", "abc", "-debug", "start"]
     )
     assert (a.namespace, a.address, a.publish_binary, a.id, a.debug, a.action) == (
         "k8s.io", "/run/c.sock", "/usr/bin/containerd", "abc", True, "start"
     )
-    b = main.parse_args(["--namespace=ns", "-id=x", "-bundle", "/b", "delete"])
+    b = binary.parse_args(["--namespace=ns", "-id=x", "-bundle", "/b", "delete"])
     assert (b.namespace, b.id, b.bundle, b.action) == ("ns", "x", "/b", "delete")
-    assert main.parse_args(["-namespace", "n", "-id", "i"]).action == ""
+    assert binary.parse_args(["-namespace", "n", "-id", "i"]).action == ""
 
 
 @pytest.mark.parametrize(
@@ -53,22 +53,22 @@ def test_go_flag_syntax_as_containerd_passes_it() -> None:
     ],
 )
 def test_bad_flags_are_named(argv: list[str], message: str) -> None:
-    with pytest.raises(main.UsageError, match=message):
-        main.parse_args(argv)
+    with pytest.raises(binary.UsageError, match=message):
+        binary.parse_args(argv)
 
 
 def test_main_reports_usage_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main.main(["-namespace", "n", "-id", "x", "frobnicate"]) == 2
+    assert binary.main(["-namespace", "n", "-id", "x", "frobnicate"]) == 2
     assert "unknown action 'frobnicate'" in capsys.readouterr().err
 
 
 def test_socket_address_matches_containerd() -> None:
     # shim.SocketAddress: sha256(filepath.Join(address, ns, id)) under /run/containerd/s
     want = hashlib.sha256(b"/run/containerd/containerd.sock/default/abc").hexdigest()
-    assert main.socket_address("/run/containerd/containerd.sock", "default", "abc") == (
+    assert binary.socket_address("/run/containerd/containerd.sock", "default", "abc") == (
         f"unix:///run/containerd/s/{want}"
     )
-    assert len(main.socket_address("/x", "k8s.io", "y" * 64)) - len("unix://") < 106
+    assert len(binary.socket_address("/x", "k8s.io", "y" * 64)) - len("unix://") < 106
 
 
 # -- plan -------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_exit_code_of_wait_status() -> None:
 def test_generated_protobuf_code_does_not_drift(tmp_path: Path) -> None:
     import subprocess
 
-    shim_dir = Path(main.__file__).resolve().parent
+    shim_dir = Path(binary.__file__).resolve().parent
     res = subprocess.run(
         [str(shim_dir / "gen-proto")], env={**os.environ, "GEN_PROTO_OUT": str(tmp_path)},
         capture_output=True, text=True, timeout=120,

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from architect.engine import config
-from architect.engine.main import main
+from architect.engine.serve import main
 
 
 def test_cert_without_key_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
