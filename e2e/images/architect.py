@@ -9,8 +9,10 @@
    (the host is the same Debian), plus the Debian packages the node daemon
    needs (iptables, conntrack, libnetfilter-queue1) and the shared libraries
    they need that the base lacks, unpacked with `dpkg -x`;
-3. the project's Python package (policy, engine, runtime and the CLI), keyed
-   by the hash of its files.
+3. the project itself, installed from its wheel (``pip wheel`` of a copy of the
+   tree, so setuptools' build/ and egg-info never land in the checkout): what
+   ``pip install architect`` installs, plus an ``architect`` command for the
+   image's python3; keyed by the hash of its files and pyproject.toml.
 
 Every layer is byte-compiled with unchecked-hash .pyc files, so a container
 with a read-only root starts without recompiling. The archive is cached in DIR
@@ -45,6 +47,9 @@ NFQ_REQUIREMENT = "netfilterqueue==1.1.0"  # the version runtime/network/install
 DEBS = ("iptables", "conntrack", "libnetfilter-queue1")
 # The project's package: architect/ links these three layers in.
 PACKAGE_DIRS = ("architect", "policy", "engine", "runtime")
+# What the wheel is built from besides PACKAGE_DIRS (README.md: the metadata's readme).
+PROJECT_FILES = ("pyproject.toml", "README.md")
+PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check", "-q")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "install", "gen-proto", "*.patch")
 ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -114,6 +119,8 @@ def deps_key() -> str:
 
 def source_key() -> str:
     h = hashlib.sha256(RECIPE.encode())
+    for name in PROJECT_FILES:
+        h.update(name.encode() + b"\0" + (REPO / name).read_bytes() + b"\0")
     for top in PACKAGE_DIRS:
         for path in sorted((REPO / top).rglob("*")):
             rel = path.relative_to(REPO).as_posix()
@@ -235,7 +242,7 @@ def deps_layer(cache: Path, base: Path) -> tuple[Path, str]:
         site = root / SITE
         for d in (site, wheels, debs):
             d.mkdir(parents=True)
-        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        pip = list(PIP)
         # Wheels from the host's pip (same Debian, same glibc, cp311): sdists such as
         # netfilterqueue are compiled here against the host's libnetfilter-queue.
         _run([*pip, "wheel", "--wheel-dir", str(wheels), *requirements()], "pip wheel")
@@ -276,13 +283,46 @@ def deps_layer(cache: Path, base: Path) -> tuple[Path, str]:
     return out, digest
 
 
+def project_wheel(work: Path) -> Path:
+    """The project's wheel, built by pip from a copy of the tree: an in-tree build
+    would leave build/ and architect.egg-info in the checkout. The copy keeps
+    architect/'s symlinks; setuptools follows them into the wheel."""
+    src, wheels = work / "src", work / "wheels"
+    src.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy2(REPO / name, src / name)
+    for top in PACKAGE_DIRS:
+        shutil.copytree(REPO / top, src / top, symlinks=True, ignore=SKIP)
+    _run([*PIP, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)], "pip wheel (project)")
+    found = sorted(wheels.glob("architect-*.whl"))
+    if len(found) != 1:
+        raise ImageError(f"pip wheel (project): want one architect wheel, got {found}")
+    return found[0]
+
+
+def _drop_direct_url(site: Path) -> None:
+    """pip records the wheel's URL, a temp dir here: without it the layer stays
+    reproducible (the same source gives the same digest)."""
+    for info in site.glob("architect-*.dist-info"):
+        (info / "direct_url.json").unlink(missing_ok=True)
+        record = info / "RECORD"
+        lines = record.read_text(encoding="utf-8").splitlines(keepends=True)
+        record.write_text("".join(ln for ln in lines if "/direct_url.json," not in ln),
+                          encoding="utf-8")
+
+
 def project_layer(cache: Path, key: str) -> tuple[Path, str]:
     out = cache / "layers" / f"project-{key}.tar"
     with tempfile.TemporaryDirectory(prefix="architect-image-src-") as tmp:
-        root = Path(tmp)
-        pkg = root / SITE / "architect"
-        # architect/ holds symlinks to the layers: copy what they point to.
-        shutil.copytree(REPO / "architect", pkg, symlinks=False, ignore=SKIP)
+        work = Path(tmp)
+        root = work / "root"
+        wheel = project_wheel(work)
+        _run(
+            [*PIP, "install", "--no-deps", "--no-compile", "--target", str(root / SITE), str(wheel)],
+            "pip install --target (project wheel)",
+        )
+        shutil.rmtree(root / SITE / "bin", ignore_errors=True)  # its script has the host's shebang
+        _drop_direct_url(root / SITE)
         _compile(root / SITE)
         cli = root / "usr/local/bin/architect"
         cli.parent.mkdir(parents=True)

@@ -85,3 +85,20 @@ def test_requirements_are_the_projects_plus_netfilterqueue() -> None:
     reqs = image.requirements()
     assert reqs[-1] == image.NFQ_REQUIREMENT
     assert any(r.startswith("kopf") for r in reqs)
+
+
+def test_the_wheel_carries_what_node_install_reads() -> None:
+    """The image installs the project's wheel: runtime/shim/deploy (read by
+    `architect node install`) must match the package data patterns."""
+    import fnmatch
+    import tomllib
+
+    from architect.runtime.shim import nodeinstall
+
+    patterns = tomllib.loads((image.REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["*"]
+    files = sorted(p.name for p in nodeinstall.DEPLOY.iterdir())
+    assert files, nodeinstall.DEPLOY
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pat) for pat in patterns), (name, patterns)
