@@ -20,17 +20,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.revisions import exported_tree, is_revision
 from tests.runtime.shim.conftest import (
     NS,
     Containerd,
@@ -76,14 +74,7 @@ def shim_pids(marker: str, cd: Containerd | None = None) -> list[int]:
 @contextlib.contextmanager
 def baseline_containerd(rev: str) -> Iterator[Containerd]:
     """A private containerd whose Architect shim is the code of git revision ``rev``."""
-    tree = Path(tempfile.mkdtemp(prefix="ash-base-"))
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", rev, "architect", "runtime", "policy", "engine"],
-            capture_output=True, check=True, timeout=60,
-        )
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True,
-                       timeout=60)
+    with exported_tree(rev) as tree:
         old = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = str(tree)  # containerd, hence its shims, inherit it
         try:
@@ -98,8 +89,6 @@ def baseline_containerd(rev: str) -> Iterator[Containerd]:
             yield cd
         finally:
             ctx.__exit__(None, None, None)
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
 
 
 def run(cd: Containerd, runtime: str, cid: str, rootfs: Path, script: str,
@@ -187,11 +176,8 @@ def main() -> int:
     args = ap.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.pods <= 16:
         ap.error("--rounds must be 1..20 and --pods 1..16")
-    if args.baseline:
-        ok = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q",
-                             f"{args.baseline}^{{commit}}"], capture_output=True, timeout=30)
-        if ok.returncode != 0:
-            ap.error(f"--baseline {args.baseline!r}: not a git revision of {ROOT}")
+    if args.baseline and not is_revision(args.baseline):
+        ap.error(f"--baseline {args.baseline!r}: not a git revision of {ROOT}")
     base_rounds: list[dict[str, float]] = []
     base_1: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
