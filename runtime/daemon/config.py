@@ -30,6 +30,7 @@ class DaemonConfig:
     transfer_host: str = "0.0.0.0"
     namespace: str = "architect-system"
     node_cert_dir: Path | None = None
+    cgroup_root: str | None = None  # None: the host's, found by UsageSampler
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +80,10 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
     p.add_argument("--node-cert-dir", default=None,
                    help="read the node certificate (tls.crt, tls.key, ca.crt, ticket.key) "
                         "from this directory instead of the Secret architect-node-<node>")
+    p.add_argument("--cgroup-root", default=None,
+                   help="the node's cgroup filesystem as the daemon sees it (in its pod: "
+                        "a hostPath mount of /sys/fs/cgroup); default: the host's via "
+                        "/proc/1/root, else /sys/fs/cgroup")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     if not a.node:
@@ -112,4 +117,12 @@ def parse_args(argv: list[str], env: dict[str, str] | None = None) -> DaemonConf
         transfer_host=a.transfer_host,
         namespace=a.namespace,
         node_cert_dir=Path(a.node_cert_dir) if a.node_cert_dir else None,
+        cgroup_root=a.cgroup_root or None,
     )
+
+
+def check_paths(cfg: DaemonConfig) -> None:
+    """Flags naming host paths that must exist where the daemon runs (not checked
+    by ``parse_args``, which also reads rendered chart args off the node)."""
+    if cfg.cgroup_root and not Path(cfg.cgroup_root).is_dir():
+        raise UsageError(f"--cgroup-root {cfg.cgroup_root!r}: not a directory")

@@ -11,7 +11,7 @@ from typing import Any
 
 from architect.errors import UsageError
 from architect.runtime.daemon import metrics
-from architect.runtime.daemon.config import DaemonConfig, parse_args
+from architect.runtime.daemon.config import DaemonConfig, check_paths, parse_args
 
 log = logging.getLogger("architect.daemon")
 
@@ -33,6 +33,7 @@ async def run(cfg: DaemonConfig) -> int:
     from architect.runtime.daemon.network import PodNetwork
     from architect.runtime.daemon.shimclient import ShimClient
     from architect.runtime.daemon.store import JsonStore, RequestsStore
+    from architect.runtime.daemon.usage import UsageSampler
 
     api = load_config(cfg.kubeconfig)
     loop = asyncio.get_running_loop()
@@ -64,6 +65,7 @@ async def run(cfg: DaemonConfig) -> int:
             JsonStore(cfg.state_dir / "migrations.json"),
         )),
         node=cfg.node,
+        usage=UsageSampler(cfg.cgroup_root),
     )
     transfer = Transfer(cfg, api, migrations)
     transfer_task = asyncio.create_task(transfer.start(stop))
@@ -223,6 +225,7 @@ def _parse_cached(objs: list[dict[str, Any]], cache: dict[str, Any], parse: Any)
 def main(argv: list[str]) -> int:
     try:
         cfg = parse_args(argv)
+        check_paths(cfg)
     except UsageError as e:
         print(f"architect daemon: {e}", file=sys.stderr)
         return 2

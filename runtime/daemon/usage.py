@@ -22,6 +22,7 @@ Parsing is pure; ``UsageSampler`` is the I/O shell.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ WINDOW_S = 10.0
 MIN_WINDOW_S = 2.0  # a shorter span says nothing yet (just adopted, just woken)
 HOST_CGROUP = "/proc/1/root/sys/fs/cgroup"
 LOCAL_CGROUP = "/sys/fs/cgroup"
+log = logging.getLogger(__name__)
 _V1_CPU = ("cpuacct", "cpu,cpuacct", "cpuacct,cpu")
 
 
@@ -133,6 +135,7 @@ class UsageSampler:
         self.root = root if root is not None else _cgroup_root()
         self.paths: dict[ContainerKey, str] = {}
         self.windows: dict[ContainerKey, CpuWindow] = {}
+        self.missing: set[ContainerKey] = set()  # warned once: cgroup not under root
 
     def add(self, key: ContainerKey, path: str | None) -> None:
         if path:
@@ -142,6 +145,7 @@ class UsageSampler:
     def drop(self, key: ContainerKey) -> None:
         self.paths.pop(key, None)
         self.windows.pop(key, None)
+        self.missing.discard(key)
 
     def __contains__(self, key: object) -> bool:
         return key in self.paths
@@ -167,7 +171,15 @@ class UsageSampler:
             with open(os.path.join(procs_dir, "cgroup.procs"), encoding="ascii") as f:
                 pids = [int(x) for x in f.read().split()]
         except (OSError, ValueError):
+            # Only asked for running containers: a cgroup that is not there means
+            # the daemon looks at the wrong tree (in a pod without the host's
+            # cgroupfs mounted, it sees only its own), and idle would be a guess.
+            if key not in self.missing:
+                self.missing.add(key)
+                log.warning("%s: no cgroup at %s (is --cgroup-root the node's cgroupfs?);"
+                            " its CPU and exec sessions are not sampled", key, procs_dir)
             return None
+        self.missing.discard(key)
         parents: dict[int, int] = {}
         for pid in pids:
             try:

@@ -404,12 +404,13 @@ def test_rendered_args_are_what_the_programs_accept(default: list[dict[str, Any]
     assert (cfg.resize, cfg.kubelet_root, cfg.metrics_port) == (True, "/var/lib/k", 0)
     assert str(cfg.shim_run) == "/run/architect/shim"
     assert daemon["ports"] == [{"name": "transfer", "containerPort": 9447}]
-    mounts = {m["mountPath"]: m["mountPropagation"] for m in daemon["volumeMounts"]}
+    mounts = {m["mountPath"]: m.get("mountPropagation") for m in daemon["volumeMounts"]}
     assert mounts["/var/lib/k"] == "HostToContainer"
     init = ds["initContainers"][0]
     init_mounts = {m["mountPath"] for m in init["volumeMounts"]}
     host = {v["hostPath"]["path"] for v in ds["volumes"]}
-    assert host == set(mounts) | (init_mounts - {"/host/shim-link-dir"}) | {"/usr/local/bin"}
+    assert host == (set(mounts) - {"/host/cgroup"}) | (init_mounts - {"/host/shim-link-dir"}) | {
+        "/usr/local/bin", "/sys/fs/cgroup"}
     # The node setup's flags are what `architect node install` takes.
     assert init["command"] == ["python3", "-m", "architect.runtime.shim.nodeinstall", "install"]
     p = argparse.ArgumentParser()
@@ -433,6 +434,24 @@ def test_daemon_resize_value_reaches_the_daemon(value: bool) -> None:
     ds = one(rendered(f"daemon.resize={str(value).lower()}"), "DaemonSet")
     args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
     assert daemon_args(args, env={"NODE_NAME": "n"}).resize is value
+
+
+def test_daemon_sees_the_nodes_cgroups() -> None:
+    """In its pod /sys/fs/cgroup is the daemon's own cgroup: CPU and exec sampling
+    needs the node's, mounted read-only and named by --cgroup-root."""
+    from architect.runtime.daemon.config import parse_args as daemon_args
+
+    spec = one(rendered(), "DaemonSet")["spec"]["template"]["spec"]
+    daemon = spec["containers"][0]
+    cfg = daemon_args(daemon["args"], env={"NODE_NAME": "n"})
+    mount = next(m for m in daemon["volumeMounts"] if m["mountPath"] == cfg.cgroup_root)
+    # No propagation: the kubelet refuses HostToContainer from a private host mount.
+    assert mount["readOnly"] is True and "mountPropagation" not in mount
+    vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert vol["hostPath"]["path"] == "/sys/fs/cgroup"
+    off = one(rendered("daemon.cgroupRoot="), "DaemonSet")["spec"]["template"]["spec"]
+    assert daemon_args(off["containers"][0]["args"], env={"NODE_NAME": "n"}).cgroup_root is None
+    assert all(v["name"] != "host-cgroup" for v in off["volumes"])
 
 
 def test_node_install_off_renders_no_init_container() -> None:

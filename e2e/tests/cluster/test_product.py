@@ -180,3 +180,55 @@ def test_resize_false_keeps_requests(kube: product.Kube) -> None:
             assert _requests(kube, ns, name) == {"cpu": "250m", "memory": "512Mi"}
     finally:
         product.install(kube)
+
+
+# Burns ~200 ms of CPU every second (200 millicores, four times the busy mark) and
+# serves nothing: only the cgroup's CPU counter says it works.
+BUSY = """
+import time
+while True:
+    t = time.monotonic()
+    while time.monotonic() - t < 0.2:
+        pass
+    time.sleep(0.8)
+"""
+
+
+def _without_network_monitor(name: str, command: str) -> dict[str, Any]:
+    dep = product.counter_deployment(name, scaledown="3s")
+    tpl = dep["spec"]["template"]
+    del tpl["metadata"]["annotations"]["architect.loopholelabs.io/network-monitor"]
+    c = tpl["spec"]["containers"][0]
+    c["command"] = ["python3", "-c", command]
+    c["resources"] = {"requests": {"memory": "64Mi", "cpu": "250m"}}
+    return dep
+
+
+def test_busy_container_without_network_monitor_stays_up(kube: product.Kube) -> None:
+    """Without network-monitor only the container's cgroup tells work from idle: the
+    DaemonSet pod reads the node's cgroupfs (daemon.cgroupRoot), so a busy one is
+    kept running and an idle one beside it hibernates."""
+    with namespace(Cluster(kube.kubeconfig, kube.context, "node", kube.kubectl), "product") as ns:
+        kube.run("apply", "-n", ns, "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "List", "items": [
+                _without_network_monitor("busy", BUSY),
+                _without_network_monitor("idle", "import time; time.sleep(86400)"),
+            ]}))
+        busy = product.ready_pod(kube, ns, "busy")["metadata"]["name"]
+        idle = product.ready_pod(kube, ns, "idle")["metadata"]["name"]
+        t0 = time.monotonic()
+        product.eventually(f"{idle} SCALED_DOWN", lambda: product.status_of(
+            kube, ns, idle).get("idle-container") == "SCALED_DOWN", 90, 0.5)
+        # Past the CPU window (10 s) and several of its 3 s scale-downs.
+        time.sleep(max(0.0, 15 - (time.monotonic() - t0)))
+        assert product.status_of(kube, ns, busy).get("busy-container") == "RUNNING", (
+            product.status_of(kube, ns, busy), _daemon_log(kube)[-3000:])
+        assert _restarts(kube, ns, busy) == 0
+        assert "no cgroup at" not in _daemon_log(kube)
+
+
+def test_the_daemon_outlived_every_namespace_deleted_under_it(kube: product.Kube) -> None:
+    """Each test above deleted its namespace with pods still hibernated or waking in
+    it: the daemon pod must have carried on (a crash restarts the container)."""
+    status = _daemon_pod(kube)["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 0, _daemon_log(kube)[-3000:]

@@ -223,6 +223,13 @@ def test_bad_flags_name_the_flag(argv: list[str], env: dict[str, str], message: 
         parse_args(argv, env=env)
 
 
+def test_a_cgroup_root_that_is_not_there_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from architect.runtime.daemon import main
+
+    assert main(["--node", "n", "--cgroup-root", "/no/such"]) == 2
+    assert "--cgroup-root '/no/such': not a directory" in capsys.readouterr().err
+
+
 def test_main_reports_usage_errors_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     from architect.runtime.daemon import main
 

@@ -122,6 +122,19 @@ def test_sampler_without_a_cgroup_samples_nothing(tmp_path: Path) -> None:
     assert KEY not in s
 
 
+def test_sampler_warns_once_when_a_running_cgroup_is_not_under_its_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sampling the wrong tree (a pod without the node's cgroupfs) must say so, once,
+    not pass silently for "idle"."""
+    s = UsageSampler(root=str(tmp_path))
+    s.add(KEY, "kubepods/missing")
+    with caplog.at_level("WARNING"):
+        assert s.sample(KEY, T0) is None and s.sample(KEY, T0) is None
+    warned = [r.getMessage() for r in caplog.records if "no cgroup at" in r.getMessage()]
+    assert len(warned) == 1 and "--cgroup-root" in warned[0] and "kubepods/missing" in warned[0]
+
+
 # --- a real cgroup (root) ---------------------------------------------------------
 
 
