@@ -33,6 +33,8 @@ processes:
            (runc restore + CRIU), other (runc state, scratch dirs, the hop)
   release  the wake returned -> the held packets accepted
   answer   released -> first response byte (handshake, the restored app's reply)
+  late     a second client's connect -> first byte, when it connects --late-ms
+           after the first (during the restore): is its SYN held or lost?
 
 The daemon's own decision (status PATCH, lock) is not in this rig: the daemon
 publishes it as ``architect_wake_phase_seconds{phase="decision"}``. Needs root,
@@ -180,14 +182,15 @@ class Wakes:
             self.phases.setdefault(k, []).append(v)
 
 
-ORDER = ("total", "hold", "restore", "check", "engine", "other", "release", "answer")
+ORDER = ("total", "hold", "restore", "check", "engine", "other", "release", "answer", "late")
 
 
 async def one_wake(
     r: Restorer, c: Container, net: ContainerNetwork, client: Child, host: str,
-    image: Path, w: Wakes, last: int,
+    image: Path, w: Wakes, last: int, late: tuple[Child, float] | None = None,
 ) -> int:  # fmt: skip
-    """Hibernate ``c`` with ``r``, wake it by one GET; the counter it answered."""
+    """Hibernate ``c`` with ``r``, wake it by one GET (and, with ``late``, a second
+    client's GET that many seconds later, while the restore runs); the counter."""
     reply: dict[str, Any] = {}
     marks: dict[str, float] = {}
 
@@ -201,7 +204,17 @@ async def one_wake(
         done = await r.ask("checkpoint", c, image)
         w.checkpoints.append(float(done["seconds"]))
         await net.after_checkpoint()
-        t0, t1, body = json.loads(await client.ask(f"{host} {PORT}"))
+        first = asyncio.ensure_future(client.ask(f"{host} {PORT}"))
+        second = None
+        if late is not None:
+            await asyncio.sleep(late[1])
+            second = asyncio.ensure_future(late[0].ask(f"{host} {PORT}"))
+        t0, t1, body = json.loads(await first)
+        bodies = [int(body)]
+        if second is not None:
+            l0, l1, late_body = json.loads(await second)
+            w.add(late=l1 - l0)
+            bodies.append(int(late_body))
         await hold.wait_released(60)
     finally:
         await net.resume()
@@ -218,9 +231,8 @@ async def one_wake(
         check=check, engine=engine, other=restore - check - engine,
         release=st.released_at - st.wake_finished_at, answer=t1 - st.released_at,
     )  # fmt: skip
-    n = int(body)
-    w.lost += n != last + 1
-    return n
+    w.lost += sorted(bodies) != list(range(last + 1, last + 1 + len(bodies)))
+    return max(bodies)
 
 
 def report(
@@ -298,6 +310,9 @@ async def run(args: argparse.Namespace, revs: list[str]) -> int:
         net = ContainerNetwork(ns, spec)
         await net.setup()
         client = await Child.start(NetNs.named(lab.client), CLIENT)
+        late = None
+        if args.late_ms > 0:
+            late = (await Child.start(NetNs.named(lab.client), CLIENT), args.late_ms / 1000)
         cid = f"wake{os.getpid()}"
         c = app.launch(cid, args.rss_mib, "mixed")
         runs = [Wakes(r.name) for r in restorers]
@@ -306,12 +321,15 @@ async def run(args: argparse.Namespace, revs: list[str]) -> int:
             last = int(lab.get(host))
             for i in range(args.wakes):
                 for r, w in zip(restorers, runs, strict=True):
-                    last = await one_wake(r, c, net, client, host, work / f"img{i}", w, last)
+                    last = await one_wake(r, c, net, client, host, work / f"img{i}", w, last,
+                                          late)  # fmt: skip
                     print(f"{w.name}: wake {i + 1}: {w.phases['total'][-1] * 1000:.0f} ms",
                           file=sys.stderr, flush=True)  # fmt: skip
         finally:
             app.remove(cid)
             await client.stop()
+            if late is not None:
+                await late[0].stop()
             for r in restorers:
                 await r.stop()
             await net.teardown()
@@ -330,6 +348,9 @@ def main() -> int:
                     help="this tree's variants also run: unsealed (a new backend per "
                          "restore, as after a shim restart), no-kdat (CRIU's kdat cache "
                          "removed before each restore); '' for none")
+    ap.add_argument("--late-ms", type=float, default=80.0,
+                    help="a second client connects this long after the first, while the "
+                         "restore runs (its connect -> first byte is phase 'late'); 0: none")
     ap.add_argument("--kdat", default="/run/architect-criu/criu.kdat",
                     help="CRIU's kdat cache file (runtime/checkpoint/install)")
     ap.add_argument("--baseline-kdat", action="store_true",
