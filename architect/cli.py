@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(operator_main(args_list[1:]))
     if args_list[:1] == ["daemon"]:
-        from architect.runtime.daemon.main import main as daemon_main
+        from architect.runtime.daemon.wiring import main as daemon_main
 
         return int(daemon_main(args_list[1:]))
     if args_list[:1] == ["node"]:

@@ -1,5 +1,5 @@
 import sys
 
-from architect.runtime.daemon.main import main
+from architect.runtime.daemon.wiring import main
 
 sys.exit(main(sys.argv[1:]))
