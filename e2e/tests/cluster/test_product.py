@@ -12,6 +12,7 @@ with its in-memory counter continuing. `daemon.resize=false` keeps requests.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import tomllib
 from collections.abc import Iterator
@@ -225,6 +226,40 @@ def test_busy_container_without_network_monitor_stays_up(kube: product.Kube) -> 
             product.status_of(kube, ns, busy), _daemon_log(kube)[-3000:])
         assert _restarts(kube, ns, busy) == 0
         assert "no cgroup at" not in _daemon_log(kube)
+
+
+def test_open_exec_session_keeps_it_up(kube: product.Kube) -> None:
+    """An open `kubectl exec` session is work: the container stays up while it lasts
+    (well past its 3 s scale-down), no hibernation is even tried, and it hibernates
+    once the session ends."""
+    with namespace(Cluster(kube.kubeconfig, kube.context, "node", kube.kubectl), "product") as ns:
+        kube.run("apply", "-n", ns, "-f", "-", stdin=json.dumps(
+            _without_network_monitor("shell", "import time; time.sleep(86400)")))
+        name = product.ready_pod(kube, ns, "shell")["metadata"]["name"]
+        state = lambda: product.status_of(kube, ns, name).get("shell-container")  # noqa: E731
+        session = subprocess.Popen(
+            [str(kube.kubectl), "--kubeconfig", str(kube.kubeconfig), "--context", kube.context,
+             "exec", "-n", ns, name, "-c", "shell-container", "--", "sleep", "14"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            product.eventually("the exec's container RUNNING", lambda: state() == "RUNNING", 60, 0.5)
+            time.sleep(2)  # the session is seen by the next tick's sample
+            seen = []
+            for _ in range(16):  # 8 s: more than twice the scale-down
+                seen.append(state())
+                time.sleep(0.5)
+            assert set(seen) == {"RUNNING"}, (seen, _daemon_log(kube)[-3000:])
+            assert session.wait(timeout=60) == 0, session.stderr.read() if session.stderr else ""
+        finally:
+            session.kill()
+        # The daemon counted the session (its cgroup), so it never asked: the shim's
+        # own refusal (a running exec) is the second line, not the one relied on.
+        events = kube.json("events", "-n", ns, "--field-selector",
+                           f"involvedObject.name={name},reason=HibernateFailed")["items"]
+        assert not events, [e["message"] for e in events]
+        product.eventually("SCALED_DOWN once the session ended",
+                           lambda: state() == "SCALED_DOWN", 60, 0.5)
+        assert _restarts(kube, ns, name) == 0
 
 
 def test_the_daemon_outlived_every_namespace_deleted_under_it(kube: product.Kube) -> None:
