@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from architect.runtime.checkpoint import image
-from architect.runtime.checkpoint._fs import safe_rmtree
-from architect.runtime.checkpoint._proc import Completed, Spawner, run
 from architect.runtime.checkpoint.api import (
     DEFAULT_CHECKPOINT,
     DEFAULT_RESTORE,
@@ -37,6 +35,8 @@ from architect.runtime.checkpoint.errors import (
     ImageMismatch,
     RestoreFailed,
 )
+from architect.runtime.checkpoint.fs import safe_rmtree
+from architect.runtime.checkpoint.proc import Completed, Spawner, run
 from architect.runtime.checkpoint.rewrite import check_rewrites
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from architect.runtime.checkpoint import rewrite
-from architect.runtime.checkpoint._fs import safe_rmtree
-from architect.runtime.checkpoint._proc import (
-    Completed,
-    Spawner,
-    kill_cgroup,
-    remove_cgroup,
-    which,
-)
 from architect.runtime.checkpoint.api import (
     CheckpointOptions,
     Container,
@@ -30,6 +22,14 @@ from architect.runtime.checkpoint.api import (
 )
 from architect.runtime.checkpoint.base import EngineBackend
 from architect.runtime.checkpoint.errors import BackendUnavailable
+from architect.runtime.checkpoint.fs import safe_rmtree
+from architect.runtime.checkpoint.proc import (
+    Completed,
+    Spawner,
+    kill_cgroup,
+    remove_cgroup,
+    which,
+)
 
 DEFAULT_RUNC_ROOT = Path("/run/runc")
 CRIU_MIN = (4, 0)  # 3.x fails on current kernels (vDSO bounds, socket options)

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from architect.runtime.checkpoint._proc import Completed, Spawner, which
 from architect.runtime.checkpoint.api import (
     CheckpointOptions,
     Container,
@@ -19,6 +18,7 @@ from architect.runtime.checkpoint.api import (
 )
 from architect.runtime.checkpoint.base import EngineBackend
 from architect.runtime.checkpoint.errors import BackendUnavailable, RestoreFailed
+from architect.runtime.checkpoint.proc import Completed, Spawner, which
 
 
 class RunscBackend(EngineBackend):

@@ -30,7 +30,7 @@ from architect.runtime.checkpoint import (
 )
 from architect.runtime.checkpoint import Container as CkptContainer
 from architect.runtime.checkpoint import image as ckpt_image
-from architect.runtime.checkpoint._fs import safe_rmtree
+from architect.runtime.checkpoint.fs import safe_rmtree
 from architect.runtime.checkpoint.image import MANIFEST
 from architect.runtime.checkpoint.rewrite import rewrites_between
 from architect.runtime.shim import plan, podinfo, stopwindow

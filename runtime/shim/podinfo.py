@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from architect.runtime.checkpoint._proc import Spawner, run, which
+from architect.runtime.checkpoint.proc import Spawner, run, which
 
 # kubelet's host path of an emptyDir volume: .../volumes/kubernetes.io~empty-dir/<name>
 EMPTY_DIR_MARK = "/volumes/kubernetes.io~empty-dir/"

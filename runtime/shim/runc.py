@@ -1,7 +1,7 @@
 """runc/runsc CLI calls of the shim's task lifecycle (create, start, exec, kill, ...).
 
 Checkpoint and restore are runtime/checkpoint's backends; every command, theirs and
-these, runs through ``architect.runtime.checkpoint._proc.run`` with the shim's reaper
+these, runs through ``architect.runtime.checkpoint.proc.run`` with the shim's reaper
 as spawner. Commands whose stdio belongs to the container (create, exec) write
 runc's own errors to a JSON log file instead, read back when the command fails.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from architect.runtime.checkpoint import Backend
 from architect.runtime.checkpoint import Container as CkptContainer
-from architect.runtime.checkpoint._proc import run
+from architect.runtime.checkpoint.proc import run
 from architect.runtime.checkpoint.runc import RuncCriuBackend
 from architect.runtime.checkpoint.runsc import RunscBackend
 from architect.runtime.shim.reaper import Reaper

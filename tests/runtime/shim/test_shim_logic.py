@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import any_pb2
 
-from architect.runtime.checkpoint import _proc
+from architect.runtime.checkpoint import proc
 from architect.runtime.shim import (
     binary,
     control,
@@ -330,13 +330,13 @@ async def test_engine_commands_run_through_the_shims_reaper(tmp_path: Path) -> N
     seen: list[int] = []
     r.subscribe(lambda pid, code: seen.append(code))
     try:
-        done = await _proc.run(["sh", "-c", "cat; exit 4"], 10, spawner=r.spawner, input=b"hi")
+        done = await proc.run(["sh", "-c", "cat; exit 4"], 10, spawner=r.spawner, input=b"hi")
         assert (done.returncode, done.stdout) == (4, "hi")
         assert 4 in seen
         marker = tmp_path / "child.pid"
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        done = await _proc.run(
+        done = await proc.run(
             ["sh", "-c", f"sleep 30 & echo $! > {marker}; wait"], 0.5, spawner=r.spawner
         )
         assert done.returncode == -9 and "timed out" in done.stderr
@@ -350,7 +350,7 @@ async def test_engine_commands_run_through_the_shims_reaper(tmp_path: Path) -> N
 
 
 async def test_default_spawner_reports_signals_like_the_reaper() -> None:
-    done = await _proc.run(["sh", "-c", "kill -9 $$"], 10)
+    done = await proc.run(["sh", "-c", "kill -9 $$"], 10)
     assert done.returncode == 128 + signal.SIGKILL
 
 
