@@ -6,8 +6,10 @@ tested with fakes. The rules it keeps:
 - Hibernate: the packet hold goes in FIRST, then the shim checkpoints; when the
   checkpoint fails the hold is removed (fail open) and the container is RUNNING.
 - Wake (first held packet, a WAKE directive, or an exec the shim reports): the
-  shim restores, THEN the held packets are released. A failed or timed-out wake
-  releases them all the same (the client gets the application's or the
+  shim restores, THEN the held packets are released, THEN the status and Event
+  are written (API round trips stay out of the client's wait; the RESTORING
+  status goes out beside the restore, not before it). A failed or timed-out
+  wake releases them all the same (the client gets the application's or the
   kernel's own answer, never a silent drop), and a fresh hold is armed.
 - One action at a time per container (a lock): a packet that arrives while the
   checkpoint runs waits for it, then wakes the container.
@@ -391,9 +393,9 @@ class Controller:
         task.add_done_callback(self._tasks.discard)
 
     async def wake(self, key: ContainerKey, reason: str, *, from_hold: bool = False) -> None:
-        """Restore, then release. Called by the hold's first packet (``from_hold``:
-        the hold releases its packets itself when this returns), a WAKE directive,
-        or ``_forget``."""
+        """Restore, then release, then report. Called by the hold's first packet
+        (``from_hold``: the hold releases its packets itself when this returns), a
+        WAKE directive, or ``_forget``."""
         ok = False
         t_enter = time.monotonic()
         async with self._lock(key):
@@ -402,7 +404,11 @@ class Controller:
                 return
             if not self.tracker.begin_wake(key, self.clock(), reason):
                 return
-            await self._publish_key(key)
+            # RESTORING is written while the shim restores (its states taken now),
+            # and awaited before anything later is written.
+            pk = (key.namespace, key.pod)
+            restoring = asyncio.ensure_future(
+                self._publish(pk, dict(self.tracker.pod_states(*pk))))
             t_call = time.monotonic()
             try:
                 seconds = await asyncio.wait_for(
@@ -414,36 +420,45 @@ class Controller:
             except Exception as e:
                 error = str(e)
             if ok:
-                t_back = time.monotonic()
                 self.tracker.woken(key, self.clock())
                 metrics.RESTORE_SECONDS.labels(runtime="runc").observe(seconds)
                 metrics.WAKES.labels(reason=reason).inc()
-                await self._transition_event(
-                    key, "Normal", "Woken", f"{key.container} woken by {reason} in {seconds:.2f}s"
-                )
                 metrics.observe_wake_phases({
-                    "decision": t_call - t_enter, "restore": t_back - t_call,
-                    "report": time.monotonic() - t_back,
+                    "decision": t_call - t_enter, "restore": time.monotonic() - t_call,
                 })  # fmt: skip
+                event = ("Normal", "Woken", f"{key.container} woken by {reason} in {seconds:.2f}s")
             else:
                 self.tracker.wake_failed(key, self.clock())
-                await self._transition_event(
-                    key, "Warning", "WakeFailed", f"wake by {reason} failed: {error}; "
-                    "held packets released"
-                )
-        # After the hold has let its packets go (it does so when this returns),
-        # remove it; a container still hibernated gets a fresh one.
-        self._spawn(self._after_wake(key, rearm=not ok))
+                event = ("Warning", "WakeFailed",
+                         f"wake by {reason} failed: {error}; held packets released")  # fmt: skip
+        # The hold lets its packets go when this returns; after it, the hold is
+        # removed (a container still hibernated gets a fresh one), then reported.
+        self._spawn(self._after_wake(key, rearm=not ok, restoring=restoring, event=event))
 
-    async def _after_wake(self, key: ContainerKey, *, rearm: bool) -> None:
+    async def _after_wake(
+        self,
+        key: ContainerKey,
+        *,
+        rearm: bool,
+        restoring: asyncio.Future[None] | None = None,
+        event: tuple[str, str, str] | None = None,
+    ) -> None:
         async with self._lock(key):
-            await self._disarm(key)
+            await self._disarm(key)  # waits for the hold's own release, if it is releasing
             t = self.tracker.get(key)
             if rearm and t is not None and t.state is ContainerState.SCALED_DOWN:
                 try:
                     await self._arm(key)
                 except Exception as e:
                     log.warning("%s: re-arming the hold failed: %s", _unit(key), e)
+            if event is None:
+                return
+            t_report = time.monotonic()
+            if restoring is not None:
+                await restoring  # never raises: _publish logs its own failures
+            await self._transition_event(key, *event)
+            if not rearm:  # a wake that worked: its report phase (metrics.py)
+                metrics.observe_wake_phases({"report": time.monotonic() - t_report})
 
     def on_shim_event(self, event: Mapping[str, Any]) -> None:
         """A line of a shim's watch stream (called on the loop)."""

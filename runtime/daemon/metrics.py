@@ -8,11 +8,13 @@ goes (``architect_wake_phase_seconds``).
 A wake by packet, phase by phase, each recorded by the part that sees it:
 
   hold      first packet at the holder -> the wake callback runs   (PodNetwork)
-  decision  the callback -> the shim is asked to restore           (Controller)
-  restore   the shim's wake round trip (verify + runc/CRIU)        (Controller)
-  report    the shim's answer -> the callback returns (status and
-            Event written before the packets go)                   (Controller)
+  decision  the callback -> the shim is asked to restore (lock;
+            the RESTORING status is written beside the restore)    (Controller)
+  restore   the shim's wake round trip (verify + runc/CRIU); the
+            callback returns at its end                            (Controller)
   release   the callback returned -> every held packet accepted    (PodNetwork)
+  report    after the release: status and Event written (not in
+            the client's wait, only in the state's visibility)     (Controller)
 
 The sub-phases of ``restore`` (image check, engine) are the shim's own figures:
 its ``status`` timings ``wake_*`` (runtime/checkpoint ``RestoreResult.details``).
@@ -37,7 +39,7 @@ TICK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-WAKE_PHASES = ("hold", "decision", "restore", "report", "release")
+WAKE_PHASES = ("hold", "decision", "restore", "release", "report")
 # From 0.1 ms (a verdict) to 10 s (a restore of a large image on a busy node).
 WAKE_PHASE_BUCKETS = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -45,8 +47,8 @@ WAKE_PHASE_BUCKETS = (
 WAKE_PHASE_SECONDS = Histogram(
     "architect_wake_phase_seconds",
     "Time a wake spends in each phase: hold (first packet -> wake started), decision "
-    "(-> shim asked), restore (shim round trip), report (status, Event), release "
-    "(-> held packets accepted).",
+    "(-> shim asked), restore (shim round trip), release (-> held packets accepted), "
+    "report (status, Event: after the release).",
     ["phase"],
     buckets=WAKE_PHASE_BUCKETS,
 )
