@@ -136,6 +136,7 @@ class UsageSampler:
         self.paths: dict[ContainerKey, str] = {}
         self.windows: dict[ContainerKey, CpuWindow] = {}
         self.missing: set[ContainerKey] = set()  # warned once: cgroup not under root
+        self.ppids: dict[ContainerKey, dict[int, int]] = {}  # last sample's pid -> parent
 
     def add(self, key: ContainerKey, path: str | None) -> None:
         if path:
@@ -145,6 +146,7 @@ class UsageSampler:
     def drop(self, key: ContainerKey) -> None:
         self.paths.pop(key, None)
         self.windows.pop(key, None)
+        self.ppids.pop(key, None)
         self.missing.discard(key)
 
     def __contains__(self, key: object) -> bool:
@@ -180,15 +182,19 @@ class UsageSampler:
                             " its CPU and exec sessions are not sampled", key, procs_dir)
             return None
         self.missing.discard(key)
+        # A process's parent changes only when the parent exits (it is reparented,
+        # to outside the cgroup): a parent known from the last sample and still in
+        # the cgroup stands without reading /proc/<pid>/stat again; new processes
+        # and the roots (parent outside or gone) are read.
+        known, members = self.ppids.get(key, {}), set(pids)
         parents: dict[int, int] = {}
         for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-                    ppid = parse_ppid(f.read())
-            except OSError:  # exited meanwhile
-                continue
+            ppid = known.get(pid)
+            if ppid is None or ppid not in members:
+                ppid = _read_ppid(pid)
             if ppid is not None:
                 parents[pid] = ppid
+        self.ppids[key] = parents
         cpu: float | None = None
         if cpu_file is not None:
             try:
@@ -200,6 +206,14 @@ class UsageSampler:
             if ns is not None:
                 cpu = self.windows.setdefault(key, CpuWindow()).add(now, ns)
         return Usage(cpu, exec_sessions(parents))
+
+
+def _read_ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return parse_ppid(f.read())
+    except OSError:  # exited meanwhile
+        return None
 
 
 def _cgroup_root() -> str:

@@ -135,6 +135,43 @@ def test_sampler_warns_once_when_a_running_cgroup_is_not_under_its_root(
     assert len(warned) == 1 and "--cgroup-root" in warned[0] and "kubepods/missing" in warned[0]
 
 
+def test_sampler_rereads_only_new_processes_and_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A known parent still in the cgroup stands; a process whose parent left (it
+    was reparented outside) is read again and counts as a session."""
+    from architect.runtime.daemon import usage
+
+    tree = {10: 1, 11: 10, 12: 11}  # init (parent outside), its child, grandchild
+    reads: list[int] = []
+
+    def read_ppid(pid: int) -> int | None:
+        reads.append(pid)
+        return tree.get(pid)
+
+    monkeypatch.setattr(usage, "_read_ppid", read_ppid)
+    (tmp_path / "cgroup.controllers").write_text("cpu\n")
+    d = tmp_path / "pod" / "c"
+    d.mkdir(parents=True)
+    procs = d / "cgroup.procs"
+    s = UsageSampler(root=str(tmp_path))
+    s.add(KEY, "pod/c")
+    procs.write_text("10\n11\n12\n")
+    assert s.sample(KEY, T0).exec_sessions == 0  # type: ignore[union-attr]
+    assert sorted(reads) == [10, 11, 12]
+    reads.clear()
+    assert s.sample(KEY, T0).exec_sessions == 0  # type: ignore[union-attr]
+    assert reads == [10]  # only the root
+    # 11 exits: 12 is reparented to the shim (outside): a second root.
+    tree[12] = 1
+    procs.write_text("10\n12\n")
+    reads.clear()
+    assert s.sample(KEY, T0).exec_sessions == 1  # type: ignore[union-attr]
+    assert sorted(reads) == [10, 12]
+    s.drop(KEY)
+    assert KEY not in s.ppids
+
+
 # --- a real cgroup (root) ---------------------------------------------------------
 
 
