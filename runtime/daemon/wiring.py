@@ -21,6 +21,7 @@ async def run(cfg: DaemonConfig) -> int:
 
     from architect.engine.kubeclient import load_config
     from architect.policy.models import parse_policies
+    from architect.runtime.daemon import persistent
     from architect.runtime.daemon.apiserver import (
         CheckpointClient,
         KubeReporter,
@@ -48,7 +49,8 @@ async def run(cfg: DaemonConfig) -> int:
     pods, hps, mps = reflectors(api, cfg.node, changed)
     ckpts = checkpoint_reflector(api, cfg.node, changed)
     grants_r = grant_reflector(api, cfg.namespace, cfg.node, changed)
-    for r in (pods, hps, mps, ckpts, grants_r):
+    pcs = persistent.reflector(api, cfg.node, changed)
+    for r in (pods, hps, mps, ckpts, grants_r, pcs):
         r.start()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, cfg.metrics_host)
@@ -67,6 +69,7 @@ async def run(cfg: DaemonConfig) -> int:
         node=cfg.node,
         usage=UsageSampler(cfg.cgroup_root),
     )
+    pcks = persistent.wire(api, cfg.node, shim.link, cfg.shim_state)
     transfer = Transfer(cfg, api, migrations)
     transfer_task = asyncio.create_task(transfer.start(stop))
     # Nothing is decided before the first list of each: an empty cache would
@@ -86,6 +89,8 @@ async def run(cfg: DaemonConfig) -> int:
             try:
                 await ctl.tick(pods.snapshot(), policies)
                 transfer.consider(grants_r.snapshot())
+                if pcs.synced.is_set():
+                    pcks.consider(pcs.snapshot(), pods.snapshot())
             except Exception:
                 log.exception("reconcile pass failed")
             metrics.TICK_SECONDS.observe(time.monotonic() - t0)
@@ -95,8 +100,9 @@ async def run(cfg: DaemonConfig) -> int:
             for w in waiters:
                 w.cancel()
     finally:
-        for r in (pods, hps, mps, ckpts, grants_r):
+        for r in (pods, hps, mps, ckpts, grants_r, pcs):
             r.stop.set()
+        await pcks.close()
         transfer_task.cancel()
         await transfer.close()
         await ctl.close()

@@ -13,6 +13,12 @@ Requests, one JSON object a line, answered by one line each:
       a decision will come: a Kill (SIGTERM/SIGKILL of the init) before it waits up
       to the shim's stop window (runtime/shim/stopwindow.py) for it. An op of its
       own, so a shim older than the window refuses it instead of arming.
+  {"op": "persistent-checkpoint", "id": "<container>", "namespace": "ns", "name": "pc"}
+      -> {"ok": true, "dir": "...", "digest": "sha256:...", "size_bytes": N, "seconds": s}
+      checkpoints the whole runsc sandbox of <container> with --leave-running (the
+      pod keeps running, same pids) into plan.persistent_dir(state, ns, name): an
+      image with its manifest of digests, marked ready. The directory comes from
+      (namespace, name), never from the client, so the op writes nowhere else.
   {"op": "watch"}  -> {"ok": true}, then one line per event, e.g.
                       {"event": "woken", "id": "...", "reason": "exec"}
 Errors: {"ok": false, "error": "<what was wrong>"}.
@@ -25,12 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
+from architect.runtime.checkpoint import CheckpointError, CheckpointOptions
+from architect.runtime.checkpoint.fs import safe_rmtree
+from architect.runtime.checkpoint.image import MANIFEST
+from architect.runtime.shim import plan
 from architect.runtime.shim.client import MAX_LINE, RequestError, request
 from architect.runtime.shim.service import TaskService
 from architect.runtime.shim.ttrpc import TtrpcError
@@ -61,18 +74,69 @@ def parse_request(line: bytes) -> dict[str, Any]:
             raise RequestError(
                 f"op {op!r}: unknown field(s) {', '.join(unknown)}; want {', '.join(fields)}"
             )
+    if op == "persistent-checkpoint":
+        for key in ("namespace", "name"):
+            v = req.get(key)
+            if not isinstance(v, str) or not _NAME.fullmatch(v):
+                raise RequestError(f"op {op!r}: {key!r} {v!r}: want a Kubernetes object name")
     if op == "migrate-on-stop" and "enabled" in req and not isinstance(req["enabled"], bool):
         raise RequestError(f"op {op!r}: 'enabled' {req['enabled']!r}: want true or false")
     return req
 
 
-OPS = ("status", "hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop", "watch")
-WITH_ID = ("hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop")
+OPS = ("status", "hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop",
+       "persistent-checkpoint", "watch")
+WITH_ID = ("hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop",
+           "persistent-checkpoint")
+# A DNS subdomain: no '/', no '..' (the names become path components).
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 # Ops whose fields are checked (the others' extra fields were always ignored).
 FIELDS = {
     "migrate-on-stop": ("op", "id", "enabled"),
     "expect-migrate-on-stop": ("op", "id"),
+    "persistent-checkpoint": ("op", "id", "namespace", "name"),
 }
+
+
+async def persistent_checkpoint(
+    svc: TaskService, cid: str, namespace: str, name: str
+) -> dict[str, Any]:
+    """A PersistentCheckpoint of the runsc sandbox ``cid`` belongs to; the pod runs on."""
+    c = svc.get(cid)
+    if c.runtime != "runsc":
+        raise RequestError(f"container {cid[:12]} runs under {c.runtime}, not runsc")
+    # runsc checkpoints a sandbox as a whole: name its root (the pause container).
+    sandbox_id = c.annotations.get(plan.CRI_SANDBOX_ID) or cid
+    sandbox = svc.containers.get(sandbox_id, c)
+    dest = plan.persistent_dir(svc.state_root, namespace, name)
+    if (dest / plan.READY_MARK).exists():
+        return _describe(dest, 0.0)
+    safe_rmtree(dest)  # an unfinished one (a shim died mid-way) is no image
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    async with c.lock:
+        try:
+            await c.runc.backend.checkpoint(
+                c.runc.container(sandbox_id, sandbox.bundle), dest,
+                CheckpointOptions(leave_running=True, compression="none"),
+            )
+        except CheckpointError as e:
+            safe_rmtree(dest)
+            raise RequestError(f"runsc checkpoint --leave-running of sandbox "
+                               f"{sandbox_id[:12]}: {e}") from e
+    (dest / plan.NAMESPACE_MARK).write_text(namespace, encoding="utf-8")
+    (dest / plan.READY_MARK).touch()
+    log.info("%s: PersistentCheckpoint %s/%s of sandbox %s in %.2fs", cid, namespace, name,
+             sandbox_id, time.monotonic() - t0)
+    return _describe(dest, time.monotonic() - t0)
+
+
+def _describe(dest: Path, seconds: float) -> dict[str, Any]:
+    """Digest = sha256 of the manifest (it lists every file's sha256); size = all files."""
+    digest = hashlib.sha256((dest / MANIFEST).read_bytes()).hexdigest()
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    return {"dir": str(dest), "digest": f"sha256:{digest}", "size_bytes": size,
+            "seconds": round(seconds, 3)}
 
 
 class ControlServer:
@@ -103,6 +167,9 @@ class ControlServer:
             return {"ok": True, **await svc.hibernate(req["id"])}
         if op == "wake":
             return {"ok": True, **await svc.wake(req["id"])}
+        if op == "persistent-checkpoint":
+            return {"ok": True, **await persistent_checkpoint(
+                svc, req["id"], req["namespace"], req["name"])}
         if op in ("migrate-on-stop", "expect-migrate-on-stop"):
             if op == "expect-migrate-on-stop":
                 c = svc.expect_migration(req["id"])

@@ -1,0 +1,194 @@
+"""The daemon's side of a PersistentCheckpoint: take it on this node.
+
+The control plane moves an object to Checkpointing and labels it with the source
+pod's node; this node's daemon (a label-selected reflector) asks the pod's shim
+for ``persistent-checkpoint`` (``runsc checkpoint --leave-running`` of the whole
+sandbox: the pod keeps running) and writes Ready with the image's location,
+digest and size, or Failed with why. The control plane posts the phase's Event.
+
+``jobs`` is pure (table-tested); ``PersistentCheckpoints`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from architect.engine.controlplane.persistent import ready_status
+from architect.engine.controlplane.phases import phase_of
+from architect.policy.annotations import NODE_LABEL
+from architect.runtime.checkpoint.fs import safe_rmtree
+from architect.runtime.daemon.apiserver import obj_key
+
+log = logging.getLogger("architect.daemon.persistent")
+
+PLURAL = "persistentcheckpoints"
+SHIM_TIMEOUT = 300.0  # a large sandbox's state file takes a while to write
+
+
+@dataclass(frozen=True)
+class Job:
+    namespace: str
+    name: str
+    container_id: str = ""  # the pod's running container the shim is asked by
+    failure: str = ""  # non-empty: write Failed with this, do not checkpoint
+
+
+def _running_container(pod: Mapping[str, Any]) -> str:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+        cid = str(cs.get("containerID") or "")
+        if cid and "running" in (cs.get("state") or {}):
+            return cid.partition("://")[2] or cid
+    return ""
+
+
+def jobs(
+    pcs: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    node: str,
+    busy: frozenset[tuple[str, str]] = frozenset(),
+) -> list[Job]:
+    """What to do for this node's PersistentCheckpoints in Checkpointing."""
+    by_name = {
+        ((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name")): p
+        for p in pods
+    }
+    out = []
+    for pc in pcs:
+        meta = pc.get("metadata") or {}
+        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        if phase_of(pc) != "Checkpointing" or (ns, name) in busy:
+            continue
+        if (meta.get("labels") or {}).get(NODE_LABEL) != node:
+            continue
+        src = str((pc.get("spec") or {}).get("sourcePod"))
+        pod = by_name.get((ns, src))
+        if pod is None:
+            out.append(Job(ns, name, failure=f"source pod {ns}/{src} is no longer on node {node}"))
+            continue
+        cid = _running_container(pod)
+        if not cid:
+            out.append(Job(ns, name, failure=f"source pod {ns}/{src} has no running container"))
+            continue
+        out.append(Job(ns, name, cid))
+    return out
+
+
+def orphans(top: Path, keep: set[tuple[str, str]], min_age: float = 60.0) -> list[Path]:
+    """Image dirs of PersistentCheckpoints that no longer exist (deleting the object
+    deletes its node-local image); young ones stay (a create may race the list)."""
+    now = time.time()
+    out = []
+    for d in sorted(top.glob("*/*")) if top.is_dir() else ():
+        if (d.parent.name, d.name) in keep or not d.is_dir():
+            continue
+        try:
+            if now - d.stat().st_mtime < min_age:
+                continue
+        except OSError:
+            continue
+        out.append(d)
+    return out
+
+
+def image_of(node: str, answer: Mapping[str, Any]) -> dict[str, Any]:
+    """status.image from the shim's answer (location node://NODE/PATH)."""
+    return {
+        "location": f"node://{node}{answer['dir']}",
+        "digest": str(answer["digest"]),
+        "sizeBytes": int(answer["size_bytes"]),
+    }
+
+
+Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+Patch = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+
+
+class PersistentCheckpoints:
+    """Runs each job once at a time, in the background (a tick never waits for it)."""
+
+    def __init__(self, node: str, call: Call, patch: Patch, root: Path | None = None) -> None:
+        self.node, self.call, self.patch = node, call, patch
+        self.root = root  # the shim's state root: <root>/persistent/<ns>/<name>
+        self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def consider(self, pcs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+        for job in jobs(pcs, pods, self.node, frozenset(self._busy)):
+            key = (job.namespace, job.name)
+            self._busy[key] = asyncio.create_task(self._run(job))
+        if self.root is not None:
+            keep = {obj_key(pc) for pc in pcs} | set(self._busy)
+            for d in orphans(self.root / "persistent", keep):
+                log.info("PersistentCheckpoint %s/%s is gone: removing its image %s",
+                         d.parent.name, d.name, d)
+                safe_rmtree(d)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            if job.failure:
+                status: dict[str, Any] = {"phase": "Failed", "message": job.failure}
+            else:
+                try:
+                    answer = await self.call(job.container_id, {
+                        "op": "persistent-checkpoint", "id": job.container_id,
+                        "namespace": job.namespace, "name": job.name})
+                    status = ready_status(image_of(self.node, answer), datetime.now(UTC))
+                    status["message"] = (f"checkpointed on node {self.node} in "
+                                         f"{answer.get('seconds', 0)}s; the pod kept running")
+                except Exception as e:  # the shim's refusal or an unreachable shim
+                    status = {"phase": "Failed", "message": f"checkpoint failed: {e}"}
+            log.info("PersistentCheckpoint %s/%s: %s %s", job.namespace, job.name,
+                     status["phase"], status.get("message", ""))
+            await self.patch(job.namespace, job.name, {"status": status})
+        except Exception:
+            log.exception("PersistentCheckpoint %s/%s", job.namespace, job.name)
+        finally:
+            # Kept busy until the reflector shows the new phase would be nicer; a
+            # repeat finds the shim's ready image and writes the same status.
+            self._busy.pop((job.namespace, job.name), None)
+
+    async def close(self) -> None:
+        for t in self._busy.values():
+            t.cancel()
+
+
+def reflector(api: Any, node: str, on_change: Callable[[], None]) -> Any:
+    """This node's PersistentCheckpoints (the control plane labels them)."""
+    from kubernetes import client
+
+    from architect.policy.annotations import GROUP, VERSION
+    from architect.runtime.daemon.apiserver import Reflector
+
+    custom = client.CustomObjectsApi(api)
+
+    def list_fn(**kw: Any) -> Any:
+        return custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw)
+
+    return Reflector(PLURAL, list_fn, "PersistentCheckpoint", f"{GROUP}/{VERSION}",
+                     {"label_selector": f"{NODE_LABEL}={node}"}, on_change)
+
+
+def wire(
+    api: Any, node: str, link: Callable[[str], Path], root: Path
+) -> PersistentCheckpoints:
+    from architect.engine.kubeclient import Kube
+    from architect.runtime.shim.client import request
+
+    kube = Kube(api)
+
+    async def call(cid: str, req: dict[str, Any]) -> dict[str, Any]:
+        resp = await request(link(cid), req, timeout=SHIM_TIMEOUT)
+        if not resp.get("ok"):
+            raise RuntimeError(str(resp.get("error")))
+        return resp
+
+    async def patch(ns: str, name: str, body: dict[str, Any]) -> Any:
+        return await kube.patch_status(PLURAL, ns, name, body)
+
+    return PersistentCheckpoints(node, call, patch, root)

@@ -1,0 +1,115 @@
+"""The daemon's PersistentCheckpoint jobs (pure) and the runner's status writes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from architect.policy.annotations import NODE_LABEL
+from architect.runtime.daemon.persistent import Job, PersistentCheckpoints, image_of, jobs
+from architect.runtime.shim.control import RequestError, parse_request
+
+
+def _pc(name: str = "pc", phase: str = "Checkpointing", node: str = "n1") -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name, "labels": {NODE_LABEL: node}},
+            "spec": {"sourcePod": "src"}, "status": {"phase": phase}}
+
+
+def _pod(running: bool = True) -> dict[str, Any]:
+    state = {"running": {}} if running else {"waiting": {}}
+    return {"metadata": {"namespace": "ns", "name": "src"},
+            "status": {"containerStatuses": [{"containerID": "containerd://abc", "state": state}]}}
+
+
+def test_jobs_checkpoint_a_running_pod_of_this_node() -> None:
+    assert jobs([_pc()], [_pod()], "n1") == [Job("ns", "pc", "abc")]
+
+
+@pytest.mark.parametrize("pc", [_pc(phase="Pending"), _pc(phase="Ready"), _pc(node="n2")])
+def test_jobs_skip_other_phases_and_nodes(pc: dict[str, Any]) -> None:
+    assert jobs([pc], [_pod()], "n1") == []
+
+
+def test_jobs_skip_busy_ones() -> None:
+    assert jobs([_pc()], [_pod()], "n1", frozenset({("ns", "pc")})) == []
+
+
+def test_jobs_fail_without_pod_or_running_container() -> None:
+    (gone,) = jobs([_pc()], [], "n1")
+    assert gone.failure == "source pod ns/src is no longer on node n1"
+    (idle,) = jobs([_pc()], [_pod(running=False)], "n1")
+    assert idle.failure == "source pod ns/src has no running container"
+
+
+def test_image_location_names_node_and_path() -> None:
+    img = image_of("n1", {"dir": "/var/lib/x/persistent/ns/pc", "digest": "sha256:" + "a" * 64,
+                          "size_bytes": 7})
+    assert img == {"location": "node://n1/var/lib/x/persistent/ns/pc",
+                   "digest": "sha256:" + "a" * 64, "sizeBytes": 7}
+
+
+def _run(answer: dict[str, Any] | Exception) -> dict[str, Any]:
+    patched: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def call(cid: str, req: dict[str, Any]) -> dict[str, Any]:
+        assert req == {"op": "persistent-checkpoint", "id": cid, "namespace": "ns", "name": "pc"}
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def patch(ns: str, name: str, body: dict[str, Any]) -> None:
+        patched.append((ns, name, body))
+
+    async def go() -> None:
+        r = PersistentCheckpoints("n1", call, patch)
+        r.consider([_pc()], [_pod()])
+        r.consider([_pc()], [_pod()])  # busy: not twice
+        for _ in range(100):
+            if patched:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert len(patched) == 1
+    return patched[0][2]["status"]
+
+
+def test_runner_writes_ready_with_image() -> None:
+    st = _run({"dir": "/d", "digest": "sha256:" + "b" * 64, "size_bytes": 9, "seconds": 1.5})
+    assert st["phase"] == "Ready"
+    assert st["image"]["location"] == "node://n1/d" and st["image"]["sizeBytes"] == 9
+    assert "1.5s" in st["message"]
+
+
+def test_runner_writes_failed_with_the_shims_reason() -> None:
+    st = _run(RuntimeError("container abc runs under runc, not runsc"))
+    assert st == {"phase": "Failed",
+                  "message": "checkpoint failed: container abc runs under runc, not runsc"}
+
+
+def test_control_op_validates_names() -> None:
+    ok = b'{"op": "persistent-checkpoint", "id": "c", "namespace": "ns", "name": "pc"}'
+    assert parse_request(ok)["name"] == "pc"
+    for bad in (b'"../x"', b'"a/b"', b'""', b"3"):
+        line = b'{"op": "persistent-checkpoint", "id": "c", "namespace": "ns", "name": ' + bad + b"}"
+        with pytest.raises(RequestError, match="want a Kubernetes object name"):
+            parse_request(line)
+    with pytest.raises(RequestError, match="unknown field"):
+        parse_request(b'{"op": "persistent-checkpoint", "id": "c", "namespace": "n", '
+                      b'"name": "p", "dir": "/etc"}')
+
+
+def test_orphans_are_images_of_deleted_objects_only(tmp_path: Any) -> None:
+    import os
+
+    from architect.runtime.daemon.persistent import orphans
+
+    for ns, name in (("ns", "kept"), ("ns", "gone"), ("ns", "young")):
+        (tmp_path / ns / name).mkdir(parents=True)
+    old = 1_000_000_000
+    for name in ("kept", "gone"):
+        os.utime(tmp_path / "ns" / name, (old, old))
+    assert orphans(tmp_path, {("ns", "kept")}) == [tmp_path / "ns" / "gone"]
+    assert orphans(tmp_path / "missing", set()) == []
