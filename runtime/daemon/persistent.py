@@ -6,7 +6,13 @@ for ``persistent-checkpoint`` (``runsc checkpoint --leave-running`` of the whole
 sandbox: the pod keeps running) and writes Ready with the image's location,
 digest and size, or Failed with why. The control plane posts the phase's Event.
 
-``jobs`` is pure (table-tested); ``PersistentCheckpoints`` does the I/O.
+Handing the image out is the shim's (plan.plan_start), by the grant this daemon
+writes beside each Ready image of this node: the namespaces that may start from
+it (the object's and allowedNamespaces, kept current as the object changes) and
+the digest its status records. A pod that names one gets an Event saying
+whether it restored or started fresh, and why.
+
+``jobs``, ``grants`` and ``start_event`` are pure (table-tested); ``PersistentCheckpoints`` does the I/O.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from typing import Any
 
 from architect.engine.controlplane.persistent import ready_status
 from architect.engine.controlplane.phases import phase_of
-from architect.policy.annotations import NODE_LABEL
+from architect.policy.annotations import NODE_LABEL, START_FROM_PERSISTENT
 from architect.runtime.checkpoint.fs import safe_rmtree
 from architect.runtime.daemon.apiserver import obj_key
+from architect.runtime.shim.plan import READY_MARK, persistent_dir, write_grant
 
 log = logging.getLogger("architect.daemon.persistent")
 
@@ -106,22 +113,72 @@ def image_of(node: str, answer: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def grants(pcs: Iterable[Mapping[str, Any]], node: str) -> list[tuple[str, str, list[str], str]]:
+    """(namespace, name, allowedNamespaces, digest) of each Ready PersistentCheckpoint
+    whose image is on this node: what the shim may hand out, to whom."""
+    out = []
+    for pc in pcs:
+        meta, st = pc.get("metadata") or {}, pc.get("status") or {}
+        image = st.get("image") or {}
+        if phase_of(pc) != "Ready" or not str(image.get("location", "")).startswith(
+                f"node://{node}/"):
+            continue
+        allowed = [str(n) for n in (pc.get("spec") or {}).get("allowedNamespaces") or ()]
+        out.append((str(meta.get("namespace")), str(meta.get("name")), allowed,
+                    str(image.get("digest", ""))))
+    return out
+
+
+def start_event(pod: Mapping[str, Any], rec: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(type, reason, message) of the Event on a pod that named a PersistentCheckpoint."""
+    ref = ((pod.get("metadata") or {}).get("annotations") or {}).get(START_FROM_PERSISTENT, "")
+    why = str(rec.get("start_reason") or "")
+    if rec.get("start_path") == "restore":
+        return ("Normal", "RestoredFromPersistentCheckpoint",
+                f"restored from PersistentCheckpoint {ref} (its state continues)")
+    return ("Warning", "PersistentCheckpointNotUsed",
+            f"started fresh instead of from PersistentCheckpoint {ref}: {why}")
+
+
 Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Patch = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+Event = Callable[[Mapping[str, Any], str, str, str], Awaitable[None]]
 
 
 class PersistentCheckpoints:
     """Runs each job once at a time, in the background (a tick never waits for it)."""
 
-    def __init__(self, node: str, call: Call, patch: Patch, root: Path | None = None) -> None:
-        self.node, self.call, self.patch = node, call, patch
+    def __init__(self, node: str, call: Call, patch: Patch, root: Path | None = None,
+                 event: Event | None = None) -> None:
+        self.node, self.call, self.patch, self.event = node, call, patch, event
         self.root = root  # the shim's state root: <root>/persistent/<ns>/<name>
         self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._reported: set[str] = set()  # pod uids whose start has its Event
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def consider(self, pcs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
         for job in jobs(pcs, pods, self.node, frozenset(self._busy)):
             key = (job.namespace, job.name)
             self._busy[key] = asyncio.create_task(self._run(job))
+        for pod in pods:
+            uid = str((pod.get("metadata") or {}).get("uid") or "")
+            ann = (pod.get("metadata") or {}).get("annotations") or {}
+            cid = _running_container(pod)
+            if uid and cid and ann.get(START_FROM_PERSISTENT) and uid not in self._reported:
+                self._reported.add(uid)
+                t = asyncio.create_task(self._report_start(pod, cid))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+        if self.root is None:
+            return
+        for ns, name, allowed, digest in grants(pcs, self.node):
+            d = persistent_dir(self.root, ns, name)
+            try:
+                if (d / READY_MARK).exists() and write_grant(d, ns, allowed, digest):
+                    log.info("PersistentCheckpoint %s/%s: handed out to %s", ns, name,
+                             ", ".join([ns, *allowed]))
+            except OSError as e:
+                log.warning("PersistentCheckpoint %s/%s: grant: %s", ns, name, e)
         if self.root is not None:
             keep = {obj_key(pc) for pc in pcs} | set(self._busy)
             for d in orphans(self.root / "persistent", keep):
@@ -153,8 +210,20 @@ class PersistentCheckpoints:
             # repeat finds the shim's ready image and writes the same status.
             self._busy.pop((job.namespace, job.name), None)
 
+    async def _report_start(self, pod: Mapping[str, Any], cid: str) -> None:
+        try:
+            resp = await self.call(cid, {"op": "status"})
+            (rec,) = [c for c in resp.get("containers") or () if c.get("id") == cid]
+            etype, reason, message = start_event(pod, rec)
+            log.info("%s/%s: %s", (pod.get("metadata") or {}).get("namespace"),
+                     (pod.get("metadata") or {}).get("name"), message)
+            if self.event is not None:
+                await self.event(pod, etype, reason, message)
+        except Exception as e:
+            log.warning("start of a pod naming a PersistentCheckpoint: %s", e)
+
     async def close(self) -> None:
-        for t in self._busy.values():
+        for t in [*self._busy.values(), *self._tasks]:
             t.cancel()
 
 
@@ -191,4 +260,7 @@ def wire(
     async def patch(ns: str, name: str, body: dict[str, Any]) -> Any:
         return await kube.patch_status(PLURAL, ns, name, body)
 
-    return PersistentCheckpoints(node, call, patch, root)
+    async def event(pod: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
+        await kube.post_event({"apiVersion": "v1", "kind": "Pod", **pod}, etype, reason, message)
+
+    return PersistentCheckpoints(node, call, patch, root, event)

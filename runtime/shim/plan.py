@@ -5,6 +5,7 @@ No I/O beyond looking at paths handed in; tested without containerd.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ PENDING_MARK = "pending"  # the daemon is still transferring: wait up to scaleup
 # The namespace of the pod that left a handover. Pod-template hashes are the same
 # for the same template in any namespace: only a pod of that namespace restores it.
 NAMESPACE_MARK = "namespace"
+# A PersistentCheckpoint's image is handed out only as the daemon's grant says:
+# the namespaces that may start from it (the object's and allowedNamespaces) and
+# the digest of its manifest as the object's status records it.
+GRANT_FILE = "grant.json"
 
 
 class PlanError(ValueError):
@@ -184,10 +189,13 @@ def plan_start(
             return StartPlan("fresh", "no start-from-persistent-checkpoint")
         ns = annotations.get(CRI_SANDBOX_NAMESPACE, "default")
         d = persistent_dir(state_root, ns, ref)
-        if (d / READY_MARK).exists():
-            return StartPlan("restore", f"PersistentCheckpoint {ref}", d, consume=False,
-                             handover=True)
-        return StartPlan("fresh", f"PersistentCheckpoint {ref} not available on this node")
+        if not (d / READY_MARK).exists():
+            return StartPlan("fresh", f"PersistentCheckpoint {ref} not available on this node")
+        refused = persistent_refusal(d, ns, ref)
+        if refused:
+            return StartPlan("fresh", refused)
+        return StartPlan("restore", f"PersistentCheckpoint {ref}", d, consume=False,
+                         handover=True)
     thash = annotations.get(ANN_TEMPLATE_HASH, "")
     if not thash or not name:
         return StartPlan("fresh", "no pod-template-hash / container name")
@@ -204,6 +212,49 @@ def plan_start(
         return StartPlan("restore", f"handover checkpoint for {thash}/{name} pending", d, wait,
                          wake=wake, handover=True)
     return StartPlan("fresh", f"no checkpoint for {thash}/{name}")
+
+
+def manifest_digest(d: Path) -> str:
+    """The digest a PersistentCheckpoint's status records: sha256 of the manifest
+    (which lists every file's sha256, checked again when the image restores)."""
+    return "sha256:" + hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()
+
+
+def write_grant(d: Path, namespace: str, allowed: list[str], digest: str) -> bool:
+    """The daemon's grant for the image in ``d`` (atomic); False when unchanged."""
+    text = json.dumps({"namespace": namespace, "allowed": sorted(allowed), "digest": digest})
+    path = d / GRANT_FILE
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    tmp = d / (GRANT_FILE + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def persistent_refusal(d: Path, namespace: str, ref: str) -> str:
+    """Why a pod of ``namespace`` must not start from the PersistentCheckpoint image
+    in ``d`` ("" when it may): the daemon's grant is missing, does not list the
+    namespace, or records another digest than the image's manifest has."""
+    what = f"PersistentCheckpoint {ref}"
+    try:
+        grant = json.loads((d / GRANT_FILE).read_text(encoding="utf-8"))
+        owner, allowed, digest = grant["namespace"], grant["allowed"], grant["digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{what}: no grant from the daemon (not Ready as far as it knows)"
+    if namespace != owner and namespace not in allowed:
+        return (f"{what} does not list namespace {namespace} in allowedNamespaces: "
+                "not handed out")
+    try:
+        got = manifest_digest(d)
+    except OSError:
+        return f"{what}: image has no manifest"
+    if got != digest:
+        return f"{what}: digest mismatch (image {got}, object {digest})"
+    return ""
 
 
 def foreign_handover(d: Path, namespace: str) -> str:

@@ -113,3 +113,25 @@ def test_orphans_are_images_of_deleted_objects_only(tmp_path: Any) -> None:
         os.utime(tmp_path / "ns" / name, (old, old))
     assert orphans(tmp_path, {("ns", "kept")}) == [tmp_path / "ns" / "gone"]
     assert orphans(tmp_path / "missing", set()) == []
+
+
+def test_grants_for_ready_images_of_this_node() -> None:
+    from architect.runtime.daemon.persistent import grants
+
+    ready = _pc(phase="Ready")
+    ready["spec"]["allowedNamespaces"] = ["team-b"]
+    ready["status"]["image"] = {"location": "node://n1/var/x", "digest": "sha256:ab"}
+    elsewhere = {**ready, "status": {"phase": "Ready", "image": {"location": "node://n2/var/x"}}}
+    assert grants([ready, elsewhere, _pc()], "n1") == [("ns", "pc", ["team-b"], "sha256:ab")]
+
+
+def test_start_event_says_restored_or_why_fresh() -> None:
+    from architect.policy.annotations import START_FROM_PERSISTENT
+    from architect.runtime.daemon.persistent import start_event
+
+    pod = {"metadata": {"annotations": {START_FROM_PERSISTENT: "other/warm"}}}
+    assert start_event(pod, {"start_path": "restore"})[:2] == (
+        "Normal", "RestoredFromPersistentCheckpoint")
+    etype, reason, msg = start_event(pod, {"start_path": "fresh", "start_reason": "digest mismatch"})
+    assert (etype, reason) == ("Warning", "PersistentCheckpointNotUsed")
+    assert msg == "started fresh instead of from PersistentCheckpoint other/warm: digest mismatch"

@@ -131,16 +131,43 @@ def test_plan_runc_paths(tmp_path: Path) -> None:
     assert plan.plan_start("runsc", ann, tmp_path, None).path == "fresh"
 
 
+def _granted(d: Path, ns: str, allowed: list[str] | None = None) -> Path:
+    _ready(d)
+    (d / "manifest.json").write_text('{"files": []}')
+    plan.write_grant(d, ns, allowed or [], plan.manifest_digest(d))
+    return d
+
+
 def test_plan_runsc_persistent_checkpoint(tmp_path: Path) -> None:
     ann = {plan.ANN_PERSISTENT: "warm", plan.CRI_SANDBOX_NAMESPACE: "team-a"}
     p = plan.plan_start("runsc", ann, tmp_path, None)
     assert p.path == "fresh" and "not available" in p.reason
     d = _ready(tmp_path / "persistent" / "team-a" / "warm")
     p = plan.plan_start("runsc", ann, tmp_path, None)
+    assert p.path == "fresh" and "no grant from the daemon" in p.reason
+    _granted(d, "team-a")
+    p = plan.plan_start("runsc", ann, tmp_path, None)
     assert (p.image, p.consume) == (d, False)
-    other = _ready(tmp_path / "persistent" / "other" / "warm")
+    other = _granted(tmp_path / "persistent" / "other" / "warm", "other", ["team-a"])
     ann2 = {**ann, plan.ANN_PERSISTENT: "other/warm"}
     assert plan.plan_start("runsc", ann2, tmp_path, None).image == other
+
+
+def test_plan_runsc_persistent_refusals(tmp_path: Path) -> None:
+    """allowedNamespaces and the digest are checked where the image is handed out."""
+    d = _granted(tmp_path / "persistent" / "other" / "warm", "other", ["team-b"])
+    ann = {plan.ANN_PERSISTENT: "other/warm", plan.CRI_SANDBOX_NAMESPACE: "team-a"}
+    p = plan.plan_start("runsc", ann, tmp_path, None)
+    assert p.path == "fresh"
+    assert p.reason == ("PersistentCheckpoint other/warm does not list namespace team-a in "
+                        "allowedNamespaces: not handed out")
+    assert not plan.write_grant(d, "other", ["team-b"], plan.manifest_digest(d))  # unchanged
+    plan.write_grant(d, "other", ["team-a"], "sha256:" + "0" * 64)
+    p = plan.plan_start("runsc", ann, tmp_path, None)
+    assert p.path == "fresh" and p.reason.startswith("PersistentCheckpoint other/warm: digest "
+                                                     "mismatch (image sha256:")
+    (d / "manifest.json").unlink()
+    assert "image has no manifest" in plan.plan_start("runsc", ann, tmp_path, None).reason
 
 
 def test_bad_scaleup_timeout_is_named() -> None:

@@ -95,7 +95,9 @@ def test_own_hibernation_image_is_no_handover(tmp_path: Path) -> None:
 
 def test_persistent_checkpoint_restores_and_runs(tmp_path: Path) -> None:
     ann = {plan.ANN_PERSISTENT: "warm", plan.CRI_SANDBOX_NAMESPACE: "ns"}
-    _ready(tmp_path / "persistent" / "ns" / "warm")
+    d = _ready(tmp_path / "persistent" / "ns" / "warm")
+    (d / "manifest.json").write_text("{}")
+    plan.write_grant(d, "ns", [], plan.manifest_digest(d))
     p = plan.plan_start("runsc", ann, tmp_path, None)
     assert (p.path, p.wake, p.handover, p.consume) == ("restore", True, True, False)
 

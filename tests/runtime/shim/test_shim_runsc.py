@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from architect.runtime.shim import plan
 from tests.runtime.shim.conftest import Containerd, wait_for
 from tests.runtime.shim.test_shim_containerd import COUNTER, alive
 
@@ -51,6 +52,7 @@ def test_runsc_create_restores_persistent_checkpoint(containerd: Containerd, roo
     dest = containerd.shim_state / "persistent" / "team-a" / "warm"
     dest.parent.mkdir(parents=True, exist_ok=True)
     image.rename(dest)
+    plan.write_grant(dest, "team-a", [], plan.manifest_digest(dest))  # as the daemon does
     containerd.remove("pcsrc")
     ann = {
         "architect.loopholelabs.io/start-from-persistent-checkpoint": "warm",
