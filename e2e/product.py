@@ -38,6 +38,7 @@ CACHE = Path(os.environ.get("ARCHITECT_CACHE", "/var/cache/architect"))
 HELM = CACHE / "bin" / "helm"
 KUBECTL = CACHE / "bin" / "kubectl"
 CONTAINERD = Path("/run/architect-e2e/containerd/containerd.sock")
+NODEB_CONTAINERD = Path("/run/architect-e2e/node-b/containerd/containerd.sock")
 KUBECONFIG = Path("/var/lib/architect-e2e/kubeconfig")
 CONTEXT = "architect-e2e"
 RELEASE = "architect"
@@ -127,6 +128,8 @@ def image_tag() -> str:
 
     built = image.ensure(CACHE / "images")
     image.import_image(built, CONTAINERD)
+    if NODEB_CONTAINERD.exists():  # node B of `e2e/cluster/up --nodes 2`: its own store
+        image.import_image(built, NODEB_CONTAINERD)
     return built.ref.rsplit(":", 1)[1]
 
 

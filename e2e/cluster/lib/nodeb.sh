@@ -38,6 +38,22 @@ NODEB_BINDS=(
 )
 
 nodeb_exists() { is_running nodeb-ns; }
+
+# in_host_namespaces "$0" "$@": re-executes the script in the host's namespaces
+# when it runs inside node B's. The product's node install on node B restarts
+# containerd by running `up` beside a containerd process, which may be node B's;
+# up there would see node B's address as the host's (and remake the whole PKI).
+in_host_namespaces() {
+  local anchor
+  nodeb_exists || return 0
+  [[ $(readlink /proc/self/ns/mnt) == $(readlink "/proc/$(nodeb_holder)/ns/mnt") ]] || return 0
+  for anchor in kube-apiserver etcd; do
+    if is_running "$anchor"; then
+      exec nsenter -t "$(cat "$(pid_file "$anchor")")" -m -n -u -i -- "$@"
+    fi
+  done
+  die "running inside node B's namespaces and no host process to leave them by"
+}
 nodeb_holder() { cat "$(pid_file nodeb-ns)"; }
 # in_nodeb CMD...: CMD in node B's mount and network namespaces.
 in_nodeb() { nsenter -t "$(nodeb_holder)" -m -n -- "$@"; }
