@@ -39,6 +39,7 @@ class RunscBackend(EngineBackend):
         self._flags = tuple(flags)
         self._timeout = timeout
         self._version: str | None = None
+        self._spec_flag: list[str] | None = None
 
     def _base(self, container: Container) -> list[str]:
         argv = [which(self._runsc)]
@@ -83,6 +84,7 @@ class RunscBackend(EngineBackend):
         argv = [
             *self._base(container),
             "--log", str(work_dir / "runsc.log"),
+            *await self._lenient_spec(),
             "restore", "-detach",
             "--image-path", str(engine_dir),
             "--bundle", str(bundle),
@@ -90,6 +92,17 @@ class RunscBackend(EngineBackend):
             container.id,
         ]  # fmt: skip
         return await self._run(argv, self._timeout, options.stdio)
+
+    async def _lenient_spec(self) -> list[str]:
+        """A new pod restoring a PersistentCheckpoint has its own mounts (its
+        serviceaccount token, /etc/hosts of its uid); gVisor's default "enforce"
+        refuses a spec that differs, so log the differences instead. Container
+        names still have to match. Older runsc (Debian's 2022) has no such flag."""
+        if self._spec_flag is None:
+            flag = ["--restore-spec-validation", "warning"]
+            done = await self._run([which(self._runsc), *flag, "--version"], 30)
+            self._spec_flag = flag if done.ok else []
+        return self._spec_flag
 
     async def _remove(self, container: Container, bundle: Path | None = None) -> None:
         await self._run([*self._base(container), "delete", "-force", container.id], 60)
