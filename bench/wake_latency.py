@@ -30,7 +30,8 @@ processes:
   hold     first packet at the holder -> the wake callback runs
   restore  the wake's round trip to the restorer (as the daemon's to the shim), of
            which: check (image verification, + copy on the old path), engine
-           (runc restore + CRIU), other (runc state, scratch dirs, the hop)
+           (runc restore + CRIU, and where the code does it, our removal of the
+           dump's network lock: unlock), other (runc state, scratch dirs, the hop)
   release  the wake returned -> the held packets accepted
   answer   released -> first response byte (handshake, the restored app's reply)
   late     a second client's connect -> first byte, when it connects --late-ms
@@ -182,7 +183,8 @@ class Wakes:
             self.phases.setdefault(k, []).append(v)
 
 
-ORDER = ("total", "hold", "restore", "check", "engine", "other", "release", "answer", "late")
+ORDER = ("total", "hold", "restore", "check", "engine", "unlock", "other", "release", "answer",
+         "late")
 
 
 async def one_wake(
@@ -231,6 +233,8 @@ async def one_wake(
         check=check, engine=engine, other=restore - check - engine,
         release=st.released_at - st.wake_finished_at, answer=t1 - st.released_at,
     )  # fmt: skip
+    if "unlock" in d:  # inside engine: CRIU's lock removed by the backend (netlock.py)
+        w.add(unlock=float(d["unlock"]))
     w.lost += sorted(bodies) != list(range(last + 1, last + 1 + len(bodies)))
     return max(bodies)
 

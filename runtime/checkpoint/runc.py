@@ -2,18 +2,24 @@
 
 runc drives CRIU (found on PATH, /usr/local/sbin/criu from install). Sockets
 bound to the old pod IP are rewritten in CRIU's files.img before restore.
+CRIU's network lock is recorded as ``skip`` after the dump and removed by us
+after the restore (netlock.py: CRIU's restore would lock the pod again, above
+the daemon's packet hold, and a failed restore would leave it locked).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from architect.runtime.checkpoint import rewrite
+from architect.runtime.checkpoint import netlock, rewrite
 from architect.runtime.checkpoint.api import (
     CheckpointOptions,
     Container,
@@ -28,8 +34,11 @@ from architect.runtime.checkpoint.proc import (
     Spawner,
     kill_cgroup,
     remove_cgroup,
+    run,
     which,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUNC_ROOT = Path("/run/runc")
 CRIU_MIN = (4, 0)  # 3.x fails on current kernels (vDSO bounds, socket options)
@@ -69,6 +78,7 @@ class RuncCriuBackend(EngineBackend):
         self._criu = criu
         self._timeout = timeout
         self._version: str | None = None
+        self._unlocks: dict[str, float] = {}  # container id -> seconds of the last unlock
 
     def _base(self, container: Container) -> list[str]:
         # --criu: runc would look for criu on its PATH, which may lack /usr/local/sbin.
@@ -115,11 +125,21 @@ class RuncCriuBackend(EngineBackend):
             argv.append("--tcp-established")
         if options.leave_running:
             argv.append("--leave-running")
-        return await self._run([*argv, container.id], self._timeout)
+        done = await self._run([*argv, container.id], self._timeout)
+        if done.ok and netlock.bundle_netns(container.bundle) is not None:
+            # Before the image is packed: its digests cover the edited inventory.
+            try:
+                netlock.skip_lock_in_image(engine_dir)
+            except Exception as e:  # the image as CRIU wrote it still restores
+                log.warning("%s: network lock kept in the image: %s", container.id, e)
+        return done
 
     def _prepare(self, engine_dir: Path, options: RestoreOptions) -> dict[str, float]:
         t = time.monotonic()
         rewrite.rewrite_image_dir(engine_dir, options.rewrites)
+        # A restore from a copy may go into a namespace no dump lock covers (a
+        # migration): CRIU locks and unlocks it itself, as it would have.
+        netlock.restore_lock_in_image(engine_dir)
         return {"rewrite": time.monotonic() - t}
 
     async def _restore(
@@ -143,7 +163,37 @@ class RuncCriuBackend(EngineBackend):
         ]  # fmt: skip
         if options.tcp_established:
             argv.append("--tcp-established")
-        return await self._run([*argv, container.id], self._timeout, options.stdio)
+        try:
+            return await self._run([*argv, container.id], self._timeout, options.stdio)
+        finally:
+            # Succeeded or not: the dump's lock (or one a failed CRIU left) goes,
+            # before the daemon lets the held packets through.
+            netns = netlock.bundle_netns(bundle)
+            if netns is not None:
+                t = time.monotonic()
+                await self._unlock(netns)
+                self._unlocks[container.id] = time.monotonic() - t
+
+    def _engine_timings(self, container: Container) -> dict[str, float]:
+        unlock = self._unlocks.pop(container.id, None)
+        return {} if unlock is None else {"unlock": unlock}
+
+    async def _unlock(self, netns: str) -> int:
+        """Remove CRIU's lock from ``netns``; the rules removed. Never raises (it
+        runs in a ``finally``: the restore's own outcome must come through)."""
+
+        async def runner(argv: Sequence[str], data: bytes | None) -> Completed:
+            return await run(argv, 30, spawner=self._spawner, input=data)
+
+        tools = {}
+        for name in ("iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"):
+            with contextlib.suppress(BackendUnavailable):
+                tools[name] = which(name)
+        try:
+            return await netlock.remove_lock(netns, runner, which("nsenter"), tools)
+        except Exception as e:
+            log.warning("%s: CRIU's network lock not removed: %s", netns, e)
+            return 0
 
     async def _remove(self, container: Container, bundle: Path | None = None) -> None:
         state_dir = (container.state_root or DEFAULT_RUNC_ROOT) / container.id
