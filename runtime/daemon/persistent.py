@@ -36,7 +36,8 @@ from architect.runtime.shim.plan import READY_MARK, persistent_dir, write_grant
 log = logging.getLogger("architect.daemon.persistent")
 
 PLURAL = "persistentcheckpoints"
-SHIM_TIMEOUT = 300.0  # a large sandbox's state file takes a while to write
+SHIM_TIMEOUT = 300.0
+RECENT_S = 30.0  # a status written this long ago is not written again  # a large sandbox's state file takes a while to write
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,13 @@ class PersistentCheckpoints:
         self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reported: set[str] = set()  # pod uids whose start has its Event
         self._tasks: set[asyncio.Task[None]] = set()
+        self._written: dict[tuple[str, str], float] = {}
 
     def consider(self, pcs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
-        for job in jobs(pcs, pods, self.node, frozenset(self._busy)):
+        now = time.monotonic()
+        # Written a moment ago: the reflector may not show the new phase yet.
+        self._written = {k: t for k, t in self._written.items() if now - t < RECENT_S}
+        for job in jobs(pcs, pods, self.node, frozenset(self._busy) | frozenset(self._written)):
             key = (job.namespace, job.name)
             self._busy[key] = asyncio.create_task(self._run(job))
         for pod in pods:
@@ -203,11 +208,11 @@ class PersistentCheckpoints:
             log.info("PersistentCheckpoint %s/%s: %s %s", job.namespace, job.name,
                      status["phase"], status.get("message", ""))
             await self.patch(job.namespace, job.name, {"status": status})
+            self._written[(job.namespace, job.name)] = time.monotonic()
         except Exception:
             log.exception("PersistentCheckpoint %s/%s", job.namespace, job.name)
         finally:
-            # Kept busy until the reflector shows the new phase would be nicer; a
-            # repeat finds the shim's ready image and writes the same status.
+            # A failed patch is retried: the shim answers with the ready image.
             self._busy.pop((job.namespace, job.name), None)
 
     async def _report_start(self, pod: Mapping[str, Any], cid: str) -> None:

@@ -70,6 +70,8 @@ def _run(answer: dict[str, Any] | Exception) -> dict[str, Any]:
             if patched:
                 break
             await asyncio.sleep(0.01)
+        r.consider([_pc()], [_pod()])  # the reflector still shows Checkpointing
+        await asyncio.sleep(0.05)
 
     asyncio.run(go())
     assert len(patched) == 1
