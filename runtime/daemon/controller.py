@@ -226,8 +226,14 @@ class Controller:
         migrate-on-stop decision will come, so a kubelet stop that beats it waits."""
         target = build_target(pod, key, policy)
         cid = target.container_id
+        # Created hibernated, its Create waits for the hold before the kubelet
+        # sees it start (and writes its ID in the pod status): its shim names it.
+        waiting = cid is None
         if cid is None:
-            return  # not started yet: next tick
+            cid = self.shim.waiting(key.namespace, key.pod, key.container)
+            if cid is None:
+                return  # not started yet: next tick
+            target = dataclasses.replace(target, container_id=cid)
         saved = self.originals.get(target.pod_uid, key.container)
         if saved is not None:  # running on hibernated requests since before a restart
             target = dataclasses.replace(target, requests=tuple(sorted(saved.items())))
@@ -281,6 +287,11 @@ class Controller:
                     f"{thash}: {found.start_reason}")
         if state is ContainerState.SCALED_DOWN and target.mode != "none":
             await self._arm(key)
+        if waiting:
+            try:
+                await self.shim.held(cid)
+            except ShimError as e:  # its Create goes on after its bound all the same
+                log.warning("%s: shim not told its hold is armed: %s", _unit(key), e)
 
     async def _sweep(self, key: ContainerKey) -> None:
         """Once per unmanaged runc-architect container: remove rules a previous

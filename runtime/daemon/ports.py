@@ -49,6 +49,13 @@ class Shim(Protocol):
     async def find(self, container_id: str) -> ShimContainer | None:
         """The container as its shim reports it; None when no Architect shim runs it."""
 
+    def waiting(self, namespace: str, pod: str, container: str) -> str | None:
+        """The ID of a container created hibernated whose Create waits for its hold
+        (the pod status has no ID yet); None when none waits."""
+
+    async def held(self, container_id: str) -> None:
+        """Tell the shim the hold is armed (its waiting Create returns). Raises ShimError."""
+
     async def hibernate(self, container_id: str) -> float:
         """Checkpoint; the seconds it took. Raises ShimError."""
 

@@ -89,6 +89,19 @@ class ShimClient:
                 )
         return None
 
+    def waiting(self, namespace: str, pod: str, container: str) -> str | None:
+        """The container ID a shim's Create names while it waits for its hold
+        (created hibernated, before the pod status has its ID); None if none waits."""
+        marker = plan.hold_marker(self.run_dir, namespace, pod, container)
+        try:
+            cid = marker.read_text().strip()
+        except OSError:
+            return None
+        return cid or None
+
+    async def held(self, container_id: str) -> None:
+        await self._call(container_id, {"op": "held", "id": container_id})
+
     async def hibernate(self, container_id: str) -> float:
         resp = await self._call(container_id, {"op": "hibernate", "id": container_id})
         return float(resp.get("seconds") or 0.0)

@@ -19,6 +19,9 @@ Requests, one JSON object a line, answered by one line each:
       pod keeps running, same pids) into plan.persistent_dir(state, ns, name): an
       image with its manifest of digests, marked ready. The directory comes from
       (namespace, name), never from the client, so the op writes nowhere else.
+  {"op": "held", "id": "<container>"}  -> {"ok": true, "id": "..."}
+      the daemon armed the packet hold of a container created hibernated: its
+      Create, waiting for that (plan.hold_marker), returns.
   {"op": "watch"}  -> {"ok": true}, then one line per event, e.g.
                       {"event": "woken", "id": "...", "reason": "exec"}
 Errors: {"ok": false, "error": "<what was wrong>"}.
@@ -85,9 +88,9 @@ def parse_request(line: bytes) -> dict[str, Any]:
 
 
 OPS = ("status", "hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop",
-       "persistent-checkpoint", "watch")
+       "persistent-checkpoint", "held", "watch")
 WITH_ID = ("hibernate", "wake", "migrate-on-stop", "expect-migrate-on-stop",
-           "persistent-checkpoint")
+           "persistent-checkpoint", "held")
 # A DNS subdomain: no '/', no '..' (the names become path components).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 # Ops whose fields are checked (the others' extra fields were always ignored).
@@ -95,6 +98,7 @@ FIELDS = {
     "migrate-on-stop": ("op", "id", "enabled"),
     "expect-migrate-on-stop": ("op", "id"),
     "persistent-checkpoint": ("op", "id", "namespace", "name"),
+    "held": ("op", "id"),
 }
 
 
@@ -170,6 +174,8 @@ class ControlServer:
         if op == "persistent-checkpoint":
             return {"ok": True, **await persistent_checkpoint(
                 svc, req["id"], req["namespace"], req["name"])}
+        if op == "held":
+            return {"ok": True, "id": svc.held(req["id"]).id}
         if op in ("migrate-on-stop", "expect-migrate-on-stop"):
             if op == "expect-migrate-on-stop":
                 c = svc.expect_migration(req["id"])

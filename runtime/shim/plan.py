@@ -28,6 +28,7 @@ ANN_REWRITE_ESTABLISHED = keys.REWRITE_ESTABLISHED
 CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
 CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
 CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 GROUP_LABELS = ("io.containerd.runc.v2.group", CRI_SANDBOX_ID)
 DEFAULT_SCALEUP_TIMEOUT = durations.parse_duration(keys.DEFAULT_SCALEUP_TIMEOUT).total_seconds()
@@ -267,3 +268,17 @@ def foreign_handover(d: Path, namespace: str) -> str:
     if owner != namespace:
         return f"handover {d} belongs to namespace {owner!r}, not {namespace!r}: not restored"
     return ""
+
+
+# A container created hibernated waits in Create, bounded, for the daemon to arm its
+# hold: it is Ready to the kubelet once Create returns, and the daemon learns its
+# container ID from the pod status only later. The shim names it here by pod; the
+# daemon answers with the control op "held".
+HOLDS_DIR = "holds"
+
+
+def hold_marker(run_dir: Path, namespace: str, pod: str, container: str) -> Path:
+    """The file (holding the container ID) a shim waiting for its hold writes.
+
+    ``_`` separates: namespace, pod and container names never contain one."""
+    return run_dir / HOLDS_DIR / f"{namespace}_{pod}_{container}"

@@ -76,6 +76,8 @@ class Container:
     # first wake is its start, so a restore that fails then starts it fresh.
     deferred_restore: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    # Set by the daemon's "held" op: the hold of a container created hibernated is armed.
+    held: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def runtime(self) -> str:

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "containerd.task.v2.Task"
 VERSION = "architect-shim-0.1"
+# How long a Create of a container kept hibernated waits for the daemon's hold: the
+# daemon adopts on its next pass (a tick, or a pod event, well under this).
+HOLD_WAIT = 5.0
 
 
 class TaskService:
@@ -123,6 +127,7 @@ class TaskService:
 
     control_path: Path | None = None  # this shim's control socket
     run_dir: Path | None = None
+    hold_wait: float = HOLD_WAIT
 
     def _link_path(self, cid: str) -> Path | None:
         return self.run_dir / self.namespace / cid if self.run_dir is not None else None
@@ -134,6 +139,41 @@ class TaskService:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to(self.control_path)
+
+    async def _await_hold(self, c: Container) -> None:
+        """Created hibernated (no process), ``c`` is Ready once Create returns, and a
+        connection before the daemon's hold is armed would be refused: name it to
+        the daemon and wait, bounded, for its "held" op. Without a daemon it goes
+        on unheld after ``hold_wait`` (packets are then accepted, as a hold fails
+        open)."""
+        ns = c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, "")
+        pod = c.annotations.get(plan.CRI_SANDBOX_NAME, "")
+        name = c.annotations.get(plan.CRI_CONTAINER_NAME, "")
+        if self.run_dir is None or not (ns and pod and name) or self.hold_wait <= 0:
+            return
+        marker = plan.hold_marker(self.run_dir, ns, pod, name)
+        t0 = time.monotonic()
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.parent / f".{marker.name}.tmp"
+            tmp.write_text(c.id)
+            tmp.replace(marker)  # the daemon never reads half an ID
+            await asyncio.wait_for(c.held.wait(), self.hold_wait)
+            log.info("%s: hold armed by the daemon after %.3fs", c.id, time.monotonic() - t0)
+        except TimeoutError:
+            log.warning("%s: no hold from the daemon within %.1fs: created unheld",
+                        c.id, self.hold_wait)
+        except OSError as e:
+            log.warning("%s: cannot name it to the daemon (%s): created unheld", c.id, e)
+        finally:
+            marker.unlink(missing_ok=True)
+            c.timings["hold_wait"] = time.monotonic() - t0
+
+    def held(self, cid: str) -> Container:
+        """The daemon armed the hold of ``cid`` (control op "held")."""
+        c = self.get(cid)
+        c.held.set()
+        return c
 
     def _unlink_control(self, cid: str) -> None:
         link = self._link_path(cid)
@@ -255,6 +295,8 @@ class TaskService:
         self._link_control(c.id)
         self.notify({"event": "started", "id": c.id, "path": c.start_path,
                      "reason": c.start_reason, "seconds": c.timings.get("restore", 0.0)})
+        if c.hibernated:
+            await self._await_hold(c)
         self.publish(
             events_pb2.TaskCreate(
                 container_id=c.id,

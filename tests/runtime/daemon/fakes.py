@@ -46,8 +46,18 @@ class FakeShim:
     def add(self, cid: str, status: str = "RUNNING", netns: str | None = "/proc/1/ns/net") -> None:
         self.containers[cid] = ShimContainer(cid, status, 100, netns, f"/sock/{cid[:4]}")
 
+    waits: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
     async def find(self, container_id: str) -> ShimContainer | None:
         return self.containers.get(container_id)
+
+    def waiting(self, namespace: str, pod: str, container: str) -> str | None:
+        return self.waits.get((namespace, pod, container))
+
+    async def held(self, container_id: str) -> None:
+        self.calls.append(f"shim.held {container_id}")
+        if "held" in self.fail:
+            raise ShimError("no such container")
 
     async def hibernate(self, container_id: str) -> float:
         self.calls.append(f"shim.hibernate {container_id}")

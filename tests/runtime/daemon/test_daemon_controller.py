@@ -290,6 +290,30 @@ async def test_container_not_started_yet_is_picked_up_later() -> None:
     assert KEY in r.ctl.tracker
 
 
+async def test_container_created_hibernated_is_held_before_its_pod_status_names_it() -> None:
+    # A replacement kept hibernated: its shim's Create waits, naming the container,
+    # and the kubelet has written no container ID yet.
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    r.shim.waits[(NS, "web", "main")] = CID
+    await r.ctl.tick([pod(started=False)], [hibernation()])
+    assert r.state() is ContainerState.SCALED_DOWN
+    assert r.calls.index("net.hold main") < r.calls.index(f"shim.held {CID}")
+    # Once the pod status has the ID, nothing is adopted or held twice.
+    del r.shim.waits[(NS, "web", "main")]
+    await r.ctl.tick([pod()], [hibernation()])
+    assert r.calls.count("net.hold main") == 1 and r.calls.count(f"shim.held {CID}") == 1
+
+
+async def test_a_shim_that_refuses_held_still_leaves_the_hold_armed() -> None:
+    r = Rig()
+    r.shim.add(CID, status="SCALED_DOWN")
+    r.shim.waits[(NS, "web", "main")] = CID
+    r.shim.fail.add("held")
+    await r.ctl.tick([pod(started=False)], [hibernation()])
+    assert r.state() is ContainerState.SCALED_DOWN and "net.hold main" in r.calls
+
+
 async def test_unmanaged_and_other_runtime_pods_are_left_alone() -> None:
     r = Rig()
     r.shim.add(CID)
