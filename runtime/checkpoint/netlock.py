@@ -161,14 +161,28 @@ def restore_lock_in_image(criu_dir: Path) -> bool:
 # ---------------------------------------------------------------- the namespace
 
 
+# The dump's lock as CRIU's dump leaves it (iptables_network_lock_internal), the
+# daemon's exemptions in its chain or not: removed in one transaction, no save
+# first (each iptables process costs ~10-25 ms of a wake). Anything else (a
+# second jump from an old restore's lock, no lock at all) makes the transaction
+# fail as a whole, and the lock found by iptables-save is removed instead.
+DUMP_UNLOCK = f"*filter\n-D INPUT -j {CHAIN}\n-D OUTPUT -j {CHAIN}\n-F {CHAIN}\n-X {CHAIN}\nCOMMIT\n"
+
+
+def _removed(plan: str) -> int:
+    return plan.count("\n-D ") + plan.count("\n-X ")
+
+
 async def remove_lock(netns: str, run: Runner, nsenter: str, tools: dict[str, str]) -> int:
     """Remove CRIU's lock from ``netns`` (both families, each in parallel); the
-    rules removed. ``tools``: family -> directory-less names resolved by the
-    caller ({"iptables-save": path, ...}). Never raises: a namespace that is gone
-    or a family without iptables has nothing to unlock."""
+    rules removed. ``tools``: tool name -> path, resolved by the caller
+    ({"iptables-save": path, ...}). Never raises: a namespace that is gone or a
+    family without iptables has nothing to unlock."""
 
     async def family(save: str, restore: str) -> int:
         enter = [nsenter, f"--net={netns}", "--"]
+        if (await run([*enter, tools[restore], "-w", "--noflush"], DUMP_UNLOCK.encode())).ok:
+            return _removed(DUMP_UNLOCK)
         saved = await run([*enter, tools[save], "-t", "filter"], None)
         if not saved.ok:
             return 0
@@ -179,7 +193,7 @@ async def remove_lock(netns: str, run: Runner, nsenter: str, tools: dict[str, st
         if not done.ok:
             log.warning("%s: CRIU's lock not removed (%s): %s", netns, restore, done.tail(3))
             return 0
-        return plan.count("\n-D ") + plan.count("\n-X ")
+        return _removed(plan)
 
     pairs = [("iptables-save", "iptables-restore"), ("ip6tables-save", "ip6tables-restore")]
     counts = await asyncio.gather(

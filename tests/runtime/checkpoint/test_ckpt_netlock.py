@@ -99,55 +99,67 @@ def test_netns_from_the_bundle(
 
 
 class FakeRun:
-    def __init__(self, saved: dict[str, Completed]) -> None:
-        self.saved = saved
-        self.calls: list[tuple[list[str], bytes | None]] = []
+    """Answers by tool name, in turn (the last answer repeats); records every call."""
+
+    def __init__(self, answers: dict[str, list[Completed]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, bytes | None]] = []
+        self.argvs: list[list[str]] = []
 
     async def __call__(self, argv: Sequence[str], data: bytes | None) -> Completed:
-        self.calls.append((list(argv), data))
         tool = Path(argv[3]).name
-        if tool in self.saved:
-            return self.saved[tool]
-        return Completed(tuple(argv), 0, "", "")
+        self.calls.append((tool, data))
+        self.argvs.append(list(argv))
+        got = self.answers.get(tool) or [_done(0)]
+        return got.pop(0) if len(got) > 1 else got[0]
 
 
 def _done(code: int, out: str = "") -> Completed:
-    return Completed((), code, out, "ip6tables-save: no ip6 support" if code else "")
+    return Completed((), code, out, "iptables-restore: Chain 'CRIU' does not exist" if code else "")
 
 
 TOOLS = {n: f"/usr/sbin/{n}" for n in
          ("iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore")}  # fmt: skip
 
 
-async def test_unlock_runs_in_the_namespace_per_family() -> None:
-    run = FakeRun({"iptables-save": _done(0, LOCKED), "ip6tables-save": _done(1)})
+async def test_the_dumps_lock_goes_in_one_process_per_family() -> None:
+    run = FakeRun({})
     removed = await netlock.remove_lock("/var/run/netns/p", run, "/usr/bin/nsenter", TOOLS)
-    assert removed == 3  # two jumps and the chain, IPv4 only
-    restores = [(argv, data) for argv, data in run.calls if "restore" in argv[3]]
-    assert restores == [(
-        ["/usr/bin/nsenter", "--net=/var/run/netns/p", "--", "/usr/sbin/iptables-restore",
-         "-w", "--noflush"],
-        netlock.unlock_plan(LOCKED).encode(),
-    )]  # fmt: skip
+    assert removed == 6  # per family: two jumps and the chain
+    assert sorted(run.calls) == [("ip6tables-restore", netlock.DUMP_UNLOCK.encode()),
+                                 ("iptables-restore", netlock.DUMP_UNLOCK.encode())]  # fmt: skip
     assert all(argv[:3] == ["/usr/bin/nsenter", "--net=/var/run/netns/p", "--"]
-               for argv, _ in run.calls)  # fmt: skip
+               and argv[4:] == ["-w", "--noflush"] for argv in run.argvs)  # fmt: skip
+    # What DUMP_UNLOCK removes is exactly what the plan of a dump's lock would.
+    assert netlock.unlock_plan(LOCKED) == netlock.DUMP_UNLOCK
+
+
+async def test_any_other_lock_is_read_first_then_removed() -> None:
+    twice = LOCKED.replace("-A INPUT -j ARCHITECT-HOLD-c1\n",
+                           "-A INPUT -j CRIU\n-A INPUT -j ARCHITECT-HOLD-c1\n")  # fmt: skip
+    run = FakeRun({"iptables-restore": [_done(2), _done(0)], "iptables-save": [_done(0, twice)],
+                   "ip6tables-restore": [_done(2)], "ip6tables-save": [_done(1)]})  # fmt: skip
+    assert await netlock.remove_lock("/p", run, "nsenter", TOOLS) == 4  # IPv4: 3 jumps, chain
+    assert ("iptables-restore", netlock.unlock_plan(twice).encode()) in run.calls
+    assert [t for t, _ in run.calls if t.startswith("ip6")] == ["ip6tables-restore",
+                                                                "ip6tables-save"]  # fmt: skip
 
 
 async def test_unlock_without_a_lock_or_tools_changes_nothing() -> None:
     clean = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"
-    run = FakeRun({"iptables-save": _done(0, clean), "ip6tables-save": _done(0, clean)})
+    run = FakeRun({"iptables-restore": [_done(2)], "ip6tables-restore": [_done(2)],
+                   "iptables-save": [_done(0, clean)], "ip6tables-save": [_done(0, clean)]})  # fmt: skip
     assert await netlock.remove_lock("/p", run, "nsenter", TOOLS) == 0
-    assert not any("restore" in argv[3] for argv, _ in run.calls)
+    assert [t for t, _ in run.calls].count("iptables-restore") == 1  # the one attempt
     run = FakeRun({})
     assert await netlock.remove_lock("/p", run, "nsenter", {}) == 0 and run.calls == []
 
 
 async def test_a_failed_unlock_is_reported_not_raised() -> None:
-    run = FakeRun({"iptables-save": _done(0, LOCKED), "iptables-restore": _done(4),
-                   "ip6tables-save": _done(0, LOCKED), "ip6tables-restore": _done(0)})  # fmt: skip
+    run = FakeRun({"iptables-restore": [_done(4)], "iptables-save": [_done(0, LOCKED)]})
 
     async def boom(argv: Sequence[str], data: bytes | None) -> Completed:
-        if "ip6tables-save" in argv[3]:
+        if argv[3].endswith("ip6tables-restore"):
             raise OSError("namespace gone")
         return await run(argv, data)
 
