@@ -58,3 +58,4 @@ bench: setup
 	$(PY) bench/daemon_bench.py
 	$(PY) bench/cluster_bench.py
 	$(PY) bench/product_wake.py
+	$(PY) bench/persistent_checkpoint.py
