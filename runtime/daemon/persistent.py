@@ -88,7 +88,7 @@ def jobs(
     return out
 
 
-def orphans(top: Path, keep: set[tuple[str, str]], min_age: float = 60.0) -> list[Path]:
+def orphans(top: Path, keep: set[tuple[str, str]], min_age: float = 10.0) -> list[Path]:
     """Image dirs of PersistentCheckpoints that no longer exist (deleting the object
     deletes its node-local image); young ones stay (a create may race the list)."""
     now = time.time()
