@@ -44,15 +44,20 @@ nodeb_exists() { is_running nodeb-ns; }
 # containerd by running `up` beside a containerd process, which may be node B's;
 # up there would see node B's address as the host's (and remake the whole PKI).
 in_host_namespaces() {
-  local anchor
-  nodeb_exists || return 0
-  [[ $(readlink /proc/self/ns/mnt) == $(readlink "/proc/$(nodeb_holder)/ns/mnt") ]] || return 0
+  local anchor pid
+  # Whether or not node B still exists (a node install can outlive its holder's
+  # pid file during down --node-b): the control plane runs in the host's network
+  # namespace, so a different one is node B's.
   for anchor in kube-apiserver etcd; do
-    if is_running "$anchor"; then
-      exec nsenter -t "$(cat "$(pid_file "$anchor")")" -m -n -u -i -- "$@"
-    fi
+    is_running "$anchor" || continue
+    pid=$(cat "$(pid_file "$anchor")")
+    [[ $(readlink /proc/self/ns/net) == "$(readlink "/proc/$pid/ns/net")" ]] && return 0
+    exec nsenter -t "$pid" -m -n -u -i -- "$@"
   done
-  die "running inside node B's namespaces and no host process to leave them by"
+  if nodeb_exists && [[ $(readlink /proc/self/ns/net) == "$(readlink "/proc/$(nodeb_holder)/ns/net")" ]]; then
+    die "running inside node B's namespaces and no host process to leave them by"
+  fi
+  return 0
 }
 nodeb_holder() { cat "$(pid_file nodeb-ns)"; }
 # in_nodeb CMD...: CMD in node B's mount and network namespaces.

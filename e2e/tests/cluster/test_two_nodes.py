@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from e2e.pytest_cluster import UP, Cluster
-from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.kube import (
+    eventually,
+    get_json,
+    kubectl,
+    namespace,
+)
 
 pytestmark = pytest.mark.node
 
@@ -27,6 +32,7 @@ BUSYBOX = "architect.local/busybox:1.35"
 NODEB_CGROUP = "architect-e2e-b"
 NODEB_VETH = "arche2e-b-host"
 NODEB_POD_CIDR = "10.244.1.0/24"
+APP = "my-app"
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -105,6 +111,9 @@ def test_pods_on_both_nodes_reach_each_other_over_tcp(two_nodes: Cluster) -> Non
         assert out.stdout.strip() == "ok"
 
 
+# --- last: node B goes ---------------------------------------------------------
+
+
 def _netns_of(pid: str) -> str:
     try:
         return str(Path(f"/proc/{pid}/ns/net").readlink())
@@ -157,7 +166,3 @@ def test_down_node_b_leaves_nothing_of_it(two_nodes: Cluster) -> None:
     assert names == {NODE_A}
     # Node A still runs pods after node B left.
     kubectl(two_nodes, "wait", "--for=condition=Ready", f"node/{NODE_A}", "--timeout=30s")
-    # And node B comes back on demand (the rest of the module and idempotence).
-    proc = _run(str(UP), "--nodes", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    kubectl(two_nodes, "wait", "--for=condition=Ready", f"node/{NODE_B}", "--timeout=60s")

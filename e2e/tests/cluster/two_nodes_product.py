@@ -1,0 +1,331 @@
+"""Cross-node migration through the Helm-installed product on two real nodes
+(`e2e/cluster/up --nodes 2`): `kubectl drain` of node A moves the seed's counter
+app to node B with its state; a hibernated pod migrates and stays hibernated; a
+PodDisruptionBudget holds during the drain; a tampered image and a cut transfer
+end in a fresh start on node B within scaleup-timeout.
+
+Not collected by `make test` (the file name lacks the test_ prefix): it has not
+yet been seen passing (docs/critiques.md, Test cluster). Run it explicitly, as root:
+
+    flock -o /var/lock/architect-node.lock python3 -m pytest -p no:cacheprovider \
+        e2e/tests/cluster/two_nodes_product.py -k drain_moves
+
+It removes node B when it ends (the single-node suites expect one node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import product
+from e2e.pytest_cluster import Cluster
+from e2e.tests.cluster.kube import wait_architect_pods_gone
+from e2e.tests.cluster.test_two_nodes import NODE_A, NODE_B, _run, two_nodes
+
+pytestmark = pytest.mark.node
+
+APP = "my-app"
+__all__ = ["two_nodes"]  # the module fixture, shared
+
+
+# --- the Helm-installed product on both nodes ---------------------------------
+
+CHECKPOINTS = "checkpoints.architect.loopholelabs.io"
+
+
+@pytest.fixture(scope="module")
+def kube(two_nodes: Cluster) -> Iterator[product.Kube]:
+    k = product.Kube(two_nodes.kubeconfig, two_nodes.context, two_nodes.kubectl)
+    try:
+        # Short TTLs: a Consumed checkpoint is collected within the test.
+        try:
+            product.install(k, extra=["--set", "operator.consumedTTL=10s",
+                                      "--set", "operator.gcInterval=5s"])
+        except product.ProductError:
+            print(k.run("get", "pods", "-A", "-o", "wide", check=False).stdout)
+            print(k.run("get", "events", "-n", product.NAMESPACE, check=False).stdout[-4000:])
+            raise
+        daemons = k.json("pods", "-n", product.NAMESPACE, "-l",
+                         "app.kubernetes.io/component=daemon")["items"]
+        assert {d["spec"]["nodeName"] for d in daemons} == {NODE_A, NODE_B}
+        yield k
+    finally:
+        k.run("uncordon", NODE_A, check=False)
+        k.run("uncordon", NODE_B, check=False)
+        wait_architect_pods_gone(two_nodes)
+        product.uninstall(k)
+
+
+class Sampler:
+    """Polls ``probe`` in a thread (every 0.2 s) and keeps what it returned."""
+
+    def __init__(self, probe: Callable[[], Any]) -> None:
+        self.seen: list[Any] = []
+        self._probe = probe
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # A failed poll (a kubectl timeout) is just a missing sample.
+            with contextlib.suppress(Exception):
+                self.seen.append(self._probe())
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _phase(k: product.Kube, ns: str, name: str) -> str:
+    proc = k.run("get", CHECKPOINTS, "-n", ns, name, "-o", "jsonpath={.status.phase}",
+                 check=False, timeout=10)
+    return proc.stdout.strip() if proc.returncode == 0 else "gone"
+
+
+def _drain(k: product.Kube, node: str) -> None:
+    proc = k.run("drain", node, "--ignore-daemonsets", "--delete-emptydir-data",
+                 "--timeout=180s", timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _deploy_on_a(k: product.Kube, ns: str, dep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The app's pods all on node A (node B cordoned while they are scheduled)."""
+    k.run("cordon", NODE_B)
+    try:
+        k.run("apply", "-n", ns, "-f", "-", stdin=json.dumps(dep))
+        want = int(dep["spec"]["replicas"])
+        pods: list[dict[str, Any]] = []
+
+        def ready() -> bool:
+            pods[:] = _ready_pods(k, ns, dep["metadata"]["name"])
+            return len(pods) == want
+        product.eventually(f"{want} Ready pods of {dep['metadata']['name']}", ready, 180, 0.5)
+    finally:
+        k.run("uncordon", NODE_B)
+    assert {p["spec"]["nodeName"] for p in pods} == {NODE_A}
+    return pods
+
+
+def _ready_pods(k: product.Kube, ns: str, app: str) -> list[dict[str, Any]]:
+    out = []
+    for p in k.json("pods", "-n", ns, "-l", f"app={app}")["items"]:
+        conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
+        if not p["metadata"].get("deletionTimestamp") and conds.get("Ready") == "True":
+            out.append(p)
+    return out
+
+
+def _reasons(k: product.Kube, ns: str, name: str) -> set[str]:
+    ev = k.json("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")
+    return {e["reason"] for e in ev["items"]}
+
+
+def _in_order(seen: list[str], want: list[str]) -> bool:
+    """``want`` appears in ``seen`` as a subsequence (repeats collapsed)."""
+    it = iter(seen)
+    return all(any(s == w for s in it) for w in want)
+
+
+def test_drain_moves_the_pod_to_node_b_with_its_state(kube: product.Kube) -> None:
+    with product_namespace(kube, "nb-drain") as ns:
+        (old,) = _deploy_on_a(kube, ns, product.counter_deployment(APP, scaledown="1h"))
+        ip = old["status"]["podIP"]
+        product.wait_listening(ip)
+        counts = [product.count_of(product.http_get(ip)[0]) for _ in range(3)]
+        assert counts == [1, 2, 3]
+        cp = f"{old['metadata']['name']}-{APP}-container"
+        try:
+            with Sampler(lambda: _phase(kube, ns, cp)) as phases:
+                _drain(kube, NODE_A)
+                new = product.ready_pod(kube, ns, APP, 180)
+                product.eventually(f"checkpoint {cp} collected",
+                                   lambda: _phase(kube, ns, cp) == "gone", 120, 0.5)
+        finally:
+            kube.run("uncordon", NODE_A)
+        assert new["spec"]["nodeName"] == NODE_B
+        assert new["metadata"]["name"] != old["metadata"]["name"]
+        # The counter lived only in node A's process memory: it continues on B.
+        body, _ = product.http_get(new["status"]["podIP"])
+        assert product.count_of(body) == 4, body
+        seen = [s for i, s in enumerate(phases.seen) if i == 0 or s != phases.seen[i - 1]]
+        print(f"\ncheckpoint phases seen: {seen}")
+        assert _in_order(seen, ["Ready", "Consumed", "gone"]), seen
+        assert "Failed" not in seen, seen
+        assert {"CheckpointReady", "CheckpointConsumed"} <= _reasons(kube, ns, cp)
+
+
+def test_hibernated_pod_migrates_and_stays_hibernated(kube: product.Kube) -> None:
+    with product_namespace(kube, "nb-hib") as ns:
+        (old,) = _deploy_on_a(kube, ns, product.counter_deployment(APP, scaledown="5s"))
+        ip, name = old["status"]["podIP"], old["metadata"]["name"]
+        product.wait_listening(ip)
+        assert product.count_of(product.http_get(ip)[0]) == 1
+        product.eventually("SCALED_DOWN on node A",
+                           lambda: "SCALED_DOWN" in product.status_of(kube, ns, name).values(),
+                           120, 0.5)
+        try:
+            _drain(kube, NODE_A)
+            new = product.ready_pod(kube, ns, APP, 180)
+        finally:
+            kube.run("uncordon", NODE_A)
+        assert new["spec"]["nodeName"] == NODE_B
+        nn = new["metadata"]["name"]
+        product.eventually("the replacement's status",
+                           lambda: bool(product.status_of(kube, ns, nn)), 60, 0.25)
+        assert product.status_of(kube, ns, nn) == {f"{APP}-container": "SCALED_DOWN"}
+        # The first request wakes it, with the state the pod had on node A.
+        body, took = product.http_get(new["status"]["podIP"])
+        print(f"\nwake on node B after migration: {took * 1000:.0f} ms")
+        assert product.count_of(body) == 2, body
+
+
+def test_drain_respects_the_pod_disruption_budget(kube: product.Kube) -> None:
+    with product_namespace(kube, "nb-pdb") as ns:
+        kube.run("apply", "-n", ns, "-f", "-", stdin=json.dumps({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": APP},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": APP}}}}))
+        olds = _deploy_on_a(kube, ns, product.counter_deployment(APP, scaledown="1h",
+                                                                 replicas=2))
+        before = {}
+        for p in olds:
+            product.wait_listening(p["status"]["podIP"])
+            for _ in range(2):
+                body, _ = product.http_get(p["status"]["podIP"])
+            before[p["metadata"]["name"]] = product.count_of(body)
+        try:
+            with Sampler(lambda: len(_ready_pods(kube, ns, APP))) as ready:
+                _drain(kube, NODE_A)
+                product.eventually("2 Ready pods on node B", lambda: sorted(
+                    p["spec"]["nodeName"] for p in _ready_pods(kube, ns, APP)) == [NODE_B] * 2,
+                    240, 0.5)
+        finally:
+            kube.run("uncordon", NODE_A)
+        print(f"\nReady pods sampled during the drain: min {min(ready.seen)}, "
+              f"{len(ready.seen)} samples")
+        # maxUnavailable 1 of 2: never both down at once.
+        assert ready.seen and min(ready.seen) >= 1, ready.seen
+        # Each replacement restored one old pod's counter (2 requests each: 3 next).
+        for p in _ready_pods(kube, ns, APP):
+            body, _ = product.http_get(p["status"]["podIP"])
+            assert product.count_of(body) == 3, body
+
+
+# --- faults: each ends in a fresh start on node B within scaleup-timeout ------
+
+SCALEUP_TIMEOUT_S = 20
+HOLDER_PID = Path("/run/architect-e2e/pids/nodeb-ns.pid")
+
+
+def _in_nodeb_net(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run("nsenter", "-t", HOLDER_PID.read_text().strip(), "-n", *args, timeout=30)
+
+
+def _checkpointed_on_a(k: product.Kube, ns: str) -> tuple[str, str]:
+    """The app on node A with 3 requests of state, scaled to 0: its Checkpoint is
+    Ready on node A. Returns the old pod's name and its pod-template-hash."""
+    dep = product.counter_deployment(APP, scaledown="1h", extra={
+        "architect.loopholelabs.io/scaleup-timeout-containers":
+            json.dumps({f"{APP}-container": f"{SCALEUP_TIMEOUT_S}s"})})
+    (old,) = _deploy_on_a(k, ns, dep)
+    ip, name = old["status"]["podIP"], old["metadata"]["name"]
+    product.wait_listening(ip)
+    for _ in range(3):
+        product.http_get(ip)
+    thash = old["metadata"]["labels"]["architect.loopholelabs.io/pod-template-hash"]
+    k.run("scale", "-n", ns, f"deployment/{APP}", "--replicas=0")
+    cp = f"{name}-{APP}-container"
+    product.eventually(f"checkpoint {cp} Ready", lambda: _phase(k, ns, cp) == "Ready", 90, 0.5)
+    return name, thash
+
+
+def _fresh_on_b(k: product.Kube, ns: str, old: str) -> None:
+    """Scaled back with node A cordoned: the replacement lands on node B, starts
+    fresh (counter 1) within scaleup-timeout, with a StartedFresh Event; the
+    Checkpoint is not left behind and nothing is stuck."""
+    k.run("cordon", NODE_A)
+    try:
+        start = time.monotonic()
+        k.run("scale", "-n", ns, f"deployment/{APP}", "--replicas=1")
+        new = product.ready_pod(k, ns, APP, 120)
+        took = time.monotonic() - start
+    finally:
+        k.run("uncordon", NODE_A)
+    print(f"\nfresh replacement on node B Ready after {took:.1f}s")
+    assert new["spec"]["nodeName"] == NODE_B
+    assert took <= SCALEUP_TIMEOUT_S + 25, took
+    product.wait_listening(new["status"]["podIP"])
+    body, _ = product.http_get(new["status"]["podIP"])
+    assert product.count_of(body) == 1, body
+    ev = k.json("events", "-n", ns)["items"]
+    fresh = [e["message"] for e in ev if e["reason"] == "StartedFresh"]
+    print(f"StartedFresh: {fresh}")
+    assert fresh, [f"{e['reason']}: {e['message']}" for e in ev]
+    restarts = [c["restartCount"] for c in new["status"]["containerStatuses"]]
+    assert restarts == [0] * len(restarts)
+    cp = f"{old}-{APP}-container"
+    product.eventually(f"checkpoint {cp} not left behind",
+                       lambda: _phase(k, ns, cp) == "gone", 120, 0.5)
+
+
+def test_tampered_image_starts_fresh_on_node_b(kube: product.Kube) -> None:
+    with product_namespace(kube, "nb-tamper") as ns:
+        old, thash = _checkpointed_on_a(kube, ns)
+        # Node A's image, on the host's /var/lib/architect (node B has its own).
+        img = Path(f"/var/lib/architect/shim/handover/{thash}/{APP}-container")
+        assert (img / "manifest.json").is_file()
+        victim = max((f for f in img.rglob("*") if f.is_file()
+                      and f.name not in ("manifest.json", "ready")), key=lambda f: f.stat().st_size)
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0x5A
+        victim.write_bytes(bytes(data))
+        _fresh_on_b(kube, ns, old)
+
+
+def test_transfer_cut_starts_fresh_on_node_b(kube: product.Kube) -> None:
+    with product_namespace(kube, "nb-cut") as ns:
+        old, _ = _checkpointed_on_a(kube, ns)
+        # Node B's end of the transfer: after 64 KiB from node A's transfer port,
+        # every further packet is dropped (the connection hangs mid-image).
+        _in_nodeb_net("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+        rule = ["INPUT", "-p", "tcp", "--sport", "9447", "-m", "connbytes",
+                "--connbytes", "65536:", "--connbytes-dir", "reply", "--connbytes-mode", "bytes",
+                "-m", "comment", "--comment", "architect-e2e-b transfer cut", "-j", "DROP"]
+        add = _in_nodeb_net("iptables", "-I", *rule)
+        assert add.returncode == 0, add.stderr
+        try:
+            _fresh_on_b(kube, ns, old)
+            dropped = _in_nodeb_net("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
+            print(dropped)
+        finally:
+            _in_nodeb_net("iptables", "-D", *rule)
+        # The rule really cut something: its packet counter moved.
+        line = next(x for x in dropped.splitlines() if "transfer cut" in x)
+        assert int(line.split()[0]) > 0, line
+
+
+@contextlib.contextmanager
+def product_namespace(k: product.Kube, prefix: str) -> Iterator[str]:
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    k.run("create", "namespace", ns)
+    try:
+        yield ns
+    finally:
+        k.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
