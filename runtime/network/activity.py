@@ -4,7 +4,8 @@ Two modes, from the ``network-monitor`` annotation:
 
 - packets: the container is active when packets arrive for its ports. The
   ``architect:count`` rules of its mangle chain (``rules.activity_chain``) count
-  them; a sample that finds the count grown sets ``last_packet_at`` to the sample
+  them (and add to the container's nfacct object, read with one netlink request);
+  a sample that finds the count grown sets ``last_packet_at`` to the sample
   time (the resolution is the daemon's sampling period).
 - connections: the container stays up while any incoming TCP connection to its
   ports is ESTABLISHED. Counted from the namespace's conntrack table, not from
@@ -19,15 +20,20 @@ probes). Parsing is pure; ``ActivitySampler`` is the I/O shell.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import ipaddress
 import os
 import re
+import resource
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from . import iptables
 from .netns import NetNs
+from .nfacct import AcctError, AcctSocket
 from .rules import NetSpec
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -232,21 +238,137 @@ class PacketClock:
         return PacketClock(count, self.last_packet_at)
 
 
-class ActivitySampler:
-    """Samples one container's activity in its pod's namespace."""
+def _ident(path: str) -> tuple[int, int]:
+    """The namespace a path names now (nsfs device and inode)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
-    def __init__(self, ns: NetNs, spec: NetSpec) -> None:
+
+_nofile_raised = False
+
+
+def _raise_nofile() -> None:
+    """A few descriptors per watched namespace: hundreds of pods outgrow the usual
+    soft limit of 1024, so take the hard limit (once)."""
+    global _nofile_raised
+    if _nofile_raised:
+        return
+    _nofile_raised = True
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+
+
+class NsReader:
+    """The namespace files and netlink socket one sampler reads, opened once (in
+    a thread that entered the namespace) and read again every sample: a seek and
+    a read per file, one request for the counter. Reopened when the path names
+    another namespace (the pod's sandbox was re-created); a path that is gone
+    fails the sample as it always did."""
+
+    def __init__(self, ns: NetNs, proc_names: Iterable[str]) -> None:
+        _raise_nofile()
+        self.ns = ns
+        self.ident = _ident(ns.path)
+        names = tuple(proc_names)
+
+        def open_all() -> tuple[AcctSocket | None, dict[str, io.FileIO | None]]:
+            files: dict[str, io.FileIO | None] = {}
+            for n in names:
+                try:
+                    files[n] = io.FileIO(f"/proc/thread-self/net/{n}", "r")
+                except FileNotFoundError:  # e.g. no CONFIG_NF_CONNTRACK_PROCFS
+                    files[n] = None
+            try:
+                acct: AcctSocket | None = AcctSocket(None)
+            except OSError:  # no nfnetlink: counters from iptables-save
+                acct = None
+            return acct, files
+
+        self.acct, self.files = ns.call(open_all)
+
+    def current(self) -> bool:
+        return _ident(self.ns.path) == self.ident
+
+    def read(self, name: str) -> str | None:
+        """The text of /proc/net/<name> in the namespace now; None: no such file."""
+        f = self.files.get(name)
+        if f is None:
+            return None
+        f.seek(0)  # a seq_file read from 0 is generated afresh
+        chunks = []
+        for _ in range(1 << 14):  # bounded: 1 GiB in 64 KiB reads
+            b = f.read(1 << 16)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks).decode("ascii", "replace")
+
+    def close(self) -> None:
+        if self.acct is not None:
+            self.acct.close()
+        for f in self.files.values():
+            if f is not None:
+                f.close()
+
+
+class ActivitySampler:
+    """Samples one container's activity in its pod's namespace.
+
+    ``cached`` (default ``iptables.NFACCT``, off until verified): the namespace's files and a netlink socket are
+    opened once and the packet count is the container's nfacct object (a few
+    syscalls a sample). ``cached=False`` is the earlier way, kept as the fallback
+    where nfacct is missing and as the benchmark's baseline: ``iptables-save -c``
+    per family and a thread entering the namespace per read.
+    """
+
+    def __init__(self, ns: NetNs, spec: NetSpec, *, cached: bool | None = None) -> None:
         self.ns, self.spec = ns, spec
+        self.cached = iptables.NFACCT if cached is None else cached
         self.clock = PacketClock()
+        self.reader: NsReader | None = None
+
+    def _reader(self) -> NsReader | None:
+        if not self.cached:
+            return None
+        if self.reader is not None and not self.reader.current():
+            self.close()
+        if self.reader is None:
+            names = ["nf_conntrack", *(("tcp", "tcp6") if self.spec.all_ports else ())]
+            self.reader = NsReader(self.ns, names)
+        return self.reader
+
+    def close(self) -> None:
+        """Release the namespace's files and socket (they keep it alive)."""
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
+
+    def _proc_net(self, name: str) -> str:
+        reader = self._reader()
+        text = reader.read(name) if reader is not None else None
+        return text if text is not None else self.ns.read_proc_net(name)
+
+    def packets(self) -> int:
+        """The cumulative activity count: the nfacct object, else the rule counters."""
+        reader = self._reader()
+        if reader is not None and reader.acct is not None:
+            try:
+                return reader.acct.packets(self.spec.acct_name)
+            except AcctError as e:
+                if e.errno != errno.ENOENT:  # ENOENT: rules installed without nfacct
+                    raise
+        return iptables.activity_packets(self.ns, self.spec)
 
     def read_flows(self) -> list[Flow]:
         try:
-            return parse_conntrack(self.ns.read_proc_net("nf_conntrack"))
+            return parse_conntrack(self._proc_net("nf_conntrack"))
         except FileNotFoundError:  # kernel without CONFIG_NF_CONNTRACK_PROCFS
             return parse_conntrack(self.ns.run(["conntrack", "-L"]).stdout)
 
     def sample(self, now: datetime) -> ContainerActivity:
-        count = iptables.activity_packets(self.ns, self.spec)
+        count = self.packets()
         self.clock = self.clock.observe(count, now)
         conns = open_connections(self.read_flows(), self.watched_tcp(), self.spec.exclude_sources)
         return ContainerActivity(self.clock.last_packet_at, conns, count)
@@ -257,5 +379,5 @@ class ActivitySampler:
         outgoing one has an ephemeral port nobody listens on), but the excluded ones."""
         if not self.spec.all_ports:
             return self.spec.tcp_ports
-        tcp = [s for n in ("tcp", "tcp6") for s in parse_proc_net_sockets(self.ns.read_proc_net(n))]
+        tcp = [s for n in ("tcp", "tcp6") for s in parse_proc_net_sockets(self._proc_net(n))]
         return all_ports_watched(listening_ports(tcp, ())[0], self.spec.except_tcp)

@@ -117,5 +117,6 @@ class ContainerNetwork:
         return dataclasses.replace(act, held_packets=held)
 
     async def teardown(self) -> None:
+        self.sampler.close()  # its open files keep the namespace alive
         await self.resume()
         await asyncio.to_thread(iptables.remove_container, self.ns, self.spec)

@@ -144,6 +144,11 @@ class NetSpec:
     def shadow_chain(self) -> str:
         return f"{PREFIX}SHD-{self.tag}"
 
+    @property
+    def acct_name(self) -> str:
+        """The nfacct object its counting rules add to (named like its chain)."""
+        return self.activity_chain
+
 
 @dataclass(frozen=True, slots=True)
 class Chain:
@@ -214,9 +219,14 @@ def _all_ports_rules(spec: NetSpec, name: str, c: str, action: str) -> list[str]
     return rules
 
 
-def activity_chain(spec: NetSpec, family: Family) -> Chain:
-    """mangle chain whose ``architect:count`` rules count activity packets."""
+def activity_chain(spec: NetSpec, family: Family, acct: str | None = None) -> Chain:
+    """mangle chain whose ``architect:count`` rules count activity packets.
+
+    ``acct``: an nfacct object the counting rules add to as well, as their last
+    match (so it counts what the rule counters count; see ``nfacct``)."""
     name, c = spec.activity_chain, _c("count")
+    if acct is not None:
+        c = f"{c} -m nfacct --nfacct-name {acct}"
     rules = [f"-A {name} -s {s} {_c('activity')} -j RETURN" for s in _sources(spec, family)]
     for sh in spec.shadow:
         rules.append(

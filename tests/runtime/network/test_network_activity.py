@@ -12,6 +12,7 @@ from network_apps import GREETING, NetPair, connect_and_greet, start_tcp_app
 from architect.runtime.network import iptables
 from architect.runtime.network.activity import ActivitySampler
 from architect.runtime.network.hold import PacketHold
+from architect.runtime.network.nfacct import AcctSocket
 from architect.runtime.network.rules import NetSpec, ShadowPort
 
 pytestmark = pytest.mark.root
@@ -200,3 +201,45 @@ def test_rules_install_and_remove_are_idempotent(netpair: NetPair) -> None:
     assert sorted(iptables.cleanup(netpair.pod)) == ["ARCHITECT-ACT-a", "ARCHITECT-SHD-a"]
     assert iptables.cleanup(netpair.pod) == []
     assert iptables.architect_chains(netpair.pod) == []
+
+
+@pytest.mark.parametrize("all_ports", [False, True], ids=["declared", "all-ports"])
+async def test_nfacct_counter_sees_the_watched_port_not_the_excluded_ones(
+    netpair: NetPair, all_ports: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sampler's counter is the nfacct object the counting rules add to, read
+    # over netlink: it must count what the rule counters (iptables-save) count.
+    monkeypatch.setattr(iptables, "NFACCT", True)  # off by default until verified here
+    other = 8081  # another container's declared port
+    if all_ports:
+        spec = NetSpec(tag="a", all_ports=True, except_tcp=(other,), shadow=(ShadowPort(APP, SHADOW),))
+    else:
+        spec = _spec()
+    assert iptables.install_base(netpair.pod, spec, use_acct=True) is True  # not the fallback
+    servers = [await start_tcp_app(netpair.pod, p) for p in (APP, other)]
+    sampler = ActivitySampler(netpair.pod, spec, cached=True)
+    try:
+        assert sampler.packets() == 0
+        assert sampler.reader is not None and sampler.reader.acct is not None
+        await _request(netpair, SHADOW)  # shadow: reaches the app, not activity
+        await _request(netpair, other)  # excluded: another container's port
+        assert sampler.packets() == 0 == iptables.activity_packets(netpair.pod, spec)
+        await _request(netpair, APP)
+        count = sampler.packets()
+        assert count > 0 and count == iptables.activity_packets(netpair.pod, spec)
+        t1 = T0 + timedelta(seconds=1)
+        assert sampler.sample(t1).last_packet_at == t1
+        # Re-installing (a daemon restart) starts the count again, as the chain's.
+        iptables.install_base(netpair.pod, spec, use_acct=True)
+        assert sampler.packets() == 0
+    finally:
+        sampler.close()
+        for srv in servers:
+            srv.close()
+        iptables.remove_container(netpair.pod, spec)
+    assert iptables.architect_chains(netpair.pod) == []
+    acct = AcctSocket(netpair.pod)
+    try:
+        assert spec.acct_name not in acct.names()  # removed with its chain
+    finally:
+        acct.close()
