@@ -198,7 +198,7 @@ down_nodeb() {
   # Whatever still runs in node B's pod cgroups (a shim's orphan, a restored task).
   for ((i = 0; i < 20; i++)); do
     pids=$(cat /sys/fs/cgroup/*/"$NODEB_CGROUP"/kubepods/cgroup.procs \
-      $(find /sys/fs/cgroup/*/"$NODEB_CGROUP" -mindepth 2 -name cgroup.procs 2>/dev/null) 2>/dev/null | sort -u)
+      $(find /sys/fs/cgroup/*/"$NODEB_CGROUP" -mindepth 2 -name cgroup.procs 2>/dev/null) 2>/dev/null | sort -u || true)  # none: no node B cgroups
     [[ -z $pids ]] && break
     for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
     sleep 0.5
