@@ -279,3 +279,19 @@ def start(binary: str, root: Path, cid: str, bundle: Path, *flags: str) -> int:
         text = log.read_text(errors="replace") if log.exists() else ""
         raise AssertionError(f"{binary} run {cid} failed: {text[-2000:]}")
     return int(pid_file.read_text())
+
+def forge_unrestorable(good: Path, work: Path) -> Path:
+    """A copy of image ``good`` sealed with valid digests but a garbage pstree.img:
+    it passes verification and makes CRIU's restore fail."""
+    from architect.runtime.checkpoint import image as image_mod
+
+    unpacked = work / "unpacked"
+    m = image_mod.unpack(good, unpacked)
+    (unpacked / "engine" / "pstree.img").write_bytes(b"\x00garbage" * 10)
+    forged = work / "forged"
+    image_mod.pack(
+        forged, unpacked / "engine", (), backend=m.backend, backend_version=m.backend_version,
+        scope=m.scope, container=m.container, pod_template_hash="", memory_bytes=0,
+        compression="dir",
+    )  # fmt: skip
+    return forged

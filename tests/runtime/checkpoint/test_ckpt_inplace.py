@@ -17,7 +17,7 @@ from architect.runtime.checkpoint import CheckpointOptions, ImageCorrupt, Restor
 from architect.runtime.checkpoint import image as image_mod
 from architect.runtime.checkpoint.runc import RuncCriuBackend
 
-from .ckpt_lab import Lab
+from .ckpt_lab import Lab, forge_unrestorable
 from .test_ckpt_runc import _answers, _flip_middle, _launch, _runc_has
 
 pytestmark = pytest.mark.root
@@ -86,15 +86,7 @@ async def test_engine_failure_in_place_leaves_the_image_whole(
     c, _ = _launch(tmp_path, lab, server_bin, runc_root, "forge", pod.ip4)
     good = tmp_path / "good"
     await RuncCriuBackend().checkpoint(c, good, DIR)
-    unpacked = tmp_path / "unpacked"
-    m = image_mod.unpack(good, unpacked)
-    (unpacked / "engine" / "pstree.img").write_bytes(b"\x00garbage" * 10)
-    forged = tmp_path / "forged"
-    image_mod.pack(
-        forged, unpacked / "engine", (), backend=m.backend, backend_version=m.backend_version,
-        scope=m.scope, container=m.container, pod_template_hash="", memory_bytes=0,
-        compression="dir",
-    )  # fmt: skip
+    forged = forge_unrestorable(good, tmp_path)
     b = RuncCriuBackend(timeout=15)
     with pytest.raises(RestoreFailed, match="restore failed"):
         await b.restore(c, forged)

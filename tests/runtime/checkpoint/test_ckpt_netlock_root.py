@@ -21,7 +21,7 @@ from architect.runtime.checkpoint.runc import RuncCriuBackend
 from architect.runtime.network.container import ContainerNetwork, net_spec
 from architect.runtime.network.netns import NetNs
 
-from .ckpt_lab import Lab, Pod, sh
+from .ckpt_lab import Lab, Pod, forge_unrestorable, sh
 from .test_ckpt_runc import _answers, _launch, _runc_has
 
 pytestmark = pytest.mark.root
@@ -136,15 +136,7 @@ async def test_a_failed_restore_leaves_the_namespace_unlocked(
     good = tmp_path / "good"
     await RuncCriuBackend().checkpoint(c, good, DIR)
     assert _locked(pod) == ["iptables", "ip6tables"]
-    unpacked = tmp_path / "unpacked"
-    m = image_mod.unpack(good, unpacked)
-    (unpacked / "engine" / "pstree.img").write_bytes(b"\x00garbage" * 10)
-    forged = tmp_path / "forged"
-    image_mod.pack(
-        forged, unpacked / "engine", (), backend=m.backend, backend_version=m.backend_version,
-        scope=m.scope, container=m.container, pod_template_hash="", memory_bytes=0,
-        compression="dir",
-    )  # fmt: skip
+    forged = forge_unrestorable(good, tmp_path)
     b = RuncCriuBackend(timeout=15)
     with pytest.raises(RestoreFailed, match="restore failed"):
         await b.restore(c, forged)
