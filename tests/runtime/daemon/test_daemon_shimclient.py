@@ -19,10 +19,19 @@ from architect.runtime.shim.runtimeconfig import RuntimeConfig
 CID = "0123456789abcdef"
 
 
-async def test_expect_then_decide_reach_the_shims_stop_decision(tmp_path: Path) -> None:
+def _service(tmp_path: Path) -> service.TaskService:
     reaper = Reaper()
-    svc = service.TaskService(reaper, Publisher(reaper, PublishTarget("true", "", "k8s.io")),
-                              "k8s.io", tmp_path / "state", tmp_path / "runc")
+    return service.TaskService(reaper, Publisher(reaper, PublishTarget("true", "", "k8s.io")),
+                               "k8s.io", tmp_path / "state", tmp_path / "runc")
+
+
+def _pod_annotations(pod: str) -> dict[str, str]:
+    return {plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: pod,
+            plan.CRI_CONTAINER_NAME: "main"}
+
+
+async def test_expect_then_decide_reach_the_shims_stop_decision(tmp_path: Path) -> None:
+    svc = _service(tmp_path)
     init = process.Proc("", "", "", "", False, pid=4242, status=process.RUNNING)
     c = process.Container(CID, tmp_path / "bundle", svc.runc(RuntimeConfig()), {}, init,
                           tmp_path / "c")
@@ -50,11 +59,8 @@ async def test_expect_then_decide_reach_the_shims_stop_decision(tmp_path: Path) 
 async def test_a_create_kept_hibernated_waits_for_the_daemons_hold(tmp_path: Path) -> None:
     # The shim's side names the container by pod; the daemon's client reads it and
     # answers "held" over the real control socket, which ends the shim's wait.
-    reaper = Reaper()
-    svc = service.TaskService(reaper, Publisher(reaper, PublishTarget("true", "", "k8s.io")),
-                              "k8s.io", tmp_path / "state", tmp_path / "runc")
-    ann = {plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: "web-7d9f.x",
-           plan.CRI_CONTAINER_NAME: "main"}
+    svc = _service(tmp_path)
+    ann = _pod_annotations("web-7d9f.x")
     init = process.Proc("", "", "", "", False, status=process.RUNNING)
     c = process.Container(CID, tmp_path / "bundle", svc.runc(RuntimeConfig()), ann, init,
                           tmp_path / "c", hibernated=True)
@@ -84,11 +90,8 @@ async def test_a_create_kept_hibernated_waits_for_the_daemons_hold(tmp_path: Pat
 
 
 async def test_without_a_daemon_the_create_goes_on_after_its_bound(tmp_path: Path) -> None:
-    reaper = Reaper()
-    svc = service.TaskService(reaper, Publisher(reaper, PublishTarget("true", "", "k8s.io")),
-                              "k8s.io", tmp_path / "state", tmp_path / "runc")
-    ann = {plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: "web",
-           plan.CRI_CONTAINER_NAME: "main"}
+    svc = _service(tmp_path)
+    ann = _pod_annotations("web")
     c = process.Container(CID, tmp_path / "bundle", svc.runc(RuntimeConfig()), ann,
                           process.Proc("", "", "", "", False), tmp_path / "c", hibernated=True)
     svc.run_dir, svc.hold_wait = tmp_path / "run", 0.2
