@@ -40,8 +40,12 @@ def kube(node_cluster: Cluster) -> Iterator[product.Kube]:
         print(f"\nproduct: helm install to daemon Ready {took:.1f}s")
         yield k
     finally:
-        wait_architect_pods_gone(node_cluster)
-        product.uninstall(k)
+        # A pods-gone timeout must not skip the uninstall: a release left behind
+        # answers the later tests' pods (its webhooks, its daemon).
+        try:
+            wait_architect_pods_gone(node_cluster)
+        finally:
+            product.uninstall(k)
 
 
 def _daemon_pod(kube: product.Kube) -> dict[str, Any]:
