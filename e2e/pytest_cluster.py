@@ -34,6 +34,7 @@ KUBECTL = Path(os.environ.get("ARCHITECT_CACHE", "/var/cache/architect")) / "bin
 CONTEXT = "architect-e2e"
 SERVER = "https://127.0.0.1:6443"
 NODE = "architect-e2e-node"
+CONTAINERD_SOCK = Path("/run/architect-e2e/containerd/containerd.sock")
 # A cold first start builds Kubernetes from source (tens of minutes on 2 cores).
 UP_TIMEOUT_S = 3600
 PROBE_TIMEOUT_S = 20
@@ -109,8 +110,10 @@ def _probe(cmd: list[str]) -> bool:
 def _ensure(tier: str) -> Cluster:
     cluster = Cluster(KUBECONFIG, CONTEXT, tier, KUBECTL)
     if tier == "node":
+        # The Node stays Ready for a while after its containerd has gone: ask both.
         ready = _probe(cluster.kubectl_cmd("wait", "--for=condition=Ready", f"node/{NODE}",
-                                           "--timeout=5s"))
+                                           "--timeout=5s")) and _probe(
+            ["ctr", "--address", str(CONTAINERD_SOCK), "version"])
     else:
         ready = _probe(cluster.kubectl_cmd("get", "--raw", "/readyz"))
     if not (KUBECONFIG.exists() and KUBECTL.exists() and ready):
