@@ -302,11 +302,19 @@ class Lifecycle:
         when the caller must start fresh (``c.start_reason`` then says why)."""
         assert decision.image is not None
         deadline = time.monotonic() + decision.wait_seconds
+        claim = time.monotonic() + decision.claim_seconds
         ready, pending = decision.image / plan.READY_MARK, decision.image / plan.PENDING_MARK
+        ref = c.annotations.get(plan.ANN_PERSISTENT, "")
         while not ready.exists():
             # `ready` lands before `pending` goes: neither means the handover was
             # withdrawn (the old pod's checkpoint failed), so waiting on is pointless.
-            if decision.wait_seconds and not pending.exists() and not ready.exists():
+            if decision.claim_seconds and not pending.exists() and not ready.exists():
+                why = plan.unavailable(decision.image)
+                if why or time.monotonic() >= claim:
+                    c.start_reason = why or f"PersistentCheckpoint {ref} not available on this node"
+                    log.info("%s: %s: starting fresh", c.id, c.start_reason)
+                    return False
+            elif decision.wait_seconds and not pending.exists() and not ready.exists():
                 c.start_reason = f"handover {decision.image} withdrawn"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
                 return False
@@ -318,6 +326,13 @@ class Lifecycle:
         if decision.handover and decision.consume:  # another pod's: of this namespace only
             refused = plan.foreign_handover(
                 decision.image, c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, ""))
+            if refused:
+                c.start_reason = refused
+                log.warning("%s: %s: starting fresh", c.id, refused)
+                return False
+        if decision.claim_seconds:  # pulled meanwhile: the daemon's grant decides
+            refused = plan.persistent_refusal(
+                decision.image, c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, "default"), ref)
             if refused:
                 c.start_reason = refused
                 log.warning("%s: %s: starting fresh", c.id, refused)

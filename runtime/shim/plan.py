@@ -41,6 +41,13 @@ NAMESPACE_MARK = "namespace"
 # the namespaces that may start from it (the object's and allowedNamespaces) and
 # the digest of its manifest as the object's status records it.
 GRANT_FILE = "grant.json"
+# A PersistentCheckpoint in a registry is pulled by the daemon when it sees a pod
+# naming it on this node: it marks the dir pending at once, then ready, or leaves
+# UNAVAILABLE_MARK holding why not. The shim waits CLAIM_S for the daemon to say
+# anything (the pod reaches both at once), then up to FETCH_WAIT_S for the pull.
+UNAVAILABLE_MARK = "unavailable"
+CLAIM_S = 3.0
+FETCH_WAIT_S = 120.0
 
 
 class PlanError(ValueError):
@@ -74,6 +81,7 @@ class StartPlan:
     # or stay hibernated with the image as its hibernation image (False).
     wake: bool = True
     handover: bool = False  # the image is another pod's (its emptyDirs may travel)
+    claim_seconds: float = 0.0  # a PersistentCheckpoint: how long the daemon may take to mark it
 
 
 def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
@@ -191,7 +199,11 @@ def plan_start(
         ns = annotations.get(CRI_SANDBOX_NAMESPACE, "default")
         d = persistent_dir(state_root, ns, ref)
         if not (d / READY_MARK).exists():
-            return StartPlan("fresh", f"PersistentCheckpoint {ref} not available on this node")
+            why = unavailable(d)
+            if why and not (d / PENDING_MARK).exists():
+                return StartPlan("fresh", why)
+            return StartPlan("restore", f"PersistentCheckpoint {ref}", d, FETCH_WAIT_S,
+                             consume=False, handover=True, claim_seconds=CLAIM_S)
         refused = persistent_refusal(d, ns, ref)
         if refused:
             return StartPlan("fresh", refused)
@@ -256,6 +268,14 @@ def persistent_refusal(d: Path, namespace: str, ref: str) -> str:
     if got != digest:
         return f"{what}: digest mismatch (image {got}, object {digest})"
     return ""
+
+
+def unavailable(d: Path) -> str:
+    """Why the daemon could not bring the PersistentCheckpoint in ``d`` here ("" if it did not say)."""
+    try:
+        return (d / UNAVAILABLE_MARK).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
 
 
 def foreign_handover(d: Path, namespace: str) -> str:

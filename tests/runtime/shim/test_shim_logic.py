@@ -140,9 +140,20 @@ def _granted(d: Path, ns: str, allowed: list[str] | None = None) -> Path:
 
 def test_plan_runsc_persistent_checkpoint(tmp_path: Path) -> None:
     ann = {plan.ANN_PERSISTENT: "warm", plan.CRI_SANDBOX_NAMESPACE: "team-a"}
+    # Not here: wait (bounded) for the daemon, which pulls registry images.
     p = plan.plan_start("runsc", ann, tmp_path, None)
-    assert p.path == "fresh" and "not available" in p.reason
-    d = _ready(tmp_path / "persistent" / "team-a" / "warm")
+    assert p.path == "restore" and (p.claim_seconds, p.wait_seconds) == (
+        plan.CLAIM_S, plan.FETCH_WAIT_S) and not p.consume
+    d = tmp_path / "persistent" / "team-a" / "warm"
+    d.mkdir(parents=True)
+    (d / plan.UNAVAILABLE_MARK).write_text("PersistentCheckpoint warm not available: why")
+    p = plan.plan_start("runsc", ann, tmp_path, None)
+    assert (p.path, p.reason) == ("fresh", "PersistentCheckpoint warm not available: why")
+    (d / plan.PENDING_MARK).touch()  # asked again: pending wins over an old answer
+    assert plan.plan_start("runsc", ann, tmp_path, None).path == "restore"
+    (d / plan.PENDING_MARK).unlink()
+    (d / plan.UNAVAILABLE_MARK).unlink()
+    d = _ready(d)
     p = plan.plan_start("runsc", ann, tmp_path, None)
     assert p.path == "fresh" and "no grant from the daemon" in p.reason
     _granted(d, "team-a")

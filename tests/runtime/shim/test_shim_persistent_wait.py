@@ -1,0 +1,76 @@
+"""The shim's bounded wait for a PersistentCheckpoint the daemon pulls (image_ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from architect.runtime.shim import plan
+from architect.runtime.shim.lifecycle import Lifecycle
+from architect.runtime.shim.process import Container, Proc
+
+
+def _container(tmp_path: Path, ns: str = "team-a") -> Container:
+    ann = {plan.ANN_PERSISTENT: "warm", plan.CRI_SANDBOX_NAMESPACE: ns}
+    runc: Any = None  # image_ready never runs a runtime
+    return Container("c1", tmp_path / "b", runc, ann, Proc("", "", "", "", False), tmp_path / "s")
+
+
+def _plan(tmp_path: Path, claim: float = 0.3) -> plan.StartPlan:
+    d = plan.persistent_dir(tmp_path, "team-a", "warm")
+    return plan.StartPlan("restore", "PersistentCheckpoint warm", d, 5.0, consume=False,
+                          handover=True, claim_seconds=claim)
+
+
+def _ready(tmp_path: Path, c: Container, p: plan.StartPlan, after: float,
+           unavailable: str = "", grant_ns: str = "team-a") -> bool:
+    lc: Any = Lifecycle.__new__(Lifecycle)
+    assert p.image is not None
+    d = p.image
+
+    async def daemon() -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / plan.PENDING_MARK).touch()
+        await asyncio.sleep(after)
+        if unavailable:
+            (d / plan.UNAVAILABLE_MARK).write_text(unavailable)
+        else:
+            (d / "manifest.json").write_text("{}")
+            plan.write_grant(d, grant_ns, [], plan.manifest_digest(d))
+            (d / plan.READY_MARK).touch()
+        (d / plan.PENDING_MARK).unlink()
+
+    async def go() -> bool:
+        t = asyncio.create_task(daemon())
+        ok = bool(await lc.image_ready(c, p))
+        await t
+        return ok
+
+    return asyncio.run(go())
+
+
+def test_nobody_claims_it_fresh_after_the_claim_window(tmp_path: Path) -> None:
+    c, p = _container(tmp_path), _plan(tmp_path)
+    t0 = time.monotonic()
+    assert not asyncio.run(Lifecycle.image_ready(Lifecycle.__new__(Lifecycle), c, p))
+    assert 0.3 <= time.monotonic() - t0 < 2
+    assert c.start_reason == "PersistentCheckpoint warm not available on this node"
+
+
+def test_pulled_while_waiting_restores(tmp_path: Path) -> None:
+    c, p = _container(tmp_path), _plan(tmp_path)
+    assert _ready(tmp_path, c, p, 0.6)  # longer than the claim window: pending holds it
+
+
+def test_the_daemons_reason_is_the_pods(tmp_path: Path) -> None:
+    c, p = _container(tmp_path), _plan(tmp_path)
+    assert not _ready(tmp_path, c, p, 0.2, unavailable="pull failed: tag v2 not found")
+    assert c.start_reason == "pull failed: tag v2 not found"
+
+
+def test_the_grant_is_checked_after_the_pull(tmp_path: Path) -> None:
+    c, p = _container(tmp_path, ns="team-c"), _plan(tmp_path)
+    assert not _ready(tmp_path, c, p, 0.1, grant_ns="team-a")
+    assert "does not list namespace team-c" in c.start_reason
