@@ -12,13 +12,25 @@ it (the object's and allowedNamespaces, kept current as the object changes) and
 the digest its status records. A pod that names one gets an Event saying
 whether it restored or started fresh, and why.
 
-``jobs``, ``grants`` and ``start_event`` are pure (table-tested); ``PersistentCheckpoints`` does the I/O.
+With ``storage.registry`` the sealed image is pushed to that OCI repository as
+an artifact (runtime/transfer/registry.py) and the node's copy removed: the
+status' location is ``host/repo:tag@sha256:<manifest>``. A pod naming such an
+object, on any node, gets it pulled here by this daemon when it sees the pod:
+the directory is marked pending at once (the shim waits for it), then ready
+with the grant, or ``unavailable`` with why (the shim starts fresh and the
+pod's Event says why: not found, not Ready, namespace not allowed, registry
+error, missing tag, digest mismatch).
+
+``jobs``, ``grants``, ``claims``, ``keep`` and ``start_event`` are pure (table-tested);
+``PersistentCheckpoints`` does the I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,18 +38,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from architect.engine.controlplane.persistent import ready_status
+from architect.engine.controlplane.persistent import ready_status, resolve_start
 from architect.engine.controlplane.phases import phase_of
-from architect.policy.annotations import NODE_LABEL, START_FROM_PERSISTENT
+from architect.policy.annotations import NODE_LABEL, RUNSC_CLASS, START_FROM_PERSISTENT
 from architect.runtime.checkpoint.fs import safe_rmtree
 from architect.runtime.daemon.apiserver import obj_key
-from architect.runtime.shim.plan import READY_MARK, persistent_dir, write_grant
+from architect.runtime.shim.plan import (
+    PENDING_MARK,
+    READY_MARK,
+    UNAVAILABLE_MARK,
+    persistent_dir,
+    write_grant,
+)
+from architect.runtime.transfer import registry
 
 log = logging.getLogger("architect.daemon.persistent")
 
 PLURAL = "persistentcheckpoints"
 SHIM_TIMEOUT = 300.0
 RECENT_S = 30.0  # a status written this long ago is not written again  # a large sandbox's state file takes a while to write
+INSECURE_ENV = "ARCHITECT_INSECURE_REGISTRIES"  # host:port,...: plain HTTP
+PULLED_TTL = 120.0  # a pulled copy (or why not) stays this long for pods starting at once
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,7 @@ class Job:
     name: str
     container_id: str = ""  # the pod's running container the shim is asked by
     failure: str = ""  # non-empty: write Failed with this, do not checkpoint
+    registry: str = ""  # spec.storage.registry: push there, keep no node copy
 
 
 def _running_container(pod: Mapping[str, Any]) -> str:
@@ -84,7 +106,72 @@ def jobs(
         if not cid:
             out.append(Job(ns, name, failure=f"source pod {ns}/{src} has no running container"))
             continue
-        out.append(Job(ns, name, cid))
+        reg = str(((pc.get("spec") or {}).get("storage") or {}).get("registry") or "")
+        try:
+            if reg and registry.parse_reference(reg).digest:
+                raise registry.RegistryError(f"{reg!r}: name a tag, not a digest")
+        except registry.RegistryError as e:  # before the checkpoint: it would go nowhere
+            out.append(Job(ns, name, failure=f"storage.registry: {e}"))
+            continue
+        out.append(Job(ns, name, cid, registry=reg))
+    return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A pod of this node that names a PersistentCheckpoint not on this node (yet)."""
+
+    uid: str
+    pod_namespace: str
+    namespace: str  # the PersistentCheckpoint's
+    name: str
+
+
+def _has_started(pod: Mapping[str, Any]) -> bool:
+    return any(cs.get("containerID") for cs in
+               (pod.get("status") or {}).get("containerStatuses") or ())
+
+
+def claims(pods: Iterable[Mapping[str, Any]], seen: set[str]) -> list[Claim]:
+    """Pods (runsc-architect, not started, not seen) naming a PersistentCheckpoint."""
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        uid, ref = str(meta.get("uid") or ""), str((meta.get("annotations") or {}).get(
+            START_FROM_PERSISTENT) or "")
+        if not uid or not ref or uid in seen or meta.get("deletionTimestamp"):
+            continue
+        if (pod.get("spec") or {}).get("runtimeClassName") != RUNSC_CLASS or _has_started(pod):
+            continue
+        pns = str(meta.get("namespace"))
+        ns, _, name = ref.rpartition("/")
+        out.append(Claim(uid, pns, ns or pns, name))
+    return out
+
+
+def pull_plan(claim: Claim, pc: Mapping[str, Any] | None, node: str) -> tuple[str, str]:
+    """("pull", location) or ("unavailable", why) for a claimed pod (pure)."""
+    what = f"PersistentCheckpoint {claim.namespace}/{claim.name} not available on this node"
+    d = resolve_start((claim.namespace, claim.name), pc, claim.pod_namespace)
+    if not d.restore or not d.image:
+        return "unavailable", f"{what}: {d.reason.removesuffix(': starting fresh')}"
+    loc = str(d.image.get("location") or "")
+    if loc.startswith("node://"):
+        where = loc.removeprefix("node://").partition("/")[0]
+        return "unavailable", f"{what}: its image is node-local on node {where}"
+    return "pull", loc
+
+
+def keep(pcs: Iterable[Mapping[str, Any]], busy: Iterable[tuple[str, str]],
+         pulled: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Image dirs the sweep leaves: this node's node-local (or not yet Ready) objects'
+    images, the ones being taken, and recent pulls. A registry object's copy is not
+    kept (the registry holds it)."""
+    out = set(busy) | set(pulled)
+    for pc in pcs:
+        loc = str(((pc.get("status") or {}).get("image") or {}).get("location") or "")
+        if not loc or loc.startswith("node://"):
+            out.add(obj_key(pc))
     return out
 
 
@@ -144,14 +231,19 @@ def start_event(pod: Mapping[str, Any], rec: Mapping[str, Any]) -> tuple[str, st
 Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Patch = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 Event = Callable[[Mapping[str, Any], str, str, str], Awaitable[None]]
+Get = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
 
 class PersistentCheckpoints:
     """Runs each job once at a time, in the background (a tick never waits for it)."""
 
     def __init__(self, node: str, call: Call, patch: Patch, root: Path | None = None,
-                 event: Event | None = None) -> None:
+                 event: Event | None = None, get: Get | None = None,
+                 insecure: tuple[str, ...] = ()) -> None:
         self.node, self.call, self.patch, self.event = node, call, patch, event
+        self.get, self.insecure = get, insecure  # get: a PersistentCheckpoint by ns, name
+        self._claimed: set[str] = set()  # pod uids whose PersistentCheckpoint was seen to
+        self._pulled: dict[tuple[str, str], float] = {}  # being pulled / pulled at
         self.root = root  # the shim's state root: <root>/persistent/<ns>/<name>
         self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reported: set[str] = set()  # pod uids whose start has its Event
@@ -176,6 +268,11 @@ class PersistentCheckpoints:
                 t.add_done_callback(self._tasks.discard)
         if self.root is None:
             return
+        if self.get is not None:
+            for claim in claims(pods, self._claimed):
+                self._claimed.add(claim.uid)
+                self._claim(claim)
+        self._pulled = {k: t for k, t in self._pulled.items() if now - t < PULLED_TTL}
         for ns, name, allowed, digest in grants(pcs, self.node):
             d = persistent_dir(self.root, ns, name)
             try:
@@ -185,8 +282,8 @@ class PersistentCheckpoints:
             except OSError as e:
                 log.warning("PersistentCheckpoint %s/%s: grant: %s", ns, name, e)
         if self.root is not None:
-            keep = {obj_key(pc) for pc in pcs} | set(self._busy)
-            for d in orphans(self.root / "persistent", keep):
+            kept = keep(pcs, self._busy, self._pulled)
+            for d in orphans(self.root / "persistent", kept):
                 log.info("PersistentCheckpoint %s/%s is gone: removing its image %s",
                          d.parent.name, d.name, d)
                 safe_rmtree(d)
@@ -200,9 +297,16 @@ class PersistentCheckpoints:
                     answer = await self.call(job.container_id, {
                         "op": "persistent-checkpoint", "id": job.container_id,
                         "namespace": job.namespace, "name": job.name})
-                    status = ready_status(image_of(self.node, answer), datetime.now(UTC))
-                    status["message"] = (f"checkpointed on node {self.node} in "
-                                         f"{answer.get('seconds', 0)}s; the pod kept running")
+                    image = image_of(self.node, answer)
+                    message = (f"checkpointed on node {self.node} in "
+                               f"{answer.get('seconds', 0)}s; the pod kept running")
+                    if job.registry:
+                        image, pushed = await self._push(job, answer)
+                        message += f"; {pushed}"
+                    status = ready_status(image, datetime.now(UTC))
+                    status["message"] = message
+                except registry.RegistryError as e:
+                    status = {"phase": "Failed", "message": f"push to the registry failed: {e}"}
                 except Exception as e:  # the shim's refusal or an unreachable shim
                     status = {"phase": "Failed", "message": f"checkpoint failed: {e}"}
             log.info("PersistentCheckpoint %s/%s: %s %s", job.namespace, job.name,
@@ -214,6 +318,82 @@ class PersistentCheckpoints:
         finally:
             # A failed patch is retried: the shim answers with the ready image.
             self._busy.pop((job.namespace, job.name), None)
+
+    async def _push(self, job: Job, answer: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """Push the shim's image to ``job.registry``; the node's copy goes either way
+        (an object that is Failed, or whose image is in the registry, keeps none)."""
+        d = Path(str(answer["dir"]))
+        t0 = time.monotonic()
+        try:
+            pushed = await asyncio.to_thread(registry.push_checkpoint, d, job.registry,
+                                             job.namespace, job.name, self.insecure)
+        finally:
+            await asyncio.to_thread(safe_rmtree, d)
+        secs = time.monotonic() - t0
+        log.info("PersistentCheckpoint %s/%s: pushed to %s in %.2fs (%d of the blobs sent)",
+                 job.namespace, job.name, pushed.location, secs, pushed.blobs_uploaded)
+        image = {"location": pushed.location, "digest": str(answer["digest"]),
+                 "sizeBytes": int(answer["size_bytes"])}
+        return image, (f"pushed to {pushed.location} in {secs:.2f}s "
+                       f"({pushed.blobs_uploaded} blobs sent)")
+
+    def _claim(self, claim: Claim) -> None:
+        """Mark the image dir pending now (the shim waits on it), then pull or say why not."""
+        assert self.root is not None
+        key = (claim.namespace, claim.name)
+        d = persistent_dir(self.root, claim.namespace, claim.name)
+        if key in self._busy or (d / READY_MARK).exists() or key in self._pulled:
+            return  # being taken here, here already, or being pulled for another pod
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / PENDING_MARK).touch()
+            (d / UNAVAILABLE_MARK).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("PersistentCheckpoint %s/%s: %s", *key, e)
+            return
+        self._pulled[key] = time.monotonic()
+        t = asyncio.create_task(self._pull(claim, d))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _pull(self, claim: Claim, d: Path) -> None:
+        key = (claim.namespace, claim.name)
+        try:
+            assert self.get is not None
+            try:
+                pc = await self.get(*key)
+            except Exception as e:
+                pc, why = None, f"cannot read it: {e}"
+            else:
+                why = ""
+            action, arg = pull_plan(claim, pc, self.node)
+            if why:
+                action, arg = "unavailable", (f"PersistentCheckpoint {claim.namespace}/"
+                                              f"{claim.name} not available on this node: {why}")
+            if action == "unavailable":
+                log.info("pod of %s: %s", claim.pod_namespace, arg)
+                await asyncio.to_thread(registry.mark_unavailable, d, arg)
+                self._pulled.pop(key, None)  # the next pod asks again (the sweep takes d)
+                return
+            assert pc is not None
+            spec, image = pc.get("spec") or {}, (pc.get("status") or {}).get("image") or {}
+            t0 = time.monotonic()
+            try:
+                await asyncio.to_thread(
+                    registry.pull_checkpoint, arg, str(image.get("digest")), d,
+                    claim.namespace, [str(n) for n in spec.get("allowedNamespaces") or ()],
+                    self.insecure)
+            except registry.RegistryError as e:
+                log.warning("PersistentCheckpoint %s/%s: pull of %s: %s", *key, arg, e)
+                self._pulled.pop(key, None)
+                return
+            self._pulled[key] = time.monotonic()
+            log.info("PersistentCheckpoint %s/%s: pulled %s in %.2fs", *key, arg,
+                     time.monotonic() - t0)
+        except Exception:
+            log.exception("PersistentCheckpoint %s/%s: pull", *key)
+            with contextlib.suppress(OSError):
+                registry.mark_unavailable(d, "pull failed: the daemon's error (see its log)")
 
     async def _report_start(self, pod: Mapping[str, Any], cid: str) -> None:
         try:
@@ -268,4 +448,10 @@ def wire(
     async def event(pod: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         await kube.post_event({"apiVersion": "v1", "kind": "Pod", **pod}, etype, reason, message)
 
-    return PersistentCheckpoints(node, call, patch, root, event)
+    async def get(ns: str, name: str) -> dict[str, Any] | None:
+        return await kube.get(PLURAL, ns, name)
+
+    # Registries served over plain HTTP (besides loopback), e.g. the e2e one.
+    insecure = tuple(h.strip() for h in os.environ.get(INSECURE_ENV, "").split(",")
+                     if h.strip())
+    return PersistentCheckpoints(node, call, patch, root, event, get, insecure)

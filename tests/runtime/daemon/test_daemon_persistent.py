@@ -137,3 +137,106 @@ def test_start_event_says_restored_or_why_fresh() -> None:
     etype, reason, msg = start_event(pod, {"start_path": "fresh", "start_reason": "digest mismatch"})
     assert (etype, reason) == ("Warning", "PersistentCheckpointNotUsed")
     assert msg == "started fresh instead of from PersistentCheckpoint other/warm: digest mismatch"
+
+
+# --- storage.registry: claims of pods naming an object not on this node -------
+
+def _gv(name: str = "gv", ref: str = "warm", ns: str = "team-a", started: bool = False,
+        runtime: str = "runsc-architect") -> dict[str, Any]:
+    from architect.policy.annotations import START_FROM_PERSISTENT
+
+    st = {"containerStatuses": [{"containerID": "containerd://x"}]} if started else {}
+    return {"metadata": {"namespace": ns, "name": name, "uid": f"u-{name}",
+                         "annotations": {START_FROM_PERSISTENT: ref}},
+            "spec": {"runtimeClassName": runtime}, "status": st}
+
+
+def test_jobs_carry_the_registry() -> None:
+    pc = _pc()
+    pc["spec"]["storage"] = {"registry": "reg:5000/c/app"}
+    assert jobs([pc], [_pod()], "n1") == [Job("ns", "pc", "abc", registry="reg:5000/c/app")]
+    pc["spec"]["storage"] = {"registry": "app"}
+    (bad,) = jobs([pc], [_pod()], "n1")
+    assert bad.failure.startswith("storage.registry: 'app' is not a registry reference")
+
+
+def test_claims_are_unstarted_runsc_pods_naming_one() -> None:
+    from architect.runtime.daemon.persistent import Claim, claims
+
+    pods = [_gv("a"), _gv("b", "other/warm"), _gv("c", started=True),
+            _gv("d", runtime="runc-architect"), _gv("e")]
+    assert claims(pods, {"u-e"}) == [Claim("u-a", "team-a", "team-a", "warm"),
+                                     Claim("u-b", "team-a", "other", "warm")]
+
+
+def _ready_pc(location: str, allowed: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"metadata": {"namespace": "other", "name": "warm"},
+            "spec": {"sourcePod": "s", "allowedNamespaces": list(allowed)},
+            "status": {"phase": "Ready", "image": {"location": location,
+                                                   "digest": "sha256:" + "c" * 64}}}
+
+
+@pytest.mark.parametrize(("pc", "want"), [
+    (None, ("unavailable", "PersistentCheckpoint other/warm not available on this node: "
+                           "PersistentCheckpoint other/warm not found")),
+    (_ready_pc("reg:5000/a:t@sha256:" + "d" * 64), (
+        "unavailable", "PersistentCheckpoint other/warm not available on this node: "
+                       "PersistentCheckpoint other/warm does not list namespace team-a in "
+                       "allowedNamespaces")),
+    (_ready_pc("node://n2/var/x", ("team-a",)), (
+        "unavailable", "PersistentCheckpoint other/warm not available on this node: "
+                       "its image is node-local on node n2")),
+    ({**_ready_pc("x", ("team-a",)), "status": {"phase": "Checkpointing"}}, (
+        "unavailable", "PersistentCheckpoint other/warm not available on this node: "
+                       "PersistentCheckpoint other/warm is Checkpointing, not Ready")),
+    (_ready_pc("reg:5000/a:t@sha256:" + "d" * 64, ("team-a",)),
+     ("pull", "reg:5000/a:t@sha256:" + "d" * 64)),
+])
+def test_pull_plan(pc: dict[str, Any] | None, want: tuple[str, str]) -> None:
+    from architect.runtime.daemon.persistent import Claim, pull_plan
+
+    assert pull_plan(Claim("u", "team-a", "other", "warm"), pc, "n1") == want
+
+
+def test_keep_drops_registry_copies_but_recent_pulls() -> None:
+    from architect.runtime.daemon.persistent import keep
+
+    local = _ready_pc("node://n1/var/x")
+    reg = {**_ready_pc("reg:5000/a:t@sha256:" + "d" * 64),
+           "metadata": {"namespace": "other", "name": "r"}}
+    taking = {**_pc("t"), "status": {"phase": "Checkpointing"}}
+    assert keep([local, reg, taking], [("ns", "b")], [("x", "p")]) == {
+        ("other", "warm"), ("ns", "t"), ("ns", "b"), ("x", "p")}
+
+
+def test_a_claim_marks_pending_then_says_why_not(tmp_path: Any) -> None:
+    """The shim waits on pending; the daemon's answer (here: not found) replaces it."""
+    from architect.runtime.shim import plan
+
+    asked: list[tuple[str, str]] = []
+
+    async def get(ns: str, name: str) -> dict[str, Any] | None:
+        asked.append((ns, name))
+        await asyncio.sleep(0.05)
+        return None
+
+    async def go() -> None:
+        async def nothing(*a: Any) -> Any:
+            return {}
+
+        r = PersistentCheckpoints("n1", nothing, nothing, tmp_path, None, get)
+        r.consider([], [_gv("a", "other/warm")])
+        d = tmp_path / "persistent" / "other" / "warm"
+        assert (d / plan.PENDING_MARK).exists()
+        r.consider([], [_gv("a", "other/warm")])  # seen: asked once
+        for _ in range(100):
+            if plan.unavailable(d):
+                break
+            await asyncio.sleep(0.01)
+        assert not (d / plan.PENDING_MARK).exists()
+        assert plan.unavailable(d) == ("PersistentCheckpoint other/warm not available on this "
+                                       "node: PersistentCheckpoint other/warm not found")
+        await r.close()
+
+    asyncio.run(go())
+    assert asked == [("other", "warm")]
