@@ -32,6 +32,13 @@ MAX_CONTAINERS = 64
 MAX_MAPPINGS = 32
 NAME_MAX = 63
 SUBDOMAIN_MAX = 253
+# An OCI repository reference with its registry host and no digest (distribution's
+# grammar: host[:port]/component(/component)*[:tag]); no default registry.
+REGISTRY_REPOSITORY = (
+    r"^[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]+)?"
+    r"(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+"
+    r"(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$"
+)
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -604,8 +611,10 @@ class CheckpointStorage(_Model):
 
     registry: str | None = Field(
         default=None,
-        description="OCI repository for the image, e.g. registry.local:5000/checkpoints/app.",
+        description="OCI repository for the image, e.g. registry.local:5000/checkpoints/app "
+        "(HOST[:PORT]/REPOSITORY[:TAG]; the tag defaults to NAMESPACE.NAME of the object).",
         max_length=SUBDOMAIN_MAX + 256,
+        pattern=REGISTRY_REPOSITORY,
     )
     node_local: bool | None = Field(
         default=None, description="Keep the image on the source pod's node."
