@@ -244,6 +244,10 @@ class PersistentCheckpoints:
         self.get, self.insecure = get, insecure  # get: a PersistentCheckpoint by ns, name
         self._claimed: set[str] = set()  # pod uids whose PersistentCheckpoint was seen to
         self._pulled: dict[tuple[str, str], float] = {}  # being pulled / pulled at
+        # Pods (uids) waiting on each pulled copy: it is removed once they all run
+        # (the registry holds the image; a later pod pulls it again, checked again).
+        self._waiting: dict[tuple[str, str], set[str]] = {}
+        self._pulling: set[tuple[str, str]] = set()
         self.root = root  # the shim's state root: <root>/persistent/<ns>/<name>
         self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reported: set[str] = set()  # pod uids whose start has its Event
@@ -272,7 +276,9 @@ class PersistentCheckpoints:
             for claim in claims(pods, self._claimed):
                 self._claimed.add(claim.uid)
                 self._claim(claim)
-        self._pulled = {k: t for k, t in self._pulled.items() if now - t < PULLED_TTL}
+        self._pulled = {k: t for k, t in self._pulled.items()
+                        if now - t < PULLED_TTL or k in self._pulling}
+        self._release(pods)
         for ns, name, allowed, digest in grants(pcs, self.node):
             d = persistent_dir(self.root, ns, name)
             try:
@@ -282,7 +288,7 @@ class PersistentCheckpoints:
             except OSError as e:
                 log.warning("PersistentCheckpoint %s/%s: grant: %s", ns, name, e)
         if self.root is not None:
-            kept = keep(pcs, self._busy, self._pulled)
+            kept = keep(pcs, self._busy, set(self._pulled) | self._pulling)
             for d in orphans(self.root / "persistent", kept):
                 log.info("PersistentCheckpoint %s/%s is gone: removing its image %s",
                          d.parent.name, d.name, d)
@@ -342,8 +348,11 @@ class PersistentCheckpoints:
         assert self.root is not None
         key = (claim.namespace, claim.name)
         d = persistent_dir(self.root, claim.namespace, claim.name)
-        if key in self._busy or (d / READY_MARK).exists() or key in self._pulled:
-            return  # being taken here, here already, or being pulled for another pod
+        if key in self._busy or ((d / READY_MARK).exists() and key not in self._pulled):
+            return  # being taken here, or a node-local image here
+        self._waiting.setdefault(key, set()).add(claim.uid)
+        if key in self._pulled:
+            return  # pulled, or being pulled, for another pod too
         try:
             d.mkdir(parents=True, exist_ok=True)
             (d / PENDING_MARK).touch()
@@ -352,6 +361,7 @@ class PersistentCheckpoints:
             log.warning("PersistentCheckpoint %s/%s: %s", *key, e)
             return
         self._pulled[key] = time.monotonic()
+        self._pulling.add(key)
         t = asyncio.create_task(self._pull(claim, d))
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
@@ -394,6 +404,24 @@ class PersistentCheckpoints:
             log.exception("PersistentCheckpoint %s/%s: pull", *key)
             with contextlib.suppress(OSError):
                 registry.mark_unavailable(d, "pull failed: the daemon's error (see its log)")
+            self._pulled.pop(key, None)
+        finally:
+            self._pulling.discard(key)
+
+    def _release(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """Remove a pulled copy once every pod waiting on it runs (or is gone)."""
+        waiting_still = {str((p.get("metadata") or {}).get("uid")) for p in pods
+                         if not _has_started(p)}
+        for key, uids in list(self._waiting.items()):
+            uids &= waiting_still
+            if uids or key in self._pulling:
+                continue
+            del self._waiting[key]
+            if self._pulled.pop(key, None) is not None and self.root is not None:
+                d = persistent_dir(self.root, *key)
+                log.info("PersistentCheckpoint %s/%s: its pods run; removing the pulled copy %s",
+                         *key, d)
+                safe_rmtree(d)
 
     async def _report_start(self, pod: Mapping[str, Any], cid: str) -> None:
         try:

@@ -240,3 +240,45 @@ def test_a_claim_marks_pending_then_says_why_not(tmp_path: Any) -> None:
 
     asyncio.run(go())
     assert asked == [("other", "warm")]
+
+
+def test_a_pulled_copy_goes_once_its_pods_run(tmp_path: Any, monkeypatch: Any) -> None:
+    """One pull for two pods naming it; removed when both run (the registry keeps it)."""
+    from architect.runtime.daemon import persistent
+    from architect.runtime.shim import plan
+
+    pulls: list[str] = []
+
+    def pull(location: str, digest: str, d: Any, ns: str, allowed: list[str],
+             insecure: Any = ()) -> None:  # stands in for the registry (tested against one)
+        pulls.append(location)
+        (d / plan.READY_MARK).touch()
+        (d / plan.PENDING_MARK).unlink()
+
+    monkeypatch.setattr(persistent.registry, "pull_checkpoint", pull)
+    loc = "reg:5000/a:t@sha256:" + "d" * 64
+
+    async def get(ns: str, name: str) -> dict[str, Any] | None:
+        return _ready_pc(loc, ("team-a",))
+
+    async def go() -> None:
+        async def nothing(*a: Any) -> Any:
+            return {}
+
+        r = PersistentCheckpoints("n1", nothing, nothing, tmp_path, None, get)
+        a, b = _gv("a", "other/warm"), _gv("b", "other/warm")
+        r.consider([], [a, b])
+        d = tmp_path / "persistent" / "other" / "warm"
+        for _ in range(100):
+            if (d / plan.READY_MARK).exists():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        r.consider([], [_gv("a", "other/warm", started=True), b])
+        assert (d / plan.READY_MARK).exists()  # b still waits on it
+        r.consider([], [_gv("a", "other/warm", started=True)])  # b gone, a runs
+        assert not d.exists()
+        await r.close()
+
+    asyncio.run(go())
+    assert pulls == [loc]
