@@ -25,7 +25,13 @@ from architect.engine.admission.pods import STATUS_VOLUME
 from architect.engine.directives import ResizeTarget
 from architect.engine.kubeclient import Kube
 from architect.engine.telemetry import ContainerState
-from architect.policy.annotations import GRANT_LABEL, GROUP, NODE_LABEL, VERSION
+from architect.policy.annotations import (
+    GRANT_LABEL,
+    GROUP,
+    NODE_LABEL,
+    TEMPLATE_HASH_LABEL,
+    VERSION,
+)
 from architect.runtime.daemon.migrations import NamespaceGone
 from architect.runtime.daemon.targets import status_file_path, status_patch
 
@@ -293,6 +299,20 @@ class CheckpointClient:
 
     def checkpoints(self) -> list[dict[str, Any]]:
         return self.reflector.snapshot()
+
+    async def of_template(
+        self, namespace: str, template_hash: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        selector = f"{TEMPLATE_HASH_LABEL}={template_hash}"
+
+        def _list() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            cks = cast(dict[str, Any], self.kube.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "checkpoints", label_selector=selector))
+            pods = cast(dict[str, Any], self.kube.core.api_client.sanitize_for_serialization(
+                self.kube.core.list_namespaced_pod(namespace, label_selector=selector)))
+            return list(cks.get("items") or []), list(pods.get("items") or [])
+
+        return await asyncio.to_thread(_list)
 
 
 def node_secret_data(api: client.ApiClient, namespace: str, node: str) -> dict[str, bytes] | None:

@@ -26,12 +26,17 @@ from architect.engine.controlplane.coordinate import consumed_patch, failed_patc
 from architect.engine.controlplane.phases import claim_patch, phase_of
 from architect.policy.annotations import (
     API_VERSION,
+    DESTINATION_ANNOTATION,
     NODE_LABEL,
     OBSERVED_PHASE,
+    PREFIX,
     TEMPLATE_HASH_LABEL,
 )
 
 NAME_MAX = 253
+# On a Checkpoint: the manifest digest of the handover directory it was packed
+# from, so the source can tell that directory from a newer pod's handover.
+HANDOVER_DIGEST = PREFIX + "handover-digest"
 LIVE_PHASES = frozenset({"Pending", "Ready", "Restoring"})
 # How long a daemon's own claim waits for the control plane to record Restoring
 # before it reports Consumed anyway (no operator running must not stall it).
@@ -62,10 +67,13 @@ def checkpoint_name(pod: str, container: str) -> str:
     return f"{name[: NAME_MAX - 17]}-{digest}"
 
 
-def checkpoint_body(w: Written, image: Mapping[str, Any] | None) -> dict[str, Any]:
+def checkpoint_body(
+    w: Written, image: Mapping[str, Any] | None, handover_digest: str | None = None
+) -> dict[str, Any]:
     """The Checkpoint object; labelled with the template hash (the control plane
     lists replacements' checkpoints by it) and the source node (this daemon
-    watches only its own with a label selector)."""
+    watches only its own with a label selector). ``handover_digest``: of the
+    handover directory on this node it was packed from (``moved_handovers``)."""
     spec: dict[str, Any] = {
         "templateHash": w.template_hash,
         "container": w.container,
@@ -76,16 +84,14 @@ def checkpoint_body(w: Written, image: Mapping[str, Any] | None) -> dict[str, An
     }
     if image is not None:
         spec["image"] = dict(image)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Checkpoint",
-        "metadata": {
-            "name": checkpoint_name(w.pod, w.container),
-            "namespace": w.namespace,
-            "labels": {TEMPLATE_HASH_LABEL: w.template_hash, NODE_LABEL: w.node},
-        },
-        "spec": spec,
+    meta: dict[str, Any] = {
+        "name": checkpoint_name(w.pod, w.container),
+        "namespace": w.namespace,
+        "labels": {TEMPLATE_HASH_LABEL: w.template_hash, NODE_LABEL: w.node},
     }
+    if handover_digest:
+        meta["annotations"] = {HANDOVER_DIGEST: handover_digest}
+    return {"apiVersion": API_VERSION, "kind": "Checkpoint", "metadata": meta, "spec": spec}
 
 
 def written_status(
@@ -205,6 +211,54 @@ def report_outcome(
     return Report(consumed_patch(pod, now), True, "consumed")
 
 
+def incoming_handover(
+    checkpoints: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    namespace: str,
+    template_hash: str,
+    container: str,
+    pod: str,
+    node: str,
+) -> str | None:
+    """What says a handover of (template hash, container) is on its way to ``pod``,
+    a replacement on this node whose container has not started: a Checkpoint of
+    another node that is Pending, Ready or Restoring for ``pod``, or a pod of the
+    same template hash being deleted on another node (its checkpoint runs now).
+    None: nothing is coming. The grant that marks the handover pending comes only
+    once the source's Checkpoint is Ready and claimed, which on a drain is later
+    than the kubelet's Create of the replacement."""
+    for c in checkpoints:
+        meta = c.get("metadata") or {}
+        spec = c.get("spec") or {}
+        status = c.get("status") or {}
+        phase = phase_of(c)
+        if (
+            meta.get("namespace") == namespace
+            and spec.get("templateHash") == template_hash
+            and (spec.get("container") or "") == container
+            and spec.get("sourceNode") not in (None, "", node)
+            and spec.get("sourcePod") != pod
+            and (phase in ("Pending", "Ready")
+                 or (phase == "Restoring" and status.get("consumedBy") == pod))
+        ):
+            return f"Checkpoint {namespace}/{meta.get('name')} {phase} on {spec.get('sourceNode')}"
+    for p in pods:
+        meta = p.get("metadata") or {}
+        spec = p.get("spec") or {}
+        ann = meta.get("annotations") or {}
+        if (
+            meta.get("namespace") == namespace
+            and meta.get("name") != pod
+            and meta.get("deletionTimestamp")
+            and spec.get("nodeName") not in (None, "", node)
+            and ann.get(TEMPLATE_HASH_LABEL) == template_hash
+            and container in {x.get("name") for x in spec.get("containers") or []}
+        ):
+            return f"pod {namespace}/{meta.get('name')} being deleted on {spec.get('nodeName')}"
+    return None
+
+
 # --- the source's packed images -------------------------------------------------
 
 
@@ -232,6 +286,30 @@ def outgoing_to_drop(
         for h, c, age in entries
         if (h, c) not in live and ((h, c) in final or age >= min_age_s)
     )
+
+
+def moved_handovers(
+    checkpoints: Iterable[Mapping[str, Any]], *, node: str
+) -> list[tuple[str, str, str]]:
+    """(template hash, container, handover digest) of this node's Checkpoints that
+    a pod on another node consumed: the handover directory they were packed from
+    holds state that now runs elsewhere, and a later pod of the same template on
+    this node must not restore it a second time."""
+    out = []
+    for c in checkpoints:
+        meta = c.get("metadata") or {}
+        spec = c.get("spec") or {}
+        ann = meta.get("annotations") or {}
+        dest = str(ann.get(DESTINATION_ANNOTATION) or "")
+        digest = str(ann.get(HANDOVER_DIGEST) or "")
+        if (
+            spec.get("sourceNode") == node
+            and phase_of(c) == "Consumed"
+            and dest not in ("", node)
+            and digest
+        ):
+            out.append((str(spec.get("templateHash")), str(spec.get("container") or ""), digest))
+    return sorted(set(out))
 
 
 # --- the destination's transfer -------------------------------------------------

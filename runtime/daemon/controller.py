@@ -100,6 +100,10 @@ class Controller:
         self._by_id: dict[str, ContainerKey] = {}
         self._held: set[ContainerKey] = set()
         self._swept: set[ContainerKey] = set()
+        # Replacements checked for a handover from another node; those it is
+        # expected for, with what said so.
+        self._incoming_checked: set[ContainerKey] = set()
+        self._incoming: dict[ContainerKey, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.last: Evaluation | None = None
 
@@ -118,6 +122,9 @@ class Controller:
     ) -> Evaluation:
         """One reconcile pass: sample, evaluate, adopt/forget, act, publish."""
         self.pods = {_pod_key(p): p for p in pods}
+        for k in [k for k in self._incoming_checked if (k.namespace, k.pod) not in self.pods]:
+            self._incoming_checked.discard(k)
+            self._incoming.pop(k, None)
         await self._sample()
         if not self.resize_enabled:
             # Without resize nothing is given back, so nothing is owed: keep the
@@ -232,6 +239,8 @@ class Controller:
         if cid is None:
             cid = self.shim.waiting(key.namespace, key.pod, key.container)
             if cid is None:
+                if migrating:
+                    await self._expect_incoming(pod, key)
                 return  # not started yet: next tick
             target = dataclasses.replace(target, container_id=cid)
         saved = self.originals.get(target.pod_uid, key.container)
@@ -274,17 +283,28 @@ class Controller:
                 log.warning("%s: shim not told to expect a migration decision: %s",
                             _unit(key), e)
         thash = handover_key(pod)
+        expected = self._incoming.pop(key, None)
         if self.migrations is not None and thash is not None and found.start_path:
             outcome = self.migrations.started(key.namespace, key.pod, key.container, thash,
                                               found.start_path, found.start_reason)
             if outcome is not None:
                 log.info("%s: started %s from the handover of %s", _unit(key),
                          "restored" if outcome == "restored" else "fresh", thash)
+            if outcome is None and expected is not None and found.start_path == "fresh":
+                # Its handover was withdrawn before its Create looked (a transfer
+                # that failed at once): still a fresh start instead of one.
+                outcome = "fresh"
+                found = dataclasses.replace(
+                    found, start_reason=f"{found.start_reason} (expected: {expected})")
             if outcome == "fresh":  # the user sees why the state did not come
                 await self._transition_event(
                     key, "Warning", "StartedFresh",
                     f"{key.container} started fresh instead of from the handover of "
                     f"{thash}: {found.start_reason}")
+            if expected is not None and outcome != "restored":
+                # Nobody waits for it any more: a later pod must not wait for it too.
+                with contextlib.suppress(OSError):
+                    await self.shim.clear_pending(thash, key.container)
         if state is ContainerState.SCALED_DOWN and target.mode != "none":
             await self._arm(key)
         if waiting:
@@ -292,6 +312,32 @@ class Controller:
                 await self.shim.held(cid)
             except ShimError as e:  # its Create goes on after its bound all the same
                 log.warning("%s: shim not told its hold is armed: %s", _unit(key), e)
+
+    async def _expect_incoming(self, pod: Mapping[str, Any], key: ContainerKey) -> None:
+        """A replacement of a pod migrating from another node, seen before its
+        container starts: mark its handover pending now, so its Create waits
+        (up to its scaleup-timeout) for the image. The grant marks it too, but
+        only once the source's checkpoint is Ready and claimed: on a drain the
+        kubelet creates the container earlier. Asked once per container."""
+        thash = handover_key(pod)
+        if self.migrations is None or thash is None or key in self._incoming_checked:
+            return
+        try:
+            what = await self.migrations.incoming(key.namespace, key.pod, key.container, thash)
+        except Exception as e:  # the API may be away: next tick
+            log.warning("%s: incoming handover not checked: %s", _unit(key), e)
+            return
+        self._incoming_checked.add(key)
+        if what is None:
+            return
+        try:
+            await self.shim.mark_pending(thash, key.container)
+        except OSError as e:
+            log.warning("%s: handover not marked pending: %s", _unit(key), e)
+            return
+        self._incoming[key] = what
+        log.info("%s: handover of %s/%s expected (%s): marked pending", _unit(key), thash,
+                 key.container, what)
 
     async def _sweep(self, key: ContainerKey) -> None:
         """Once per unmanaged runc-architect container: remove rules a previous

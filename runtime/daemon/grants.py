@@ -105,8 +105,13 @@ class Grants:
                 log.info("%s: image fetched before this daemon started", ref)
             else:
                 await self.fetch(grant)
-        except TransferError as e:
-            retry = transfer_retryable(str(e))
+        except (TransferError, OSError) as e:
+            # This node's disk (or a handover withdrawn under the fetch) may be
+            # fine on another node: retry. A replacement that started fresh
+            # meanwhile (its scaleup-timeout passed while the transfer hung)
+            # will never take it: final.
+            retry = (not isinstance(e, TransferError) or transfer_retryable(str(e))) and (
+                self.start_of(t.namespace, t.destination_pod, grant.container) is None)
             log.warning("transfer of %s failed (%s): %s", ref, "retry" if retry else "final", e)
             await self.patch(t.namespace, t.name, failed_patch(t.destination_pod, str(e),
                                                                retry=retry))

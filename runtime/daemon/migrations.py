@@ -19,6 +19,7 @@ through two ports, so it is tested with fakes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -36,6 +37,8 @@ from architect.runtime.daemon.checkpointobjects import (
     checkpoint_body,
     checkpoint_name,
     consumed_checkpoint,
+    incoming_handover,
+    moved_handovers,
     outgoing_to_drop,
     report_outcome,
     start_outcome,
@@ -66,6 +69,12 @@ class CheckpointApi(Protocol):
     def checkpoints(self) -> list[dict[str, Any]]:
         """This node's Checkpoints (a label-selected watch)."""
 
+    async def of_template(
+        self, namespace: str, template_hash: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The namespace's Checkpoints and pods labelled with ``template_hash``, any
+        node (one list of each, read when a replacement appears)."""
+
 
 class Images(Protocol):
     """The node's image directories (blocking; called in a worker thread)."""
@@ -80,6 +89,12 @@ class Images(Protocol):
         """(template hash, container, age in seconds) of every packed image."""
 
     def drop(self, template_hash: str, container: str) -> None: ...
+
+    def handover_digest(self, template_hash: str, container: str) -> str | None:
+        """The manifest digest of the ready handover directory; None without one."""
+
+    def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
+        """Remove the handover directory if it is still the image of ``digest``."""
 
 
 @dataclass
@@ -111,6 +126,7 @@ class Migrations:
         self.store = store if store is not None else JsonStore(None)
         self.pending: dict[tuple[str, str, str], Pending] = {}
         self.timings: dict[str, float] = {}  # checkpoint name -> monotonic creation
+        self.moved: set[tuple[str, str, str]] = set()  # handovers looked at once
 
     # --- the source pod --------------------------------------------------------
 
@@ -163,14 +179,17 @@ class Migrations:
         name = checkpoint_name(w.pod, w.container)
         image: dict[str, Any] | None = None
         message = f"handover of {w.namespace}/{w.pod} container {w.container} written on {w.node}"
+        handover: str | None = None
         if ok:
             try:
+                handover = await asyncio.to_thread(
+                    self.images.handover_digest, w.template_hash, w.container)
                 image = await asyncio.to_thread(self.images.export, w.template_hash, w.container)
             except Exception as e:  # the replacement on this node may still restore it
                 ok, message = False, f"image not packed for transfer: {e}"
         else:
             message = f"the shim's checkpoint failed: {error}"
-        body = checkpoint_body(w, image)
+        body = checkpoint_body(w, image, handover)
         try:
             existing = await self.api.create_checkpoint(body)
         except NamespaceGone as e:
@@ -216,6 +235,17 @@ class Migrations:
         return True
 
     # --- the replacement -------------------------------------------------------
+
+    async def incoming(
+        self, namespace: str, pod: str, container: str, template_hash: str
+    ) -> str | None:
+        """What says another node's handover is on its way to ``pod`` (not started
+        yet, on this node); None when nothing is. Raises on API errors."""
+        checkpoints, pods = await self.api.of_template(namespace, template_hash)
+        return incoming_handover(
+            checkpoints, pods, namespace=namespace, template_hash=template_hash,
+            container=container, pod=pod, node=self.node,
+        )
 
     def started(
         self,
@@ -270,6 +300,12 @@ class Migrations:
         for thash, container in outgoing_to_drop(entries, snapshot, node=self.node):
             await asyncio.to_thread(self.images.drop, thash, container)
             done.append(f"dropped outgoing/{thash}/{container}")
+        for thash, container, digest in moved_handovers(snapshot, node=self.node):
+            if (thash, container, digest) in self.moved:
+                continue
+            self.moved.add((thash, container, digest))
+            if await asyncio.to_thread(self.images.drop_handover, thash, container, digest):
+                done.append(f"dropped handover/{thash}/{container}: restored on another node")
         return done
 
 
@@ -304,6 +340,26 @@ class NodeImages:
         finally:
             shutil.rmtree(snap, ignore_errors=True)
         return ref.as_spec()
+
+    def handover_digest(self, template_hash: str, container: str) -> str | None:
+        from architect.runtime.shim.plan import READY_MARK, handover_dir, manifest_digest
+
+        d = handover_dir(self.root, template_hash, container)
+        try:
+            return manifest_digest(d) if (d / READY_MARK).exists() else None
+        except OSError:  # a replacement on this node took it meanwhile
+            return None
+
+    def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
+        from architect.runtime.shim.plan import handover_dir
+
+        if self.handover_digest(template_hash, container) != digest:
+            return False  # gone, or a newer pod's handover: not the one that moved
+        d = handover_dir(self.root, template_hash, container)
+        shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other containers' handovers may remain
+            d.parent.rmdir()
+        return True
 
     def outgoing(self) -> list[tuple[str, str, float]]:
         from architect.runtime.transfer.images import OUTGOING

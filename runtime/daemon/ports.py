@@ -71,6 +71,9 @@ class Shim(Protocol):
     async def mark_pending(self, template_hash: str, container: str) -> None:
         """Mark the handover of (template hash, container) as coming."""
 
+    async def clear_pending(self, template_hash: str, container: str) -> None:
+        """Remove that mark (and its then empty directory) unless the image is ready."""
+
     def watch(self, socket: str, on_event: EventFn) -> None:
         """Follow the events of the shim behind ``socket`` (idempotent)."""
 

@@ -132,6 +132,18 @@ class ShimClient:
 
         await asyncio.to_thread(mark)
 
+    async def clear_pending(self, template_hash: str, container: str) -> None:
+        d = plan.handover_dir(self.state_dir, template_hash, container)
+
+        def clear() -> None:
+            if (d / plan.READY_MARK).exists():
+                return
+            (d / plan.PENDING_MARK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: a transfer writes into it
+                d.rmdir()
+
+        await asyncio.to_thread(clear)
+
     def watch(self, socket: str, on_event: EventFn) -> None:
         task = self._watchers.get(socket)
         if task is not None and not task.done():

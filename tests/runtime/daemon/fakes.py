@@ -90,6 +90,9 @@ class FakeShim:
     async def mark_pending(self, template_hash: str, container: str) -> None:
         self.calls.append(f"shim.pending {template_hash}/{container}")
 
+    async def clear_pending(self, template_hash: str, container: str) -> None:
+        self.calls.append(f"shim.clear-pending {template_hash}/{container}")
+
     def watch(self, socket: str, on_event: EventFn) -> None:
         if on_event not in self.events:
             self.events.append(on_event)
@@ -173,6 +176,7 @@ class FakeApi:
         self.calls: list[str] = []
         self.fail_create = False
         self.gone: set[str] = set()  # namespaces deleted meanwhile
+        self.pods: list[dict[str, Any]] = []  # other nodes' pods, for of_template
 
     async def create_checkpoint(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         if self.fail_create:
@@ -216,6 +220,17 @@ class FakeApi:
     def checkpoints(self) -> list[dict[str, Any]]:
         return list(self.objects.values())
 
+    async def of_template(
+        self, namespace: str, template_hash: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        self.calls.append(f"of-template {namespace} {template_hash}")
+        if self.fail_create:
+            raise OSError("API server unreachable")
+        cks = [o for o in self.objects.values() if o["metadata"]["namespace"] == namespace
+               and o["spec"].get("templateHash") == template_hash]
+        pods = [p for p in self.pods if p["metadata"]["namespace"] == namespace]
+        return cks, pods
+
 
 class FakeImages:
     def __init__(self) -> None:
@@ -223,6 +238,7 @@ class FakeImages:
         self.ready = True
         self.packed: list[tuple[str, str, float]] = []
         self.dropped: list[tuple[str, str]] = []
+        self.handovers: dict[tuple[str, str], str] = {}  # ready handover -> digest
 
     def export(self, template_hash: str, container: str) -> dict[str, Any]:
         if self.fail:
@@ -239,6 +255,16 @@ class FakeImages:
     def drop(self, template_hash: str, container: str) -> None:
         self.dropped.append((template_hash, container))
         self.packed = [p for p in self.packed if p[:2] != (template_hash, container)]
+
+    def handover_digest(self, template_hash: str, container: str) -> str | None:
+        return self.handovers.get((template_hash, container))
+
+    def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
+        if self.handovers.get((template_hash, container)) != digest:
+            return False
+        del self.handovers[(template_hash, container)]
+        self.dropped.append(("handover", f"{template_hash}/{container}"))
+        return True
 
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ from architect.runtime.daemon.checkpointobjects import (
     checkpoint_body,
     checkpoint_name,
     consumed_checkpoint,
+    incoming_handover,
     outgoing_to_drop,
     report_outcome,
     start_outcome,
@@ -449,6 +450,16 @@ async def test_grant_fetch_failure_reports_retry_or_final() -> None:
     assert "digest mismatch" in r.patches[0][1][4]["value"]
 
 
+async def test_grant_fetch_failure_after_a_fresh_start_is_final() -> None:
+    # The transfer hung past the replacement's scaleup-timeout: it started fresh
+    # and will never take the image, so the checkpoint is not handed back.
+    r = GrantRig(fetch_error="transfer of shop/x from https://y timed out")
+    r.start = ("fresh", "scaleup-timeout passed waiting for /s/handover/h1/main")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.phase() == "Failed" and "final" in r.grants.results[0]
+
+
 async def test_grant_expiring_before_the_restore_hands_back() -> None:
     r = GrantRig(handover=True)
     r.grants.consider([secret(grant(expires=time.time() + 0.6))])
@@ -547,3 +558,199 @@ async def test_a_replacement_that_started_fresh_gets_an_event_saying_why() -> No
     assert len(fresh) == 1 and fresh[0][0] == "Warning" and "digest mismatch" in fresh[0][1]
     await ctl.tick([new], policies)
     assert len([r for _, r, _ in rep.events if r == "StartedFresh"]) == 1  # once
+
+
+# --- a replacement on another node than the source: incoming_handover ------------
+
+
+def _ck(phase: str | None, *, node: str = "node-a", by: str = "", thash: str = "h1",
+        pod: str = "web-old") -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "metadata": {"namespace": "shop", "name": f"{pod}-main"},
+        "spec": {"templateHash": thash, "container": "main", "sourcePod": pod,
+                 "sourceNode": node},
+    }
+    if phase is not None:
+        c["status"] = {"phase": phase, "consumedBy": by}
+    return c
+
+
+def _pod(name: str, node: str, *, deleting: bool = True, thash: str = "h1") -> dict[str, Any]:
+    meta: dict[str, Any] = {"namespace": "shop", "name": name,
+                            "annotations": {TEMPLATE_HASH_LABEL: thash}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-23T12:00:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node, "containers": [{"name": "main"}]}}
+
+
+def _incoming(cks: list[dict[str, Any]], pods: list[dict[str, Any]]) -> str | None:
+    return incoming_handover(cks, pods, namespace="shop", template_hash="h1",
+                             container="main", pod="web-new", node="node-b")
+
+
+@pytest.mark.parametrize(("ck", "coming"), [
+    (_ck(None), True),  # just created: Pending
+    (_ck("Ready"), True),
+    (_ck("Restoring", by="web-new"), True),
+    (_ck("Restoring", by="web-other"), False),  # another replacement's
+    (_ck("Consumed", by="web-other"), False),
+    (_ck("Failed"), False),
+    (_ck("Ready", node="node-b"), False),  # this node's own: its shim has the handover
+    (_ck("Ready", thash="h2"), False),
+    (_ck("Ready", pod="web-new"), False),
+])
+def test_incoming_handover_from_checkpoints(ck: dict[str, Any], coming: bool) -> None:
+    assert (_incoming([ck], []) is not None) is coming
+
+
+def test_incoming_handover_from_a_pod_being_deleted_on_another_node() -> None:
+    what = _incoming([], [_pod("web-old", "node-a")])
+    assert what == "pod shop/web-old being deleted on node-a"
+    assert _incoming([], [_pod("web-old", "node-a", deleting=False)]) is None
+    assert _incoming([], [_pod("web-old", "node-b")]) is None  # this node marks its own
+    assert _incoming([], [_pod("web-old", "node-a", thash="h2")]) is None
+    assert _incoming([], [_pod("web-new", "node-a")]) is None
+
+
+def _rig_b() -> tuple[Any, Any, Any, Any]:
+    from architect.runtime.daemon.controller import Controller
+    from tests.runtime.daemon.fakes import Clock, FakeNet, FakeReporter, FakeShim
+
+    calls: list[str] = []
+    shim, rep, api = FakeShim(calls), FakeReporter(calls), FakeApi()
+    ctl = Controller(shim, FakeNet(calls), rep, clock=Clock(),
+                     migrations=Migrations(api, FakeImages(), "node-b"), node="node-b")
+    return ctl, shim, rep, api
+
+
+async def test_a_replacement_of_a_pod_draining_elsewhere_is_marked_pending_before_its_create(
+) -> None:
+    """Node B's replacement appears while node A's pod still checkpoints (no
+    Checkpoint, no grant yet): its handover is marked pending at once, so its
+    Create waits; once it started from it, the mark is not touched again."""
+    from architect.policy.models import HibernationPolicy, MigrationPolicy
+    from architect.runtime.daemon.ports import ShimContainer
+    from tests.factories import hibernation, migration, pod
+
+    ctl, shim, rep, api = _rig_b()
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    old = pod("web-1", template_hash="h1", deleting=True)
+    old["spec"]["nodeName"] = "node-a"
+    api.pods = [old]
+    new = pod("web-2", template_hash="h1", started=False)
+    await ctl.tick([new], policies)
+    await ctl.tick([new], policies)
+    assert api.calls.count("of-template shop h1") == 1  # asked once
+    assert shim.calls == ["shim.pending h1/main"]
+    shim.containers["new-id"] = ShimContainer(
+        "new-id", "RUNNING", 7, "/proc/1/ns/net", "/sock/new", "restore",
+        "handover checkpoint for h1/main pending")
+    started = pod("web-2", template_hash="h1")
+    started["status"]["containerStatuses"][0]["containerID"] = "containerd://new-id"
+    await ctl.tick([started], policies)
+    assert not any("clear-pending" in c for c in shim.calls)
+    assert "StartedFresh" not in [r for _, r, _ in rep.events]
+
+
+async def test_an_expected_handover_that_never_came_is_a_fresh_start_with_an_event() -> None:
+    """The transfer failed before the replacement's Create looked (the mark was
+    withdrawn): a StartedFresh Event all the same, and no mark left for the next."""
+    from architect.policy.models import HibernationPolicy, MigrationPolicy
+    from architect.runtime.daemon.ports import ShimContainer
+    from tests.factories import hibernation, migration, pod
+
+    ctl, shim, rep, api = _rig_b()
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    ck = checkpoint_body(Written("shop", "web-1", "main", "h1", "node-a"), IMAGE)
+    ck["status"] = {"phase": "Ready"}
+    api.objects[("shop", "web-1-main")] = ck
+    await ctl.tick([pod("web-2", template_hash="h1", started=False)], policies)
+    assert "shim.pending h1/main" in shim.calls
+    shim.containers["new-id"] = ShimContainer(
+        "new-id", "RUNNING", 7, "/proc/1/ns/net", "/sock/new", "fresh",
+        "no checkpoint for h1/main")
+    started = pod("web-2", template_hash="h1")
+    started["status"]["containerStatuses"][0]["containerID"] = "containerd://new-id"
+    await ctl.tick([started], policies)
+    fresh = [m for _, r, m in rep.events if r == "StartedFresh"]
+    assert len(fresh) == 1 and "Checkpoint shop/web-1-main Ready on node-a" in fresh[0], fresh
+    assert "shim.clear-pending h1/main" in shim.calls
+
+
+async def test_no_migration_elsewhere_no_mark() -> None:
+    from architect.policy.models import HibernationPolicy, MigrationPolicy
+    from tests.factories import hibernation, migration, pod
+
+    ctl, shim, _, api = _rig_b()
+    policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
+    await ctl.tick([pod("web-2", template_hash="h1", started=False)], policies)
+    await ctl.tick([pod("web-2", template_hash="h1", started=False)], [hibernation()])
+    assert api.calls == ["of-template shop h1"] and shim.calls == []
+    # An API error: asked again at the next tick.
+    ctl2, _, _, api2 = _rig_b()
+    api2.fail_create = True
+    await ctl2.tick([pod("web-2", template_hash="h1", started=False)], policies)
+    api2.fail_create = False
+    await ctl2.tick([pod("web-2", template_hash="h1", started=False)], policies)
+    assert api2.calls.count("of-template shop h1") == 2
+
+
+# --- the source's handover once another node restored it: moved_handovers ---------
+
+
+def _consumed(dest: str, digest: str = "sha256:d1", phase: str = "Consumed") -> dict[str, Any]:
+    from architect.policy.annotations import DESTINATION_ANNOTATION
+
+    body = checkpoint_body(W, IMAGE, digest)
+    body["metadata"].setdefault("annotations", {})[DESTINATION_ANNOTATION] = dest
+    body["status"] = {"phase": phase, "consumedBy": "web-new"}
+    return body
+
+
+@pytest.mark.parametrize(("ck", "moved"), [
+    (_consumed("node-b"), [("h1", "main", "sha256:d1")]),
+    (_consumed(NODE), []),  # restored on this node: the shim removed it itself
+    (_consumed("node-b", phase="Restoring"), []),  # not yet: a failed fetch retries
+    (_consumed("node-b", phase="Failed"), []),
+    (_consumed("node-b", digest=""), []),  # made by an older daemon: unknown image
+])
+def test_moved_handovers(ck: dict[str, Any], moved: list[tuple[str, str, str]]) -> None:
+    from architect.runtime.daemon.checkpointobjects import moved_handovers
+
+    assert moved_handovers([ck], node=NODE) == moved
+
+
+async def test_a_handover_restored_on_another_node_is_dropped_here_once() -> None:
+    """Its state runs on node B now: a later pod of the template on this node
+    must not restore it again (two copies of one counter). A newer pod's
+    handover in the same directory is kept."""
+    from architect.runtime.daemon.checkpointobjects import HANDOVER_DIGEST
+
+    m, api, images = rig()
+    images.handovers[("h1", "main")] = "sha256:d1"
+    m.armed("cid", W)
+    await m.written("cid", ok=True)
+    obj = api.objects[("shop", "web-abc-main")]
+    assert obj["metadata"]["annotations"][HANDOVER_DIGEST] == "sha256:d1"
+    api.objects[("shop", "web-abc-main")] = _consumed("node-b")
+    assert "dropped handover/h1/main: restored on another node" in await m.reconcile(datetime(2026, 11, 23, 12, tzinfo=UTC))
+    assert ("h1", "main") not in images.handovers
+    images.handovers[("h1", "main")] = "sha256:d2"  # the next pod's
+    await m.reconcile(datetime(2026, 11, 23, 12, tzinfo=UTC))
+    assert images.handovers[("h1", "main")] == "sha256:d2"
+
+
+def test_node_images_drop_handover_only_the_same_image(tmp_path: Path) -> None:
+    from architect.runtime.shim.plan import READY_MARK
+
+    d = tmp_path / "handover" / "h1" / "main"
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text('{"v": 1}')
+    (d / READY_MARK).touch()
+    images = NodeImages(tmp_path, NODE)
+    digest = images.handover_digest("h1", "main")
+    assert digest is not None and digest.startswith("sha256:")
+    assert not images.drop_handover("h1", "main", "sha256:other") and d.exists()
+    assert images.drop_handover("h1", "main", digest)
+    assert not (tmp_path / "handover" / "h1").exists()
+    assert images.handover_digest("h1", "main") is None
