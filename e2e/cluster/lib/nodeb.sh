@@ -31,6 +31,11 @@ NODEB_BINDS=(
   "$E2E_RUN/containerd=$NODEB_RUN/containerd"
   "$E2E_RUN/runc=$NODEB_RUN/runc"
   "/run/architect=$NODEB_RUN/architect"
+  # Shim sockets (/run/containerd/s/<sha256 of containerd's address, namespace,
+  # group>): node B's containerd has node A's socket path, so without its own
+  # directory its shim start found node A's running shim and shared it (a shim
+  # in node A's mount namespace, which cannot see node B's bundles).
+  "/run/containerd=$NODEB_RUN/run-containerd"
   "/var/lib/architect=$NODEB_STATE/var-lib-architect"
   # Each kubelet's container GC deletes log directories of pods it does not know.
   "/var/log/pods=$NODEB_STATE/var-log-pods"
