@@ -45,7 +45,6 @@ from typing import Any
 
 from architect.runtime.checkpoint import CheckpointError, CheckpointOptions
 from architect.runtime.checkpoint.fs import safe_rmtree
-from architect.runtime.checkpoint.image import MANIFEST
 from architect.runtime.shim import plan
 from architect.runtime.shim.client import MAX_LINE, RequestError, request
 from architect.runtime.shim.service import TaskService
@@ -137,6 +136,8 @@ async def persistent_checkpoint(
 
 def _describe(dest: Path, seconds: float) -> dict[str, Any]:
     """Digest = sha256 of the manifest (it lists every file's sha256); size = all files."""
+    from architect.runtime.checkpoint.image import MANIFEST  # tar, zstd: not in every idle shim
+
     digest = hashlib.sha256((dest / MANIFEST).read_bytes()).hexdigest()
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     return {"dir": str(dest), "digest": f"sha256:{digest}", "size_bytes": size,

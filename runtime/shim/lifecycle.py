@@ -29,10 +29,7 @@ from architect.runtime.checkpoint import (
     RestoreOptions,
 )
 from architect.runtime.checkpoint import Container as CkptContainer
-from architect.runtime.checkpoint import image as ckpt_image
 from architect.runtime.checkpoint.fs import safe_rmtree
-from architect.runtime.checkpoint.image import MANIFEST
-from architect.runtime.checkpoint.rewrite import rewrites_between
 from architect.runtime.shim import plan, podinfo, stopwindow
 from architect.runtime.shim.bundle import cgroup_path
 from architect.runtime.shim.oom import OomWatcher
@@ -251,6 +248,10 @@ class Lifecycle:
         ``pending`` marks the handover while the checkpoint runs (a replacement
         created meanwhile waits up to its scaleup-timeout); the image's files move
         in with the manifest last, then ``ready``."""
+        # tar and zstd: imported by the shims that migrate, not by every idle one
+        from architect.runtime.checkpoint import image as ckpt_image
+        from architect.runtime.checkpoint.image import MANIFEST
+
         thash = c.annotations.get(plan.ANN_TEMPLATE_HASH, "")
         name = c.annotations.get(plan.CRI_CONTAINER_NAME, c.id)
         dest = plan.handover_dir(self.state_root, thash or "unknown", name)
@@ -378,6 +379,8 @@ class Lifecycle:
         handover image becomes its hibernation image, verified now (a bad one starts
         fresh, as a failed restore does), its emptyDirs (when they travel) put in
         place now, so a later wake touches no volume. False: start fresh."""
+        from architect.runtime.checkpoint import image as ckpt_image
+
         assert decision.image is not None
         if not await self.image_ready(c, decision):
             return False
@@ -464,6 +467,8 @@ class Lifecycle:
         the rewrite-*-addresses-containers annotations ask for, from the pod IPs the
         image recorded to the pod's IPs now (from its /etc/hosts, as the seed says;
         the netns's addresses if that names none). Same IPs (a local wake): none."""
+        from architect.runtime.checkpoint.rewrite import rewrites_between
+
         if c.runtime != "runc":  # runsc keeps its addresses inside gVisor's state
             return ()
         choices = self.choices(c)

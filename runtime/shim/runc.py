@@ -9,6 +9,7 @@ runc's own errors to a JSON log file instead, read back when the command fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -20,8 +21,6 @@ from typing import Any
 from architect.runtime.checkpoint import Backend
 from architect.runtime.checkpoint import Container as CkptContainer
 from architect.runtime.checkpoint.proc import run
-from architect.runtime.checkpoint.runc import RuncCriuBackend
-from architect.runtime.checkpoint.runsc import RunscBackend
 from architect.runtime.shim.reaper import Reaper
 
 # `runsc wait` lasts as long as the container runs; bounded only so no call is endless.
@@ -79,11 +78,18 @@ class Runc:
         self.binary = shutil.which(binary) or binary
         # runsc speaks runc's CLI except for checkpoint/restore's CRIU flags.
         self.gvisor = Path(binary).name.startswith("runsc")
-        self.backend: Backend = (
-            RunscBackend(self.binary, flags, timeout, spawner=reaper.spawner)
-            if self.gvisor
-            else RuncCriuBackend(self.binary, timeout=timeout, spawner=reaper.spawner)
-        )
+
+    @functools.cached_property
+    def backend(self) -> Backend:
+        """The checkpoint backend, imported on the first checkpoint or restore: a
+        shim that never hibernates does not carry its modules (tar, zstd, CRIU's)."""
+        if self.gvisor:
+            from architect.runtime.checkpoint.runsc import RunscBackend
+
+            return RunscBackend(self.binary, self.flags, self.timeout, spawner=self.reaper.spawner)
+        from architect.runtime.checkpoint.runc import RuncCriuBackend
+
+        return RuncCriuBackend(self.binary, timeout=self.timeout, spawner=self.reaper.spawner)
 
     def container(
         self,
