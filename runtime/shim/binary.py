@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,6 +21,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +36,15 @@ RUN_ENV = "ARCHITECT_SHIM_RUN"
 LAUNCHER_ENV = "ARCHITECT_SHIM_LAUNCHER"  # set by the node installer's launcher (nodeinstall)
 DEFAULT_STATE = Path("/var/lib/architect/shim")
 DEFAULT_RUN = Path("/run/architect/shim")
+# One shim serves every container of a containerd namespace on the node: a Python
+# process costs ~20 MiB whatever it serves, a container in it well under 1 MiB.
+NODE_GROUP = "node"
+# How long a `start` that handed out a running shim's address keeps that shim from
+# exiting: containerd connects as soon as `start` returns (milliseconds), and once
+# connected its task keeps the connection until the task is deleted.
+CLAIM_S = 2.0
+# An empty shim that still has a connection open exits after this anyway.
+LINGER_S = 60.0
 
 log = logging.getLogger("architect.shim")
 
@@ -130,6 +142,34 @@ def _can_connect(path: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _group_lock(sock_path: str) -> Iterator[Path]:
+    """Serialises `start` (bind, or share a running shim), `delete`'s clean-up and
+    a shim's decision to exit, for one socket. Yields the lock file, whose mtime is
+    the last time a `start` handed out the running shim's address (a claim)."""
+    lock = run_root() / "shims" / f"{os.path.basename(sock_path)}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield lock
+    finally:
+        os.close(fd)
+
+
+def _claimed(lock: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return time.time() - lock.stat().st_mtime < CLAIM_S
+    return False
+
+
+def _inode(path: str) -> tuple[int, int]:
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    return 0, 0
+
+
 def _write_address(address: str) -> None:
     tmp = Path(".address")
     tmp.write_text(address)
@@ -157,23 +197,27 @@ def _self_command() -> list[str]:
 
 
 def start(a: Args) -> str:
-    from architect.runtime.shim.bundle import read_annotations
-    from architect.runtime.shim.plan import grouping
-
     stop_window()  # a bad setting fails the start, where containerd shows it
-    group = grouping(a.id, read_annotations(Path.cwd()))
+    group = NODE_GROUP
     address = socket_address(a.address, a.namespace, group)
     path = address.removeprefix("unix://")
     SOCKET_ROOT.mkdir(parents=True, exist_ok=True)
-    sock = _bind(path)
-    if sock is None:
-        if _can_connect(path):  # this pod's shim already runs: share it
-            _write_address(address)
-            return address
-        os.unlink(path)
+    with _group_lock(path) as lock:
         sock = _bind(path)
         if sock is None:
-            raise UsageError(f"socket {path} is in use")
+            if _can_connect(path):  # the node's shim runs: share it
+                lock.touch()  # the claim: it must not exit before containerd connects
+                _write_address(address)
+                return address
+            os.unlink(path)  # a dead shim's
+            sock = _bind(path)
+            if sock is None:
+                raise UsageError(f"socket {path} is in use")
+        return _spawn(a, address, path, sock, group)
+
+
+def _spawn(a: Args, address: str, path: str, sock: socket.socket, group: str) -> str:
+    """Start the shim daemon on ``sock`` (bound to ``path``, listening)."""
     try:
         _write_address(address)
         fd = sock.fileno()
@@ -229,12 +273,22 @@ def delete(a: Args) -> bytes:
     (run_root() / a.namespace / a.id).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the dead shim's socket, unless a live shim serves it
         path = (bundle / "address").read_text().strip().removeprefix("unix://")
-        if path and not _can_connect(path):
-            os.unlink(path)
+        if path:
+            with _group_lock(path):
+                if not _can_connect(path):
+                    os.unlink(path)
     resp = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + signal.SIGKILL)
     resp.exited_at.FromDatetime(datetime.now(UTC))
     data: bytes = resp.SerializeToString()
     return data
+
+
+class _BundleLog(logging.StreamHandler):  # type: ignore[type-arg]
+    """containerd's log FIFO in the bundle the shim started in: it goes with that
+    container, while the shim serves on (the log file keeps everything)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        logging.getLogger().removeHandler(self)
 
 
 def _setup_logging(debug: bool, logfile: Path) -> None:
@@ -243,7 +297,7 @@ def _setup_logging(debug: bool, logfile: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open("log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.set_blocking(fd, True)
-        handlers.append(logging.StreamHandler(os.fdopen(fd, "w", buffering=1)))
+        handlers.append(_BundleLog(os.fdopen(fd, "w", buffering=1)))
     logfile.parent.mkdir(parents=True, exist_ok=True)
     handlers.append(logging.FileHandler(logfile))
     logging.basicConfig(
@@ -269,21 +323,45 @@ async def serve(a: Args) -> None:
     publisher = Publisher(reaper, PublishTarget(a.publish_binary, a.address, a.namespace))
     publisher.start()
     stop = asyncio.Event()
+    stopping: list[asyncio.Task[None]] = []
+    server = Server()
+    listener = socket.socket(fileno=fd)
+    sock_path = listener.getsockname()
+    sock_path = sock_path if isinstance(sock_path, str) else ""
+    sock_inode = _inode(sock_path)
+
+    async def exit_when_unused() -> None:
+        """Exit once no container is left, no connection is open (containerd closes
+        a task's after its Shutdown) and no `start` has just handed out this shim's
+        address; the socket goes first, under the lock `start` takes, so a later
+        `start` binds a new shim instead of sharing this one."""
+        deadline = time.monotonic() + LINGER_S
+        while not svc.containers and not stop.is_set():
+            if time.monotonic() >= deadline or not server.connections:
+                with _group_lock(sock_path) as lock:
+                    if svc.containers:
+                        break
+                    if time.monotonic() >= deadline or not (server.connections or _claimed(lock)):
+                        if _inode(sock_path) == sock_inode:
+                            os.unlink(sock_path)
+                        stop.set()
+                        break
+            await asyncio.sleep(0.1)
+        stopping.clear()
 
     def on_empty() -> None:
-        loop.call_later(0.05, stop.set)  # after the Shutdown answer is sent
+        if not stopping:
+            stopping.append(loop.create_task(exit_when_unused()))
 
     svc = TaskService(
         reaper, publisher, a.namespace, state_root(), run_root() / "runtime" / a.namespace,
         on_empty=on_empty, stop_window=stop_window(),
     )
     gid = hashlib.sha256(f"{a.namespace}/{group}".encode()).hexdigest()[:16]
-    svc.control_path = run_root() / "control" / f"{gid}.sock"
+    # The pid too: an exiting shim's clean-up must not remove its successor's socket.
+    svc.control_path = run_root() / "control" / f"{gid}-{os.getpid()}.sock"
     svc.run_dir = run_root()
-    server = Server()
     svc.register(server)
-    listener = socket.socket(fileno=fd)
-    sock_path = listener.getsockname()
     await server.start(listener)
     control = ControlServer(svc, svc.control_path)
     await control.start()
@@ -295,9 +373,10 @@ async def serve(a: Args) -> None:
         await publisher.drain(5)
     await control.close()
     await server.close()
-    if isinstance(sock_path, str) and sock_path:
-        with contextlib.suppress(OSError):  # as the runc shim does on shutdown
-            os.unlink(sock_path)
+    if sock_path:
+        with contextlib.suppress(OSError), _group_lock(sock_path):
+            if _inode(sock_path) == sock_inode:  # as the runc shim does on shutdown
+                os.unlink(sock_path)
     log.info("shim for %s/%s exiting", a.namespace, group)
 
 
@@ -324,5 +403,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     group = os.environ.get("ARCHITECT_SHIM_GROUP", a.id)
     _setup_logging(a.debug, run_root() / "logs" / a.namespace / f"{group}.log")
+    os.chdir("/")  # the shim outlives the bundle it was started in
     asyncio.run(serve(a))
     return 0

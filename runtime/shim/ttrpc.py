@@ -152,6 +152,11 @@ class Server:
         self._conns: set[asyncio.Task[None]] = set()
         self.on_idle: Callable[[], None] | None = None
 
+    @property
+    def connections(self) -> int:
+        """Open client connections (containerd keeps one per task it has here)."""
+        return len(self._conns)
+
     def register(self, service: str, method: str, handler: Handler) -> None:
         self._handlers[(service, method)] = handler
 

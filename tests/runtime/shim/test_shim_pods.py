@@ -1,4 +1,4 @@
-"""One shim per pod, exec-wake notices, migration on stop and restore on create."""
+"""The node's shim (every pod shares it), exec-wake notices, migration on stop and restore on create."""
 
 from __future__ import annotations
 
@@ -36,6 +36,37 @@ def test_containers_of_a_pod_share_one_shim(containerd: Containerd, rootfs: Path
     assert containerd.tasks()["pb"][1] == "RUNNING"
     containerd.remove("pb")
     wait_for(lambda: not alive(sa["shim_pid"]), 20, "the pod's shim to exit")
+
+
+def test_pods_share_the_node_shim_and_a_start_never_meets_it_exiting(
+    containerd: Containerd, rootfs: Path
+) -> None:
+    """One shim for every pod of the namespace (containerd's shim grouping: `start`
+    returns the running shim's address); it exits only when unused, and a `start`
+    racing its exit gets a shim that serves (the old one or a new one)."""
+    from tests.runtime.shim.conftest import build_busybox_rootfs
+
+    roots = [rootfs] + [build_busybox_rootfs(rootfs.parent / f"{rootfs.name}-{i}") for i in (1, 2)]
+    containerd.run_container("na", roots[0], COUNTER, {GROUP: "pod-a"})
+    containerd.run_container("nb", roots[1], COUNTER, {GROUP: "pod-b"})
+    sa = containerd.control("na", {"op": "status"})
+    assert containerd.control("nb", {"op": "status"})["shim_pid"] == sa["shim_pid"]
+    assert {c["id"] for c in sa["containers"]} == {"na", "nb"}
+    containerd.remove("na")
+    assert alive(sa["shim_pid"])
+    assert containerd.tasks()["nb"][1] == "RUNNING"
+    # Remove the last container and start another at once, several times: each
+    # start lands on a shim that answers, never on one that is going away.
+    pids = {sa["shim_pid"]}
+    last = "nb"
+    for i in range(3):
+        cid = f"nr{i}"
+        containerd.remove(last)
+        containerd.run_container(cid, roots[2 if i % 2 == 0 else 1], COUNTER, {GROUP: f"pod-r{i}"})
+        pids.add(containerd.control(cid, {"op": "status"})["shim_pid"])
+        last = cid
+    containerd.remove(last)
+    wait_for(lambda: not any(alive(p) for p in pids), 20, "the node's shim to exit")
 
 
 def test_watch_reports_exec_wake(containerd: Containerd, rootfs: Path) -> None:
