@@ -198,6 +198,11 @@ class Migrations:
                         w.namespace, w.pod, w.container, e)
             if image is not None:
                 await asyncio.to_thread(self.images.drop, w.template_hash, w.container)
+            if handover is not None:
+                # The handover too: left ready, it would hold the directory a pod
+                # of the same template in another namespace restores or fetches into.
+                await asyncio.to_thread(
+                    self.images.drop_handover, w.template_hash, w.container, handover)
             self.store.drop_key(container_id)
             return None
         if existing is None:  # made before a restart: finish it, never a second one

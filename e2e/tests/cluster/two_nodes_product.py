@@ -277,9 +277,12 @@ def _in_nodeb_net(*args: str) -> subprocess.CompletedProcess[str]:
 def _checkpointed_on_a(k: product.Kube, ns: str) -> tuple[str, str]:
     """The app on node A with 3 requests of state, scaled to 0: its Checkpoint is
     Ready on node A. Returns the old pod's name and its pod-template-hash."""
+    # A template of its own per test (the annotation changes the pod-template-hash):
+    # the previous test's namespace may still be going away, and its pods with it.
     dep = product.counter_deployment(APP, scaledown="1h", extra={
         "architect.loopholelabs.io/scaleup-timeout-containers":
-            json.dumps({f"{APP}-container": f"{SCALEUP_TIMEOUT_S}s"})})
+            json.dumps({f"{APP}-container": f"{SCALEUP_TIMEOUT_S}s"}),
+        "e2e.architect/test": ns})
     (old,) = _deploy_on_a(k, ns, dep)
     ip, name = old["status"]["podIP"], old["metadata"]["name"]
     product.wait_listening(ip)
@@ -310,10 +313,17 @@ def _fresh_on_b(k: product.Kube, ns: str, old: str) -> None:
     product.wait_listening(new["status"]["podIP"])
     body, _ = product.http_get(new["status"]["podIP"])
     assert product.count_of(body) == 1, body
-    ev = k.json("events", "-n", ns)["items"]
-    fresh = [e["message"] for e in ev if e["reason"] == "StartedFresh"]
+    # The daemon adopts the container (and posts the Event) on its next tick,
+    # which may come after the kubelet reports it Ready.
+    fresh: list[str] = []
+
+    def started_fresh() -> bool:
+        fresh[:] = [e["message"] for e in k.json("events", "-n", ns)["items"]
+                    if e["reason"] == "StartedFresh"]
+        return bool(fresh)
+
+    product.eventually("a StartedFresh Event", started_fresh, 30, 0.5)
     print(f"StartedFresh: {fresh}")
-    assert fresh, [f"{e['reason']}: {e['message']}" for e in ev]
     restarts = [c["restartCount"] for c in new["status"]["containerStatuses"]]
     assert restarts == [0] * len(restarts)
     cp = f"{old}-{APP}-container"

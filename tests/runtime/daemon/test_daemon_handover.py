@@ -260,6 +260,7 @@ async def test_handover_of_a_deleted_namespace_is_dropped_not_fatal(tmp_path: Pa
     """A namespace deletion took the pod: no Checkpoint can be made there, and a
     restarted daemon must not crash-loop on the record (seen on the e2e node)."""
     m, api, images = rig(tmp_path)
+    images.handovers[(W.template_hash, "main")] = "sha256:d1"
     m.armed("cid", W)
     m.armed("other", Written("live", "web-x", "main", "h2", NODE))
     api.gone.add("shop")
@@ -268,6 +269,9 @@ async def test_handover_of_a_deleted_namespace_is_dropped_not_fatal(tmp_path: Pa
     assert ("shop", "web-abc-main") not in api.objects
     assert api.objects[("live", "web-x-main")]["status"]["phase"] == "Ready"
     assert (W.template_hash, "main") in images.dropped
+    # Its handover directory too: a pod of the same template in another
+    # namespace would find it there, ready but not its own.
+    assert (W.template_hash, "main") not in images.handovers
     assert JsonStore(tmp_path / "m.json").data == {}
 
 
