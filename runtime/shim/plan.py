@@ -46,7 +46,9 @@ GRANT_FILE = "grant.json"
 # UNAVAILABLE_MARK holding why not. The shim waits CLAIM_S for the daemon to say
 # anything (the pod reaches both at once), then up to FETCH_WAIT_S for the pull.
 UNAVAILABLE_MARK = "unavailable"
-CLAIM_S = 3.0
+# Generous: the daemon sees the pod before its Create; only a slow or absent
+# daemon makes the pod wait this long before it starts fresh.
+CLAIM_S = 10.0
 FETCH_WAIT_S = 120.0
 
 
