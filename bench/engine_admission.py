@@ -14,9 +14,20 @@ namespace, and its annotated pods are interleaved with this tree's: before and
 after from one run on the same loaded machine. Latency is to the API server's
 answer read raw (the Python client's model decoding is not admission).
 
+Each operator's webhook configurations are built by its own tree's
+``build_configurations`` (the scoping and the webhooks per create are part of
+what is compared).
+
+With ``--trace`` each operator records, per admission request, when its bytes
+reached aiohttp, when kopf's function ran and when the answer left
+(bench/admission_trace.py); the bench then splits each annotated create into
+phases (API server before the mutating call, mutating webhook, API server
+between the calls, validating webhook, after) and counts the API server's TLS
+connections. The trace costs a little itself: compare ratios within a run.
+
 Prints p50/p99 of each kind and the ratios. Exits 1 if a create failed.
 
-    python bench/engine_admission.py [--rate 50] [--seconds 10] [--baseline REV]
+    python bench/engine_admission.py [--rate 50] [--seconds 10] [--baseline REV] [--trace]
 """
 
 from __future__ import annotations
@@ -85,20 +96,42 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+SITECUSTOMIZE = f"""import sys
+sys.path.insert(0, {str(REPO)!r})
+from bench.admission_trace import install
+install()
+del sys.path[0]
+"""
+
+
 @contextlib.contextmanager
-def _operator(cluster: Cluster, work: Path, tree: Path | None) -> Iterator[Any]:
-    """The operator of this tree, or of an exported revision's (PYTHONPATH first)."""
-    saved = os.environ.get("PYTHONPATH")
-    if tree is not None:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(tree), *([saved] if saved else [])])
+def _operator(cluster: Cluster, work: Path, tree: Path | None, trace: Path | None) -> Iterator[Any]:
+    """The operator of this tree, or of an exported revision's (PYTHONPATH first),
+    with that tree's own webhook configurations."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "ARCHITECT_ADMISSION_TRACE")}
+    path = [str(tree)] if tree is not None else []
+    if trace is not None:
+        (work / "site").mkdir()
+        (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        path.insert(0, str(work / "site"))
+        os.environ["ARCHITECT_ADMISSION_TRACE"] = str(trace)
+    if path:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [saved["PYTHONPATH"]])])
     try:
         ctx = running_operator(cluster, work)
         op = ctx.__enter__()  # the operator's process took the environment
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        if tree is not None:
+            _apply_own_configurations(cluster, op, work, tree)
+    except BaseException:
+        ctx.__exit__(*sys.exc_info())
+        raise
     try:
         yield op
     except BaseException:
@@ -108,6 +141,100 @@ def _operator(cluster: Cluster, work: Path, tree: Path | None) -> Iterator[Any]:
         ctx.__exit__(None, None, None)
 
 
+BUILD = """
+import base64, json, sys
+from architect.engine.admission.webhooks import ClientConfig, Scope, build_configurations
+ca, port, label_key, label, name = sys.argv[1:]
+client = ClientConfig(base64.b64encode(open(ca, "rb").read()).decode(),
+                      url=f"https://127.0.0.1:{port}")
+scope = Scope(excluded_namespaces=("kube-system",), namespace_labels={label_key: label})
+print(json.dumps({"apiVersion": "v1", "kind": "List",
+                  "items": list(build_configurations(client, scope, name=name))}))
+"""
+
+
+def _apply_own_configurations(cluster: Cluster, op: Any, work: Path, tree: Path) -> None:
+    """Replace the configurations the harness made (this tree's code) by the
+    revision's own, same name and scope: its webhooks, as that revision ships them."""
+    from e2e.tests.engine.harness import NS_LABEL
+
+    name = f"architect-e2e-engine-{op.label}"
+    built = subprocess.run(
+        [sys.executable, "-c", BUILD, str(work / "ca.pem"), str(op.port), NS_LABEL, op.label, name],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree,
+    )  # fmt: skip
+    subprocess.run(cluster.kubectl_cmd("replace", "-f", "-"), input=built.stdout,
+                   capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+
+
+def _load_trace(path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], list[float]]:
+    """{pod name: {webhook path: record}}, and the event loop's lag samples."""
+    by_name: dict[str, dict[str, dict[str, Any]]] = {}
+    lags: list[float] = []
+    if not path.exists():
+        return by_name, lags
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "lag" in rec:
+            lags.append(rec["lag"])
+        elif rec.get("name"):
+            # A webhook called twice for one pod (reinvoked): the first call, and a count.
+            hooks = by_name.setdefault(rec["name"], {})
+            hooks.setdefault(rec["hook"], rec).setdefault("calls", 0)
+            hooks[rec["hook"]]["calls"] += 1
+    return by_name, lags
+
+
+def _phases(
+    sent: dict[str, tuple[float, float]], trace: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, list[float]]:
+    """Each traced create split in phases (seconds), by wall clock across processes."""
+    out: dict[str, list[float]] = {}
+
+    def add(k: str, v: float) -> None:
+        out.setdefault(k, []).append(v)
+
+    for name, (t0, t1) in sent.items():
+        recs = trace.get(name) or {}
+        mut, val = recs.get("mutate-pod"), recs.get("validate-pod")
+        if mut is None or mut.get("first") is None:
+            continue
+        add("total", t1 - t0)
+        add("apiserver before mutating call", mut["first"] - t0)
+        add("mutating: bytes in -> kopf fn", mut["start"] - mut["first"])
+        add("mutating: kopf fn", mut["end"] - mut["start"])
+        add("mutating: kopf fn -> response", mut["sent"] - mut["end"])
+        last = mut
+        if val is not None and val.get("first") is not None:
+            add("apiserver between the calls", val["first"] - mut["sent"])
+            add("validating: bytes in -> kopf fn", val["start"] - val["first"])
+            add("validating: kopf fn", val["end"] - val["start"])
+            add("validating: kopf fn -> response", val["sent"] - val["end"])
+            last = val
+        add("apiserver after the last call", t1 - last["sent"])
+    return out
+
+
+def _print_trace(
+    label: str,
+    sent: dict[str, tuple[float, float]],
+    loaded: tuple[dict[str, dict[str, dict[str, Any]]], list[float]],
+) -> None:
+    trace, lags = loaded
+    phases = _phases(sent, trace)
+    recs = [r for hooks in trace.values() for r in hooks.values()]
+    ports = {r["peer"] for r in recs}
+    calls = sum(r["calls"] for r in recs)
+    print(f"  trace of {label}: {calls} webhook requests for {len(trace)} pods "
+          f"on {len(ports)}+ TLS connections; "
+          f"event-loop lag p50 {statistics.median(lags or [0]) * 1000:.1f} ms, "
+          f"max {max(lags or [0]) * 1000:.1f} ms (worst per second)")  # fmt: skip
+    for k, v in phases.items():
+        print(f"    {k:36s} n={len(v):4d} p50 {statistics.median(v) * 1000:6.2f} ms "
+              f"p99 {pct(v, 0.99) * 1000:6.2f} ms")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--rate", type=float, default=50.0, help="pod creates per second, in all")
@@ -115,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", default="", metavar="REV",
                     help="also run REV's operator (its own webhooks and namespace), "
                          "interleaved with this tree's")  # fmt: skip
+    ap.add_argument("--trace", action="store_true",
+                    help="timestamps inside each operator: where the time goes")  # fmt: skip
+    ap.add_argument("--keep", metavar="DIR", type=Path,
+                    help="with --trace: keep the raw traces and the bench's times in DIR")  # fmt: skip
     args = ap.parse_args(argv)
     if args.baseline and not is_revision(args.baseline):
         ap.error(f"--baseline {args.baseline!r}: not a git revision")
@@ -138,34 +269,42 @@ def main(argv: list[str] | None = None) -> int:
             trees.append((short(args.baseline), stack.enter_context(exported_tree(args.baseline))))
         # kinds: (label, namespace, annotated); plain pods reach no webhook at all.
         kinds: list[tuple[str, str, bool]] = []
+        traces: list[Path | None] = []
         for label, tree in trees:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            op = stack.enter_context(_operator(cluster, work, tree))
+            trace = work / "trace.jsonl" if args.trace else None
+            op = stack.enter_context(_operator(cluster, work, tree, trace))
             kinds.append((label, op.namespace("bench-admission"), True))
+            traces.append(trace)
         kinds.append(("plain", kinds[0][1], False))
         core = client.CoreV1Api(load_config(str(KUBECONFIG)))
         n = int(args.rate * args.seconds)
         interval = 1.0 / args.rate
         latencies: dict[int, list[float]] = {k: [] for k in range(len(kinds))}
+        sent: dict[int, dict[str, tuple[float, float]]] = {k: {} for k in range(len(kinds))}
         failures: list[str] = []
 
         def create(i: int, kind: int) -> None:
             label, ns, annotated = kinds[kind]
-            t0 = time.perf_counter()
+            body = pod(i, annotated)
+            wall, t0 = time.time(), time.perf_counter()
             try:
                 # The raw answer: the client's model decoding is not admission.
-                resp = core.create_namespaced_pod(ns, pod(i, annotated), _preload_content=False)
+                resp = core.create_namespaced_pod(ns, body, _preload_content=False)
                 resp.read()
             except Exception as err:  # reported, not raised: the run goes on
                 failures.append(f"{label} pod {i}: {err}")
                 return
-            latencies[kind].append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            latencies[kind].append(took)
+            sent[kind][body["metadata"]["name"]] = (wall, wall + took)
 
         # Warm-up: the first requests pay for connections and imports.
         for i in range(5):
             for k in range(len(kinds)):
                 create(10_000 + i * len(kinds) + k, k)
         latencies = {k: [] for k in range(len(kinds))}
+        sent = {k: {} for k in range(len(kinds))}
         start = time.perf_counter()
         futures: list[Future[None]] = []
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -173,10 +312,21 @@ def main(argv: list[str] | None = None) -> int:
                 delay = start + i * interval - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                futures.append(pool.submit(create, i, i % len(kinds)))
+                # Rotated each round: no kind always follows the same one.
+                futures.append(pool.submit(create, i, (i + i // len(kinds)) % len(kinds)))
             for f in futures:
                 f.result(timeout=120)
         elapsed = time.perf_counter() - start
+        time.sleep(0.5)  # the operators' last trace lines
+        loaded = [_load_trace(t) if t is not None else None for t in traces]
+        if args.keep and args.trace:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for k, t in enumerate(traces):
+                if t is not None and t.exists():
+                    (args.keep / f"trace-{k}.jsonl").write_text(t.read_text())
+            (args.keep / "sent.json").write_text(
+                json.dumps({kinds[k][0]: v for k, v in sent.items()})
+            )
         for _, ns, annotated in kinds:
             if annotated:
                 subprocess.run(
@@ -205,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         a, b = latencies[0], latencies[1]
         print(f"  this tree / {trees[1][0]}: p50 {statistics.median(a) / statistics.median(b):.2f}x, "
               f"p99 {pct(a, 0.99) / pct(b, 0.99):.2f}x")  # fmt: skip
+    for k, one in enumerate(loaded):
+        if one is not None:
+            _print_trace(kinds[k][0], sent[k], one)
     return 0
 
 
