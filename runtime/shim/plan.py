@@ -30,7 +30,6 @@ CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
 CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
 CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
-GROUP_LABELS = ("io.containerd.runc.v2.group", CRI_SANDBOX_ID)
 DEFAULT_SCALEUP_TIMEOUT = durations.parse_duration(keys.DEFAULT_SCALEUP_TIMEOUT).total_seconds()
 READY_MARK = "ready"  # handover dirs hold an image once this file exists
 PENDING_MARK = "pending"  # the daemon is still transferring: wait up to scaleup-timeout
@@ -62,14 +61,6 @@ def parse_duration(text: str) -> float:
         return durations.parse_duration(text).total_seconds()
     except ValueError as e:
         raise PlanError(f"duration: {e}") from None
-
-
-def grouping(shim_id: str, annotations: dict[str, str]) -> str:
-    """One shim per pod: containers of a sandbox share the sandbox id's shim."""
-    for key in GROUP_LABELS:
-        if annotations.get(key):
-            return annotations[key]
-    return shim_id
 
 
 @dataclass(frozen=True)

@@ -87,12 +87,6 @@ def test_bad_durations(text: str) -> None:
         plan.parse_duration(text)
 
 
-def test_grouping_prefers_sandbox_id() -> None:
-    assert plan.grouping("c1", {}) == "c1"
-    assert plan.grouping("c1", {plan.CRI_SANDBOX_ID: "sb"}) == "sb"
-    assert plan.grouping("c1", {"io.containerd.runc.v2.group": "g", plan.CRI_SANDBOX_ID: "sb"}) == "g"
-
-
 def _ready(d: Path, mark: str = plan.READY_MARK, namespace: str = "") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / plan.NAMESPACE_MARK).write_text(namespace)
