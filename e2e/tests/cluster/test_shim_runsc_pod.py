@@ -14,7 +14,7 @@ import pytest
 
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import architect_tasks, eventually, get_json, kubectl, namespace
-from e2e.tests.cluster.shimfix import architect_node, shim_control  # noqa: F401
+from e2e.tests.cluster.shimfix import SHIM_RUN, architect_node, shim_control  # noqa: F401
 
 pytestmark = pytest.mark.node
 
@@ -68,5 +68,10 @@ def test_runsc_architect_pod_serves_on_its_pod_ip(architect_node: Cluster) -> No
         kubectl(cluster, "delete", "-n", ns, "pod/gv", "--wait=true", "--timeout=60s")
         eventually("containerd has no task left of the pod",
                    lambda: not ({cid} & architect_tasks()), timeout_s=60)
-        eventually("the pod's shim exits", lambda: not Path(f"/proc/{shim_pid}").exists(),
-                   timeout_s=60)
+        # One shim serves every pod of the node: the pod's control link goes with
+        # the pod, and the shim exits once no container is left in it.
+        eventually("the pod's control link is gone",
+                   lambda: not (SHIM_RUN / "k8s.io" / cid).exists(), timeout_s=60)
+        if not architect_tasks():
+            eventually("the node's shim exits", lambda: not Path(f"/proc/{shim_pid}").exists(),
+                       timeout_s=60)
