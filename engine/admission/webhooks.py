@@ -13,14 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from architect.policy.annotations import (
-    GROUP,
-    PREFIX,
-    RUNTIME_CLASSES,
-    START_FROM_PERSISTENT,
-    WRITTEN_BY_ARCHITECT,
-)
-from architect.policy.compiler import WORKLOAD_KINDS
+from architect.policy.annotations import GROUP, PREFIX, RUNTIME_CLASSES, WRITTEN_BY_ARCHITECT
 
 # Handler ids: also the URL path of each webhook on kopf's server.
 MUTATE_POD = "mutate-pod"
@@ -95,26 +88,6 @@ def annotations_changed_expression() -> str:
         f"(!{has_new} || !(k in {new}))))"
     )
     return f"request.operation == 'UPDATE' && ({changed} || {removed})"
-
-
-def pod_validation_expression() -> str:
-    """CEL: a created pod the validating webhook has work for.
-
-    A pod its workload controls (a Deployment's, a Job's, ...) is validated by
-    the mutating webhook (the same compile, refused with the compiler's
-    message) and records nothing (its workload's policies select it), so it is
-    sent only for a ``start-from-persistent-checkpoint`` warning. A pod that
-    owns its policies (bare, or controlled by a kind that is not a workload)
-    is always sent: it has its uid here, which its policies' owner needs.
-    Mirrors ``workloads.owns_its_policies``; one round trip per pod instead of two."""
-    kinds = ", ".join(f"'{k}'" for k in sorted(WORKLOAD_KINDS))
-    refs = "object.metadata.ownerReferences"
-    controlled = (
-        f"has({refs}) && {refs}.exists(r, has(r.controller) && r.controller && r.kind in [{kinds}])"
-    )
-    ann = "object.metadata.annotations"
-    start_from = f"has({ann}) && '{START_FROM_PERSISTENT}' in {ann}"
-    return f"!({controlled}) || ({start_from})"
 
 
 def _namespace_selector(scope: Scope) -> dict[str, Any]:
@@ -214,10 +187,7 @@ def build_configurations(
                 [_rule("", ["pods"], ["CREATE"])],
                 client,
                 scope,
-                [
-                    {"name": "architect-intent", "expression": intent_expression("object")},
-                    {"name": "architect-pod-work", "expression": pod_validation_expression()},
-                ],
+                [{"name": "architect-intent", "expression": intent_expression("object")}],
                 side_effects="NoneOnDryRun",
             ),
             # Annotations edited on an existing pod: validated, a bare pod's

@@ -18,7 +18,6 @@ from architect.engine.admission.webhooks import (
     ClientConfig,
     annotations_changed_expression,
     build_configurations,
-    pod_validation_expression,
 )
 from architect.engine.admission.workloads import (
     AdmissionDenied,
@@ -26,12 +25,7 @@ from architect.engine.admission.workloads import (
     owns_its_policies,
     plan_sync,
 )
-from architect.policy.annotations import (
-    PREFIX,
-    START_FROM_PERSISTENT,
-    TEMPLATE_HASH_ANNOTATION,
-    TEMPLATE_HASH_LABEL,
-)
+from architect.policy.annotations import PREFIX, TEMPLATE_HASH_ANNOTATION, TEMPLATE_HASH_LABEL
 
 CFG = SidecarConfig(image="example/architect:test")
 
@@ -113,7 +107,8 @@ def test_sidecar_injected_and_probes_rewritten() -> None:
     from architect.runtime.network.healthproxy import parse_args as proxy_args
 
     cfg = proxy_args(sidecar["command"][2:])
-    assert [(m.container, m.app_port, m.shadow_port) for m in cfg.mappings] == [("app", 8080, 9080)]
+    assert [(m.container, m.app_port, m.shadow_port) for m in cfg.mappings] == [
+        ("app", 8080, 9080)]
     assert cfg.status_file == "/run/architect/status.json"
     assert sidecar["volumeMounts"][0]["mountPath"] == "/run/architect"
     assert any(v["name"] == STATUS_VOLUME and "emptyDir" in v for v in out["spec"]["volumes"])
@@ -267,11 +262,7 @@ def test_webhook_configurations_are_scoped() -> None:
             assert cond["expression"] == annotations_changed_expression()
             assert h["failurePolicy"] == "Fail"
         elif "checkpoint" not in h["name"]:
-            cond, *more = h["matchConditions"]
-            if h["name"].startswith("pods."):
-                assert [c["expression"] for c in more] == [pod_validation_expression()]
-            else:
-                assert more == []
+            (cond,) = h["matchConditions"]
             assert "runc-architect" in cond["expression"]
             assert "architect.loopholelabs.io/" in cond["expression"]
             assert h["failurePolicy"] == "Fail"
@@ -323,38 +314,3 @@ def test_only_edits_of_architect_annotations_reach_the_pod_update_webhook(
         "oldObject": json_to_cel(None if old is CREATE else obj(old)),
     }
     assert bool(program.evaluate(activation)) is sent
-
-
-RS_OWNER = {"kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": True}
-
-
-@pytest.mark.parametrize(
-    ("owners", "annotations", "sent"),
-    [
-        (None, {}, True),  # bare: records its own policies, needs the uid
-        ([RS_OWNER], {}, False),  # a workload's pod: validated by the mutating webhook
-        ([{**RS_OWNER, "controller": False}], {}, True),  # owned, not controlled
-        ([{k: v for k, v in RS_OWNER.items() if k != "controller"}], {}, True),
-        ([{**RS_OWNER, "kind": "Rollout"}], {}, True),  # not a workload kind: owns its policies
-        ([{**RS_OWNER, "kind": "Job"}], {}, False),
-        ([RS_OWNER], {START_FROM_PERSISTENT: "ns/pc"}, True),  # its warning needs the API
-    ],
-)
-def test_only_pods_with_work_left_reach_the_pod_validating_webhook(
-    owners: list[dict[str, Any]] | None, annotations: dict[str, str], sent: bool
-) -> None:
-    """The CEL condition (celpy, as the API server would) agrees with owns_its_policies."""
-    import celpy
-    from celpy.adapter import json_to_cel
-
-    meta: dict[str, Any] = {
-        "name": "p",
-        "annotations": {PREFIX + "managed-containers": "[]", **annotations},
-    }
-    if owners is not None:
-        meta["ownerReferences"] = owners
-    pod = {"kind": "Pod", "metadata": meta}
-    env = celpy.Environment()
-    program = env.program(env.compile(pod_validation_expression()))
-    assert bool(program.evaluate({"object": json_to_cel(pod)})) is sent
-    assert sent is (owns_its_policies(pod) or bool(annotations))
