@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/engine_transfer.py
 	$(PY) bench/network_wake.py
 	$(PY) bench/checkpoint.py
+	$(PY) bench/hibernate_vs_dump.py
 	$(PY) bench/wake_latency.py
 	$(PY) bench/shim_bench.py
 	$(PY) bench/daemon_bench.py
