@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from architect.engine.controlplane.transfer import DigestVerifier, TransferError
 from architect.runtime.shim import plan
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -317,18 +318,15 @@ class Registry:
             if resp.status != 200:
                 resp.read()
                 raise self._fail(resp, f"blob {digest} of {self.host}/{repo}")
-            h, n = hashlib.sha256(), 0
-            for chunk in resp.stream(CHUNK):
-                n += len(chunk)
-                if n > size:
-                    raise RegistryError(f"blob {digest} is larger than its {size} bytes")
-                h.update(chunk)
-                out.write(chunk)
-            if n != size:
-                raise RegistryError(f"blob {digest}: {n} bytes, the manifest says {size}")
-            got = "sha256:" + h.hexdigest()
-            if got != digest:
-                raise RegistryError(f"digest mismatch: blob {digest} arrived as {got}")
+            # The mutual-TLS transfer's own check: size and sha256 while it streams.
+            try:
+                check = DigestVerifier(digest, size)
+                for chunk in resp.stream(CHUNK):
+                    check.update(chunk)
+                    out.write(chunk)
+                check.finish()
+            except TransferError as e:
+                raise RegistryError(f"blob {digest}: {e}") from None
         finally:
             resp.release_conn()
 

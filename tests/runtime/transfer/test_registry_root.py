@@ -111,7 +111,7 @@ def test_missing_tag_moved_tag_and_bad_blob_leave_no_image(
     raw = bytearray(blob.read_bytes())
     raw[100] ^= 0xFF
     blob.write_bytes(bytes(raw))
-    assert f"digest mismatch: blob sha256:{hexd} arrived as" in pull_fails(pushed.location, 3)
+    assert f"blob sha256:{hexd}: digest mismatch: got" in pull_fails(pushed.location, 3)
 
     raw_manifest = r.Registry(addr).pull_manifest(r.parse_reference(pushed.location))
     with pytest.raises(r.RegistryError, match=r"digest mismatch: the image.s manifest\.json"):
