@@ -104,7 +104,12 @@ class PayloadInfo:
 class FileInfo:
     path: str  # path inside the payload (tar member or file under payload/)
     size: int
+    # The file's sha256; with chunks, that of the chunk list (image.chunk_root).
     sha256: str
+    # A big file of the directory layout: sha256 of each chunk_size bytes, so that
+    # both cores hash it (format_version 2). 0 / (): one digest of the whole file.
+    chunk_size: int = 0
+    chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -348,8 +348,8 @@ def test_manifest_from_dict_names_the_field() -> None:
              "files": [], "empty_dirs": []},
             "here",
         )  # fmt: skip
-    with pytest.raises(ImageCorrupt, match="format_version 2"):
-        img.manifest_from_dict({"format_version": 2}, "here")
+    with pytest.raises(ImageCorrupt, match=r"format_version 3 \(this node reads 1 or 2"):
+        img.manifest_from_dict({"format_version": 3}, "here")
     with pytest.raises(ImageCorrupt, match="not a JSON object"):
         img.manifest_from_dict([], "here")
 
@@ -429,3 +429,123 @@ def test_dir_image_links_the_engine_files_and_copies_on_unpack(tmp_path: Path) -
     out.write_bytes(b"rewritten")
     assert img.verify(tmp_path / "i").payload.compression == "dir"
 
+
+
+# ---------------------------------------------------------------- chunk digests
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
+    """4 KiB hash chunks: a 40 KB pages file is chunked (10 chunks), the rest not."""
+    monkeypatch.setattr(img, "HASH_CHUNK", 4096)
+    return 4096
+
+
+def _chunked_image(tmp_path: Path, pages: bytes) -> Path:
+    return _pack(tmp_path, pages=pages, compression="dir")
+
+
+def test_chunked_dir_image_round_trip(tmp_path: Path, small_chunks: int) -> None:
+    pages = os.urandom(40_000)
+    image = _chunked_image(tmp_path, pages)
+    raw = json.loads((image / "manifest.json").read_text())
+    assert raw["format_version"] == 2
+    entry = next(f for f in raw["files"] if f["path"] == "engine/pages-1.img")
+    want = [hashlib.sha256(pages[o : o + small_chunks]).hexdigest() for o in range(0, 40_000, 4096)]
+    assert entry["chunk_size"] == small_chunks and entry["chunks"] == want
+    assert entry["sha256"] == img.chunk_root(small_chunks, want)
+    core = next(f for f in raw["files"] if f["path"] == "engine/core-1.img")
+    assert "chunks" not in core and core["sha256"] == hashlib.sha256(b"core" * 100).hexdigest()
+    assert img.verify(image).files == img.read_manifest(image).files
+    assert img.verify_in_place(image).hashed_files == len(raw["files"])
+    img.unpack(image, tmp_path / "out")
+    assert (tmp_path / "out" / "engine" / "pages-1.img").read_bytes() == pages
+
+
+def test_unchunked_images_stay_format_1(tmp_path: Path) -> None:
+    """Images with no big file, and every stream, are what older nodes read."""
+    for compression in ("dir", "none"):
+        (tmp_path / compression).mkdir()
+        image = _pack(tmp_path / compression, compression=compression)
+        raw = json.loads((image / "manifest.json").read_text())
+        assert raw["format_version"] == 1
+        assert all(set(f) == {"path", "size", "sha256"} for f in raw["files"])
+        img.verify(image)
+
+
+@pytest.mark.parametrize("where", [0, 4095, 4096, 39_999])
+def test_changed_byte_in_any_chunk_is_refused(
+    tmp_path: Path, small_chunks: int, where: int
+) -> None:
+    image = _chunked_image(tmp_path, os.urandom(40_000))
+    sealed = img.seal(image, img.read_manifest(image))
+    p = image / "payload" / "engine" / "pages-1.img"
+    data = bytearray(p.read_bytes())
+    data[where] ^= 1
+    p.write_bytes(bytes(data))
+    message = "'engine/pages-1.img' does not match its digest"
+    for check in (img.verify, lambda i: img.verify_in_place(i, sealed)):
+        with pytest.raises(ImageCorrupt, match=re.escape(message)):
+            check(image)
+    with pytest.raises(ImageCorrupt, match=re.escape(message)):
+        img.unpack(image, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change", [b"", b"x"])
+def test_chunked_file_of_another_length_is_refused(
+    tmp_path: Path, small_chunks: int, change: bytes
+) -> None:
+    image = _chunked_image(tmp_path, os.urandom(40_000))
+    p = image / "payload" / "engine" / "pages-1.img"
+    data = p.read_bytes()
+    p.write_bytes(data + change if change else data[:-1])
+    with pytest.raises(ImageCorrupt, match="does not match its digest"):
+        img.verify_in_place(image)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("chunk", "sha256 is not that of its chunks"),
+        ("count", "lists 9 chunk(s) for 40000 bytes"),
+        ("size", "chunk_size must be positive"),
+        ("hex", "chunks must be sha256 hex digests"),
+        ("version", "has chunks in a format 1 manifest"),
+    ],
+)
+def test_bad_chunk_list_is_refused_by_the_manifest(
+    tmp_path: Path, small_chunks: int, edit: str, message: str
+) -> None:
+    image = _chunked_image(tmp_path, os.urandom(40_000))
+    mpath = image / "manifest.json"
+    raw = json.loads(mpath.read_text())
+    entry = next(f for f in raw["files"] if f["path"] == "engine/pages-1.img")
+    match edit:
+        case "chunk":
+            entry["chunks"][3] = hashlib.sha256(b"other").hexdigest()
+        case "count":
+            entry["chunks"].pop()
+        case "size":
+            entry["chunk_size"] = 0
+        case "hex":
+            entry["chunks"][0] = "z" * 64
+        case "version":
+            raw["format_version"] = 1
+    mpath.write_text(json.dumps(raw))
+    with pytest.raises(ImageCorrupt, match=re.escape(message)):
+        img.verify(image)
+
+
+def test_parallel_hash_equals_the_streamed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(100_003)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "g").write_bytes(b"small")
+    jobs = [(tmp_path / "f", 8192), (tmp_path / "g", 0), (tmp_path / "f", 0)]
+    serial = [img._stream(open(p, "rb"), None, cs) for p, cs in jobs]  # noqa: SIM115
+    assert serial[2] == (len(data), hashlib.sha256(data).hexdigest(), ())
+    for threads in (1, 2, 4):
+        monkeypatch.setattr(img, "_hash_threads", lambda t=threads: t)
+        assert img.hash_files(jobs) == serial
