@@ -47,6 +47,7 @@ import re
 import shutil
 import stat
 import tarfile
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -324,10 +325,22 @@ def _hash_threads() -> int:
     return max(1, min(n, MAX_HASH_THREADS))
 
 
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's read buffer: an image has dozens of small files, and a fresh
+    MiB for each costs more than hashing it."""
+    buf: memoryview | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(CHUNK))
+    return buf
+
+
 def _hash_piece(path: Path, offset: int, length: int | None) -> tuple[int, str]:
     """Bytes read and sha256 of ``length`` bytes at ``offset`` (None: to the end)."""
     sha = hashlib.sha256()
-    buf = memoryview(bytearray(CHUNK))
+    buf = _buffer()
     done = 0
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -361,12 +374,21 @@ def hash_files(jobs: Sequence[tuple[Path, int]]) -> list[Digest]:
         ]
         # one byte past the end: a file longer than its stat said does not pass
         pieces.append((j, path, size, 1))
-    threads = min(_hash_threads(), len(pieces))
-    if threads <= 1:
-        done = [_hash_piece(p, off, n) for _, p, off, n in pieces]
-    else:
-        with ThreadPoolExecutor(threads, thread_name_prefix="image-hash") as pool:
-            done = list(pool.map(lambda t: _hash_piece(t[1], t[2], t[3]), pieces))
+    # Chunks go to the pool; small whole files are hashed here meanwhile (handing
+    # each to a thread costs more than hashing it).
+    big = [i for i, (_, _, _, n) in enumerate(pieces) if n is not None and n > CHUNK]
+    threads = min(_hash_threads(), len(big))
+    done: list[tuple[int, str]] = [(0, "")] * len(pieces)
+    with contextlib.ExitStack() as stack:
+        futures = {}
+        if threads > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="image-hash"))
+            futures = {i: pool.submit(_hash_piece, *pieces[i][1:]) for i in big}
+        for i, (_, path, off, n) in enumerate(pieces):
+            if i not in futures:
+                done[i] = _hash_piece(path, off, n)
+        for i, f in futures.items():
+            done[i] = f.result()
     out: list[Digest] = []
     k = 0
     for j, (_, chunk_size) in enumerate(jobs):
