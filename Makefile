@@ -60,3 +60,4 @@ bench: setup
 	$(PY) bench/cluster_bench.py
 	$(PY) bench/product_wake.py
 	$(PY) bench/persistent_checkpoint.py
+	$(PY) bench/drain.py
