@@ -96,6 +96,10 @@ class Images(Protocol):
     def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
         """Remove the handover directory if it is still the image of ``digest``."""
 
+    def sweep(self) -> list[str]:
+        """Remove what a killed daemon left half-written (a fetch's or a pack's
+        scratch directory); what was removed."""
+
 
 @dataclass
 class Pending:
@@ -219,8 +223,16 @@ class Migrations:
         return name
 
     async def recover(self) -> int:
-        """After a restart: finish the Checkpoints of handovers written while no
-        daemon listened (the record says which pod; the directory says done)."""
+        """After a restart: drop the half-written images of the daemon that ran
+        before (killed mid-fetch or mid-pack: nothing else removes them, and a
+        grant seen again fetches anew), then finish the Checkpoints of handovers
+        written while no daemon listened (the record says which pod; the
+        directory says done)."""
+        try:
+            for what in await asyncio.to_thread(self.images.sweep):
+                log.info("removed %s: left half-written by a daemon that was stopped", what)
+        except OSError as e:  # the next start tries again; nothing depends on it
+            log.warning("half-written images not removed: %s", e)
         done = 0
         for cid in list(self.store.data):
             w = self.armed_for(cid)
@@ -365,6 +377,15 @@ class NodeImages:
         with contextlib.suppress(OSError):  # other containers' handovers may remain
             d.parent.rmdir()
         return True
+
+    def sweep(self) -> list[str]:
+        from architect.runtime.transfer.images import scratch_dirs
+
+        gone = []
+        for d in scratch_dirs(self.root):
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(str(d.relative_to(self.root)))
+        return gone
 
     def outgoing(self) -> list[tuple[str, str, float]]:
         from architect.runtime.transfer.images import OUTGOING

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from architect.runtime.checkpoint.errors import CheckpointError
 from architect.runtime.shim.plan import NAMESPACE_MARK, PENDING_MARK, READY_MARK, handover_dir
 
 OUTGOING = "outgoing"
+HANDOVER = "handover"
 MARKS = frozenset({READY_MARK, PENDING_MARK, NAMESPACE_MARK})
+# The daemon's scratch directories: a fetch's beside the handover directory it
+# fills (client.fetch: the shim writes in handover/ too, so only this name), and
+# any hidden one under outgoing/ (only the daemon writes there: export's staging,
+# the hard-linked snapshot it packs from, the packer's own scratch).
+_FETCH_SCRATCH = re.compile(r"\.[^/]+\.incoming-[0-9a-f]{8}")
+_PACK_SCRATCH = re.compile(r"\..+")
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,25 @@ def export(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return image_ref(out, f"node://{node}/{OUTGOING}/{template_hash}/{container}")
+
+
+def scratch_dirs(root: Path) -> list[Path]:
+    """Half-written images the daemon left under ``root`` when it was killed
+    mid-fetch or mid-pack (a finished or failed one removes its own): the
+    shim's scratch directories (a repack into a handover directory) and a
+    PersistentCheckpoint's are not these. Call it when no fetch or pack of this
+    daemon runs: at its start."""
+    found: list[Path] = []
+    for sub, pattern in ((HANDOVER, _FETCH_SCRATCH), (OUTGOING, _PACK_SCRATCH)):
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for d in base.iterdir():
+            if pattern.fullmatch(d.name):  # outgoing/.snap-*
+                found.append(d)
+            elif d.is_dir() and not d.name.startswith("."):
+                found += [e for e in d.iterdir() if pattern.fullmatch(e.name)]
+    return sorted(e for e in found if e.is_dir() and not e.is_symlink())
 
 
 def remove_outgoing(root: Path, template_hash: str, container: str) -> None:

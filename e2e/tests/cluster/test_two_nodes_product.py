@@ -2,7 +2,12 @@
 (`e2e/cluster/up --nodes 2`): `kubectl drain` of node A moves the seed's counter
 app to node B with its state; a hibernated pod migrates and stays hibernated; a
 PodDisruptionBudget holds during the drain; a tampered image and a cut transfer
-end in a fresh start on node B within scaleup-timeout.
+end in a fresh start on node B within scaleup-timeout. A daemon killed (SIGKILL
+of its host process; the kubelet restarts it) in the middle, node A's during the
+shim's dump or while it packs the image, node B's during its download: the
+replacement on node B is Ready within scaleup-timeout, restored when the daemon
+came back in time (it did in every run so far) or fresh with a StartedFresh
+Event, and neither node keeps anything of the image.
 
 In `make test` (about 3.5 minutes with node B's up and down; two full runs
 passed in a row before it was added). One test by hand, as root:
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -369,6 +376,209 @@ def test_transfer_cut_starts_fresh_on_node_b(kube: product.Kube) -> None:
         # The rule really cut something: its packet counter moved.
         line = next(x for x in dropped.splitlines() if "transfer cut" in x)
         assert int(line.split()[0]) > 0, line
+
+
+# --- faults: a daemon killed in the middle ----------------------------------
+
+# Each node's shim state root as the host sees it (node B's is a bind mount).
+SHIM_STATE = {NODE_A: Path("/var/lib/architect/shim"),
+              NODE_B: Path("/var/lib/architect-e2e/node-b/var-lib-architect/shim")}
+
+
+def _daemon(k: product.Kube, node: str) -> tuple[str, int, int]:
+    """The node's daemon pod: its name, the daemon container's restart count, and
+    the daemon's host pid (the DaemonSet runs with hostPID; found by the pod's
+    uid in its cgroup path: both nodes' daemons share this kernel)."""
+    (pod,) = [d for d in k.json("pods", "-n", product.NAMESPACE, "-l",
+                                "app.kubernetes.io/component=daemon")["items"]
+              if d["spec"]["nodeName"] == node and not d["metadata"].get("deletionTimestamp")]
+    uid = pod["metadata"]["uid"]
+    restarts = sum(c["restartCount"] for c in pod["status"].get("containerStatuses", []))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            cgroup = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if argv[1:3] == [b"-m", b"architect.runtime.daemon"] and (
+                uid in cgroup or uid.replace("-", "_") in cgroup):
+            return pod["metadata"]["name"], restarts, int(proc.name)
+    raise AssertionError(f"no daemon process of pod {pod['metadata']['name']} on {node}")
+
+
+def _kill_daemon(k: product.Kube, node: str, pid: int, restarts: int) -> float:
+    """SIGKILL of the daemon process (no handler, no cleanup runs); the kubelet
+    restarts its container: the seconds until it is Ready again."""
+    os.kill(pid, signal.SIGKILL)
+
+    def back() -> bool:
+        try:
+            _, n, new = _daemon(k, node)
+        except AssertionError:
+            return False
+        return n > restarts and new != pid and _daemons_ready(k, node)
+    took = product.eventually(f"{node}'s daemon restarted", back, 120, 0.5)
+    print(f"{node}'s daemon (pid {pid}) killed; its container back in {took:.1f}s")
+    return took
+
+
+def _daemons_ready(k: product.Kube, node: str) -> bool:
+    for d in k.json("pods", "-n", product.NAMESPACE, "-l",
+                    "app.kubernetes.io/component=daemon")["items"]:
+        if d["spec"]["nodeName"] == node:
+            conds = {c["type"]: c["status"] for c in d["status"].get("conditions", [])}
+            return conds.get("Ready") == "True"
+    return False
+
+
+def _criu_running() -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().strip() == "criu":
+                    return True
+    return False
+
+
+def _leftovers(thash: str) -> dict[str, list[str]]:
+    """What either node still holds for the template: handover and packed images,
+    scratch directories (dot names) included."""
+    out: dict[str, list[str]] = {}
+    for node, root in SHIM_STATE.items():
+        found = []
+        for sub in ("handover", "outgoing"):
+            d = root / sub / thash
+            if d.is_dir():
+                found += [f"{sub}/{thash}/{e.name}" for e in d.iterdir()]
+            found += [f"{sub}/{e.name}" for e in (root / sub).glob(".*") if e.is_dir()]
+        out[node] = sorted(found)
+    return out
+
+
+def _running_on_a(k: product.Kube, ns: str, ballast_mib: int = 0) -> tuple[str, str]:
+    """The app on node A with 3 requests of state; the pod's name and template hash."""
+    dep = product.counter_deployment(APP, scaledown="1h", ballast_mib=ballast_mib, extra={
+        "architect.loopholelabs.io/scaleup-timeout-containers":
+            json.dumps({f"{APP}-container": f"{SCALEUP_TIMEOUT_S}s"}),
+        "e2e.architect/test": ns})
+    (old,) = _deploy_on_a(k, ns, dep)
+    ip = old["status"]["podIP"]
+    product.wait_listening(ip)
+    for _ in range(3):
+        product.http_get(ip)
+    return old["metadata"]["name"], old["metadata"]["labels"][
+        "architect.loopholelabs.io/pod-template-hash"]
+
+
+def _settled_on_b(k: product.Kube, ns: str, old: str, thash: str, took: float) -> int:
+    """After a fault: the replacement on node B Ready within scaleup-timeout (plus
+    the pod's own start), never restarted, serving; the old pod's Checkpoint
+    collected and nothing of the template left on either node. Its count."""
+    new = product.ready_pod(k, ns, APP, 120)
+    assert new["spec"]["nodeName"] == NODE_B
+    assert took <= SCALEUP_TIMEOUT_S + 25, took
+    restarts = [c["restartCount"] for c in new["status"]["containerStatuses"]]
+    assert restarts == [0] * len(restarts)
+    product.wait_listening(new["status"]["podIP"])
+    count = product.count_of(product.http_get(new["status"]["podIP"])[0])
+    cp = f"{old}-{APP}-container"
+    product.eventually(f"checkpoint {cp} not left behind",
+                       lambda: _phase(k, ns, cp) == "gone", 120, 0.5)
+    left: dict[str, list[str]] = {}
+
+    def clean() -> bool:
+        left.update(_leftovers(thash))
+        return not any(left.values())
+    with contextlib.suppress(product.ProductError):
+        product.eventually("no image left on either node", clean, 90, 1)
+    assert not any(left.values()), left
+    return count
+
+
+def _outcome(k: product.Kube, ns: str, old: str, count: int, back: float) -> str:
+    """The state moved (the count continues from 3, the Checkpoint Consumed) or
+    the replacement started fresh with a StartedFresh Event naming why; nothing
+    in between. A daemon back well within scaleup-timeout must have moved it:
+    the replacement waits that long for the handover."""
+    if count == 4:
+        assert "CheckpointConsumed" in _reasons(k, ns, f"{old}-{APP}-container")
+        return "restored"
+    assert back > SCALEUP_TIMEOUT_S / 2, f"daemon back in {back:.1f}s, yet count {count}"
+    assert count == 1, count
+    fresh: list[str] = []
+
+    def started_fresh() -> bool:
+        fresh[:] = [e["message"] for e in k.json("events", "-n", ns)["items"]
+                    if e["reason"] == "StartedFresh"]
+        return bool(fresh)
+    product.eventually("a StartedFresh Event", started_fresh, 30, 0.5)
+    return f"fresh: {fresh}"
+
+
+@pytest.mark.parametrize("moment", ["dump", "pack"])
+def test_source_daemon_killed_mid_checkpoint(kube: product.Kube, moment: str) -> None:
+    """Killed while the shim's CRIU dump runs (its end is never heard), or while
+    the daemon packs the written handover for transfer (its scratch stays)."""
+    outgoing = SHIM_STATE[NODE_A] / "outgoing"
+
+    def in_flight() -> bool:
+        return _criu_running() if moment == "dump" else any(outgoing.glob(".snap-*"))
+    with product_namespace(kube, "nb-srckill") as ns:
+        old, thash = _running_on_a(kube, ns, ballast_mib=32)
+        _, restarts, pid = _daemon(kube, NODE_A)
+        kube.run("cordon", NODE_A)
+        try:
+            start = time.monotonic()
+            kube.run("delete", "pod", "-n", ns, old, "--wait=false")
+            # The checkpoint for the replacement is in flight: node A's daemon
+            # armed it and waits for the shim's dump to end, or packs its image.
+            product.eventually(f"{moment} in flight on node A", in_flight, 60, 0.01)
+            back = _kill_daemon(kube, NODE_A, pid, restarts)
+            product.ready_pod(kube, ns, APP, 120)
+            took = time.monotonic() - start
+        finally:
+            kube.run("uncordon", NODE_A)
+        count = _settled_on_b(kube, ns, old, thash, took)
+        print(f"\nreplacement Ready on node B {took:.1f}s after the delete: "
+              f"{_outcome(kube, ns, old, count, back)}")
+
+
+def test_destination_daemon_killed_mid_transfer(kube: product.Kube) -> None:
+    with product_namespace(kube, "nb-dstkill") as ns:
+        old, thash = _checkpointed_on_a(kube, ns)
+        _, restarts, pid = _daemon(kube, NODE_B)
+        # Node B's download stalls after 64 KiB (as in the cut above), so the
+        # daemon is surely killed mid-transfer; the rule goes with the kill.
+        _in_nodeb_net("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+        rule = ["INPUT", "-p", "tcp", "--sport", "9447", "-m", "connbytes",
+                "--connbytes", "65536:", "--connbytes-dir", "reply", "--connbytes-mode", "bytes",
+                "-m", "comment", "--comment", "architect-e2e-b transfer stall", "-j", "DROP"]
+        add = _in_nodeb_net("iptables", "-I", *rule)
+        assert add.returncode == 0, add.stderr
+        scratch = SHIM_STATE[NODE_B] / "handover" / thash
+        kube.run("cordon", NODE_A)
+        try:
+            start = time.monotonic()
+            kube.run("scale", "-n", ns, f"deployment/{APP}", "--replicas=1")
+            product.eventually("node B's download under way", lambda: any(
+                f.is_file() for f in scratch.glob(f".{APP}-container.incoming-*/image/*")), 60, 0.1)
+            back = _kill_daemon(kube, NODE_B, pid, restarts)
+            stalled = _in_nodeb_net("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
+            _in_nodeb_net("iptables", "-D", *rule)
+            rule = []
+            product.ready_pod(kube, ns, APP, 120)
+            took = time.monotonic() - start
+        finally:
+            if rule:
+                _in_nodeb_net("iptables", "-D", *rule)
+            kube.run("uncordon", NODE_A)
+        line = next(x for x in stalled.splitlines() if "transfer stall" in x)
+        assert int(line.split()[0]) > 0, line
+        count = _settled_on_b(kube, ns, old, thash, took)
+        print(f"\nreplacement Ready on node B {took:.1f}s after the scale: "
+              f"{_outcome(kube, ns, old, count, back)}")
 
 
 @contextlib.contextmanager

@@ -239,6 +239,7 @@ class FakeImages:
         self.packed: list[tuple[str, str, float]] = []
         self.dropped: list[tuple[str, str]] = []
         self.handovers: dict[tuple[str, str], str] = {}  # ready handover -> digest
+        self.swept = 0
 
     def export(self, template_hash: str, container: str) -> dict[str, Any]:
         if self.fail:
@@ -265,6 +266,10 @@ class FakeImages:
         del self.handovers[(template_hash, container)]
         self.dropped.append(("handover", f"{template_hash}/{container}"))
         return True
+
+    def sweep(self) -> list[str]:
+        self.swept += 1
+        return []
 
 
 if TYPE_CHECKING:

@@ -355,6 +355,57 @@ def test_node_images_export_survives_the_restore_removing_the_handover(
     assert images.outgoing() == [] and not (tmp_path / "outgoing" / "h1").exists()
 
 
+
+async def test_a_restarted_daemon_removes_what_its_killed_predecessor_half_wrote(
+    tmp_path: Path
+) -> None:
+    """Killed mid-fetch (node B) or mid-pack (node A): the scratch directories
+    stay (no except clause ran); the next daemon's recover removes those, and
+    only those, before it finishes any handover."""
+    from architect.runtime.shim.plan import PENDING_MARK, READY_MARK
+
+    handover = tmp_path / "handover" / "h1"
+    (handover / "main").mkdir(parents=True)
+    (handover / "main" / PENDING_MARK).touch()  # the fetch's mark: a grant seen again refills it
+    fetch = handover / ".main.incoming-0a1b2c3d"
+    (fetch / "image").mkdir(parents=True)
+    (fetch / "image" / "payload.tar.zst").write_bytes(b"x" * 65536)
+    ready = tmp_path / "handover" / "h2" / "main"
+    ready.mkdir(parents=True)
+    (ready / READY_MARK).touch()
+    shims = tmp_path / "handover" / "h2" / ".main.repack-0a1b2c3d"  # the shim's, in flight
+    shims.mkdir()
+    snap = tmp_path / "outgoing" / ".snap-0a1b2c3d" / "handover" / "h2" / "main"
+    snap.mkdir(parents=True)
+    export = tmp_path / "outgoing" / "h2" / ".main.export-0a1b2c3d"
+    export.mkdir(parents=True)
+    packed = tmp_path / "outgoing" / "h3" / "main"
+    packed.mkdir(parents=True)
+    images = NodeImages(tmp_path, NODE)
+    m = Migrations(FakeApi(), images, NODE, JsonStore(tmp_path / "m.json"))
+    assert await m.recover() == 0
+    assert not fetch.exists() and not export.exists()
+    assert not (tmp_path / "outgoing" / ".snap-0a1b2c3d").exists()
+    assert (handover / "main" / PENDING_MARK).exists() and (ready / READY_MARK).exists()
+    assert shims.is_dir() and packed.is_dir()
+    assert [(h, c) for h, c, _ in images.outgoing()] == [("h3", "main")]
+    assert images.sweep() == []  # nothing left to remove
+
+
+async def test_recover_sweeps_before_finishing_and_survives_a_failed_sweep(
+    tmp_path: Path
+) -> None:
+    m, api, images = rig(tmp_path)
+    m.armed("cid", W)
+    m2 = Migrations(api, images, NODE, JsonStore(tmp_path / "m.json"))
+
+    def broken() -> list[str]:
+        raise PermissionError("read-only")
+    images.sweep = broken  # type: ignore[method-assign]
+    assert await m2.recover() == 1  # the handover is finished all the same
+    assert api.objects[("shop", "web-abc-main")]["status"]["phase"] == "Ready"
+
+
 # --- grants (destination) ---------------------------------------------------------
 
 KEY = b"k" * 32
