@@ -11,7 +11,9 @@ Figures are for this machine in this run; compare ratios, not absolutes.
    daemon's bookkeeping adds to the evaluator.
 2. activity: K pods, each a network namespace made here (``ip netns add``) with
    one container's chains installed by runtime/network; one
-   ``ContainerNetwork.sample`` each, the earlier way and the new one.
+   ``ContainerNetwork.sample`` each, the earlier way (iptables-save, conntrack
+   read), packets mode now (the nfacct counter alone) and connections mode now
+   (the counter and the namespace's conntrack table).
 3. usage: K cgroups made here with two processes each; one ``UsageSampler.sample``
    each, reading every process's parent (the earlier way) and only what changed.
 Everything made is removed at the end, also on failure.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -74,12 +77,14 @@ def _ip_batch(lines: list[str]) -> None:
                    capture_output=True, timeout=600)
 
 
-def sampling_bench(k: int, rounds: int) -> tuple[float, float, float]:
+def sampling_bench(k: int, rounds: int) -> tuple[float, float, float, float]:
     """K pods, each in a network namespace made here with one managed container's
     chains (declared port and a shadow port, as a typical pod). (before, first,
-    after): ms per container of a sample the earlier way (iptables-save -c per
-    family, a thread entering the namespace per /proc read), of the first sample
-    of the new way (opens its files and netlink socket), and of every later one."""
+    after, connections): ms per container of a sample the earlier way
+    (iptables-save -c per family, a thread entering the namespace per /proc read,
+    conntrack read in every mode), of the first packets-mode sample of the new way
+    (opens its netlink socket), of every later one, and of a connections-mode
+    sample (counter and conntrack table, files kept open)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from architect.runtime.network import iptables
@@ -90,16 +95,19 @@ def sampling_bench(k: int, rounds: int) -> tuple[float, float, float]:
     names = [f"arch-bench-{uuid.uuid4().hex[:6]}-{i}" for i in range(k)]
     _ip_batch([f"netns add {n}\n" for n in names])
     nets: list[ContainerNetwork] = []
+    conn: list[ActivitySampler] = []
     try:
         spec = net_spec(0, "packets", [8080], shadow_ports=[(8080, 9080)])
-        assert spec is not None
+        assert spec is not None and not spec.count_connections
+        # the same rules; connections counted (what every sample did before)
+        conn_spec = dataclasses.replace(spec, count_connections=True)
         nets = [ContainerNetwork(NetNs.named(n), spec) for n in names]
         for n in nets:
             n.sampler = ActivitySampler(n.ns, n.spec, cached=True)
         with ThreadPoolExecutor(max_workers=4) as pool:
             assert all(pool.map(lambda n: iptables.install_base(n.ns, n.spec, use_acct=True), nets))
         now = datetime.now(UTC)
-        old = [ActivitySampler(n.ns, n.spec, cached=False) for n in nets]
+        old = [ActivitySampler(n.ns, conn_spec, cached=False) for n in nets]
         t0 = time.perf_counter()
         before = [o.sample(now) for o in old]
         t_before = (time.perf_counter() - t0) / k
@@ -115,10 +123,22 @@ def sampling_bench(k: int, rounds: int) -> tuple[float, float, float]:
             for n in nets:
                 n.sample(now)
             times.append((time.perf_counter() - t0) / k)
-        return t_before, t_first, statistics.median(times)
+        conn = [ActivitySampler(n.ns, conn_spec, cached=True) for n in nets]
+        for c in conn:
+            c.sample(now)  # opens the files
+        ctimes = []
+        for _ in range(rounds):
+            now = datetime.now(UTC)
+            t0 = time.perf_counter()
+            for c in conn:
+                c.sample(now)
+            ctimes.append((time.perf_counter() - t0) / k)
+        return t_before, t_first, statistics.median(times), statistics.median(ctimes)
     finally:
         for n in nets:
             n.sampler.close()
+        for c in conn:
+            c.close()
         _ip_batch([f"netns del {n}\n" for n in names])
 
 
@@ -206,19 +226,21 @@ def main() -> int:
         print(f"  N={n:5d}: tick {tick * 1e3:8.2f} ms, evaluate alone {ev * 1e3:7.2f} ms, "
               f"tick/evaluate {tick / ev:5.1f}x, per container {tick / n * 1e6:6.1f} us")
     k = a.sample_containers
-    before, first, after = sampling_bench(k, max(3, a.rounds // 4))
+    before, first, after, conns = sampling_bench(k, max(3, a.rounds // 4))
     print(f"activity sample per container, {k} pods each in its own network namespace:")
     print(f"  before (iptables-save -c x2 + a thread per /proc read): {before * 1e3:7.3f} ms")
-    print(f"  after  (nfacct over a netlink socket + files kept open): {after * 1e3:7.3f} ms"
-          f" (first sample, opening them: {first * 1e3:.3f} ms)")
-    print(f"  before/after {before / after:.0f}x")
+    print(f"  after, packets mode (nfacct over a netlink socket): {after * 1e3:7.3f} ms"
+          f" (first sample, opening it: {first * 1e3:.3f} ms)")
+    print(f"  after, connections mode (+ conntrack, files kept open): {conns * 1e3:7.3f} ms")
+    print(f"  before/after {before / after:.0f}x (packets), {before / conns:.0f}x (connections)")
     ub, ua = usage_bench(k, max(3, a.rounds // 4))
     print(f"usage sample (cgroup CPU + exec sessions) per container, {k} cgroups of 2 processes:")
     print(f"  before {ub * 1e3:.3f} ms, after {ua * 1e3:.3f} ms, before/after {ub / ua:.1f}x")
-    tb, ta = before + ub, after + ua
+    tb, ta, tc = before + ub, after + ua, conns + ua
     print(f"telemetry per container per tick: before {tb * 1e3:.3f} ms, after {ta * 1e3:.3f} ms "
-          f"({tb / ta:.0f}x); a 1 s tick saturates at about {1 / tb:.0f} containers before, "
-          f"{1 / ta:.0f} after (target: <= 0.2 ms, 500 containers)")
+          f"({tb / ta:.0f}x) in packets mode, {tc * 1e3:.3f} ms in connections mode; a 1 s "
+          f"tick saturates at about {1 / tb:.0f} containers before, {1 / ta:.0f} after "
+          f"(target: <= 0.2 ms, 500 containers)")
     return 0
 
 

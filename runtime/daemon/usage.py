@@ -137,6 +137,9 @@ class UsageSampler:
         self.windows: dict[ContainerKey, CpuWindow] = {}
         self.missing: set[ContainerKey] = set()  # warned once: cgroup not under root
         self.ppids: dict[ContainerKey, dict[int, int]] = {}  # last sample's pid -> parent
+        # (subdirectory, CPU file) of the root's hierarchy, found on first use:
+        # the node's cgroup layout does not change under a running daemon.
+        self._layout: tuple[str, str | None] | None = None
 
     def add(self, key: ContainerKey, path: str | None) -> None:
         if path:
@@ -152,16 +155,21 @@ class UsageSampler:
     def __contains__(self, key: object) -> bool:
         return key in self.paths
 
+    def _find_layout(self) -> tuple[str, str | None]:
+        if os.path.exists(os.path.join(self.root, "cgroup.controllers")):  # v2
+            return "", "cpu.stat"
+        for name in _V1_CPU:
+            if os.path.isdir(os.path.join(self.root, name)):
+                return name, "cpuacct.usage"
+        return "pids", None
+
     def _dirs(self, path: str) -> tuple[str, str | None]:
         """(the directory with cgroup.procs, the CPU counter file) of ``path``."""
-        if os.path.exists(os.path.join(self.root, "cgroup.controllers")):  # v2
-            d = os.path.join(self.root, path)
-            return d, os.path.join(d, "cpu.stat")
-        for name in _V1_CPU:
-            d = os.path.join(self.root, name, path)
-            if os.path.isdir(os.path.join(self.root, name)):
-                return d, os.path.join(d, "cpuacct.usage")
-        return os.path.join(self.root, "pids", path), None
+        if self._layout is None:
+            self._layout = self._find_layout()
+        sub, cpu = self._layout
+        d = os.path.join(self.root, sub, path) if sub else os.path.join(self.root, path)
+        return d, os.path.join(d, cpu) if cpu is not None else None
 
     def sample(self, key: ContainerKey, now: datetime) -> Usage | None:
         """None when the container has no cgroup (hibernated, gone) or none is known."""
@@ -182,15 +190,16 @@ class UsageSampler:
                             " its CPU and exec sessions are not sampled", key, procs_dir)
             return None
         self.missing.discard(key)
-        # A process's parent changes only when the parent exits (it is reparented,
-        # to outside the cgroup): a parent known from the last sample and still in
-        # the cgroup stands without reading /proc/<pid>/stat again; new processes
-        # and the roots (parent outside or gone) are read.
+        # A process's parent changes only when the parent exits, and then to an
+        # ancestor that lives on (a subreaper or init). So a parent known from the
+        # last sample stands without reading /proc/<pid>/stat again unless it was
+        # in the cgroup and is gone now; a root's parent was outside, and so is
+        # whatever adopts it. Only new processes and orphans are read.
         known, members = self.ppids.get(key, {}), set(pids)
         parents: dict[int, int] = {}
         for pid in pids:
             ppid = known.get(pid)
-            if ppid is None or ppid not in members:
+            if ppid is None or (ppid in known and ppid not in members):
                 ppid = _read_ppid(pid)
             if ppid is not None:
                 parents[pid] = ppid

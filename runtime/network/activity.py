@@ -6,7 +6,10 @@ Two modes, from the ``network-monitor`` annotation:
   ``architect:count`` rules of its mangle chain (``rules.activity_chain``) count
   them (and add to the container's nfacct object, read with one netlink request);
   a sample that finds the count grown sets ``last_packet_at`` to the sample
-  time (the resolution is the daemon's sampling period).
+  time (the resolution is the daemon's sampling period). Only that counter is
+  read: open connections decide nothing in this mode, and the conntrack read
+  is most of a sample's cost (the kernel walks the node's whole conntrack hash,
+  262,144 buckets here, for every namespace's /proc/net/nf_conntrack).
 - connections: the container stays up while any incoming TCP connection to its
   ports is ESTABLISHED. Counted from the namespace's conntrack table, not from
   /proc/net/tcp: a shadow-port connection is REDIRECTed to appPort, so its socket
@@ -335,7 +338,9 @@ class ActivitySampler:
         if self.reader is not None and not self.reader.current():
             self.close()
         if self.reader is None:
-            names = ["nf_conntrack", *(("tcp", "tcp6") if self.spec.all_ports else ())]
+            names: list[str] = []
+            if self.spec.count_connections:
+                names = ["nf_conntrack", *(("tcp", "tcp6") if self.spec.all_ports else ())]
             self.reader = NsReader(self.ns, names)
         return self.reader
 
@@ -370,7 +375,10 @@ class ActivitySampler:
     def sample(self, now: datetime) -> ContainerActivity:
         count = self.packets()
         self.clock = self.clock.observe(count, now)
-        conns = open_connections(self.read_flows(), self.watched_tcp(), self.spec.exclude_sources)
+        conns = 0
+        if self.spec.count_connections:
+            flows = self.read_flows()
+            conns = open_connections(flows, self.watched_tcp(), self.spec.exclude_sources)
         return ContainerActivity(self.clock.last_packet_at, conns, count)
 
     def watched_tcp(self) -> tuple[int, ...]:

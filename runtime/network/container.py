@@ -72,6 +72,7 @@ def net_spec(
         except_udp=tuple(sorted(set(except_udp))) if all_ports and mode == "packets" else (),
         others_tcp=tuple(sorted(set(others_tcp) - set(tcp))),
         others_udp=tuple(sorted(set(others_udp) - set(udp))),
+        count_connections=mode == "connections",
     )
 
 

@@ -103,6 +103,9 @@ class NetSpec:
     # among them): let through CRIU's network lock while this one is hibernated.
     others_tcp: tuple[int, ...] = ()
     others_udp: tuple[int, ...] = ()
+    # connections mode: open connections are counted (the namespace's conntrack
+    # table, the costly part of a sample); packets mode needs only the counter.
+    count_connections: bool = True
 
     def __post_init__(self) -> None:
         if not _TAG.match(self.tag):

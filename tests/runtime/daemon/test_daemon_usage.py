@@ -161,13 +161,20 @@ def test_sampler_rereads_only_new_processes_and_roots(
     assert sorted(reads) == [10, 11, 12]
     reads.clear()
     assert s.sample(KEY, T0).exec_sessions == 0  # type: ignore[union-attr]
-    assert reads == [10]  # only the root
+    assert reads == []  # the root's parent was outside: whoever adopts it is too
     # 11 exits: 12 is reparented to the shim (outside): a second root.
     tree[12] = 1
     procs.write_text("10\n12\n")
     reads.clear()
     assert s.sample(KEY, T0).exec_sessions == 1  # type: ignore[union-attr]
-    assert sorted(reads) == [10, 12]
+    assert reads == [12]  # only the orphan
+    # an exec session (runc's child, parent outside): read once, counted after
+    tree[13] = 999
+    procs.write_text("10\n12\n13\n")
+    reads.clear()
+    assert s.sample(KEY, T0).exec_sessions == 2  # type: ignore[union-attr]
+    assert s.sample(KEY, T0).exec_sessions == 2  # type: ignore[union-attr]
+    assert reads == [13]
     s.drop(KEY)
     assert KEY not in s.ppids
 

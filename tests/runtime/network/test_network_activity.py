@@ -111,6 +111,32 @@ async def test_connections_mode_counts_open_connections_until_closed(netpair: Ne
         iptables.remove_container(netpair.pod, spec)
 
 
+async def test_packets_mode_reads_no_conntrack(
+    netpair: NetPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A packets-mode sample is the counter alone: an open connection is not read
+    (it decides nothing there), and no conntrack file is opened or parsed."""
+    monkeypatch.setattr(iptables, "NFACCT", True)
+    spec = _spec(count_connections=False)
+    assert iptables.install_base(netpair.pod, spec, use_acct=True) is True
+    server = await start_tcp_app(netpair.pod, APP)
+    sampler = ActivitySampler(netpair.pod, spec, cached=True)
+    s = netpair.sock(netpair.client)
+    try:
+        assert await connect_and_greet(s, (netpair.pod_ip, APP)) == GREETING
+        monkeypatch.setattr(sampler, "read_flows", lambda: pytest.fail("conntrack read"))
+        t1 = T0 + timedelta(seconds=1)
+        act = sampler.sample(t1)
+        assert (act.last_packet_at, act.open_connections) == (t1, 0)
+        assert act.activity_packets > 0
+        assert sampler.reader is not None and sampler.reader.files == {}
+    finally:
+        s.close()
+        sampler.close()
+        server.close()
+        iptables.remove_container(netpair.pod, spec)
+
+
 async def test_connections_from_excluded_source_are_not_counted(netpair: NetPair) -> None:
     spec = _spec(exclude_sources=(f"{netpair.client_ip}/32",))
     iptables.install_base(netpair.pod, spec)

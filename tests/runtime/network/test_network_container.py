@@ -33,6 +33,8 @@ def test_net_spec_per_mode() -> None:
     assert p.exclude_sources == ("127.0.0.6/32", "10.0.0.1/32")
     c = net_spec(1, "connections", (80,), (53,))
     assert c is not None and c.udp_ports == ()  # UDP has no connection to keep it up
+    # only connections mode pays for reading the conntrack table
+    assert (p.count_connections, c.count_connections) == (False, True)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +81,8 @@ async def test_lifecycle_setup_hibernate_wake_resume_teardown(netpair: NetPair) 
         assert await pending == GREETING
         t1 = T0 + timedelta(seconds=5)
         act = net.sample(t1)
-        assert act.last_packet_at == t1 and act.open_connections == 1 and act.held_packets == 0
+        # packets mode: the open connection is not read (it decides nothing here)
+        assert act.last_packet_at == t1 and act.open_connections == 0 and act.held_packets == 0
         await net.resume()
         assert sorted(iptables.architect_chains(netpair.pod)) == [
             "ARCHITECT-ACT-c0",
