@@ -21,6 +21,12 @@ with the grant, or ``unavailable`` with why (the shim starts fresh and the
 pod's Event says why: not found, not Ready, namespace not allowed, registry
 error, missing tag, digest mismatch).
 
+A node-local image on another node comes the same way, fetched from the
+holder's daemon over the mutual-TLS transfer (runtime/transfer/persistent.py:
+the holder checks allowedNamespaces, the pod and the digest before it sends a
+byte; every file is checked here against the object's digest). The holder keeps
+its copy; the fetched one goes once its pods run, like a pulled one.
+
 ``jobs``, ``grants``, ``claims``, ``keep`` and ``start_event`` are pure (table-tested);
 ``PersistentCheckpoints`` does the I/O.
 """
@@ -40,13 +46,16 @@ from typing import Any
 
 from architect.engine.controlplane.persistent import ready_status, resolve_start
 from architect.engine.controlplane.phases import phase_of
+from architect.engine.controlplane.transfer import TransferError
 from architect.policy.annotations import NODE_LABEL, RUNSC_CLASS, START_FROM_PERSISTENT
 from architect.runtime.checkpoint.fs import safe_rmtree
 from architect.runtime.daemon.apiserver import obj_key
 from architect.runtime.shim.plan import (
+    NAMESPACE_MARK,
     PENDING_MARK,
     READY_MARK,
     UNAVAILABLE_MARK,
+    manifest_digest,
     persistent_dir,
     write_grant,
 )
@@ -125,6 +134,7 @@ class Claim:
     pod_namespace: str
     namespace: str  # the PersistentCheckpoint's
     name: str
+    pod: str = ""  # the pod's name (a fetch's ticket names it)
 
 
 def _has_started(pod: Mapping[str, Any]) -> bool:
@@ -145,12 +155,13 @@ def claims(pods: Iterable[Mapping[str, Any]], seen: set[str]) -> list[Claim]:
             continue
         pns = str(meta.get("namespace"))
         ns, _, name = ref.rpartition("/")
-        out.append(Claim(uid, pns, ns or pns, name))
+        out.append(Claim(uid, pns, ns or pns, name, str(meta.get("name") or "")))
     return out
 
 
 def pull_plan(claim: Claim, pc: Mapping[str, Any] | None, node: str) -> tuple[str, str]:
-    """("pull", location) or ("unavailable", why) for a claimed pod (pure)."""
+    """("pull", location), ("fetch", holder node) or ("unavailable", why) for a
+    claimed pod (pure). allowedNamespaces is checked here, before any transfer."""
     what = f"PersistentCheckpoint {claim.namespace}/{claim.name} not available on this node"
     d = resolve_start((claim.namespace, claim.name), pc, claim.pod_namespace)
     if not d.restore or not d.image:
@@ -158,6 +169,8 @@ def pull_plan(claim: Claim, pc: Mapping[str, Any] | None, node: str) -> tuple[st
     loc = str(d.image.get("location") or "")
     if loc.startswith("node://"):
         where = loc.removeprefix("node://").partition("/")[0]
+        if where and where != node:
+            return "fetch", where
         return "unavailable", f"{what}: its image is node-local on node {where}"
     return "pull", loc
 
@@ -232,6 +245,17 @@ Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Patch = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 Event = Callable[[Mapping[str, Any], str, str, str], Awaitable[None]]
 Get = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+# (claim, the object, holder node, image dir): fetch the node-local image into the
+# dir (its marks stay the caller's); a line for the log. Raises TransferError.
+Fetch = Callable[[Claim, Mapping[str, Any], str, Path], Awaitable[str]]
+
+
+def _mark_ready(d: Path, namespace: str, allowed: list[str], digest: str) -> None:
+    """A fetched image's bookkeeping, as a pulled one's: ready last, pending after."""
+    (d / NAMESPACE_MARK).write_text(namespace, encoding="utf-8")
+    write_grant(d, namespace, allowed, digest)
+    (d / READY_MARK).touch()
+    (d / PENDING_MARK).unlink(missing_ok=True)
 
 
 class PersistentCheckpoints:
@@ -239,8 +263,9 @@ class PersistentCheckpoints:
 
     def __init__(self, node: str, call: Call, patch: Patch, root: Path | None = None,
                  event: Event | None = None, get: Get | None = None,
-                 insecure: tuple[str, ...] = ()) -> None:
+                 insecure: tuple[str, ...] = (), fetch: Fetch | None = None) -> None:
         self.node, self.call, self.patch, self.event = node, call, patch, event
+        self.fetch = fetch
         self.get, self.insecure = get, insecure  # get: a PersistentCheckpoint by ns, name
         self._claimed: set[str] = set()  # pod uids whose PersistentCheckpoint was seen to
         self._pulled: dict[tuple[str, str], float] = {}  # being pulled / pulled at
@@ -386,6 +411,9 @@ class PersistentCheckpoints:
                 self._pulled.pop(key, None)  # the next pod asks again (the sweep takes d)
                 return
             assert pc is not None
+            if action == "fetch":
+                await self._fetch(claim, pc, arg, d)
+                return
             spec, image = pc.get("spec") or {}, (pc.get("status") or {}).get("image") or {}
             t0 = time.monotonic()
             try:
@@ -407,6 +435,32 @@ class PersistentCheckpoints:
             self._pulled.pop(key, None)
         finally:
             self._pulling.discard(key)
+
+    async def _fetch(self, claim: Claim, pc: Mapping[str, Any], holder: str, d: Path) -> None:
+        """The node-local image from ``holder``'s daemon; on any failure no image file
+        stays in ``d`` and ``unavailable`` says why (the pod starts fresh)."""
+        key = (claim.namespace, claim.name)
+        what = f"PersistentCheckpoint {claim.namespace}/{claim.name}"
+        digest = str(((pc.get("status") or {}).get("image") or {}).get("digest") or "")
+        allowed = [str(n) for n in (pc.get("spec") or {}).get("allowedNamespaces") or ()]
+        t0 = time.monotonic()
+        try:
+            if self.fetch is None:
+                raise TransferError("this daemon does not run the transfer")
+            done = await self.fetch(claim, pc, holder, d)
+            got = await asyncio.to_thread(manifest_digest, d)
+            if got != digest:  # the download pinned it; this is the bytes on disk
+                raise TransferError(f"digest mismatch: image {got}, object {digest}")
+            await asyncio.to_thread(_mark_ready, d, claim.namespace, allowed, digest)
+        except (TransferError, OSError) as e:
+            why = f"{what}: fetch of its node-local image from node {holder} failed: {e}"
+            log.warning("pod %s/%s: %s", claim.pod_namespace, claim.pod, why)
+            await asyncio.to_thread(registry.mark_unavailable, d, why)
+            self._pulled.pop(key, None)
+            return
+        self._pulled[key] = time.monotonic()
+        log.info("%s: fetched from node %s for pod %s/%s in %.2fs (%s)", what, holder,
+                 claim.pod_namespace, claim.pod, time.monotonic() - t0, done)
 
     def _release(self, pods: Iterable[Mapping[str, Any]]) -> None:
         """Remove a pulled copy once every pod waiting on it runs (or is gone)."""
@@ -457,7 +511,7 @@ def reflector(api: Any, node: str, on_change: Callable[[], None]) -> Any:
 
 
 def wire(
-    api: Any, node: str, link: Callable[[str], Path], root: Path
+    api: Any, node: str, link: Callable[[str], Path], root: Path, fetch: Fetch | None = None
 ) -> PersistentCheckpoints:
     from architect.engine.kubeclient import Kube
     from architect.runtime.shim.client import request
@@ -482,4 +536,4 @@ def wire(
     # Registries served over plain HTTP (besides loopback), e.g. the e2e one.
     insecure = tuple(h.strip() for h in os.environ.get(INSECURE_ENV, "").split(",")
                      if h.strip())
-    return PersistentCheckpoints(node, call, patch, root, event, get, insecure)
+    return PersistentCheckpoints(node, call, patch, root, event, get, insecure, fetch)

@@ -69,8 +69,8 @@ async def run(cfg: DaemonConfig) -> int:
         node=cfg.node,
         usage=UsageSampler(cfg.cgroup_root),
     )
-    pcks = persistent.wire(api, cfg.node, shim.link, cfg.shim_state)
     transfer = Transfer(cfg, api, migrations)
+    pcks = persistent.wire(api, cfg.node, shim.link, cfg.shim_state, transfer.fetch_persistent)
     transfer_task = asyncio.create_task(transfer.start(stop))
     # Nothing is decided before the first list of each: an empty cache would
     # read as "no policies" and wake or forget every container.
@@ -122,6 +122,7 @@ class Transfer:
 
         self.cfg, self.api = cfg, api
         self.tls: Any = None
+        self.key = b""
         self.server: Any = None
         root = cfg.shim_state
 
@@ -182,21 +183,74 @@ class Transfer:
         else:
             return
         self.tls, key = loaded
+        self.key = key
         if self.cfg.transfer_port:
             from architect.engine.kubeclient import Kube
+            from architect.runtime.transfer import persistent
 
             kube = Kube(self.api)
 
             async def lookup(ns: str, name: str) -> Any:
                 return await kube.get("checkpoints", ns, name)
 
+            async def lookup_pc(ns: str, name: str) -> Any:
+                return await kube.get("persistentcheckpoints", ns, name)
+
+            async def lookup_pod(ns: str, name: str) -> Any:
+                return await asyncio.to_thread(self._read_pod, ns, name)
+
+            pcs = persistent.PersistentServer(self.cfg.shim_state, self.tls.node, key,
+                                              lookup_pc, lookup_pod)
             self.server, port = await serve(self.cfg.shim_state, self.tls, key=key,
                                             lookup=lookup, host=self.cfg.transfer_host,
-                                            port=self.cfg.transfer_port)
+                                            port=self.cfg.transfer_port,
+                                            routes=((persistent.ROUTE, pcs.handle),))
             log.info("transfer: serving checkpoint images on %s:%d as %s",
                      self.cfg.transfer_host, port, self.tls.node)
         else:
             log.info("transfer: node certificate loaded (%s); not serving", self.tls.node)
+
+    def _read_pod(self, ns: str, name: str) -> dict[str, Any] | None:
+        import json
+
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp: Any = client.CoreV1Api(self.api).read_namespaced_pod(
+                name, ns, _preload_content=False)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        pod: dict[str, Any] = json.loads(resp.data)
+        return pod
+
+    async def fetch_persistent(self, claim: Any, pc: Any, holder: str, d: Any) -> str:
+        """A PersistentCheckpoint's node-local image from ``holder``'s daemon into ``d``."""
+        import json
+
+        from kubernetes import client
+
+        from architect.runtime.transfer import DEFAULT_PORT, TransferError, persistent
+
+        if self.tls is None:
+            raise TransferError("this node's transfer certificate is not loaded yet")
+
+        def daemons() -> list[dict[str, Any]]:
+            resp: Any = client.CoreV1Api(self.api).list_namespaced_pod(
+                self.cfg.namespace, label_selector="app.kubernetes.io/component=daemon",
+                field_selector=f"spec.nodeName={holder}", _preload_content=False)
+            items: list[dict[str, Any]] = json.loads(resp.data).get("items") or []
+            return items
+
+        endpoint = persistent.holder_endpoint(await asyncio.to_thread(daemons), holder,
+                                              self.cfg.transfer_port or DEFAULT_PORT)
+        token = persistent.token_for(pc, claim.pod_namespace, claim.pod, self.tls.node,
+                                     self.key, time.time())
+        digest = str(((pc.get("status") or {}).get("image") or {}).get("digest") or "")
+        took = await asyncio.to_thread(persistent.fetch, endpoint, token, self.tls, d, digest)
+        return f"from {endpoint}: download {took['download']:.2f}s"
 
     def consider(self, secrets: list[dict[str, Any]]) -> None:
         if self.tls is not None and secrets:

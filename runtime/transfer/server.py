@@ -39,6 +39,7 @@ CHUNK = 1 << 20
 
 # (namespace, name) -> the Checkpoint object as the API server has it, or None.
 Lookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Refused(Exception):
@@ -56,12 +57,15 @@ class TransferServer:
     clock: Callable[[], float] = time.time
     served: int = 0  # images served in full
     refused: int = 0
+    routes: tuple[tuple[str, Handler], ...] = ()  # more GET routes on the same port
     _runner: web.AppRunner | None = field(default=None, repr=False)
 
     async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> int:
         """Listen; returns the bound port (pass port 0 for any free one)."""
         app = web.Application()
         app.router.add_get("/v1/checkpoints/{namespace}/{name}", self._get)
+        for path, handler in self.routes:
+            app.router.add_get(path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self.tls.server_context())
@@ -178,7 +182,8 @@ async def serve(
     lookup: Lookup,
     host: str = "0.0.0.0",
     port: int = DEFAULT_PORT,
+    routes: tuple[tuple[str, Handler], ...] = (),
 ) -> tuple[TransferServer, int]:
     """Start serving ``root/outgoing``; returns the server (``await s.close()``) and its port."""
-    server = TransferServer(root, tls, key, lookup)
+    server = TransferServer(root, tls, key, lookup, routes=routes)
     return server, await server.start(host, port)

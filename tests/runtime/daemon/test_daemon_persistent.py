@@ -165,8 +165,8 @@ def test_claims_are_unstarted_runsc_pods_naming_one() -> None:
 
     pods = [_gv("a"), _gv("b", "other/warm"), _gv("c", started=True),
             _gv("d", runtime="runc-architect"), _gv("e")]
-    assert claims(pods, {"u-e"}) == [Claim("u-a", "team-a", "team-a", "warm"),
-                                     Claim("u-b", "team-a", "other", "warm")]
+    assert claims(pods, {"u-e"}) == [Claim("u-a", "team-a", "team-a", "warm", "a"),
+                                     Claim("u-b", "team-a", "other", "warm", "b")]
 
 
 def _ready_pc(location: str, allowed: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -183,9 +183,15 @@ def _ready_pc(location: str, allowed: tuple[str, ...] = ()) -> dict[str, Any]:
         "unavailable", "PersistentCheckpoint other/warm not available on this node: "
                        "PersistentCheckpoint other/warm does not list namespace team-a in "
                        "allowedNamespaces")),
-    (_ready_pc("node://n2/var/x", ("team-a",)), (
+    # Node-local elsewhere: fetched from the holder, but only for an allowed namespace.
+    (_ready_pc("node://n2/var/x", ("team-a",)), ("fetch", "n2")),
+    (_ready_pc("node://n2/var/x"), (
         "unavailable", "PersistentCheckpoint other/warm not available on this node: "
-                       "its image is node-local on node n2")),
+                       "PersistentCheckpoint other/warm does not list namespace team-a in "
+                       "allowedNamespaces")),
+    (_ready_pc("node://n1/var/x", ("team-a",)), (
+        "unavailable", "PersistentCheckpoint other/warm not available on this node: "
+                       "its image is node-local on node n1")),
     ({**_ready_pc("x", ("team-a",)), "status": {"phase": "Checkpointing"}}, (
         "unavailable", "PersistentCheckpoint other/warm not available on this node: "
                        "PersistentCheckpoint other/warm is Checkpointing, not Ready")),
@@ -282,3 +288,93 @@ def test_a_pulled_copy_goes_once_its_pods_run(tmp_path: Any, monkeypatch: Any) -
 
     asyncio.run(go())
     assert pulls == [loc]
+
+
+
+MANIFEST = b'{"files": []}'
+
+
+def _fetching(tmp_path: Any, fetch: Any, digest: str) -> tuple[Any, Any]:
+    """A runner whose holder fetch is ``fetch``; the image dir of other/warm."""
+    pc = _ready_pc("node://n2/var/x", ("team-a", "team-b"))
+    pc["status"]["image"]["digest"] = digest
+
+    async def get(ns: str, name: str) -> dict[str, Any] | None:
+        return pc
+
+    async def nothing(*a: Any) -> Any:
+        return {}
+
+    r = PersistentCheckpoints("n1", nothing, nothing, tmp_path, None, get, fetch=fetch)
+    return r, tmp_path / "persistent" / "other" / "warm"
+
+
+def _run_claim(tmp_path: Any, fetch: Any, digest: str) -> Any:
+    from architect.runtime.shim import plan
+
+    async def go() -> Any:
+        r, d = _fetching(tmp_path, fetch, digest)
+        r.consider([], [_gv("a", "other/warm")])
+        assert (d / plan.PENDING_MARK).exists()  # at once: the shim waits on it
+        for _ in range(200):
+            if not (d / plan.PENDING_MARK).exists():
+                break
+            await asyncio.sleep(0.01)
+        await r.close()
+        return d
+
+    return asyncio.run(go())
+
+
+def _writes_manifest(asked: list[Any]) -> Any:
+    async def fetch(claim: Any, pc: Any, holder: str, d: Any) -> str:
+        asked.append((claim.pod_namespace, claim.pod, holder))
+        (d / "manifest.json").write_bytes(MANIFEST)
+        return "ok"
+    return fetch
+
+
+def test_a_node_local_image_elsewhere_is_fetched_and_granted(tmp_path: Any) -> None:
+    import hashlib
+
+    from architect.runtime.shim import plan
+
+    asked: list[Any] = []
+    digest = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    d = _run_claim(tmp_path, _writes_manifest(asked), digest)
+    assert asked == [("team-a", "a", "n2")]
+    assert (d / plan.READY_MARK).exists() and not plan.unavailable(d)
+    assert plan.persistent_refusal(d, "team-a", "other/warm") == ""
+    assert "does not list namespace x" in plan.persistent_refusal(d, "x", "other/warm")
+
+
+def test_a_fetched_image_of_another_digest_is_not_handed_out(tmp_path: Any) -> None:
+    import hashlib
+
+    from architect.runtime.shim import plan
+
+    d = _run_claim(tmp_path, _writes_manifest([]), "sha256:" + "c" * 64)
+    assert plan.unavailable(d) == (
+        "PersistentCheckpoint other/warm: fetch of its node-local image from node n2 failed: "
+        f"digest mismatch: image sha256:{hashlib.sha256(MANIFEST).hexdigest()}, "
+        f"object sha256:{'c' * 64}")
+    assert sorted(p.name for p in d.iterdir()) == [plan.UNAVAILABLE_MARK]  # nothing else
+
+
+def test_a_failed_fetch_leaves_no_partial_image_and_says_why(tmp_path: Any) -> None:
+    from architect.engine.controlplane.transfer import TransferError
+    from architect.runtime.shim import plan
+
+    async def fetch(claim: Any, pc: Any, holder: str, d: Any) -> str:
+        (d / "payload" / "engine").mkdir(parents=True)
+        (d / "payload" / "engine" / "half.img").write_bytes(b"x" * 100)
+        raise TransferError("no running Architect daemon on node n2 (the image's holder)")
+
+    d = _run_claim(tmp_path, fetch, "sha256:" + "c" * 64)
+    assert plan.unavailable(d) == (
+        "PersistentCheckpoint other/warm: fetch of its node-local image from node n2 failed: "
+        "no running Architect daemon on node n2 (the image's holder)")
+    assert sorted(p.name for p in d.iterdir()) == [plan.UNAVAILABLE_MARK]
+    start = plan.plan_start("runsc", {plan.ANN_PERSISTENT: "other/warm",
+                                      plan.CRI_SANDBOX_NAMESPACE: "team-a"}, tmp_path, None)
+    assert (start.path, start.reason) == ("fresh", plan.unavailable(d))
