@@ -15,6 +15,12 @@ Two modes, from the ``network-monitor`` annotation:
   /proc/net/tcp: a shadow-port connection is REDIRECTed to appPort, so its socket
   is indistinguishable from a real one, while conntrack still records the
   original destination port (the shadow port, which is not a watched port).
+  The table is read again only when the packet counter moved or the last read is
+  ``CONNECTIONS_REFRESH_S`` old: a counted connection becomes ESTABLISHED only
+  with a counted packet (the client's ACK), so an unmoved counter means no new
+  one; one can end without a counted packet (the server's reset, a conntrack
+  timeout), which the refresh sees, the count meanwhile overstated (awake a
+  little longer, never hibernated early).
 
 Neither counts shadow-port traffic nor traffic from ``exclude_sources`` (the
 health-check proxy's 127.0.0.6; add the node's address to exclude direct kubelet
@@ -32,7 +38,7 @@ import re
 import resource
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from . import iptables
 from .netns import NetNs
@@ -40,6 +46,7 @@ from .nfacct import AcctError, AcctSocket
 from .rules import NetSpec
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+CONNECTIONS_REFRESH_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +338,8 @@ class ActivitySampler:
         self.cached = iptables.NFACCT if cached is None else cached
         self.clock = PacketClock()
         self.reader: NsReader | None = None
+        # (packet count, open connections, when) of the last conntrack read
+        self.conns: tuple[int, int, datetime] | None = None
 
     def _reader(self) -> NsReader | None:
         if not self.cached:
@@ -377,8 +386,14 @@ class ActivitySampler:
         self.clock = self.clock.observe(count, now)
         conns = 0
         if self.spec.count_connections:
-            flows = self.read_flows()
-            conns = open_connections(flows, self.watched_tcp(), self.spec.exclude_sources)
+            last = self.conns
+            refresh = timedelta(seconds=CONNECTIONS_REFRESH_S)
+            if last is not None and last[0] == count and timedelta(0) <= now - last[2] < refresh:
+                conns = last[1]
+            else:
+                flows = self.read_flows()
+                conns = open_connections(flows, self.watched_tcp(), self.spec.exclude_sources)
+                self.conns = (count, conns, now)
         return ContainerActivity(self.clock.last_packet_at, conns, count)
 
     def watched_tcp(self) -> tuple[int, ...]:

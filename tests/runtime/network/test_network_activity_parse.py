@@ -144,3 +144,49 @@ def test_all_ports_connections_count_on_listened_ports_but_the_others() -> None:
     # ephemeral port is not listened on, so it never counts.
     assert all_ports_watched((8080, 9000), (9000, 18080)) == (8080,)
     assert all_ports_watched((), (9000,)) == ()
+
+
+def test_conntrack_is_read_again_only_when_the_counter_moved_or_it_is_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """connections mode: a new connection comes with counted packets, so an unmoved
+    counter reuses the last count; a refresh bounds how long an end nobody's packet
+    announced (a server reset, a timeout) is missed."""
+    from architect.runtime.network.activity import CONNECTIONS_REFRESH_S, ActivitySampler, Flow
+    from architect.runtime.network.netns import NetNs
+    from architect.runtime.network.rules import NetSpec
+
+    spec = NetSpec(tag="a", tcp_ports=(80,))
+    sampler = ActivitySampler(NetNs("/nonexistent"), spec, cached=False)
+    state = {"count": 0, "reads": 0}
+    est = Flow("tcp", "ESTABLISHED", ipaddress.ip_address("10.0.0.1"),
+               ipaddress.ip_address("10.0.0.2"), 40000, 80)  # fmt: skip
+    flows: list[Flow] = []
+
+    def read_flows() -> list[Flow]:
+        state["reads"] += 1
+        return list(flows)
+
+    monkeypatch.setattr(sampler, "packets", lambda: state["count"])
+    monkeypatch.setattr(sampler, "read_flows", read_flows)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    assert sampler.sample(t0).open_connections == 0 and state["reads"] == 1
+    assert sampler.sample(t0 + timedelta(seconds=1)).open_connections == 0
+    assert state["reads"] == 1  # nothing moved
+    flows.append(est)
+    state["count"] = 3  # the handshake's packets
+    assert sampler.sample(t0 + timedelta(seconds=2)).open_connections == 1
+    assert sampler.sample(t0 + timedelta(seconds=3)).open_connections == 1
+    assert state["reads"] == 2
+    flows.clear()  # the server reset it: no counted packet
+    assert sampler.sample(t0 + timedelta(seconds=4)).open_connections == 1  # overstated
+    late = t0 + timedelta(seconds=2 + CONNECTIONS_REFRESH_S)
+    assert sampler.sample(late).open_connections == 0 and state["reads"] == 3
+    assert sampler.sample(late - timedelta(seconds=5)).open_connections == 0  # clock went back
+    assert state["reads"] == 4
+    # packets mode never reads the table
+    p = ActivitySampler(NetNs("/nonexistent"), NetSpec(tag="b", tcp_ports=(80,),
+                        count_connections=False), cached=False)  # fmt: skip
+    monkeypatch.setattr(p, "packets", lambda: 7)
+    monkeypatch.setattr(p, "read_flows", lambda: pytest.fail("conntrack read"))
+    assert p.sample(t0).open_connections == 0
