@@ -10,6 +10,7 @@ this module never imports the service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -30,7 +31,7 @@ from architect.runtime.checkpoint import (
 )
 from architect.runtime.checkpoint import Container as CkptContainer
 from architect.runtime.checkpoint.fs import safe_rmtree
-from architect.runtime.shim import plan, podinfo, stopwindow
+from architect.runtime.shim import plan, podinfo, sandbox, stopwindow
 from architect.runtime.shim.bundle import cgroup_path
 from architect.runtime.shim.oom import OomWatcher
 from architect.runtime.shim.process import RUNNING, Container, Proc
@@ -63,6 +64,9 @@ class Lifecycle:
         self.exited = exited  # reports a process's exit (TaskExit)
         self.watch_exit = watch_exit  # watches an init's exit the reaper cannot see
         self.stop_window = stop_window
+        # The containers of a runsc pod's sandbox, sandbox first (the service's).
+        self.members: Callable[[Container], list[Container]] = lambda c: []
+        self._pod_locks: dict[str, asyncio.Lock] = {}
 
     # -- create ------------------------------------------------------------------
 
@@ -98,6 +102,8 @@ class Lifecycle:
     # -- hibernation -------------------------------------------------------------
 
     async def hibernate(self, c: Container) -> dict[str, Any]:
+        if sandbox.pod_scoped(c):
+            return await self.hibernate_pod(c)
         async with c.lock:
             if c.hibernated:
                 return {"id": c.id, "hibernated": True, "seconds": 0.0}
@@ -161,6 +167,9 @@ class Lifecycle:
 
     async def wake_locked(self, c: Container, reason: str) -> None:
         """Restore hibernated ``c`` (the caller holds ``c.lock``)."""
+        if sandbox.pod_scoped(c):
+            await self.wake_pod(c, reason)
+            return
         assert isinstance(c.init.io, PipeIO)
         t0 = time.monotonic()
         try:
@@ -219,6 +228,138 @@ class Lifecycle:
         self.oom.watch(c.id, cgroup_path(c.bundle))
         c.persist()
         self.notify({"event": "woken", "id": c.id, "reason": "fresh start", "error": why})
+
+    # -- a runsc pod: its sandbox hibernates as one ------------------------------
+
+    def _pod_lock(self, root: Container) -> asyncio.Lock:
+        return self._pod_locks.setdefault(root.id, asyncio.Lock())
+
+    def forget(self, cid: str) -> None:
+        """``cid`` is deleted: its pod's lock goes (if it was a sandbox)."""
+        self._pod_locks.pop(cid, None)
+
+    def _group(self, c: Container) -> list[Container]:
+        group = self.members(c)
+        if not group:
+            raise TtrpcError(Code.FAILED_PRECONDITION,
+                             f"container {c.id!r}: its sandbox is not in this shim")
+        return group
+
+    async def hibernate_pod(self, c: Container) -> dict[str, Any]:
+        """Hibernate the whole sandbox of runsc container ``c``: one ``runsc
+        checkpoint`` of the sandbox (its processes end, memory is released) into
+        the sandbox container's image. Every container of the pod stays RUNNING in
+        containerd's eyes (no TaskExit, Wait waits), as a hibernated runc one."""
+        group = self._group(c)
+        root = group[0]
+        async with contextlib.AsyncExitStack() as held:
+            # Every member's lock (exec and kill take them), by id so two
+            # hibernations never wait on each other, then the pod's (wakes take it).
+            for m in sorted(group, key=lambda m: m.id):
+                await held.enter_async_context(m.lock)
+            await held.enter_async_context(self._pod_lock(root))
+            if root.hibernated:
+                return {"id": c.id, "hibernated": True, "seconds": 0.0}
+            for m in group:
+                if m.init.status != RUNNING:
+                    raise TtrpcError(Code.FAILED_PRECONDITION,
+                                     f"container {m.id!r} of the pod is not running")
+                if m.init.terminal:
+                    raise TtrpcError(Code.FAILED_PRECONDITION,
+                                     f"container {m.id!r} of the pod has a TTY: not hibernated")
+                running = [e.exec_id for e in m.execs.values() if e.status == RUNNING]
+                if running:
+                    raise TtrpcError(Code.FAILED_PRECONDITION,
+                                     f"container {m.id!r} of the pod has running execs {running}")
+            t0 = time.monotonic()
+            safe_rmtree(root.image)
+            for m in group:
+                m.checkpointing = True  # the sandbox's end is no container's exit
+            try:
+                await root.runc.backend.checkpoint(
+                    self.ckpt(root), root.image, CheckpointOptions(compression="dir"))
+            except CheckpointError as e:
+                for m in group:
+                    m.checkpointing = False
+                safe_rmtree(root.image)
+                raise TtrpcError(Code.UNKNOWN, f"hibernate sandbox {root.id}: {e}") from e
+            # The sandbox is gone; its app containers' records go too, so that
+            # the wake's `runsc restore` of each may recreate them.
+            for m in group[1:]:
+                with contextlib.suppress(RuncError):
+                    await m.runc.delete(m.id, force=True)
+            (root.image / plan.READY_MARK).touch()
+            for m in group:
+                m.hibernated = True
+                m.checkpointing = False
+            errors = await sandbox.put_back(root.state_dir, self.reaper.spawner)
+            if errors:  # the wake's restore would find no pod address
+                log.warning("%s: netns not put back after the checkpoint: %s",
+                            root.id, "; ".join(errors))
+            took = time.monotonic() - t0
+            for m in group:
+                m.timings["hibernate"] = took
+                m.persist()
+        log.info("sandbox %s (%d container(s)): hibernated in %.3fs", root.id, len(group), took)
+        for m in group:
+            self.notify({"event": "hibernated", "id": m.id})
+        return {"id": c.id, "hibernated": True, "seconds": took,
+                "containers": [m.id for m in group]}
+
+    async def wake_pod(self, c: Container, reason: str) -> None:
+        """Restore the sandbox of hibernated runsc container ``c``: `runsc restore`
+        of the sandbox container, then of each app container by its id (gVisor's
+        kernel restores when the last one arrives). The tasks keep their ids; their
+        pids are the new sandbox's. The caller holds ``c.lock``."""
+        group = self._group(c)
+        root = group[0]
+        async with self._pod_lock(root):
+            if not root.hibernated:
+                return
+            t0 = time.monotonic()
+            image = root.image
+            done: list[Container] = []
+            try:
+                for m in [root, *(m for m in group[1:] if m.hibernated)]:
+                    assert isinstance(m.init.io, PipeIO)
+                    result = await m.runc.backend.restore(
+                        self.ckpt(m), image,
+                        RestoreOptions(stdio=m.init.io.stdio().fds(), empty_dirs=False),
+                    )
+                    m.init.pid = result.pid
+                    m.timings.update({f"wake_{k}": v for k, v in result.details.items()})
+                    done.append(m)
+            except CheckpointError as e:
+                if not done and not isinstance(e, ImageError):
+                    # Nothing restored and the image stays: a later wake retries.
+                    raise TtrpcError(Code.UNKNOWN, f"wake sandbox {root.id}: {e}") from e
+                # A half-restored sandbox cannot go on (its kernel waits for the
+                # container that failed), or the image is unusable: report every
+                # container's exit, so the kubelet recreates the pod.
+                log.error("sandbox %s: wake failed after %d restore(s), reporting the "
+                          "pod's exits: %s", root.id, len(done), e)
+                with contextlib.suppress(RuncError):
+                    await root.runc.delete(root.id, force=True)
+                for m in group:
+                    was = m.hibernated
+                    m.hibernated = False
+                    m.persist()
+                    self.notify({"event": "wake-failed", "id": m.id, "error": str(e)})
+                    if was:
+                        await self.exited(m, m.init, 255)
+                safe_rmtree(image)
+                raise TtrpcError(Code.UNKNOWN, f"wake sandbox {root.id}: {e}") from e
+            took = time.monotonic() - t0
+            for m in done:
+                m.hibernated = False
+                self.watch_exit(m)
+                self.oom.watch(m.id, cgroup_path(m.bundle))
+                m.timings["wake"] = took
+                m.persist()
+            safe_rmtree(image)
+        log.info("sandbox %s: woken (%s) in %.3fs, pid %d", root.id, reason, took, root.init.pid)
+        for m in done:
+            self.notify({"event": "woken", "id": m.id, "reason": reason})
 
     # -- migration on stop -------------------------------------------------------
 

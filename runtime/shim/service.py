@@ -27,7 +27,7 @@ from typing import Any
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from architect.runtime.shim import plan, stopwindow
+from architect.runtime.shim import plan, podinfo, sandbox, stopwindow
 from architect.runtime.shim.bundle import (
     cgroup_path,
     mount_rootfs,
@@ -95,6 +95,7 @@ class TaskService:
             reaper, state_root, self.oom, self.notify, self._exited, self._watch_exit,
             stop_window,
         )
+        self.lifecycle.members = lambda c: sandbox.members(c, self.containers.values())
         reaper.subscribe(self._on_exit)
 
     # -- helpers -----------------------------------------------------------------
@@ -223,7 +224,7 @@ class TaskService:
                 and c.init.pid == pid
                 and c.init.status in (RUNNING, PAUSED, CREATED)
             ):
-                if c.checkpointing:
+                if c.checkpointing or c.hibernated:
                     log.info("%s: init %d gone by checkpoint, not an exit", c.id, pid)
                     return
                 if c.starting:  # exited before Start answered: report after TaskStart
@@ -283,6 +284,7 @@ class TaskService:
             log.warning("%s: not migration-expected: %s", c.id, e)
         decision = plan.plan_start(c.runtime, annotations, self.state_root, c.own_image())
         self.containers[c.id] = c
+        await self._snapshot_netns(c)
         try:
             init.io = new_io(c, init)
             await self.lifecycle.create(c, decision, req.terminal)
@@ -310,6 +312,19 @@ class TaskService:
             )
         )
         return shim_pb2.CreateTaskResponse(pid=init.pid)
+
+    async def _snapshot_netns(self, c: Container) -> None:
+        """A runsc pod's sandbox takes the pod's addresses off its netns: record
+        them first, so a hibernation can put them back for the wake's restore."""
+        if not sandbox.pod_scoped(c) or sandbox.sandbox_id(c) != c.id:
+            return
+        netns = podinfo.netns_path(podinfo.read_spec(c.bundle))
+        if not netns:
+            return
+        try:
+            await sandbox.snapshot(netns, c.state_dir, self.reaper.spawner)
+        except (OSError, TimeoutError) as e:  # the pod runs; only a wake would miss it
+            log.warning("%s: netns %s not recorded: %s", c.id, netns, e)
 
     async def start(self, req: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
         c, p = self.proc(req.id, req.exec_id)
@@ -452,6 +467,7 @@ class TaskService:
         if p.io is not None:
             p.io.close()
         self.containers.pop(c.id, None)
+        self.lifecycle.forget(c.id)
         self.oom.unwatch(c.id)
         if not c.hibernated:  # a hibernation image outlives the task (shim restarts)
             shutil.rmtree(c.state_dir, ignore_errors=True)

@@ -1,7 +1,7 @@
 """A runsc-architect pod with networking on the e2e node: gVisor's sandbox takes the
 CNI-made pod network namespace (runsc built from gVisor's Go module; Debian's refuses
-on this kernel) and serves HTTP on the pod IP. (Hibernating such a pod is not done:
-runsc checkpoints the whole sandbox, pause container included; see the shim README.)"""
+on this kernel) and serves HTTP on the pod IP. (Such a pod hibernates as one sandbox:
+test_runsc_hibernate.py.)"""
 
 from __future__ import annotations
 
