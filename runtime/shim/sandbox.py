@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from architect.runtime.checkpoint import CheckpointError
 from architect.runtime.checkpoint.proc import Spawner, run, which
 from architect.runtime.shim import plan
 from architect.runtime.shim.process import Container
@@ -107,8 +108,13 @@ def route_commands(route_json: str) -> list[list[str]]:
 
 
 async def _ip(netns: str, args: list[str], spawner: Spawner | None) -> tuple[bool, str]:
-    argv = [which("nsenter"), f"--net={netns}", which("ip"), *args]
-    done = await run(argv, 15, spawner=spawner)
+    """(ok, stdout or the error); never raises for a missing tool or a failed run:
+    neither the pod's Create nor its hibernation may fail for the snapshot."""
+    try:
+        argv = [which("nsenter"), f"--net={netns}", which("ip"), *args]
+        done = await run(argv, 15, spawner=spawner)
+    except (CheckpointError, OSError, TimeoutError) as e:
+        return False, str(e)
     return done.ok, done.stdout if done.ok else done.tail()
 
 

@@ -185,3 +185,13 @@ async def test_a_pod_with_a_running_exec_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TtrpcError, match="running execs"):
         await lc.hibernate(pause)
     assert not fake.calls and not pause.hibernated
+
+
+async def test_a_netns_that_cannot_be_read_fails_nothing(tmp_path: Path) -> None:
+    # No such netns: the snapshot records nothing usable and put_back says why.
+    await sandbox.snapshot(str(tmp_path / "no-netns"), tmp_path / "st", None)
+    got = json.loads((tmp_path / "st" / sandbox.NETNS_FILE).read_text())
+    assert got["addresses"] == "[]"
+    assert await sandbox.put_back(tmp_path / "st", None) == [
+        f"netns {str(tmp_path / 'no-netns')!r} is gone"]
+    assert await sandbox.put_back(tmp_path / "nothing", None) == []  # no snapshot
