@@ -8,8 +8,8 @@ Create waits for it), fetch and verify the image from the source daemon
   down; Failed for an image that does not verify);
 - fetched: once the shim took the image (the handover directory is gone) and
   the replacement's start record, when this node runs it, says restore:
-  ``consumed_patch``; a fresh start: Failed. A ticket that expires first hands
-  the checkpoint back.
+  ``consumed_patch``; a fresh start: Failed, and the fetched copy removed. A
+  ticket that expires first hands the checkpoint back.
 """
 
 from __future__ import annotations

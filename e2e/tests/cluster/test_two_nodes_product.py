@@ -3,14 +3,14 @@
 app to node B with its state; a hibernated pod migrates and stays hibernated; a
 PodDisruptionBudget holds during the drain; a tampered image and a cut transfer
 end in a fresh start on node B within scaleup-timeout. A daemon killed (SIGKILL
-of its host process; the kubelet restarts it) in the middle, node A's during the
-shim's dump or while it packs the image, node B's during its download: the
-replacement on node B is Ready within scaleup-timeout, restored when the daemon
-came back in time (it did in every run so far) or fresh with a StartedFresh
-Event, and neither node keeps anything of the image.
+of its host process; the kubelet restarts it) in the middle: node A's while it
+packs the image the shim wrote, and the restarted daemon finishes the Checkpoint
+(the state moves); node B's stopped during its download until the replacement
+has started fresh (StartedFresh), then killed. Neither node keeps anything of
+the image but node A's whole handover of a Failed migration.
 
-In `make test` (about 3.5 minutes with node B's up and down; two full runs
-passed in a row before it was added). One test by hand, as root:
+In `make test` (about 4.5 minutes with node B's up and down; each test passed
+twice in a row before it was added). One test by hand, as root:
 
     flock -o /var/lock/architect-node.lock python3 -m pytest -p no:cacheprovider \
         e2e/tests/cluster/test_two_nodes_product.py -k drain_moves
