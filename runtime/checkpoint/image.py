@@ -42,14 +42,16 @@ import datetime
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import stat
 import tarfile
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -76,6 +78,12 @@ EMPTYDIR_DIR = "emptydir"
 PAYLOAD_NAMES = {"none": "payload.tar", "zstd": "payload.tar.zst", "dir": "payload"}
 DIR = "dir"  # the node-local layout: the payload is a directory
 CHUNK = 1 << 20
+# The stream layout's block (tar reads and writes, zstd's input and output): the
+# pack and unpack run in a thread of the shim or the daemon, and each block
+# costs a few GIL hand-offs (read, hash, compress, write); with the host's event
+# loop busy each hand-off can wait its switch interval (5 ms), so few big blocks
+# (a 256 MiB image packed 10x slower beside a busy thread at 128 KiB writes).
+STREAM_BLOCK = 8 << 20
 # zstd level 1: memory pages compress well and level 1 runs near disk speed.
 ZSTD_LEVEL = 1
 # Compress when a sample shrinks to this fraction or less; else it costs time for little.
@@ -86,6 +94,10 @@ SAMPLE_BYTES = 4 << 20
 HASH_CHUNK = 8 << 20
 MAX_HASH_THREADS = 4
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# A stream pack or extract of this many bytes or more logs where its time went.
+LOG_STREAM_BYTES = 32 << 20
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- pure parts
@@ -225,6 +237,29 @@ def now_rfc3339() -> str:
 
 
 # ---------------------------------------------------------------- streams
+
+
+def _run_wait_s() -> float:
+    """This thread's time waiting for a CPU (run queue) so far, 0 if unknown."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@contextlib.contextmanager
+def _timed(what: str, where: Path, size: Callable[[], int]) -> Iterator[None]:
+    """Log (big streams only) the wall time of the block against this thread's
+    CPU time and run-queue wait: the rest is I/O or the GIL held by another thread."""
+    t0, c0, w0 = time.monotonic(), time.thread_time(), _run_wait_s()
+    yield
+    n = size()
+    if n >= LOG_STREAM_BYTES:
+        wall, cpu, wait = time.monotonic() - t0, time.thread_time() - c0, _run_wait_s() - w0
+        log.info("%s %s: %.1f MiB in %.3fs (%.0f MB/s): cpu %.3fs, run-queue wait %.3fs, "
+                 "other (I/O, GIL) %.3fs", what, where, n / 2**20, wall, n / 1e6 / max(wall, 1e-9),
+                 cpu, wait, max(0.0, wall - cpu - wait))
 
 
 class _HashingWriter:
@@ -453,23 +488,26 @@ def pack(
             memory_bytes, addresses,
         )  # fmt: skip
     files: list[FileInfo] = []
-    with open(payload_path, "wb") as out:
+    raws: list[_HashingWriter] = []  # the tar stream's size, for the log
+    with _timed("packed", payload_path, lambda: raws[0].size), \
+            open(payload_path, "wb") as out:
         sink = _HashingWriter(out)
         with contextlib.ExitStack() as stack:
             stream: Any = sink
             if compression == "zstd":
                 stream = stack.enter_context(
                     zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(
-                        cast(IO[bytes], sink), closefd=False
+                        cast(IO[bytes], sink), closefd=False, write_size=STREAM_BLOCK
                     )
                 )
             raw = _HashingWriter(stream)
+            raws.append(raw)
             # 1 MiB blocks: tarfile's default 10-16 KiB steps make packing CPU-bound.
             with tarfile.open(
                 fileobj=cast(IO[bytes], raw), mode="w|", format=tarfile.PAX_FORMAT,
-                bufsize=CHUNK,
+                bufsize=STREAM_BLOCK,
             ) as tar:
-                tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # not in typeshed
+                tar.copybufsize = STREAM_BLOCK  # type: ignore[attr-defined]  # not in typeshed
                 trees = [(ENGINE_DIR, engine_dir)]
                 trees += [(f"{EMPTYDIR_DIR}/{i}", p) for i, p in enumerate(empty_dirs)]
                 for prefix, root in trees:
@@ -834,19 +872,21 @@ def _check_dir(
 def _extract(payload: Path, dest: Path | None, m: Manifest, where: str) -> None:
     expected = {f.path: f for f in m.files}
     seen: set[str] = set()
-    with open(payload, "rb") as f:
+    what = "verified" if dest is None else "unpacked"
+    with _timed(what, payload, lambda: m.payload.size), open(payload, "rb") as f:
         src = _HashingReader(cast(BinaryIO, f))
         with contextlib.ExitStack() as stack:
             stream: Any = src
             if m.payload.compression == "zstd":
                 stream = stack.enter_context(
                     zstandard.ZstdDecompressor().stream_reader(
-                        cast(IO[bytes], src), read_across_frames=True, closefd=False
+                        cast(IO[bytes], src), read_across_frames=True, closefd=False,
+                        read_size=STREAM_BLOCK,
                     )
                 )
             try:
                 with tarfile.open(
-                    fileobj=cast(IO[bytes], stream), mode="r|", bufsize=CHUNK
+                    fileobj=cast(IO[bytes], stream), mode="r|", bufsize=STREAM_BLOCK
                 ) as tar:
                     for ti in tar:
                         _extract_member(tar, ti, dest, expected, seen, where)

@@ -549,3 +549,33 @@ def test_parallel_hash_equals_the_streamed_one(
     for threads in (1, 2, 4):
         monkeypatch.setattr(img, "_hash_threads", lambda t=threads: t)
         assert img.hash_files(jobs) == serial
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_stream_blocks_smaller_than_a_file_round_trip_and_log_the_split(
+    tmp_path: Path, compression: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Blocks far smaller than the file and the tar header: every boundary is crossed.
+    monkeypatch.setattr(img, "STREAM_BLOCK", 4096)
+    monkeypatch.setattr(img, "LOG_STREAM_BYTES", 0)
+    pages = os.urandom(70_000) + b"\0" * 100_000
+    caplog.set_level("INFO", logger="architect.runtime.checkpoint.image")
+    m = img.pack(
+        tmp_path / "i", _engine(tmp_path, pages), (), backend="runc-criu",
+        backend_version="v", scope=Scope.CONTAINER, container="c", pod_template_hash="h",
+        memory_bytes=1, compression=compression,
+    )  # fmt: skip
+    assert img.unpack(tmp_path / "i", tmp_path / "out") == m
+    assert (tmp_path / "out/engine/pages-1.img").read_bytes() == pages
+    packed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packed ")]
+    unpacked = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unpacked ")]
+    assert len(packed) == 1 and len(unpacked) == 1
+    assert re.search(r" MiB in [\d.]+s \(\d+ MB/s\): cpu [\d.]+s, run-queue wait [\d.]+s, "
+                     r"other \(I/O, GIL\) [\d.]+s$", packed[0])
+
+
+def test_small_streams_log_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="architect.runtime.checkpoint.image")
+    img.verify(_pack(tmp_path))
+    assert not [r for r in caplog.records if r.name == "architect.runtime.checkpoint.image"]
