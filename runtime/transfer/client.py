@@ -12,6 +12,7 @@ marked ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -182,69 +184,111 @@ def _download_sync(
     ref = f"{ticket.namespace}/{ticket.name}"
     where = grant.endpoint
     cut = f"download of {ref} from {where}"
-    try:
-        with (
-            socket.create_connection((host, port), timeout=connect_timeout_s) as raw_sock,
-            ctx.wrap_socket(raw_sock, server_hostname=host) as sock,
-        ):
-            sock.settimeout(max(0.1, min(IDLE_TIMEOUT_S, deadline - time.monotonic())))
-            peer = peer_node(sock)
-            if peer != ticket.source_node:
-                raise TransferError(
-                    f"{where} presented a certificate for {peer or 'nobody'}, "
-                    f"not the source node {ticket.source_node}"
-                )
-            path = f"/v1/checkpoints/{ticket.namespace}/{ticket.name}"
-            sock.sendall(
-                f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\n"
-                f"Authorization: {SCHEME} {grant.token}\r\nConnection: close\r\n\r\n".encode()
+    with (
+        peer_errors(f"transfer of {ref} from {where}", ref, where),
+        open_download(
+            ctx, host, port, netloc, f"/v1/checkpoints/{ticket.namespace}/{ticket.name}",
+            grant.token, source_node=ticket.source_node, where=where, ref=ref,
+            deadline=deadline, connect_timeout_s=connect_timeout_s,
+        ) as (stream, mlen, length),
+    ):
+        if not 0 < mlen <= min(MAX_MANIFEST, ticket.size_bytes) or length != ticket.size_bytes:
+            raise TransferError(
+                f"{where}: sends {length} bytes (manifest {mlen}), "
+                f"the ticket says {ticket.size_bytes}"
             )
-            stream = cast(io.BufferedReader, sock.makefile("rb", buffering=CHUNK))
-            head = _read_head(stream, where)
-            if head.status != 200:
-                text = stream.read(4096).decode(errors="replace").strip()
-                raise TransferError(f"{where} refused {ref}: {head.status} {text}")
-            try:
-                mlen = int(head.headers.get(MANIFEST_LENGTH.lower(), ""))
-                length = int(head.headers.get("content-length", ""))
-            except ValueError:
-                raise TransferError(f"{where}: no {MANIFEST_LENGTH} / Content-Length") from None
-            if not 0 < mlen <= min(MAX_MANIFEST, ticket.size_bytes) or length != ticket.size_bytes:
-                raise TransferError(
-                    f"{where}: sends {length} bytes (manifest {mlen}), "
-                    f"the ticket says {ticket.size_bytes}"
-                )
-            raw = _read_exactly(stream, mlen, cut)
-            check = DigestVerifier(ticket.digest, mlen)
-            check.update(raw)
-            check.finish()  # the manifest the source recorded, signed into the ticket
-            manifest = image.manifest_from_dict(json.loads(raw), f"{ref} manifest")
-            payload = DigestVerifier("sha256:" + manifest.payload.sha256, manifest.payload.size)
-            got, want = 0, length - mlen
-            buf = memoryview(bytearray(CHUNK))
-            with open(image_dir / manifest.payload.file, "xb") as out:
-                while got < want:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError
-                    n = stream.readinto(buf[: min(CHUNK, want - got)])
-                    if not n:
-                        break
-                    payload.update(buf[:n])  # refuses more than the recorded size
-                    out.write(buf[:n])
-                    got += n
-            if got < want:
-                raise TransferError(f"{cut} was cut short after {mlen + got} of {length} bytes")
-            payload.finish()
-            (image_dir / image.MANIFEST).write_bytes(raw)
+        # The manifest the source recorded, signed into the ticket.
+        raw = read_pinned_manifest(stream, mlen, ticket.digest, cut)
+        manifest = image.manifest_from_dict(json.loads(raw), f"{ref} manifest")
+        payload = DigestVerifier("sha256:" + manifest.payload.sha256, manifest.payload.size)
+        got, want = 0, length - mlen
+        buf = memoryview(bytearray(CHUNK))
+        with open(image_dir / manifest.payload.file, "xb") as out:
+            while got < want:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                n = stream.readinto(buf[: min(CHUNK, want - got)])
+                if not n:
+                    break
+                payload.update(buf[:n])  # refuses more than the recorded size
+                out.write(buf[:n])
+                got += n
+        if got < want:
+            raise TransferError(f"{cut} was cut short after {mlen + got} of {length} bytes")
+        payload.finish()
+        (image_dir / image.MANIFEST).write_bytes(raw)
+
+
+@contextlib.contextmanager
+def peer_errors(what: str, ref: str, where: str) -> Iterator[None]:
+    """A download's failures as TransferErrors naming ``what``; this node's own
+    disk errors (an OSError with a file name) pass as they are."""
+    try:
+        yield
+    except TransferError:
+        raise
     except TimeoutError:
-        raise TransferError(f"transfer of {ref} from {where} timed out") from None
+        raise TransferError(f"{what} timed out") from None
     except (ValueError, CheckpointError) as e:
-        if isinstance(e, TransferError):
-            raise
         raise TransferError(f"{ref}: bad manifest from {where}: {e}") from None
     except (ssl.SSLError, ConnectionError) as e:
-        raise TransferError(f"transfer of {ref} from {where} failed: {e}") from None
+        raise TransferError(f"{what} failed: {e}") from None
     except OSError as e:
         if e.filename is not None:
             raise  # this node's disk, not the peer
-        raise TransferError(f"transfer of {ref} from {where} failed: {e}") from None
+        raise TransferError(f"{what} failed: {e}") from None
+
+
+@contextlib.contextmanager
+def open_download(
+    ctx: ssl.SSLContext,
+    host: str,
+    port: int,
+    netloc: str,
+    path: str,
+    token: str,
+    *,
+    source_node: str,
+    where: str,
+    ref: str,
+    deadline: float,
+    connect_timeout_s: float,
+) -> Iterator[tuple[io.BufferedReader, int, int]]:
+    """GET ``path`` from the source node's transfer port with a ticket: yields the
+    body stream, the manifest's length and the whole length, once the peer's
+    certificate names ``source_node`` and it answered 200."""
+    with (
+        socket.create_connection((host, port), timeout=connect_timeout_s) as raw_sock,
+        ctx.wrap_socket(raw_sock, server_hostname=host) as sock,
+    ):
+        sock.settimeout(max(0.1, min(IDLE_TIMEOUT_S, deadline - time.monotonic())))
+        peer = peer_node(sock)
+        if peer != source_node:
+            raise TransferError(
+                f"{where} presented a certificate for {peer or 'nobody'}, "
+                f"not the source node {source_node}"
+            )
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\n"
+            f"Authorization: {SCHEME} {token}\r\nConnection: close\r\n\r\n".encode()
+        )
+        stream = cast(io.BufferedReader, sock.makefile("rb", buffering=CHUNK))
+        head = _read_head(stream, where)
+        if head.status != 200:
+            text = stream.read(4096).decode(errors="replace").strip()
+            raise TransferError(f"{where} refused {ref}: {head.status} {text}")
+        try:
+            mlen = int(head.headers.get(MANIFEST_LENGTH.lower(), ""))
+            length = int(head.headers.get("content-length", ""))
+        except ValueError:
+            raise TransferError(f"{where}: no {MANIFEST_LENGTH} / Content-Length") from None
+        yield stream, mlen, length
+
+
+def read_pinned_manifest(stream: io.BufferedReader, mlen: int, digest: str, what: str) -> bytes:
+    """The manifest's ``mlen`` bytes, refused unless they have ``digest``."""
+    raw = _read_exactly(stream, mlen, what)
+    check = DigestVerifier(digest, mlen)
+    check.update(raw)
+    check.finish()
+    return raw

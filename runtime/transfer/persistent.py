@@ -30,12 +30,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import io
 import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import time
 import uuid
@@ -43,7 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -66,10 +64,10 @@ from architect.runtime.checkpoint.errors import CheckpointError
 from architect.runtime.shim import plan
 from architect.runtime.transfer.client import (
     CONNECT_TIMEOUT_S,
-    IDLE_TIMEOUT_S,
     MAX_MANIFEST,
-    _read_exactly,
-    _read_head,
+    open_download,
+    peer_errors,
+    read_pinned_manifest,
 )
 from architect.runtime.transfer.server import CHUNK, MANIFEST_LENGTH
 from architect.runtime.transfer.tls import NodeTLS, peer_node
@@ -357,73 +355,44 @@ def _download(endpoint: str, token: str, ticket: Ticket, ctx: ssl.SSLContext, ho
     ref = f"{ticket.namespace}/{ticket.name}"
     where = f"node {ticket.source_node} ({endpoint})"
     cut = f"download of PersistentCheckpoint {ref} from {where}"
-    try:
-        with (
-            socket.create_connection((host, port), timeout=connect_timeout_s) as raw_sock,
-            ctx.wrap_socket(raw_sock, server_hostname=host) as sock,
-        ):
-            sock.settimeout(max(0.1, min(IDLE_TIMEOUT_S, deadline - time.monotonic())))
-            peer = peer_node(sock)
-            if peer != ticket.source_node:
-                raise TransferError(f"{endpoint} presented a certificate for "
-                                    f"{peer or 'nobody'}, not node {ticket.source_node}")
-            sock.sendall(
-                f"GET /v1/persistentcheckpoints/{ticket.namespace}/{ticket.name} HTTP/1.1\r\n"
-                f"Host: {netloc}\r\nAuthorization: {SCHEME} {token}\r\n"
-                "Connection: close\r\n\r\n".encode())
-            stream = cast(io.BufferedReader, sock.makefile("rb", buffering=CHUNK))
-            head = _read_head(stream, where)
-            if head.status != 200:
-                text = stream.read(4096).decode(errors="replace").strip()
-                raise TransferError(f"{where} refused: {text or head.status}")
+    with (
+        peer_errors(cut, ref, where),
+        open_download(
+            ctx, host, port, netloc,
+            f"/v1/persistentcheckpoints/{ticket.namespace}/{ticket.name}", token,
+            source_node=ticket.source_node, where=where, ref=ref,
+            deadline=deadline, connect_timeout_s=connect_timeout_s,
+        ) as (stream, mlen, length),
+    ):
+        if not 0 < mlen <= MAX_MANIFEST:
+            raise TransferError(f"{where}: manifest of {mlen} bytes")
+        # The object's digest, not the holder's word.
+        raw = read_pinned_manifest(stream, mlen, digest, cut)
+        m = image.manifest_from_dict(json.loads(raw), f"{ref} manifest")
+        files = parts(m, ref)
+        if length != mlen + sum(size for _, size, _ in files):
+            raise TransferError(f"{where} sends {length} bytes, the manifest lists "
+                                f"{mlen + sum(size for _, size, _ in files)}")
+        if m.payload.compression == image.DIR:
+            (scratch / m.payload.file / image.ENGINE_DIR).mkdir(parents=True)
+        buf = memoryview(bytearray(CHUNK))
+        for rel, size, f in files:
+            dest = scratch / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            v, left = FileVerifier(f), size
+            with open(dest, "xb") as out:
+                while left > 0:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    n = stream.readinto(buf[: min(CHUNK, left)])
+                    if not n:
+                        raise TransferError(f"{cut} was cut short in {rel}")
+                    v.update(buf[:n])
+                    out.write(buf[:n])
+                    left -= n
             try:
-                mlen = int(head.headers.get(MANIFEST_LENGTH.lower(), ""))
-                length = int(head.headers.get("content-length", ""))
-            except ValueError:
-                raise TransferError(f"{where}: no {MANIFEST_LENGTH} / Content-Length") from None
-            if not 0 < mlen <= MAX_MANIFEST:
-                raise TransferError(f"{where}: manifest of {mlen} bytes")
-            raw = _read_exactly(stream, mlen, cut)
-            check = DigestVerifier(digest, mlen)  # the object's digest, not the holder's word
-            check.update(raw)
-            check.finish()
-            m = image.manifest_from_dict(json.loads(raw), f"{ref} manifest")
-            files = parts(m, ref)
-            if length != mlen + sum(size for _, size, _ in files):
-                raise TransferError(f"{where} sends {length} bytes, the manifest lists "
-                                    f"{mlen + sum(size for _, size, _ in files)}")
-            if m.payload.compression == image.DIR:
-                (scratch / m.payload.file / image.ENGINE_DIR).mkdir(parents=True)
-            buf = memoryview(bytearray(CHUNK))
-            for rel, size, f in files:
-                dest = scratch / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                v, left = FileVerifier(f), size
-                with open(dest, "xb") as out:
-                    while left > 0:
-                        if time.monotonic() > deadline:
-                            raise TimeoutError
-                        n = stream.readinto(buf[: min(CHUNK, left)])
-                        if not n:
-                            raise TransferError(f"{cut} was cut short in {rel}")
-                        v.update(buf[:n])
-                        out.write(buf[:n])
-                        left -= n
-                try:
-                    v.finish()
-                except TransferError as e:
-                    raise TransferError(f"{rel}: {e}") from None
-            return raw
-    except TimeoutError:
-        raise TransferError(f"{cut} timed out") from None
-    except (ValueError, CheckpointError) as e:
-        if isinstance(e, TransferError):
-            raise
-        raise TransferError(f"{ref}: bad manifest from {where}: {e}") from None
-    except (ssl.SSLError, ConnectionError) as e:
-        raise TransferError(f"{cut} failed: {e}") from None
-    except OSError as e:
-        if e.filename is not None:
-            raise  # this node's disk, not the peer
-        raise TransferError(f"{cut} failed: {e}") from None
+                v.finish()
+            except TransferError as e:
+                raise TransferError(f"{rel}: {e}") from None
+        return raw
 
