@@ -303,7 +303,7 @@ class _HashingReader:
 Digest = tuple[int, str, tuple[str, ...]]
 
 
-class _Digest:
+class FileDigest:
     """A file's digest fed in order: whole (chunk_size 0) or per chunk_size bytes."""
 
     def __init__(self, chunk_size: int = 0) -> None:
@@ -339,7 +339,7 @@ def _stream(
     src: IO[bytes] | BinaryIO, out: IO[bytes] | BinaryIO | None, chunk_size: int = 0
 ) -> Digest:
     """Copy ``src`` to ``out`` (if given) in CHUNKs; its digest."""
-    digest = _Digest(chunk_size)
+    digest = FileDigest(chunk_size)
     while chunk := src.read(CHUNK):
         digest.update(chunk)
         if out is not None:

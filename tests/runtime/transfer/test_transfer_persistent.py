@@ -220,3 +220,49 @@ def test_no_running_daemon_on_the_holder_is_said() -> None:
     pending = [{"spec": {"nodeName": "n2"}, "status": {"phase": "Pending", "hostIP": "1.2.3.4"}}]
     with pytest.raises(TransferError, match="no running Architect daemon on node n2"):
         pt.holder_endpoint(pending, "n2", 9447)
+
+
+# --- FileVerifier: a listed file as it streams (chunked or whole) ---------------
+
+
+def _info(data: bytes, chunk_size: int) -> Any:
+    from architect.runtime.checkpoint.api import FileInfo
+
+    d = image.FileDigest(chunk_size)
+    d.update(data)
+    size, sha, chunks = d.result()
+    return FileInfo(path="pages-1.img", size=size, sha256=sha, chunk_size=chunk_size,
+                    chunks=chunks)
+
+
+def _stream(f: Any, data: bytes, step: int = 1000) -> None:
+    v = pt.FileVerifier(f)
+    for o in range(0, len(data), step):
+        v.update(memoryview(data[o : o + step]))
+    v.finish()
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4096])
+def test_file_verifier_takes_the_recorded_bytes(chunk_size: int) -> None:
+    data = os.urandom(40_000)
+    _stream(_info(data, chunk_size), data)
+
+
+@pytest.mark.parametrize(("where", "chunk"), [(10, 0), (20_000, 4), (39_999, 9)])
+def test_file_verifier_names_the_changed_chunk(where: int, chunk: int) -> None:
+    data = os.urandom(40_000)
+    f = _info(data, 4096)
+    bad = bytearray(data)
+    bad[where] ^= 1
+    with pytest.raises(TransferError, match=f"digest mismatch in chunk {chunk}:"):
+        _stream(f, bytes(bad))
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4096])
+def test_file_verifier_refuses_another_length(chunk_size: int) -> None:
+    data = os.urandom(40_000)
+    f = _info(data, chunk_size)
+    with pytest.raises(TransferError, match="larger than the recorded 40000 bytes"):
+        _stream(f, data + b"x")
+    with pytest.raises(TransferError, match="39999 bytes, expected 40000"):
+        _stream(f, data[:-1])
