@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +63,10 @@ class Grants:
     handover_exists: Callable[[str, str], bool]
     start_of: StartFn
     handover_ready: Callable[[str, str], bool] = lambda h, c: False
+    # Removes this node's ready handover of (template hash, container): the
+    # replacement started fresh, so nobody takes it, and left ready the next pod
+    # of the template here would restore it. The source keeps its own copy.
+    discard_ready: Callable[[str, str], object] = lambda h, c: None
     clock: Callable[[], float] = time.time
     seen: set[str] = field(default_factory=set)  # grant Secret uids handled
     tasks: set[asyncio.Task[str]] = field(default_factory=set)
@@ -101,12 +104,11 @@ class Grants:
         t = grant.ticket
         ref = f"{t.namespace}/{t.name}"
         t0 = time.monotonic()
-        fetched: Path | None = None
         try:
             if self.handover_ready(grant.template_hash, grant.container):
                 log.info("%s: image fetched before this daemon started", ref)
             else:
-                fetched = await self.fetch(grant)
+                await self.fetch(grant)
         except (TransferError, OSError) as e:
             # This node's disk (or a handover withdrawn under the fetch) may be
             # fine on another node: retry. A replacement that started fresh
@@ -125,12 +127,11 @@ class Grants:
             if start is not None:
                 outcome, reason = start
                 if outcome == "fresh":
-                    if fetched is not None:
-                        # Fetched after the replacement gave up on it (a daemon
-                        # down or a transfer slower than scaleup-timeout): nobody
-                        # takes this copy, and left ready the next pod of the
-                        # template here would restore it. The source keeps its own.
-                        await asyncio.to_thread(shutil.rmtree, fetched, True)
+                    # Fetched now or before a restart of this daemon, after the
+                    # replacement gave up on it (a daemon down, a transfer slower
+                    # than scaleup-timeout).
+                    await asyncio.to_thread(self.discard_ready, grant.template_hash,
+                                            grant.container)
                     await self.patch(t.namespace, t.name, failed_patch(
                         t.destination_pod, f"started fresh: {reason}", retry=False))
                     return self._done(f"{ref}: {t.destination_pod} started fresh")

@@ -96,6 +96,9 @@ class Images(Protocol):
     def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
         """Remove the handover directory if it is still the image of ``digest``."""
 
+    def discard_ready(self, template_hash: str, container: str) -> bool:
+        """Remove the handover directory if it holds a ready image."""
+
     def sweep(self) -> list[str]:
         """Remove what a killed daemon left half-written (a fetch's or a pack's
         scratch directory); what was removed."""
@@ -373,6 +376,18 @@ class NodeImages:
         if self.handover_digest(template_hash, container) != digest:
             return False  # gone, or a newer pod's handover: not the one that moved
         d = handover_dir(self.root, template_hash, container)
+        shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other containers' handovers may remain
+            d.parent.rmdir()
+        return True
+
+    def discard_ready(self, template_hash: str, container: str) -> bool:
+        """Remove the handover directory if it holds a ready image."""
+        from architect.runtime.shim.plan import READY_MARK, handover_dir
+
+        d = handover_dir(self.root, template_hash, container)
+        if not (d / READY_MARK).exists():
+            return False
         shutil.rmtree(d, ignore_errors=True)
         with contextlib.suppress(OSError):  # other containers' handovers may remain
             d.parent.rmdir()

@@ -142,6 +142,7 @@ class Transfer:
             lambda h, c: handover_dir(root, h, c).exists(),
             start_of,
             lambda h, c: (handover_dir(root, h, c) / READY_MARK).exists(),
+            migrations.images.discard_ready,
         )
 
     def _load(self) -> tuple[Any, bytes] | None:

@@ -267,6 +267,12 @@ class FakeImages:
         self.dropped.append(("handover", f"{template_hash}/{container}"))
         return True
 
+    def discard_ready(self, template_hash: str, container: str) -> bool:
+        if self.handovers.pop((template_hash, container), None) is None:
+            return False
+        self.dropped.append(("handover", f"{template_hash}/{container}"))
+        return True
+
     def sweep(self) -> list[str]:
         self.swept += 1
         return []

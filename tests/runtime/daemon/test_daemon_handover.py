@@ -424,8 +424,7 @@ def secret(g: Grant, uid: str = "s1") -> dict[str, Any]:
 
 
 class GrantRig:
-    def __init__(self, *, fetch_error: str = "", handover: bool = True,
-                 fetched: Path = Path("/nonexistent/architect-grant-test")) -> None:
+    def __init__(self, *, fetch_error: str = "", handover: bool = True) -> None:
         self.calls: list[str] = []
         self.patches: list[tuple[str, list[dict[str, Any]]]] = []
         self.fetch_error = fetch_error
@@ -436,7 +435,7 @@ class GrantRig:
             self.calls.append("fetch")
             if self.fetch_error:
                 raise TransferError(self.fetch_error)
-            return fetched
+            return Path("/nonexistent/architect-grant-test")
 
         async def patch(ns: str, name: str, body: list[dict[str, Any]]) -> Any:
             self.patches.append((name, body))
@@ -447,6 +446,7 @@ class GrantRig:
             "node-b", fetch, patch, lambda h, c: self.calls.append(f"pending {h}/{c}"),
             lambda h, c: self.handover, lambda ns, p, c: self.start,
             lambda h, c: self.ready,
+            lambda h, c: self.calls.append(f"discard {h}/{c}"),
         )
 
     def phase(self) -> str:
@@ -494,24 +494,39 @@ async def test_grant_start_record_decides() -> None:
     assert r.phase() == "Consumed"
 
 
-async def test_an_image_fetched_after_a_fresh_start_is_not_left_ready(tmp_path: Path) -> None:
+@pytest.mark.parametrize("before_restart", [False, True])
+async def test_an_image_fetched_for_a_fresh_start_is_not_left_ready(before_restart: bool) -> None:
     """The replacement gave up waiting (its daemon was down, or the transfer
-    slower than scaleup-timeout) and the fetch still finished: the copy goes."""
-    d = tmp_path / "handover" / "h1" / "main"
-    d.mkdir(parents=True)
-    (d / "ready").touch()
-    r = GrantRig(handover=True, fetched=d)
+    slower than scaleup-timeout) and the image still arrived, now or before this
+    daemon restarted: this node's copy goes; a restore keeps it."""
+    r = GrantRig(handover=True)
+    r.ready = before_restart
     r.start = ("fresh", "scaleup-timeout passed waiting for /s/handover/h1/main")
     r.grants.consider([secret(grant())])
     await r.finish()
-    assert r.phase() == "Failed" and not d.exists()
-    # A restore keeps it (the shim took it already, or takes it now).
-    d.mkdir(parents=True)
-    r = GrantRig(handover=True, fetched=d)
+    assert r.phase() == "Failed" and r.calls[-1] == "discard h1/main"
+    r = GrantRig(handover=True)
+    r.ready = before_restart
     r.start = ("restored", "handover checkpoint for h1/main")
     r.grants.consider([secret(grant())])
     await r.finish()
-    assert r.phase() == "Consumed" and d.exists()
+    assert r.phase() == "Consumed" and not any(c.startswith("discard") for c in r.calls)
+
+
+def test_node_images_discard_ready_removes_only_a_ready_handover(tmp_path: Path) -> None:
+    from architect.runtime.daemon.migrations import NodeImages
+    from architect.runtime.shim.plan import PENDING_MARK, READY_MARK, handover_dir
+
+    d = handover_dir(tmp_path, "h1", "main")
+    d.mkdir(parents=True)
+    (d / PENDING_MARK).touch()  # on its way: a fetch still writes it
+    images = NodeImages(tmp_path, "node-b")
+    assert not images.discard_ready("h1", "main") and d.exists()
+    (d / READY_MARK).touch()
+    other = handover_dir(tmp_path, "h1", "side")
+    other.mkdir(parents=True)
+    assert images.discard_ready("h1", "main")
+    assert not d.exists() and other.exists()  # the pod's other container keeps its own
 
 
 async def test_grant_fetch_failure_reports_retry_or_final() -> None:
