@@ -105,7 +105,7 @@ async def run(mib: int, rounds: int, tmp: Path) -> int:
             copy_dir = tmp / f"copy{i}"
             copy_dir.mkdir()
             t0 = time.perf_counter()
-            for p in outgoing_dir(src_root, HASH, CONTAINER).iterdir():
+            for p in outgoing_dir(src_root, HASH, CONTAINER, ref.digest).iterdir():
                 shutil.copyfile(p, copy_dir / p.name)
             copy_s.append(time.perf_counter() - t0)
             shutil.rmtree(copy_dir)

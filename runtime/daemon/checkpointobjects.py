@@ -263,28 +263,31 @@ def incoming_handover(
 
 
 def outgoing_to_drop(
-    entries: Iterable[tuple[str, str, float]],
+    entries: Iterable[tuple[str, str, str, float]],
     checkpoints: Iterable[Mapping[str, Any]],
     *,
     node: str,
     min_age_s: float = 60.0,
-) -> list[tuple[str, str]]:
-    """Packed images (template hash, container, age in seconds) under outgoing/
-    that no live Checkpoint of this node refers to any more: at once when one of
-    its Checkpoints is Consumed or Failed; after ``min_age_s`` when there is none
-    (deleted, or never created: a young one's may still be on its way)."""
-    live: set[tuple[str, str]] = set()
-    final: set[tuple[str, str]] = set()
+) -> list[tuple[str, str, str]]:
+    """Packed images (template hash, container, digest, age in seconds) under
+    outgoing/ that no live Checkpoint of this node refers to any more: at once
+    when its Checkpoint is Consumed or Failed; after ``min_age_s`` when none
+    names it (deleted, or not created yet: export comes first, and the
+    snapshot of Checkpoints may lag). By digest: another replica of the same
+    template may have packed its own image meanwhile."""
+    live: set[tuple[str, str, str]] = set()
+    final: set[tuple[str, str, str]] = set()
     for c in checkpoints:
         spec = c.get("spec") or {}
         if spec.get("sourceNode") != node:
             continue
-        ref = (str(spec.get("templateHash")), str(spec.get("container") or ""))
+        ref = (str(spec.get("templateHash")), str(spec.get("container") or ""),
+               str((spec.get("image") or {}).get("digest") or ""))
         (live if phase_of(c) in LIVE_PHASES else final).add(ref)
     return sorted(
-        (h, c)
-        for h, c, age in entries
-        if (h, c) not in live and ((h, c) in final or age >= min_age_s)
+        (h, c, d)
+        for h, c, d, age in entries
+        if (h, c, d) not in live and ((h, c, d) in final or age >= min_age_s)
     )
 
 

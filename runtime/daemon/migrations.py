@@ -85,10 +85,10 @@ class Images(Protocol):
 
     def handover_ready(self, template_hash: str, container: str) -> bool: ...
 
-    def outgoing(self) -> list[tuple[str, str, float]]:
-        """(template hash, container, age in seconds) of every packed image."""
+    def outgoing(self) -> list[tuple[str, str, str, float]]:
+        """(template hash, container, image digest, age in seconds) of every packed image."""
 
-    def drop(self, template_hash: str, container: str) -> None: ...
+    def drop(self, template_hash: str, container: str, digest: str) -> None: ...
 
     def handover_digest(self, template_hash: str, container: str) -> str | None:
         """The manifest digest of the ready handover directory; None without one."""
@@ -204,7 +204,8 @@ class Migrations:
             log.warning("handover of %s/%s container %s: no Checkpoint (%s); dropped",
                         w.namespace, w.pod, w.container, e)
             if image is not None:
-                await asyncio.to_thread(self.images.drop, w.template_hash, w.container)
+                await asyncio.to_thread(self.images.drop, w.template_hash, w.container,
+                                        str(image.get("digest") or ""))
             if handover is not None:
                 # The handover too: left ready, it would hold the directory a pod
                 # of the same template in another namespace restores or fetches into.
@@ -317,9 +318,10 @@ class Migrations:
             if report.done:
                 del self.pending[key]
         entries = await asyncio.to_thread(self.images.outgoing)
-        for thash, container in outgoing_to_drop(entries, snapshot, node=self.node):
-            await asyncio.to_thread(self.images.drop, thash, container)
-            done.append(f"dropped outgoing/{thash}/{container}")
+        for thash, container, digest in outgoing_to_drop(entries, snapshot, node=self.node):
+            await asyncio.to_thread(self.images.drop, thash, container, digest)
+            done.append(f"dropped outgoing/{thash}/{container}/"
+                        f"{digest.removeprefix('sha256:')[:12]}")
         for thash, container, digest in moved_handovers(snapshot, node=self.node):
             if (thash, container, digest) in self.moved:
                 continue
@@ -353,10 +355,10 @@ class NodeImages:
         try:
             shutil.copytree(src, copy, copy_function=os.link)
             ref = export(snap, self.node, template_hash, container)
-            final = outgoing_dir(self.root, template_hash, container)
+            final = outgoing_dir(self.root, template_hash, container, ref.digest)
             final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(outgoing_dir(snap, template_hash, container), final)
+            if not final.is_dir():  # there already: the same bytes, packed before
+                os.rename(outgoing_dir(snap, template_hash, container, ref.digest), final)
         finally:
             shutil.rmtree(snap, ignore_errors=True)
         return ref.as_spec()
@@ -402,11 +404,11 @@ class NodeImages:
             gone.append(str(d.relative_to(self.root)))
         return gone
 
-    def outgoing(self) -> list[tuple[str, str, float]]:
+    def outgoing(self) -> list[tuple[str, str, str, float]]:
         from architect.runtime.transfer.images import OUTGOING
 
         base = self.root / OUTGOING
-        out: list[tuple[str, str, float]] = []
+        out: list[tuple[str, str, str, float]] = []
         now = time.time()
         if not base.is_dir():
             return out
@@ -414,15 +416,14 @@ class NodeImages:
             if h.name.startswith(".") or not h.is_dir():
                 continue
             for c in h.iterdir():
-                if c.is_dir() and not c.name.startswith("."):
-                    out.append((h.name, c.name, now - c.stat().st_mtime))
+                if not c.is_dir() or c.name.startswith("."):
+                    continue
+                for d in c.iterdir():
+                    if d.is_dir() and not d.name.startswith("."):
+                        out.append((h.name, c.name, f"sha256:{d.name}", now - d.stat().st_mtime))
         return out
 
-    def drop(self, template_hash: str, container: str) -> None:
+    def drop(self, template_hash: str, container: str, digest: str) -> None:
         from architect.runtime.transfer import remove_outgoing
-        from architect.runtime.transfer.images import OUTGOING
 
-        remove_outgoing(self.root, template_hash, container)
-        parent = self.root / OUTGOING / template_hash
-        if parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+        remove_outgoing(self.root, template_hash, container, digest)

@@ -3,7 +3,10 @@
 The shim leaves a handover checkpoint as the engine's raw image files in
 ``handover/<template hash>/<container>/`` (marked ``ready``). To move between
 nodes it is packed once into the runtime/checkpoint image format
-(``manifest.json`` + one payload stream) under ``outgoing/<hash>/<container>/``.
+(``manifest.json`` + one payload stream) under
+``outgoing/<hash>/<container>/<manifest sha256>/``: one per Checkpoint, so a second
+replica's handover of the same template (a drain, pods evicted one by one) never
+replaces or drops the image a first one's transfer still needs.
 
 The Checkpoint's ``spec.image`` records ``digest`` = sha256 of manifest.json and
 ``sizeBytes`` = manifest + payload bytes. The manifest holds the payload's
@@ -13,6 +16,7 @@ pins every byte that moves: ticket -> manifest -> payload -> files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -57,13 +61,24 @@ def component(value: str, what: str) -> str:
     return value
 
 
-def outgoing_dir(root: Path, template_hash: str, container: str) -> Path:
-    return (
-        root
-        / OUTGOING
-        / component(template_hash, "template hash")
-        / component(container, "container")
-    )
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def digest_component(digest: str) -> str:
+    """The directory name of a packed image: its manifest's sha256, hex."""
+    m = _DIGEST.fullmatch(digest)
+    if m is None:
+        raise TransferError(f"image digest {digest!r} is not sha256:<64 hex digits>")
+    return m.group(1)
+
+
+def outgoing_dir(
+    root: Path, template_hash: str, container: str, digest: str | None = None
+) -> Path:
+    """The packed images of (template hash, container); with ``digest``, that one."""
+    d = root / OUTGOING / component(template_hash, "template hash") / component(
+        container, "container")
+    return d if digest is None else d / digest_component(digest)
 
 
 def incoming_dir(root: Path, template_hash: str, container: str) -> Path:
@@ -119,13 +134,19 @@ def export(
             memory_bytes=_size(src),
             compression=compression,
         )
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(staging, out)
+        digest = image_ref(staging, "").digest
+        final = out / digest_component(digest)
+        out.mkdir(exist_ok=True)
+        if final.is_dir():  # the same bytes packed before (a daemon restart): keep those
+            shutil.rmtree(staging)
+        else:
+            os.rename(staging, final)
     except CheckpointError as e:
         raise TransferError(str(e)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return image_ref(out, f"node://{node}/{OUTGOING}/{template_hash}/{container}")
+    return image_ref(
+        final, f"node://{node}/{OUTGOING}/{template_hash}/{container}/{final.name}")
 
 
 def scratch_dirs(root: Path) -> list[Path]:
@@ -147,9 +168,14 @@ def scratch_dirs(root: Path) -> list[Path]:
     return sorted(e for e in found if e.is_dir() and not e.is_symlink())
 
 
-def remove_outgoing(root: Path, template_hash: str, container: str) -> None:
-    """Drop a packed image once its Checkpoint is Consumed or deleted."""
-    shutil.rmtree(outgoing_dir(root, template_hash, container), ignore_errors=True)
+def remove_outgoing(root: Path, template_hash: str, container: str, digest: str) -> None:
+    """Drop a packed image once its Checkpoint is Consumed or deleted (and the
+    directories of its template hash and container, when it was the last)."""
+    d = outgoing_dir(root, template_hash, container)
+    shutil.rmtree(d / digest_component(digest), ignore_errors=True)
+    for empty in (d, d.parent):
+        with contextlib.suppress(OSError):  # another image of theirs remains
+            empty.rmdir()
 
 
 def _size(d: Path) -> int:

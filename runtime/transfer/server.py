@@ -121,7 +121,8 @@ class TransferServer:
         spec = checkpoint.get("spec") or {}
         try:
             image_dir = outgoing_dir(
-                self.root, str(spec.get("templateHash") or ""), str(spec.get("container") or "")
+                self.root, str(spec.get("templateHash") or ""), str(spec.get("container") or ""),
+                ticket.digest,
             )
         except TransferError as e:
             raise Refused(409, f"Checkpoint {ns}/{name}: {e}") from None

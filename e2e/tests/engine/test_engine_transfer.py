@@ -269,7 +269,8 @@ def test_failed_transfer_and_vanished_pod(
     # The image was tampered with on the source: the destination refuses it and reports.
     payload = next(
         p
-        for p in outgoing_dir(tmp_path / "src", HASH, "app").iterdir()
+        for p in outgoing_dir(tmp_path / "src", HASH, "app",
+                              _checkpoint(operator, ns, "bad")["spec"]["image"]["digest"]).iterdir()
         if p.name.startswith("payload")
     )
     data = bytearray(payload.read_bytes())

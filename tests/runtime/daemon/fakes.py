@@ -236,26 +236,27 @@ class FakeImages:
     def __init__(self) -> None:
         self.fail: str = ""
         self.ready = True
-        self.packed: list[tuple[str, str, float]] = []
-        self.dropped: list[tuple[str, str]] = []
+        self.packed: list[tuple[str, str, str, float]] = []
+        self.dropped: list[tuple[str, ...]] = []
+        self.digest = IMAGE["digest"]  # of the next image export packs
         self.handovers: dict[tuple[str, str], str] = {}  # ready handover -> digest
         self.swept = 0
 
     def export(self, template_hash: str, container: str) -> dict[str, Any]:
         if self.fail:
             raise TransferError(self.fail)
-        self.packed.append((template_hash, container, 1.0))
-        return dict(IMAGE)
+        self.packed.append((template_hash, container, self.digest, 1.0))
+        return {**IMAGE, "digest": self.digest}
 
     def handover_ready(self, template_hash: str, container: str) -> bool:
         return self.ready
 
-    def outgoing(self) -> list[tuple[str, str, float]]:
+    def outgoing(self) -> list[tuple[str, str, str, float]]:
         return list(self.packed)
 
-    def drop(self, template_hash: str, container: str) -> None:
-        self.dropped.append((template_hash, container))
-        self.packed = [p for p in self.packed if p[:2] != (template_hash, container)]
+    def drop(self, template_hash: str, container: str, digest: str) -> None:
+        self.dropped.append((template_hash, container, digest))
+        self.packed = [p for p in self.packed if p[:3] != (template_hash, container, digest)]
 
     def handover_digest(self, template_hash: str, container: str) -> str | None:
         return self.handovers.get((template_hash, container))

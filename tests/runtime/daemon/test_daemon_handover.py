@@ -176,15 +176,43 @@ def test_report_fresh_fails_only_its_own_claim() -> None:
 
 
 def test_outgoing_dropped_once_no_live_checkpoint_needs_it() -> None:
-    entries = [("h1", "main", 120.0), ("h2", "main", 1.0), ("h3", "main", 5.0),
-               ("h4", "main", 120.0)]
+    d = IMAGE["digest"]
+    entries = [("h1", "main", d, 120.0), ("h2", "main", d, 1.0), ("h3", "main", d, 5.0),
+               ("h4", "main", d, 120.0)]
     cks = [ck(phase="Ready"),  # h1 live
            {**ck(phase="Consumed"), "spec": {**ck()["spec"], "templateHash": "h2"}},
            {**ck(phase="Ready", node="node-b"), "spec": {**ck()["spec"], "templateHash": "h4",
                                                           "sourceNode": "node-b"}}]
     # h2 Consumed (at once), h3 too young (its Checkpoint may not exist yet), h4 not
     # ours and old.
-    assert outgoing_to_drop(entries, cks, node=NODE) == [("h2", "main"), ("h4", "main")]
+    assert outgoing_to_drop(entries, cks, node=NODE) == [("h2", "main", d), ("h4", "main", d)]
+
+
+def test_a_second_replicas_image_outlives_the_first_ones_consumed_checkpoint() -> None:
+    """A drain under a PodDisruptionBudget: the first replica's Checkpoint is
+    Consumed while the second one's image is packed but its Checkpoint not created
+    yet (or not in the snapshot): only the first one's image goes."""
+    first, second = IMAGE["digest"], "sha256:" + "b" * 64
+    entries = [("h1", "main", first, 30.0), ("h1", "main", second, 0.5)]
+    assert outgoing_to_drop(entries, [ck(phase="Consumed")], node=NODE) == [
+        ("h1", "main", first)]
+    live = {**ck("web-def-main", "Ready", source_pod="web-def")}
+    live["spec"] = {**live["spec"], "image": {**IMAGE, "digest": second}}
+    old = [(h, c, d, 600.0) for h, c, d, _ in entries]
+    assert outgoing_to_drop(old, [ck(phase="Consumed"), live], node=NODE) == [
+        ("h1", "main", first)]
+
+
+async def test_reconcile_keeps_the_image_a_second_replica_packed_meanwhile() -> None:
+    m, api, images = rig()
+    m.armed("cid", W)
+    await m.written("cid", ok=True)
+    obj = api.objects[("shop", "web-abc-main")]
+    obj["status"].update(phase="Consumed", consumedBy="web-new")
+    images.digest = "sha256:" + "b" * 64
+    images.export("h1", "main")  # web-def's, its Checkpoint not created yet
+    assert await m.reconcile(NOW) == ["dropped outgoing/h1/main/aaaaaaaaaaaa"]
+    assert [p[2] for p in images.outgoing()] == [images.digest]
 
 
 @pytest.mark.parametrize(
@@ -268,7 +296,7 @@ async def test_handover_of_a_deleted_namespace_is_dropped_not_fatal(tmp_path: Pa
     assert await m2.recover() == 2  # both done: the live one finished, the gone one dropped
     assert ("shop", "web-abc-main") not in api.objects
     assert api.objects[("live", "web-x-main")]["status"]["phase"] == "Ready"
-    assert (W.template_hash, "main") in images.dropped
+    assert (W.template_hash, "main", IMAGE["digest"]) in images.dropped
     # Its handover directory too: a pod of the same template in another
     # namespace would find it there, ready but not its own.
     assert (W.template_hash, "main") not in images.handovers
@@ -301,10 +329,10 @@ async def test_same_node_replacement_claims_then_consumes_then_drops() -> None:
     obj["metadata"]["annotations"] = {OBSERVED_PHASE: "Restoring"}
     # Consumed; the packed image goes once nothing live needs it.
     assert await m.reconcile(NOW) == ["shop/web-abc-main: consumed by web-new",
-                                      "dropped outgoing/h1/main"]
+                                      "dropped outgoing/h1/main/aaaaaaaaaaaa"]
     assert obj["status"]["phase"] == "Consumed" and not m.pending
     assert await m.reconcile(NOW) == []
-    assert images.dropped == [("h1", "main")]
+    assert images.dropped == [("h1", "main", IMAGE["digest"])]
 
 
 async def test_control_plane_claim_for_another_pod_is_left_alone() -> None:
@@ -328,7 +356,7 @@ async def test_fresh_start_fails_its_claim() -> None:
     m.started("shop", "web-new", "main", "h1", "fresh",
               f"restore from {HANDOVER} failed: criu")
     assert await m.reconcile(NOW) == ["shop/web-abc-main: failed by web-new",
-                                      "dropped outgoing/h1/main"]
+                                      "dropped outgoing/h1/main/aaaaaaaaaaaa"]
     st = api.objects[("shop", "web-abc-main")]["status"]
     assert st["phase"] == "Failed" and "criu" in st["message"]
 
@@ -346,12 +374,22 @@ def test_node_images_export_survives_the_restore_removing_the_handover(
     images = NodeImages(tmp_path, NODE)
     assert images.handover_ready("h1", "main")
     spec = images.export("h1", "main")
-    out = outgoing_dir(tmp_path, "h1", "main")
+    out = outgoing_dir(tmp_path, "h1", "main", spec["digest"])
     assert spec == image_ref(out, spec["location"]).as_spec()
-    assert spec["location"] == "node://node-a/outgoing/h1/main"
+    assert spec["location"] == f"node://node-a/outgoing/h1/main/{out.name}"
     assert (d / "pages-1.img").read_bytes() == b"p" * 4096  # the handover is untouched
-    assert [(h, c) for h, c, _ in images.outgoing()] == [("h1", "main")]  # no snapshot left
-    images.drop("h1", "main")
+    # no snapshot left
+    assert [(h, c, g) for h, c, g, _ in images.outgoing()] == [("h1", "main", spec["digest"])]
+    # A second replica's handover of the same template: packed beside the first.
+    (d / "pages-1.img").unlink()
+    (d / "pages-1.img").write_bytes(b"q" * 4096)
+    second = images.export("h1", "main")
+    assert second["digest"] != spec["digest"] and out.is_dir()
+    assert sorted(g for _, _, g, _ in images.outgoing()) == sorted(
+        [spec["digest"], second["digest"]])
+    images.drop("h1", "main", spec["digest"])
+    assert [g for _, _, g, _ in images.outgoing()] == [second["digest"]]
+    images.drop("h1", "main", second["digest"])
     assert images.outgoing() == [] and not (tmp_path / "outgoing" / "h1").exists()
 
 
@@ -379,7 +417,7 @@ async def test_a_restarted_daemon_removes_what_its_killed_predecessor_half_wrote
     snap.mkdir(parents=True)
     export = tmp_path / "outgoing" / "h2" / ".main.export-0a1b2c3d"
     export.mkdir(parents=True)
-    packed = tmp_path / "outgoing" / "h3" / "main"
+    packed = tmp_path / "outgoing" / "h3" / "main" / ("c" * 64)
     packed.mkdir(parents=True)
     images = NodeImages(tmp_path, NODE)
     m = Migrations(FakeApi(), images, NODE, JsonStore(tmp_path / "m.json"))
@@ -388,7 +426,7 @@ async def test_a_restarted_daemon_removes_what_its_killed_predecessor_half_wrote
     assert not (tmp_path / "outgoing" / ".snap-0a1b2c3d").exists()
     assert (handover / "main" / PENDING_MARK).exists() and (ready / READY_MARK).exists()
     assert shims.is_dir() and packed.is_dir()
-    assert [(h, c) for h, c, _ in images.outgoing()] == [("h3", "main")]
+    assert [(h, c, g) for h, c, g, _ in images.outgoing()] == [("h3", "main", "sha256:" + "c" * 64)]
     assert images.sweep() == []  # nothing left to remove
 
 

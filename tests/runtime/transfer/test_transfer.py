@@ -158,14 +158,15 @@ async def test_fetch_moves_the_image_and_marks_it_ready(lab: Lab) -> None:
 
 
 async def test_export_records_the_manifest_digest_and_total_size(lab: Lab) -> None:
-    out = outgoing_dir(lab.src_root, HASH, CONTAINER)
+    out = outgoing_dir(lab.src_root, HASH, CONTAINER, lab.ref.digest)
     m = image.read_manifest(out)
     raw = (out / image.MANIFEST).read_bytes()
     import hashlib
 
     assert lab.ref.digest == "sha256:" + hashlib.sha256(raw).hexdigest()
     assert lab.ref.size_bytes == len(raw) + m.payload.size
-    assert lab.ref.location == f"node://{SRC}/outgoing/{HASH}/{CONTAINER}"
+    assert lab.ref.location == f"node://{SRC}/outgoing/{HASH}/{CONTAINER}/{out.name}"
+    assert out.name == lab.ref.digest.removeprefix("sha256:")
 
 
 def test_export_refuses_a_handover_that_is_not_ready(tmp_path: Path) -> None:
@@ -312,7 +313,7 @@ async def test_ticket_for_another_checkpoint_is_refused(lab: Lab) -> None:
 
 
 async def test_tampered_payload_is_refused(lab: Lab) -> None:
-    out = outgoing_dir(lab.src_root, HASH, CONTAINER)
+    out = outgoing_dir(lab.src_root, HASH, CONTAINER, lab.ref.digest)
     payload = next(p for p in out.iterdir() if p.name.startswith("payload"))
     data = bytearray(payload.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -323,7 +324,7 @@ async def test_tampered_payload_is_refused(lab: Lab) -> None:
 
 
 async def test_tampered_manifest_is_refused_by_the_source(lab: Lab) -> None:
-    manifest = outgoing_dir(lab.src_root, HASH, CONTAINER) / image.MANIFEST
+    manifest = outgoing_dir(lab.src_root, HASH, CONTAINER, lab.ref.digest) / image.MANIFEST
     manifest.write_text(manifest.read_text().replace('"memory_bytes"', '"memory_bytes" ', 1))
     with pytest.raises(
         TransferError, match=r"409 image of ns/ck on node-a is sha256:.*the ticket says"
@@ -333,9 +334,9 @@ async def test_tampered_manifest_is_refused_by_the_source(lab: Lab) -> None:
 
 
 async def test_ticket_with_another_digest_is_refused(lab: Lab) -> None:
-    # Same bytes served, but the control plane recorded another image: the
-    # source refuses before sending.
-    with pytest.raises(TransferError, match="the ticket says sha256:0000"):
+    # The control plane recorded another image than the one packed here: the
+    # source has none by that digest and refuses before sending.
+    with pytest.raises(TransferError, match=r"404 no image for ns/ck on node-a: .*/0000"):
         await fetch(lab.grant(digest="sha256:" + "0" * 64), lab.dst_root, node_tls(lab.ca, DST))
     lab.assert_nothing_ready()
 
