@@ -35,10 +35,11 @@ from architect.runtime.transfer.images import outgoing_dir
 
 KEY = os.urandom(32)
 HASH, CONTAINER = "bench", "app"
+SLOT = "from_ns_bench"  # runtime/shim/plan.py source_slot("ns", "bench")
 
 
 def make_handover(root: Path, mib: int) -> None:
-    d = root / "handover" / HASH / CONTAINER
+    d = root / "handover" / HASH / CONTAINER / SLOT
     d.mkdir(parents=True)
     with open(d / "pages-1.img", "wb") as f:
         for _ in range(mib):
@@ -73,7 +74,7 @@ async def run(mib: int, rounds: int, tmp: Path) -> int:
     src_root = tmp / "src"
     make_handover(src_root, mib)
     t0 = time.perf_counter()
-    ref = export(src_root, "src", HASH, CONTAINER, compression="none")
+    ref = export(src_root, "src", HASH, CONTAINER, SLOT, compression="none")
     export_s = time.perf_counter() - t0
     ctx = multiprocessing.get_context("fork")
     ports: multiprocessing.Queue[int] = ctx.Queue()

@@ -17,6 +17,7 @@ control plane's own compare-and-swap ``claim_patch``.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,8 @@ from architect.policy.annotations import (
     PREFIX,
     TEMPLATE_HASH_LABEL,
 )
+from architect.policy.timestamps import fmt_time
+from architect.runtime.shim.plan import source_slot
 
 NAME_MAX = 253
 # On a Checkpoint: the manifest digest of the handover directory it was packed
@@ -55,6 +58,11 @@ class Written:
     template_hash: str
     node: str
     runtime: str = "runc"
+
+    @property
+    def slot(self) -> str:
+        """The handover directory the shim writes for this pod (plan.source_slot)."""
+        return source_slot(self.namespace, self.pod)
 
 
 def checkpoint_name(pod: str, container: str) -> str:
@@ -128,6 +136,15 @@ def start_outcome(
     return None
 
 
+_TAKEN = re.compile(r"\[(from_[^\]]+)\]")
+
+
+def taken_slot(start_reason: str) -> str:
+    """The handover slot a start reason of runtime/shim/plan.py names ("" if none)."""
+    m = _TAKEN.search(start_reason)
+    return m.group(1) if m else ""
+
+
 def consumed_checkpoint(
     checkpoints: Iterable[Mapping[str, Any]],
     *,
@@ -136,10 +153,14 @@ def consumed_checkpoint(
     container: str,
     pod: str,
     node: str,
+    slot: str = "",
 ) -> Mapping[str, Any] | None:
     """The Checkpoint whose handover ``pod`` took on this node: written here, same
     namespace, template hash and container, Ready or being restored by ``pod``;
-    the newest when several qualify (the handover directory holds the last)."""
+    the newest when several qualify. With ``slot`` (the handover the shim says
+    the pod took, exclusively), the one of that source pod, also when the
+    control plane claimed it for another replacement on this node: two replicas'
+    replacements may take the two handovers the other way round."""
     best: tuple[str, str] | None = None
     found: Mapping[str, Any] | None = None
     for c in checkpoints:
@@ -153,9 +174,11 @@ def consumed_checkpoint(
             or spec.get("templateHash") != template_hash
             or (spec.get("container") or "") != container
             or spec.get("sourcePod") == pod
+            or (slot and source_slot(namespace, str(spec.get("sourcePod") or "")) != slot)
             or not (
                 phase == "Ready"
                 or (phase == "Restoring" and status.get("consumedBy") == pod)
+                or (slot and phase == "Restoring" and not status.get("transfer"))
             )
         ):
             continue
@@ -182,6 +205,7 @@ def report_outcome(
     reason: str,
     now: datetime,
     restoring_since: datetime | None = None,
+    taken: bool = False,
 ) -> Report:
     """The next write for ``pod``'s outcome on ``checkpoint``.
 
@@ -190,10 +214,17 @@ def report_outcome(
     Restoring (so its Event and metrics see the claim) or a grace after the
     daemon first saw it Restoring (``restoring_since``; no operator must not
     stall it), Consumed. Restoring for ``pod`` + fresh: Failed (the shim
-    removed the image it could not restore, or it never came)."""
+    removed the image it could not restore, or it never came).
+
+    ``taken``: the shim says ``pod`` took this Checkpoint's handover on this
+    node; a same-node claim for another pod (no transfer) moves to ``pod``."""
     phase = phase_of(checkpoint)
     status = checkpoint.get("status") or {}
     mine = phase == "Restoring" and status.get("consumedBy") == pod
+    other = str(status.get("consumedBy") or "")
+    if (taken and outcome == "restored" and phase == "Restoring" and other != pod
+            and not status.get("transfer")):
+        return Report(reclaim_patch(other, pod, now), False, f"claimed (from {other})")
     if outcome == "fresh":
         if mine:
             return Report(failed_patch(pod, f"started fresh: {reason}", retry=False), True,
@@ -209,6 +240,18 @@ def report_outcome(
     ):
         return Report(None, False, "waiting for the control plane to record the claim")
     return Report(consumed_patch(pod, now), True, "consumed")
+
+
+def reclaim_patch(other: str, pod: str, now: datetime) -> list[dict[str, Any]]:
+    """Compare-and-swap: the same-node claim for ``other`` becomes ``pod``'s."""
+    return [
+        {"op": "test", "path": "/status/phase", "value": "Restoring"},
+        {"op": "test", "path": "/status/consumedBy", "value": other},
+        {"op": "replace", "path": "/status/consumedBy", "value": pod},
+        {"op": "replace", "path": "/status/message",
+         "value": f"claimed by {pod} at {fmt_time(now)}: it took the handover {other} "
+                  "was claimed for"},
+    ]
 
 
 def incoming_handover(
@@ -293,8 +336,8 @@ def outgoing_to_drop(
 
 def moved_handovers(
     checkpoints: Iterable[Mapping[str, Any]], *, node: str
-) -> list[tuple[str, str, str]]:
-    """(template hash, container, handover digest) of this node's Checkpoints that
+) -> list[tuple[str, str, str, str]]:
+    """(template hash, container, handover slot, digest) of this node's Checkpoints that
     a pod on another node consumed: the handover directory they were packed from
     holds state that now runs elsewhere, and a later pod of the same template on
     this node must not restore it a second time."""
@@ -311,7 +354,9 @@ def moved_handovers(
             and dest not in ("", node)
             and digest
         ):
-            out.append((str(spec.get("templateHash")), str(spec.get("container") or ""), digest))
+            slot = source_slot(str(meta.get("namespace") or ""), str(spec.get("sourcePod") or ""))
+            out.append((str(spec.get("templateHash")), str(spec.get("container") or ""), slot,
+                        digest))
     return sorted(set(out))
 
 

@@ -49,6 +49,7 @@ from architect.runtime.daemon.targets import (
 )
 from architect.runtime.daemon.tracker import Tracker, adopted_state
 from architect.runtime.daemon.usage import Usage, UsageSampler
+from architect.runtime.shim.plan import destination_slot, source_slot
 
 log = logging.getLogger("architect.daemon")
 
@@ -304,7 +305,8 @@ class Controller:
             if expected is not None and outcome != "restored":
                 # Nobody waits for it any more: a later pod must not wait for it too.
                 with contextlib.suppress(OSError):
-                    await self.shim.clear_pending(thash, key.container)
+                    await self.shim.clear_pending(thash, key.container,
+                                                  destination_slot(key.namespace, key.pod))
         if state is ContainerState.SCALED_DOWN and target.mode != "none":
             await self._arm(key)
         if waiting:
@@ -331,7 +333,8 @@ class Controller:
         if what is None:
             return
         try:
-            await self.shim.mark_pending(thash, key.container)
+            await self.shim.mark_pending(thash, key.container,
+                                         destination_slot(key.namespace, key.pod))
         except OSError as e:
             log.warning("%s: handover not marked pending: %s", _unit(key), e)
             return
@@ -583,7 +586,8 @@ class Controller:
             try:
                 # Pending first: the replacement may be created before the
                 # kubelet stops this pod, and must wait for its checkpoint.
-                await self.shim.mark_pending(thash, key.container)
+                await self.shim.mark_pending(thash, key.container,
+                                             source_slot(key.namespace, key.pod))
                 await self.shim.migrate_on_stop(target.container_id, True)
             except Exception as e:
                 t.migrate_armed = True  # once: the pod is going away either way

@@ -27,6 +27,7 @@ from typing import Any
 from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
 from architect.engine.controlplane.transfer import Grant, TransferError, grant_from_data
 from architect.runtime.daemon.checkpointobjects import Outcome, transfer_retryable
+from architect.runtime.shim.plan import destination_slot
 
 log = logging.getLogger("architect.daemon.grants")
 
@@ -36,9 +37,17 @@ PatchFn = Callable[[str, str, list[dict[str, Any]]], Awaitable[Any]]
 FetchFn = Callable[[Grant], Awaitable[Path]]
 # (namespace, pod, container) -> the replacement's start outcome on this node, if known.
 StartFn = Callable[[str, str, str], tuple[Outcome, str] | None]
-MarkFn = Callable[[str, str], object]
+# (template hash, container, handover slot): the replacement pod's
+# (runtime/shim/plan.py destination_slot, as runtime/transfer's grant_slot).
+SlotFn = Callable[[str, str, str], object]
+SlotTest = Callable[[str, str, str], bool]
 POLL_S = 0.5
 START_GRACE_S = 15.0  # after the shim took the image: wait this long for the start record
+
+
+def grant_slot(grant: Grant) -> str:
+    """The handover slot a grant's image goes to: its replacement pod's."""
+    return destination_slot(grant.ticket.namespace, grant.ticket.destination_pod)
 
 
 def decode_grant(secret: Mapping[str, Any]) -> Grant:
@@ -59,14 +68,14 @@ class Grants:
     node: str
     fetch: FetchFn
     patch: PatchFn
-    mark_pending: MarkFn
-    handover_exists: Callable[[str, str], bool]
+    mark_pending: SlotFn
+    handover_exists: SlotTest
     start_of: StartFn
-    handover_ready: Callable[[str, str], bool] = lambda h, c: False
-    # Removes this node's ready handover of (template hash, container): the
-    # replacement started fresh, so nobody takes it, and left ready the next pod
-    # of the template here would restore it. The source keeps its own copy.
-    discard_ready: Callable[[str, str], object] = lambda h, c: None
+    handover_ready: SlotTest = lambda h, c, s: False
+    # Removes the ready image fetched for the replacement: it started fresh, so
+    # nobody takes it, and left ready a restarted container of that pod would
+    # restore it. The source keeps its own copy.
+    discard_ready: SlotFn = lambda h, c, s: None
     clock: Callable[[], float] = time.time
     seen: set[str] = field(default_factory=set)  # grant Secret uids handled
     tasks: set[asyncio.Task[str]] = field(default_factory=set)
@@ -89,9 +98,10 @@ class Grants:
                 continue
             # At once: the replacement's Create must find the mark and wait.
             # (Fetched already, before a restart of this daemon: no mark.)
-            if not self.handover_ready(grant.template_hash, grant.container):
+            slot = grant_slot(grant)
+            if not self.handover_ready(grant.template_hash, grant.container, slot):
                 try:
-                    self.mark_pending(grant.template_hash, grant.container)
+                    self.mark_pending(grant.template_hash, grant.container, slot)
                 except (TransferError, OSError) as e:
                     log.warning("grant for %s: %s", grant.ticket.name, e)
             task = asyncio.get_running_loop().create_task(self.run(grant))
@@ -103,9 +113,10 @@ class Grants:
     async def run(self, grant: Grant) -> str:
         t = grant.ticket
         ref = f"{t.namespace}/{t.name}"
+        slot = grant_slot(grant)
         t0 = time.monotonic()
         try:
-            if self.handover_ready(grant.template_hash, grant.container):
+            if self.handover_ready(grant.template_hash, grant.container, slot):
                 log.info("%s: image fetched before this daemon started", ref)
             else:
                 await self.fetch(grant)
@@ -131,12 +142,12 @@ class Grants:
                     # replacement gave up on it (a daemon down, a transfer slower
                     # than scaleup-timeout).
                     await asyncio.to_thread(self.discard_ready, grant.template_hash,
-                                            grant.container)
+                                            grant.container, slot)
                     await self.patch(t.namespace, t.name, failed_patch(
                         t.destination_pod, f"started fresh: {reason}", retry=False))
                     return self._done(f"{ref}: {t.destination_pod} started fresh")
                 break
-            if not self.handover_exists(grant.template_hash, grant.container):
+            if not self.handover_exists(grant.template_hash, grant.container, slot):
                 taken_at = taken_at or time.monotonic()
                 if time.monotonic() - taken_at >= START_GRACE_S:
                     break  # the shim took it; no start record here (see docs/critiques.md#daemon)

@@ -19,7 +19,6 @@ through two ports, so it is tested with fakes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -42,6 +41,7 @@ from architect.runtime.daemon.checkpointobjects import (
     outgoing_to_drop,
     report_outcome,
     start_outcome,
+    taken_slot,
     written_status,
 )
 from architect.runtime.daemon.store import JsonStore
@@ -79,24 +79,26 @@ class CheckpointApi(Protocol):
 class Images(Protocol):
     """The node's image directories (blocking; called in a worker thread)."""
 
-    def export(self, template_hash: str, container: str) -> dict[str, Any]:
+    # ``slot``: whose handover of (template hash, container) (plan.source_slot of
+    # the pod that left it, plan.destination_slot of the pod it was fetched for).
+    def export(self, template_hash: str, container: str, slot: str) -> dict[str, Any]:
         """Pack the ready handover for transfer; the Checkpoint's spec.image.
         Raises TransferError."""
 
-    def handover_ready(self, template_hash: str, container: str) -> bool: ...
+    def handover_ready(self, template_hash: str, container: str, slot: str) -> bool: ...
 
     def outgoing(self) -> list[tuple[str, str, str, float]]:
         """(template hash, container, image digest, age in seconds) of every packed image."""
 
     def drop(self, template_hash: str, container: str, digest: str) -> None: ...
 
-    def handover_digest(self, template_hash: str, container: str) -> str | None:
+    def handover_digest(self, template_hash: str, container: str, slot: str) -> str | None:
         """The manifest digest of the ready handover directory; None without one."""
 
-    def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
+    def drop_handover(self, template_hash: str, container: str, slot: str, digest: str) -> bool:
         """Remove the handover directory if it is still the image of ``digest``."""
 
-    def discard_ready(self, template_hash: str, container: str) -> bool:
+    def discard_ready(self, template_hash: str, container: str, slot: str) -> bool:
         """Remove the handover directory if it holds a ready image."""
 
     def sweep(self) -> list[str]:
@@ -116,6 +118,7 @@ class Pending:
     reason: str
     since: float  # monotonic
     restoring_since: datetime | None = None  # first seen Restoring for this pod
+    slot: str = ""  # the handover it took on this node (plan.source_slot), if it says
 
 
 MAX_PENDING_S = 600.0  # a start whose Checkpoint never appears is forgotten after this
@@ -133,7 +136,7 @@ class Migrations:
         self.store = store if store is not None else JsonStore(None)
         self.pending: dict[tuple[str, str, str], Pending] = {}
         self.timings: dict[str, float] = {}  # checkpoint name -> monotonic creation
-        self.moved: set[tuple[str, str, str]] = set()  # handovers looked at once
+        self.moved: set[tuple[str, str, str, str]] = set()  # handovers looked at once
 
     # --- the source pod --------------------------------------------------------
 
@@ -190,8 +193,9 @@ class Migrations:
         if ok:
             try:
                 handover = await asyncio.to_thread(
-                    self.images.handover_digest, w.template_hash, w.container)
-                image = await asyncio.to_thread(self.images.export, w.template_hash, w.container)
+                    self.images.handover_digest, w.template_hash, w.container, w.slot)
+                image = await asyncio.to_thread(
+                    self.images.export, w.template_hash, w.container, w.slot)
             except Exception as e:  # the replacement on this node may still restore it
                 ok, message = False, f"image not packed for transfer: {e}"
         else:
@@ -210,7 +214,7 @@ class Migrations:
                 # The handover too: left ready, it would hold the directory a pod
                 # of the same template in another namespace restores or fetches into.
                 await asyncio.to_thread(
-                    self.images.drop_handover, w.template_hash, w.container, handover)
+                    self.images.drop_handover, w.template_hash, w.container, w.slot, handover)
             self.store.drop_key(container_id)
             return None
         if existing is None:  # made before a restart: finish it, never a second one
@@ -250,7 +254,8 @@ class Migrations:
 
     async def _finish_if_ready(self, cid: str, w: Written) -> bool:
         """The Checkpoint of a handover whose shim event was lost, if it is written."""
-        if not await asyncio.to_thread(self.images.handover_ready, w.template_hash, w.container):
+        if not await asyncio.to_thread(
+                self.images.handover_ready, w.template_hash, w.container, w.slot):
             return False
         await self.written(cid, ok=True)
         return True
@@ -283,7 +288,7 @@ class Migrations:
             self.pending.setdefault(
                 key,
                 Pending(namespace, pod, container, template_hash, outcome, start_reason,
-                        time.monotonic()),
+                        time.monotonic(), slot=taken_slot(start_reason)),
             )
         return outcome
 
@@ -295,7 +300,7 @@ class Migrations:
         for key, p in list(self.pending.items()):
             ck = consumed_checkpoint(
                 snapshot, namespace=p.namespace, template_hash=p.template_hash,
-                container=p.container, pod=p.pod, node=self.node,
+                container=p.container, pod=p.pod, node=self.node, slot=p.slot,
             )
             if ck is None:
                 if time.monotonic() - p.since > MAX_PENDING_S:
@@ -305,12 +310,12 @@ class Migrations:
             if p.restoring_since is None and (ck.get("status") or {}).get("phase") == "Restoring":
                 p.restoring_since = now
             report = report_outcome(ck, pod=p.pod, outcome=p.outcome, reason=p.reason, now=now,
-                                    restoring_since=p.restoring_since)
+                                    restoring_since=p.restoring_since, taken=bool(p.slot))
             if report.patch is not None:
                 if await self.api.patch_checkpoint_status(p.namespace, name, report.patch) is None:
                     continue  # moved on meanwhile: look again with the next snapshot
                 done.append(f"{p.namespace}/{name}: {report.why} by {p.pod}")
-                if report.why == "claimed":
+                if report.why.startswith("claimed"):
                     p.restoring_since = now
                 if report.why == "consumed" and name in self.timings:
                     log.info("Checkpoint %s/%s: created to Consumed in %.2fs", p.namespace,
@@ -322,12 +327,13 @@ class Migrations:
             await asyncio.to_thread(self.images.drop, thash, container, digest)
             done.append(f"dropped outgoing/{thash}/{container}/"
                         f"{digest.removeprefix('sha256:')[:12]}")
-        for thash, container, digest in moved_handovers(snapshot, node=self.node):
-            if (thash, container, digest) in self.moved:
+        for thash, container, slot, digest in moved_handovers(snapshot, node=self.node):
+            if (thash, container, slot, digest) in self.moved:
                 continue
-            self.moved.add((thash, container, digest))
-            if await asyncio.to_thread(self.images.drop_handover, thash, container, digest):
-                done.append(f"dropped handover/{thash}/{container}: restored on another node")
+            self.moved.add((thash, container, slot, digest))
+            if await asyncio.to_thread(self.images.drop_handover, thash, container, slot, digest):
+                done.append(f"dropped handover/{thash}/{container}/{slot}: "
+                            "restored on another node")
         return done
 
 
@@ -337,24 +343,24 @@ class NodeImages:
     def __init__(self, root: Path, node: str) -> None:
         self.root, self.node = root, node
 
-    def handover_ready(self, template_hash: str, container: str) -> bool:
+    def handover_ready(self, template_hash: str, container: str, slot: str) -> bool:
         from architect.runtime.shim.plan import READY_MARK, handover_dir
 
-        return (handover_dir(self.root, template_hash, container) / READY_MARK).exists()
+        return (handover_dir(self.root, template_hash, container, slot) / READY_MARK).exists()
 
-    def export(self, template_hash: str, container: str) -> dict[str, Any]:
+    def export(self, template_hash: str, container: str, slot: str) -> dict[str, Any]:
         from architect.runtime.shim.plan import handover_dir
         from architect.runtime.transfer import export
         from architect.runtime.transfer.images import OUTGOING, outgoing_dir
 
-        src = handover_dir(self.root, template_hash, container)
+        src = handover_dir(self.root, template_hash, container, slot)
         # A replacement on this node restores from (and removes) the handover at
         # once: pack from hard links of its files, which outlive that removal.
         snap = self.root / OUTGOING / f".snap-{uuid.uuid4().hex[:8]}"
-        copy = handover_dir(snap, template_hash, container)
+        copy = handover_dir(snap, template_hash, container, slot)
         try:
             shutil.copytree(src, copy, copy_function=os.link)
-            ref = export(snap, self.node, template_hash, container)
+            ref = export(snap, self.node, template_hash, container, slot)
             final = outgoing_dir(self.root, template_hash, container, ref.digest)
             final.parent.mkdir(parents=True, exist_ok=True)
             if not final.is_dir():  # there already: the same bytes, packed before
@@ -363,36 +369,34 @@ class NodeImages:
             shutil.rmtree(snap, ignore_errors=True)
         return ref.as_spec()
 
-    def handover_digest(self, template_hash: str, container: str) -> str | None:
+    def handover_digest(self, template_hash: str, container: str, slot: str) -> str | None:
         from architect.runtime.shim.plan import READY_MARK, handover_dir, manifest_digest
 
-        d = handover_dir(self.root, template_hash, container)
+        d = handover_dir(self.root, template_hash, container, slot)
         try:
             return manifest_digest(d) if (d / READY_MARK).exists() else None
         except OSError:  # a replacement on this node took it meanwhile
             return None
 
-    def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
-        from architect.runtime.shim.plan import handover_dir
+    def drop_handover(self, template_hash: str, container: str, slot: str, digest: str) -> bool:
+        from architect.runtime.shim.plan import handover_dir, prune_handover_parents
 
-        if self.handover_digest(template_hash, container) != digest:
-            return False  # gone, or a newer pod's handover: not the one that moved
-        d = handover_dir(self.root, template_hash, container)
+        if self.handover_digest(template_hash, container, slot) != digest:
+            return False  # gone, or not the image that moved
+        d = handover_dir(self.root, template_hash, container, slot)
         shutil.rmtree(d, ignore_errors=True)
-        with contextlib.suppress(OSError):  # other containers' handovers may remain
-            d.parent.rmdir()
+        prune_handover_parents(d)
         return True
 
-    def discard_ready(self, template_hash: str, container: str) -> bool:
+    def discard_ready(self, template_hash: str, container: str, slot: str) -> bool:
         """Remove the handover directory if it holds a ready image."""
-        from architect.runtime.shim.plan import READY_MARK, handover_dir
+        from architect.runtime.shim.plan import READY_MARK, handover_dir, prune_handover_parents
 
-        d = handover_dir(self.root, template_hash, container)
+        d = handover_dir(self.root, template_hash, container, slot)
         if not (d / READY_MARK).exists():
             return False
         shutil.rmtree(d, ignore_errors=True)
-        with contextlib.suppress(OSError):  # other containers' handovers may remain
-            d.parent.rmdir()
+        prune_handover_parents(d)
         return True
 
     def sweep(self) -> list[str]:

@@ -68,10 +68,11 @@ class Shim(Protocol):
         """A decision on this container's stop will come: the shim's Kill waits for it
         (the shim's stop window, runtime/shim/stopwindow.py)."""
 
-    async def mark_pending(self, template_hash: str, container: str) -> None:
-        """Mark the handover of (template hash, container) as coming."""
+    async def mark_pending(self, template_hash: str, container: str, slot: str) -> None:
+        """Mark the handover ``slot`` of (template hash, container) as coming
+        (runtime/shim/plan.py: source_slot, destination_slot)."""
 
-    async def clear_pending(self, template_hash: str, container: str) -> None:
+    async def clear_pending(self, template_hash: str, container: str, slot: str) -> None:
         """Remove that mark (and its then empty directory) unless the image is ready."""
 
     def watch(self, socket: str, on_event: EventFn) -> None:

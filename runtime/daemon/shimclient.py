@@ -120,10 +120,10 @@ class ShimClient:
             container_id, {"op": "expect-migrate-on-stop", "id": container_id}
         )
 
-    async def mark_pending(self, template_hash: str, container: str) -> None:
+    async def mark_pending(self, template_hash: str, container: str, slot: str) -> None:
         """Tell a replacement pod's Create to wait for the handover the stopping pod
         is about to write (the shim replaces the dir when its checkpoint starts)."""
-        d = plan.handover_dir(self.state_dir, template_hash, container)
+        d = plan.handover_dir(self.state_dir, template_hash, container, slot)
 
         def mark() -> None:
             d.mkdir(parents=True, exist_ok=True)
@@ -132,8 +132,8 @@ class ShimClient:
 
         await asyncio.to_thread(mark)
 
-    async def clear_pending(self, template_hash: str, container: str) -> None:
-        d = plan.handover_dir(self.state_dir, template_hash, container)
+    async def clear_pending(self, template_hash: str, container: str, slot: str) -> None:
+        d = plan.handover_dir(self.state_dir, template_hash, container, slot)
 
         def clear() -> None:
             if (d / plan.READY_MARK).exists():
@@ -141,6 +141,7 @@ class ShimClient:
             (d / plan.PENDING_MARK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # not empty: a transfer writes into it
                 d.rmdir()
+                plan.prune_handover_parents(d)
 
         await asyncio.to_thread(clear)
 

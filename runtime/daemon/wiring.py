@@ -138,10 +138,10 @@ class Transfer:
 
         self.grants = Grants(
             cfg.node, do_fetch, patch,
-            lambda h, c: mark_pending(root, h, c),
-            lambda h, c: handover_dir(root, h, c).exists(),
+            lambda h, c, s: mark_pending(root, h, c, s),
+            lambda h, c, s: handover_dir(root, h, c, s).exists(),
             start_of,
-            lambda h, c: (handover_dir(root, h, c) / READY_MARK).exists(),
+            lambda h, c, s: (handover_dir(root, h, c, s) / READY_MARK).exists(),
             migrations.images.discard_ready,
         )
 

@@ -395,13 +395,16 @@ class Lifecycle:
 
         thash = c.annotations.get(plan.ANN_TEMPLATE_HASH, "")
         name = c.annotations.get(plan.CRI_CONTAINER_NAME, c.id)
-        dest = plan.handover_dir(self.state_root, thash or "unknown", name)
-        # The daemon may have marked it pending already: keep that mark (a waiting
-        # replacement must never see the dir without one), clear the rest.
+        dest = plan.handover_dir(self.state_root, thash or "unknown", name, plan.source_slot(
+            c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, ""),
+            c.annotations.get(plan.CRI_SANDBOX_NAME, c.id)))
+        # The daemon may have marked it pending already, a replacement here may
+        # have claimed it: keep those marks (a waiting replacement must never see
+        # the dir without one), clear the rest.
         dest.mkdir(parents=True, exist_ok=True)
         (dest / plan.PENDING_MARK).touch()
         for stale in dest.iterdir():
-            if stale.name == plan.PENDING_MARK:
+            if stale.name in (plan.PENDING_MARK, plan.CLAIMED_MARK):
                 continue
             if stale.is_dir() and not stale.is_symlink():
                 safe_rmtree(stale)
@@ -420,6 +423,7 @@ class Lifecycle:
                 safe_rmtree(c.image)
         except (CheckpointError, OSError) as e:
             safe_rmtree(dest)  # withdrawn: a waiting replacement starts fresh
+            plan.prune_handover_parents(dest)
             log.error("%s: checkpoint for migration failed, stopping: %s", c.id, e)
             self.notify({"event": "migrate-failed", "id": c.id, "error": str(e)})
             return
@@ -504,7 +508,7 @@ class Lifecycle:
             c.start_reason = f"restore from {decision.image} failed: {e}"
             log.warning("%s: restore from %s failed, starting fresh: %s", c.id, decision.image, e)
             if decision.consume:  # a broken handover must not fail the next pod too
-                safe_rmtree(decision.image)
+                self.drop_taken(decision)
             return 0
         c.timings["restore"] = time.monotonic() - t0
         c.timings.update({f"restore_{k}": v for k, v in result.details.items()})
@@ -512,8 +516,16 @@ class Lifecycle:
                  c.id, decision.image, decision.reason, c.timings["restore"],
                  [f"{r.old}->{r.new}" for r in rewrites] or "none")
         if decision.consume:  # no second container may restore the same state
-            safe_rmtree(decision.image)
+            self.drop_taken(decision)
         return result.pid
+
+    @staticmethod
+    def drop_taken(decision: plan.StartPlan) -> None:
+        """Remove an image taken (or broken): no second container may restore it."""
+        assert decision.image is not None
+        safe_rmtree(decision.image)
+        if decision.handover:
+            plan.prune_handover_parents(decision.image)
 
     async def hibernate_on_create(self, c: Container, decision: plan.StartPlan) -> bool:
         """A replacement that postmigration-autoscaleup-containers does not list: the
@@ -549,11 +561,11 @@ class Lifecycle:
             c.start_reason = f"restore from {decision.image} failed: {e}"
             log.warning("%s: restore from %s failed, starting fresh: %s", c.id, decision.image, e)
             if decision.consume:
-                safe_rmtree(decision.image)
+                self.drop_taken(decision)
             return False
         (c.image / plan.READY_MARK).touch()
         if decision.consume:
-            safe_rmtree(decision.image)
+            self.drop_taken(decision)
         c.hibernated = True
         c.deferred_restore = True
         c.timings["restore"] = time.monotonic() - t0

@@ -1,12 +1,14 @@
-"""Pure decisions of the shim: where a container starts from, and where images live.
+"""Decisions of the shim: where a container starts from, and where images live.
 
-No I/O beyond looking at paths handed in; tested without containerd.
+No I/O beyond looking at paths handed in and claiming a handover (one file
+created exclusively); tested without containerd.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,10 @@ CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 DEFAULT_SCALEUP_TIMEOUT = durations.parse_duration(keys.DEFAULT_SCALEUP_TIMEOUT).total_seconds()
 READY_MARK = "ready"  # handover dirs hold an image once this file exists
 PENDING_MARK = "pending"  # the daemon is still transferring: wait up to scaleup-timeout
+# A replacement on the source node took this handover (the file holds its pod's
+# name): two replicas of a template deleted on one node leave two handovers, and
+# each replacement must take a different one.
+CLAIMED_MARK = "claimed"
 # The namespace of the pod that left a handover. Pod-template hashes are the same
 # for the same template in any namespace: only a pod of that namespace restores it.
 NAMESPACE_MARK = "namespace"
@@ -156,8 +162,69 @@ def migration_expected(annotations: Mapping[str, str]) -> bool:
     return name in managed_containers(annotations)
 
 
-def handover_dir(root: Path, template_hash: str, container: str) -> Path:
-    return root / "handover" / template_hash / container
+def handover_dir(root: Path, template_hash: str, container: str, slot: str) -> Path:
+    """One handover of (template hash, container): ``slot`` says whose, so replicas of
+    one template never share a directory (source_slot / destination_slot)."""
+    return root / "handover" / template_hash / container / slot
+
+
+def source_slot(namespace: str, pod: str) -> str:
+    """The handover a pod deleted on this node leaves (``_``: never in a name)."""
+    return f"from_{namespace}_{pod}"
+
+
+def destination_slot(namespace: str, pod: str) -> str:
+    """The handover fetched from another node for the replacement ``pod``."""
+    return f"to_{namespace}_{pod}"
+
+
+def claim_local(
+    root: Path, template_hash: str, container: str, namespace: str, pod: str
+) -> Path | None:
+    """Take a handover that a pod of ``namespace`` deleted on this node left (ready
+    ones first, then pending ones, oldest first) for ``pod``; None when there is
+    none to take. Exclusive (O_EXCL on CLAIMED_MARK): each replacement of two
+    replicas deleted at once takes its own."""
+    base = root / "handover" / template_hash / container
+    prefix = source_slot(namespace, "")
+    found: list[tuple[int, float, Path]] = []
+    try:
+        for d in base.iterdir():
+            if not d.name.startswith(prefix) or not d.is_dir():
+                continue
+            try:
+                rank = 0 if (d / READY_MARK).exists() else 1 if (d / PENDING_MARK).exists() else 2
+                if rank < 2:
+                    found.append((rank, d.stat().st_mtime, d))
+            except OSError:  # taken and removed meanwhile
+                continue
+    except OSError:
+        return None
+    for _, _, d in sorted(found):  # this pod's own, from a Create that was retried
+        try:
+            if (d / CLAIMED_MARK).read_text(encoding="utf-8") == pod:
+                return d
+        except OSError:
+            pass
+    for _, _, d in sorted(found):
+        try:
+            fd = os.open(d / CLAIMED_MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except OSError:  # another replacement's, or removed meanwhile
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(pod)
+        return d
+    return None
+
+
+def prune_handover_parents(d: Path) -> None:
+    """After handover ``d`` was removed: its container's and template hash's
+    directories too, once empty (another replica's handover may remain)."""
+    for parent in (d.parent, d.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            return
 
 
 def persistent_dir(root: Path, namespace: str, ref: str) -> Path:
@@ -177,8 +244,9 @@ def plan_start(
     - its own hibernation image (the shim died while it was hibernated): restore;
     - runsc: the PersistentCheckpoint named by the annotation, or fresh; never the
       template-hash path;
-    - runc: a handover image for the same pod-template-hash and container name,
-      waiting up to scaleup-timeout while the daemon marks it pending; else fresh.
+    - runc: a handover image for the same pod-template-hash and container name
+      (the one fetched for this pod, else one a pod deleted on this node left,
+      claimed), waiting up to scaleup-timeout while it is pending; else fresh.
       It runs at once only when postmigration-autoscaleup-containers lists the
       container; else it stays hibernated (``wake`` False) until a packet or exec.
     """
@@ -205,17 +273,23 @@ def plan_start(
     thash = annotations.get(ANN_TEMPLATE_HASH, "")
     if not thash or not name:
         return StartPlan("fresh", "no pod-template-hash / container name")
-    d = handover_dir(state_root, thash, name)
+    ns = annotations.get(CRI_SANDBOX_NAMESPACE, "")
+    pod = annotations.get(CRI_SANDBOX_NAME, "")
+    # Fetched from another node for this pod; else one a pod deleted here left.
+    d = handover_dir(state_root, thash, name, destination_slot(ns, pod))
+    if not (d / READY_MARK).exists() and not (d / PENDING_MARK).exists():
+        d = claim_local(state_root, thash, name, ns, pod) or d
     wake = migration_choices(annotations, name).wake
     if (d / READY_MARK).exists():
         refused = foreign_handover(d, annotations.get(CRI_SANDBOX_NAMESPACE, ""))
         if refused:
             return StartPlan("fresh", refused)
-        return StartPlan("restore", f"handover checkpoint for {thash}/{name}", d,
+        return StartPlan("restore", f"handover checkpoint for {thash}/{name} [{d.name}]", d,
                          wake=wake, handover=True)
     if (d / PENDING_MARK).exists():
         wait = scaleup_timeout(annotations, name)
-        return StartPlan("restore", f"handover checkpoint for {thash}/{name} pending", d, wait,
+        return StartPlan("restore", f"handover checkpoint for {thash}/{name} [{d.name}] pending",
+                         d, wait,
                          wake=wake, handover=True)
     return StartPlan("fresh", f"no checkpoint for {thash}/{name}")
 

@@ -31,7 +31,13 @@ from urllib.parse import urlsplit
 from architect.engine.controlplane.transfer import SCHEME, DigestVerifier, Grant, TransferError
 from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint.errors import CheckpointError
-from architect.runtime.shim.plan import NAMESPACE_MARK, PENDING_MARK, READY_MARK
+from architect.runtime.shim.plan import (
+    NAMESPACE_MARK,
+    PENDING_MARK,
+    READY_MARK,
+    destination_slot,
+    prune_handover_parents,
+)
 from architect.runtime.transfer.images import MARKS, incoming_dir
 from architect.runtime.transfer.server import CHUNK, MANIFEST_LENGTH
 from architect.runtime.transfer.tls import NodeTLS, peer_node
@@ -46,12 +52,12 @@ CONNECT_TIMEOUT_S = 10.0
 TOTAL_TIMEOUT_S = 600.0
 
 
-def mark_pending(root: Path, template_hash: str, container: str) -> Path:
+def mark_pending(root: Path, template_hash: str, container: str, slot: str) -> Path:
     """Tell the shim an image is on its way (it waits up to scaleup-timeout).
 
     Call it as soon as the grant is seen, before the replacement container is
-    created; ``fetch`` marks it too."""
-    d = incoming_dir(root, template_hash, container)
+    created; ``fetch`` marks it too. ``slot``: plan.destination_slot of the pod."""
+    d = incoming_dir(root, template_hash, container, slot)
     if (d / READY_MARK).exists():
         raise TransferError(f"{d} already holds a ready image")
     d.mkdir(parents=True, exist_ok=True)
@@ -81,8 +87,10 @@ async def fetch(
             f"grant for {ticket.namespace}/{ticket.name} is for node {ticket.destination_node}, "
             f"this is {tls.node}"
         )
-    dest = mark_pending(root, grant.template_hash, grant.container)
-    staging = dest.parent / f".{grant.container}.incoming-{uuid.uuid4().hex[:8]}"
+    # The replacement pod's own slot: never another replica's.
+    dest = mark_pending(root, grant.template_hash, grant.container,
+                        destination_slot(ticket.namespace, ticket.destination_pod))
+    staging = dest.parent / f".{dest.name}.incoming-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
         t0 = time.monotonic()
@@ -106,6 +114,8 @@ async def fetch(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not dest.exists():  # failed: the empty parents go too
+            prune_handover_parents(dest)
     log.info("fetched %s/%s from %s into %s", ticket.namespace, ticket.name, grant.endpoint, dest)
     return dest
 

@@ -29,11 +29,17 @@ from typing import Any
 from architect.engine.controlplane.transfer import TransferError
 from architect.runtime.checkpoint import Scope, image
 from architect.runtime.checkpoint.errors import CheckpointError
-from architect.runtime.shim.plan import NAMESPACE_MARK, PENDING_MARK, READY_MARK, handover_dir
+from architect.runtime.shim.plan import (
+    CLAIMED_MARK,
+    NAMESPACE_MARK,
+    PENDING_MARK,
+    READY_MARK,
+    handover_dir,
+)
 
 OUTGOING = "outgoing"
 HANDOVER = "handover"
-MARKS = frozenset({READY_MARK, PENDING_MARK, NAMESPACE_MARK})
+MARKS = frozenset({READY_MARK, PENDING_MARK, NAMESPACE_MARK, CLAIMED_MARK})
 # The daemon's scratch directories: a fetch's beside the handover directory it
 # fills (client.fetch: the shim writes in handover/ too, so only this name), and
 # any hidden one under outgoing/ (only the daemon writes there: export's staging,
@@ -81,10 +87,12 @@ def outgoing_dir(
     return d if digest is None else d / digest_component(digest)
 
 
-def incoming_dir(root: Path, template_hash: str, container: str) -> Path:
-    """The shim's handover directory, where a downloaded image is put."""
+def incoming_dir(root: Path, template_hash: str, container: str, slot: str) -> Path:
+    """The shim's handover directory ``slot`` (plan.source_slot: what a pod deleted
+    here left; plan.destination_slot: where a download for a pod is put)."""
     return handover_dir(
-        root, component(template_hash, "template hash"), component(container, "container")
+        root, component(template_hash, "template hash"), component(container, "container"),
+        component(slot, "handover slot"),
     )
 
 
@@ -105,17 +113,18 @@ def export(
     node: str,
     template_hash: str,
     container: str,
+    slot: str,
     *,
     backend: str = "runc-criu",
     backend_version: str = "",
     compression: str = "auto",
 ) -> ImageRef:
-    """Pack the ready handover image of ``template_hash/container`` for transfer.
+    """Pack the ready handover image ``template_hash/container/slot`` for transfer.
 
     Returns what the Checkpoint's ``spec.image`` records. The packed image
     appears under ``outgoing/`` all at once (built aside, then renamed).
     """
-    src = incoming_dir(root, template_hash, container)
+    src = incoming_dir(root, template_hash, container, slot)
     if not (src / READY_MARK).exists():
         raise TransferError(f"no ready handover image in {src}")
     out = outgoing_dir(root, template_hash, container)
@@ -156,15 +165,21 @@ def scratch_dirs(root: Path) -> list[Path]:
     PersistentCheckpoint's are not these. Call it when no fetch or pack of this
     daemon runs: at its start."""
     found: list[Path] = []
-    for sub, pattern in ((HANDOVER, _FETCH_SCRATCH), (OUTGOING, _PACK_SCRATCH)):
-        base = root / sub
-        if not base.is_dir():
-            continue
-        for d in base.iterdir():
-            if pattern.fullmatch(d.name):  # outgoing/.snap-*
-                found.append(d)
-            elif d.is_dir() and not d.name.startswith("."):
-                found += [e for e in d.iterdir() if pattern.fullmatch(e.name)]
+    # A fetch's sits beside the handover slot it fills (handover/<hash>/<container>/),
+    # a pack's under outgoing/ or outgoing/<hash>/.
+    for sub, pattern, depth in ((HANDOVER, _FETCH_SCRATCH, 2), (OUTGOING, _PACK_SCRATCH, 1)):
+        level = [root / sub]
+        for _ in range(depth + 1):
+            below: list[Path] = []
+            for base in level:
+                if not base.is_dir() or base.is_symlink():
+                    continue
+                for d in base.iterdir():
+                    if pattern.fullmatch(d.name):
+                        found.append(d)
+                    elif d.is_dir() and not d.name.startswith("."):
+                        below.append(d)
+            level = below
     return sorted(e for e in found if e.is_dir() and not e.is_symlink())
 
 

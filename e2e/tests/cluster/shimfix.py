@@ -85,6 +85,14 @@ def remove_handover(template_hash: str) -> None:
     shutil.rmtree(HANDOVER / template_hash, ignore_errors=True)
 
 
+def left_handover(template_hash: str, container: str = "main") -> Path:
+    """The handover directory a deleted pod of the template left on this node
+    (runtime/shim/plan.py source_slot); the first one, or a path that does not
+    exist when none is there yet."""
+    found = sorted((HANDOVER / template_hash / container).glob("from_*"))
+    return found[0] if found else HANDOVER / template_hash / container / "from_none"
+
+
 @pytest.fixture(scope="module")
 def architect_node(node_cluster: Cluster) -> Iterator[Cluster]:
     DROPIN.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import pytest
 
 from architect.engine.controlplane import coordinate
 from architect.policy.annotations import POSTMIGRATION_AUTOSCALEUP
+from architect.runtime.shim.plan import destination_slot, source_slot
 from e2e.pytest_cluster import NODE, Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl
 from e2e.tests.cluster.shimfix import architect_node, start_daemon
@@ -246,7 +247,7 @@ def test_cross_node_fetch_by_a_second_daemon_over_mtls(
                                      "imagePullPolicy": "Never"}]},
         }
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(replacement))
-        incoming = b_state / "handover" / thash / "main"
+        incoming = b_state / "handover" / thash / "main" / destination_slot(ns, "web-new")
         eventually("daemon B fetched the image",
                    lambda: (incoming / "ready").exists(), timeout_s=60)
         fetched_s = time.monotonic() - t0
@@ -254,7 +255,7 @@ def test_cross_node_fetch_by_a_second_daemon_over_mtls(
         assert obj is not None and phase(obj) == "Restoring"
         assert obj["metadata"]["annotations"][coordinate.DESTINATION_ANNOTATION] == node_b
         # Byte for byte what node A's shim wrote (its handover stays: nobody there).
-        source = SHIM_STATE / "handover" / thash / "main"
+        source = SHIM_STATE / "handover" / thash / "main" / source_slot(ns, "web-old")
         names = sorted(p.name for p in source.iterdir() if p.name not in ("ready", "pending"))
         assert names and names == sorted(
             p.name for p in incoming.iterdir() if p.name not in ("ready", "pending"))

@@ -31,6 +31,7 @@ from e2e.tests.cluster.shimfix import (  # noqa: F401
     HANDOVER,
     architect_node,
     container_id,
+    left_handover,
     ready_pod,
     remove_handover,
     shim_control,
@@ -173,8 +174,9 @@ def test_corrupt_handover_starts_fresh_and_ready(
             _start(cluster, ns, thash, autoscaleup)
             # Scale to zero: the pod stops with SIGTERM and the shim writes the handover.
             kubectl(cluster, "scale", "-n", ns, "deployment/counter", "--replicas=0")
-            image = HANDOVER / thash / "main"
-            eventually("the handover image", lambda: (image / "ready").exists(), timeout_s=60)
+            eventually("the handover image",
+                       lambda: (left_handover(thash) / "ready").exists(), timeout_s=60)
+            image = left_handover(thash)
             eventually("the pod gone", lambda: not get_json(
                 cluster, "pods", "-n", ns, "-l", "app=counter")["items"], timeout_s=60)
             manifest = json.loads((image / "manifest.json").read_text())

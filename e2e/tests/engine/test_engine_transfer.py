@@ -24,7 +24,7 @@ import pytest
 
 from architect.engine.controlplane import coordinate, trust
 from architect.engine.controlplane.transfer import grant_from_data
-from architect.runtime.shim.plan import READY_MARK
+from architect.runtime.shim.plan import READY_MARK, source_slot
 from architect.runtime.transfer import NodeTLS, TransferError, TransferServer, export, fetch
 from architect.runtime.transfer.images import outgoing_dir
 from e2e.tests.cluster.kube import eventually, get_json, kubectl
@@ -98,12 +98,12 @@ def _checkpoint(op: Operator, ns: str, name: str) -> dict[str, Any]:
 def _make_checkpoint(
     op: Operator, ns: str, name: str, src: str, root: Path, container: str
 ) -> None:
-    d = root / "handover" / HASH / container
+    d = root / "handover" / HASH / container / source_slot("ns", name)
     d.mkdir(parents=True)
     (d / "pages-1.img").write_bytes(os.urandom(1 << 20))
     (d / "core-1.img").write_bytes(b"core")
     (d / READY_MARK).touch()
-    ref = export(root, src, HASH, container)  # what the source daemon records
+    ref = export(root, src, HASH, container, d.name)  # what the source daemon records
     body = {
         "apiVersion": "architect.loopholelabs.io/v1alpha1",
         "kind": "Checkpoint",
@@ -232,7 +232,7 @@ def test_checkpoint_moves_to_a_replacement_on_another_node(
     assert (dest / READY_MARK).exists()
     assert (dest / "core-1.img").read_bytes() == b"core"
     assert (dest / "pages-1.img").read_bytes() == (
-        tmp_path / "src" / "handover" / HASH / "app" / "pages-1.img"
+        tmp_path / "src" / "handover" / HASH / "app" / source_slot("ns", "web-app") / "pages-1.img"
     ).read_bytes()
 
     # The destination daemon reports the restore; the grant is revoked.

@@ -87,11 +87,11 @@ class FakeShim:
         if "expect" in self.fail:
             raise ShimError("no such container")
 
-    async def mark_pending(self, template_hash: str, container: str) -> None:
-        self.calls.append(f"shim.pending {template_hash}/{container}")
+    async def mark_pending(self, template_hash: str, container: str, slot: str) -> None:
+        self.calls.append(f"shim.pending {template_hash}/{container}/{slot}")
 
-    async def clear_pending(self, template_hash: str, container: str) -> None:
-        self.calls.append(f"shim.clear-pending {template_hash}/{container}")
+    async def clear_pending(self, template_hash: str, container: str, slot: str) -> None:
+        self.calls.append(f"shim.clear-pending {template_hash}/{container}/{slot}")
 
     def watch(self, socket: str, on_event: EventFn) -> None:
         if on_event not in self.events:
@@ -239,16 +239,16 @@ class FakeImages:
         self.packed: list[tuple[str, str, str, float]] = []
         self.dropped: list[tuple[str, ...]] = []
         self.digest = IMAGE["digest"]  # of the next image export packs
-        self.handovers: dict[tuple[str, str], str] = {}  # ready handover -> digest
+        self.handovers: dict[tuple[str, str, str], str] = {}  # ready handover -> digest
         self.swept = 0
 
-    def export(self, template_hash: str, container: str) -> dict[str, Any]:
+    def export(self, template_hash: str, container: str, slot: str) -> dict[str, Any]:
         if self.fail:
             raise TransferError(self.fail)
         self.packed.append((template_hash, container, self.digest, 1.0))
         return {**IMAGE, "digest": self.digest}
 
-    def handover_ready(self, template_hash: str, container: str) -> bool:
+    def handover_ready(self, template_hash: str, container: str, slot: str) -> bool:
         return self.ready
 
     def outgoing(self) -> list[tuple[str, str, str, float]]:
@@ -258,20 +258,20 @@ class FakeImages:
         self.dropped.append((template_hash, container, digest))
         self.packed = [p for p in self.packed if p[:3] != (template_hash, container, digest)]
 
-    def handover_digest(self, template_hash: str, container: str) -> str | None:
-        return self.handovers.get((template_hash, container))
+    def handover_digest(self, template_hash: str, container: str, slot: str) -> str | None:
+        return self.handovers.get((template_hash, container, slot))
 
-    def drop_handover(self, template_hash: str, container: str, digest: str) -> bool:
-        if self.handovers.get((template_hash, container)) != digest:
+    def drop_handover(self, template_hash: str, container: str, slot: str, digest: str) -> bool:
+        if self.handovers.get((template_hash, container, slot)) != digest:
             return False
-        del self.handovers[(template_hash, container)]
-        self.dropped.append(("handover", f"{template_hash}/{container}"))
+        del self.handovers[(template_hash, container, slot)]
+        self.dropped.append(("handover", f"{template_hash}/{container}/{slot}"))
         return True
 
-    def discard_ready(self, template_hash: str, container: str) -> bool:
-        if self.handovers.pop((template_hash, container), None) is None:
+    def discard_ready(self, template_hash: str, container: str, slot: str) -> bool:
+        if self.handovers.pop((template_hash, container, slot), None) is None:
             return False
-        self.dropped.append(("handover", f"{template_hash}/{container}"))
+        self.dropped.append(("handover", f"{template_hash}/{container}/{slot}"))
         return True
 
     def sweep(self) -> list[str]:

@@ -356,7 +356,7 @@ async def test_deleted_pod_with_migration_policy_arms_migrate_on_stop_once() -> 
     await r.ctl.tick([pod(template_hash="abc123", deleting=True)], policies)
     assert r.calls.count(f"shim.migrate-on-stop {CID} True") == 1
     # The replacement's Create must wait for the checkpoint: pending first.
-    assert r.calls.index("shim.pending abc123/main") < r.calls.index(
+    assert r.calls.index("shim.pending abc123/main/from_shop_web") < r.calls.index(
         f"shim.migrate-on-stop {CID} True")
     assert r.state() is ContainerState.MIGRATING
     assert r.reasons() == ["CheckpointForMigration"]

@@ -140,6 +140,29 @@ def test_consumed_checkpoint_picks_this_nodes_newest_for_the_pod() -> None:
     assert pick(other_node, done) is None
 
 
+def test_consumed_checkpoint_of_two_replicas_is_the_one_the_shim_took(tmp_path: Path) -> None:
+    """Two pods of one template deleted on this node: each replacement's start
+    names the handover it claimed, and that source pod's Checkpoint is the one."""
+    from architect.runtime.daemon.checkpointobjects import taken_slot
+    from architect.runtime.shim import plan
+
+    a = ck("web-a-main", created="2026-11-23T11:59:00Z", source_pod="web-a")
+    b = ck("web-b-main", created="2026-11-23T11:59:30Z", source_pod="web-b")
+    d = plan.handover_dir(tmp_path, "h1", "main", plan.source_slot("shop", "web-a"))
+    d.mkdir(parents=True)
+    (d / plan.NAMESPACE_MARK).write_text("shop")
+    (d / plan.READY_MARK).touch()
+    reason = plan.plan_start("runc", {
+        plan.ANN_TEMPLATE_HASH: "h1", plan.CRI_CONTAINER_NAME: "main",
+        plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: "web-new"},
+        tmp_path, None).reason
+    assert start_outcome("restore", reason, "h1", "main") == "restored"
+    assert taken_slot(reason) == "from_shop_web-a" and taken_slot("no checkpoint") == ""
+    got = consumed_checkpoint([a, b], namespace="shop", template_hash="h1", container="main",
+                              pod="web-new", node=NODE, slot=taken_slot(reason))
+    assert got is not None and got["metadata"]["name"] == "web-a-main"  # not the newest
+
+
 def test_report_ready_then_restoring_then_consumed() -> None:
     r = report_outcome(ck(phase="Ready"), pod="web-new", outcome="restored", reason="", now=NOW)
     assert not r.done and r.patch is not None
@@ -210,7 +233,7 @@ async def test_reconcile_keeps_the_image_a_second_replica_packed_meanwhile() -> 
     obj = api.objects[("shop", "web-abc-main")]
     obj["status"].update(phase="Consumed", consumedBy="web-new")
     images.digest = "sha256:" + "b" * 64
-    images.export("h1", "main")  # web-def's, its Checkpoint not created yet
+    images.export("h1", "main", "from_shop_web-def")  # its Checkpoint not created yet
     assert await m.reconcile(NOW) == ["dropped outgoing/h1/main/aaaaaaaaaaaa"]
     assert [p[2] for p in images.outgoing()] == [images.digest]
 
@@ -288,7 +311,7 @@ async def test_handover_of_a_deleted_namespace_is_dropped_not_fatal(tmp_path: Pa
     """A namespace deletion took the pod: no Checkpoint can be made there, and a
     restarted daemon must not crash-loop on the record (seen on the e2e node)."""
     m, api, images = rig(tmp_path)
-    images.handovers[(W.template_hash, "main")] = "sha256:d1"
+    images.handovers[(W.template_hash, "main", W.slot)] = "sha256:d1"
     m.armed("cid", W)
     m.armed("other", Written("live", "web-x", "main", "h2", NODE))
     api.gone.add("shop")
@@ -335,6 +358,33 @@ async def test_same_node_replacement_claims_then_consumes_then_drops() -> None:
     assert images.dropped == [("h1", "main", IMAGE["digest"])]
 
 
+async def test_two_replicas_replacements_that_took_each_others_claims_swap_them() -> None:
+    """Both pods of a template deleted on this node; the control plane claimed
+    web-a's Checkpoint for new-2 and web-b's for new-1, but new-1's shim took
+    web-a's handover (its start reason names the slot): the claims follow the
+    shim, each Checkpoint Consumed by the pod that has its state."""
+    m, api, _ = rig()
+    for cid, pod in (("ca", "web-a"), ("cb", "web-b")):
+        m.armed(cid, Written("shop", pod, "main", "h1", NODE))
+        await m.written(cid, ok=True)
+    api.objects[("shop", "web-a-main")]["status"].update(phase="Restoring", consumedBy="new-2")
+    api.objects[("shop", "web-b-main")]["status"].update(phase="Restoring", consumedBy="new-1")
+    m.started("shop", "new-1", "main", "h1", "restore",
+              "handover checkpoint for h1/main [from_shop_web-a]")
+    m.started("shop", "new-2", "main", "h1", "restore",
+              "handover checkpoint for h1/main [from_shop_web-b] pending")
+    done = await m.reconcile(NOW)
+    assert sorted(done) == ["shop/web-a-main: claimed (from new-2) by new-1",
+                            "shop/web-b-main: claimed (from new-1) by new-2"]
+    for name in ("web-a-main", "web-b-main"):
+        api.objects[("shop", name)]["metadata"]["annotations"] = {OBSERVED_PHASE: "Restoring"}
+    done = await m.reconcile(NOW)
+    assert sorted(d for d in done if "consumed" in d) == [
+        "shop/web-a-main: consumed by new-1", "shop/web-b-main: consumed by new-2"]
+    assert api.objects[("shop", "web-a-main")]["status"]["consumedBy"] == "new-1"
+    assert not m.pending
+
+
 async def test_control_plane_claim_for_another_pod_is_left_alone() -> None:
     m, api, _ = rig()
     m.armed("cid", W)
@@ -367,13 +417,13 @@ def test_node_images_export_survives_the_restore_removing_the_handover(
     from architect.runtime.shim.plan import READY_MARK
     from architect.runtime.transfer.images import image_ref, outgoing_dir
 
-    d = tmp_path / "handover" / "h1" / "main"
+    d = tmp_path / "handover" / "h1" / "main" / W.slot
     d.mkdir(parents=True)
     (d / "pages-1.img").write_bytes(b"p" * 4096)
     (d / READY_MARK).touch()
     images = NodeImages(tmp_path, NODE)
-    assert images.handover_ready("h1", "main")
-    spec = images.export("h1", "main")
+    assert images.handover_ready("h1", "main", W.slot)
+    spec = images.export("h1", "main", W.slot)
     out = outgoing_dir(tmp_path, "h1", "main", spec["digest"])
     assert spec == image_ref(out, spec["location"]).as_spec()
     assert spec["location"] == f"node://node-a/outgoing/h1/main/{out.name}"
@@ -381,9 +431,11 @@ def test_node_images_export_survives_the_restore_removing_the_handover(
     # no snapshot left
     assert [(h, c, g) for h, c, g, _ in images.outgoing()] == [("h1", "main", spec["digest"])]
     # A second replica's handover of the same template: packed beside the first.
-    (d / "pages-1.img").unlink()
-    (d / "pages-1.img").write_bytes(b"q" * 4096)
-    second = images.export("h1", "main")
+    d2 = tmp_path / "handover" / "h1" / "main" / "from_shop_web-def"
+    d2.mkdir()
+    (d2 / "pages-1.img").write_bytes(b"q" * 4096)
+    (d2 / READY_MARK).touch()
+    second = images.export("h1", "main", "from_shop_web-def")
     assert second["digest"] != spec["digest"] and out.is_dir()
     assert sorted(g for _, _, g, _ in images.outgoing()) == sorted(
         [spec["digest"], second["digest"]])
@@ -481,10 +533,10 @@ class GrantRig:
 
         self.ready = False
         self.grants = Grants(
-            "node-b", fetch, patch, lambda h, c: self.calls.append(f"pending {h}/{c}"),
-            lambda h, c: self.handover, lambda ns, p, c: self.start,
-            lambda h, c: self.ready,
-            lambda h, c: self.calls.append(f"discard {h}/{c}"),
+            "node-b", fetch, patch, lambda h, c, s: self.calls.append(f"pending {h}/{c}/{s}"),
+            lambda h, c, s: self.handover, lambda ns, p, c: self.start,
+            lambda h, c, s: self.ready,
+            lambda h, c, s: self.calls.append(f"discard {h}/{c}/{s}"),
         )
 
     def phase(self) -> str:
@@ -504,7 +556,7 @@ async def test_grant_marks_pending_first_fetches_and_reports_consumed(
     r = GrantRig(handover=False)  # the shim took the image
     assert r.grants.consider([secret(grant())]) == 1
     assert r.grants.consider([secret(grant())]) == 0  # once per Secret
-    assert r.calls[0] == "pending h1/main"  # before anything else
+    assert r.calls[0] == "pending h1/main/to_shop_web-new"  # the replacement's, first
     assert await r.finish() == [r.grants.results[0]]
     assert "consumed by web-new" in r.grants.results[0]
     assert r.patches[0][0] == "web-abc-main" and r.phase() == "Consumed"
@@ -542,7 +594,7 @@ async def test_an_image_fetched_for_a_fresh_start_is_not_left_ready(before_resta
     r.start = ("fresh", "scaleup-timeout passed waiting for /s/handover/h1/main")
     r.grants.consider([secret(grant())])
     await r.finish()
-    assert r.phase() == "Failed" and r.calls[-1] == "discard h1/main"
+    assert r.phase() == "Failed" and r.calls[-1] == "discard h1/main/to_shop_web-new"
     r = GrantRig(handover=True)
     r.ready = before_restart
     r.start = ("restored", "handover checkpoint for h1/main")
@@ -555,16 +607,20 @@ def test_node_images_discard_ready_removes_only_a_ready_handover(tmp_path: Path)
     from architect.runtime.daemon.migrations import NodeImages
     from architect.runtime.shim.plan import PENDING_MARK, READY_MARK, handover_dir
 
-    d = handover_dir(tmp_path, "h1", "main")
+    d = handover_dir(tmp_path, "h1", "main", "to_shop_web-new")
     d.mkdir(parents=True)
     (d / PENDING_MARK).touch()  # on its way: a fetch still writes it
     images = NodeImages(tmp_path, "node-b")
-    assert not images.discard_ready("h1", "main") and d.exists()
+    assert not images.discard_ready("h1", "main", "to_shop_web-new") and d.exists()
     (d / READY_MARK).touch()
-    other = handover_dir(tmp_path, "h1", "side")
+    other = handover_dir(tmp_path, "h1", "side", "to_shop_web-new")
     other.mkdir(parents=True)
-    assert images.discard_ready("h1", "main")
-    assert not d.exists() and other.exists()  # the pod's other container keeps its own
+    replica = handover_dir(tmp_path, "h1", "main", "to_shop_web-two")
+    replica.mkdir(parents=True)
+    (replica / READY_MARK).touch()
+    assert images.discard_ready("h1", "main", "to_shop_web-new")
+    # the pod's other container and another replica's keep their own
+    assert not d.exists() and other.exists() and (replica / READY_MARK).exists()
 
 
 async def test_grant_fetch_failure_reports_retry_or_final() -> None:
@@ -770,7 +826,7 @@ async def test_a_replacement_of_a_pod_draining_elsewhere_is_marked_pending_befor
     await ctl.tick([new], policies)
     await ctl.tick([new], policies)
     assert api.calls.count("of-template shop h1") == 1  # asked once
-    assert shim.calls == ["shim.pending h1/main"]
+    assert shim.calls == ["shim.pending h1/main/to_shop_web-2"]  # its own slot
     shim.containers["new-id"] = ShimContainer(
         "new-id", "RUNNING", 7, "/proc/1/ns/net", "/sock/new", "restore",
         "handover checkpoint for h1/main pending")
@@ -794,7 +850,7 @@ async def test_an_expected_handover_that_never_came_is_a_fresh_start_with_an_eve
     ck["status"] = {"phase": "Ready"}
     api.objects[("shop", "web-1-main")] = ck
     await ctl.tick([pod("web-2", template_hash="h1", started=False)], policies)
-    assert "shim.pending h1/main" in shim.calls
+    assert "shim.pending h1/main/to_shop_web-2" in shim.calls
     shim.containers["new-id"] = ShimContainer(
         "new-id", "RUNNING", 7, "/proc/1/ns/net", "/sock/new", "fresh",
         "no checkpoint for h1/main")
@@ -803,7 +859,7 @@ async def test_an_expected_handover_that_never_came_is_a_fresh_start_with_an_eve
     await ctl.tick([started], policies)
     fresh = [m for _, r, m in rep.events if r == "StartedFresh"]
     assert len(fresh) == 1 and "Checkpoint shop/web-1-main Ready on node-a" in fresh[0], fresh
-    assert "shim.clear-pending h1/main" in shim.calls
+    assert "shim.clear-pending h1/main/to_shop_web-2" in shim.calls
 
 
 async def test_no_migration_elsewhere_no_mark() -> None:
@@ -837,13 +893,13 @@ def _consumed(dest: str, digest: str = "sha256:d1", phase: str = "Consumed") -> 
 
 
 @pytest.mark.parametrize(("ck", "moved"), [
-    (_consumed("node-b"), [("h1", "main", "sha256:d1")]),
+    (_consumed("node-b"), [("h1", "main", "from_shop_web-abc", "sha256:d1")]),
     (_consumed(NODE), []),  # restored on this node: the shim removed it itself
     (_consumed("node-b", phase="Restoring"), []),  # not yet: a failed fetch retries
     (_consumed("node-b", phase="Failed"), []),
     (_consumed("node-b", digest=""), []),  # made by an older daemon: unknown image
 ])
-def test_moved_handovers(ck: dict[str, Any], moved: list[tuple[str, str, str]]) -> None:
+def test_moved_handovers(ck: dict[str, Any], moved: list[tuple[str, str, str, str]]) -> None:
     from architect.runtime.daemon.checkpointobjects import moved_handovers
 
     assert moved_handovers([ck], node=NODE) == moved
@@ -856,30 +912,31 @@ async def test_a_handover_restored_on_another_node_is_dropped_here_once() -> Non
     from architect.runtime.daemon.checkpointobjects import HANDOVER_DIGEST
 
     m, api, images = rig()
-    images.handovers[("h1", "main")] = "sha256:d1"
+    images.handovers[("h1", "main", W.slot)] = "sha256:d1"
     m.armed("cid", W)
     await m.written("cid", ok=True)
     obj = api.objects[("shop", "web-abc-main")]
     assert obj["metadata"]["annotations"][HANDOVER_DIGEST] == "sha256:d1"
     api.objects[("shop", "web-abc-main")] = _consumed("node-b")
-    assert "dropped handover/h1/main: restored on another node" in await m.reconcile(datetime(2026, 11, 23, 12, tzinfo=UTC))
-    assert ("h1", "main") not in images.handovers
-    images.handovers[("h1", "main")] = "sha256:d2"  # the next pod's
+    assert (f"dropped handover/h1/main/{W.slot}: restored on another node"
+            in await m.reconcile(datetime(2026, 11, 23, 12, tzinfo=UTC)))
+    assert ("h1", "main", W.slot) not in images.handovers
+    images.handovers[("h1", "main", W.slot)] = "sha256:d2"  # not the image that moved
     await m.reconcile(datetime(2026, 11, 23, 12, tzinfo=UTC))
-    assert images.handovers[("h1", "main")] == "sha256:d2"
+    assert images.handovers[("h1", "main", W.slot)] == "sha256:d2"
 
 
 def test_node_images_drop_handover_only_the_same_image(tmp_path: Path) -> None:
     from architect.runtime.shim.plan import READY_MARK
 
-    d = tmp_path / "handover" / "h1" / "main"
+    d = tmp_path / "handover" / "h1" / "main" / W.slot
     d.mkdir(parents=True)
     (d / "manifest.json").write_text('{"v": 1}')
     (d / READY_MARK).touch()
     images = NodeImages(tmp_path, NODE)
-    digest = images.handover_digest("h1", "main")
+    digest = images.handover_digest("h1", "main", W.slot)
     assert digest is not None and digest.startswith("sha256:")
-    assert not images.drop_handover("h1", "main", "sha256:other") and d.exists()
-    assert images.drop_handover("h1", "main", digest)
+    assert not images.drop_handover("h1", "main", W.slot, "sha256:other") and d.exists()
+    assert images.drop_handover("h1", "main", W.slot, digest)
     assert not (tmp_path / "handover" / "h1").exists()
-    assert images.handover_digest("h1", "main") is None
+    assert images.handover_digest("h1", "main", W.slot) is None

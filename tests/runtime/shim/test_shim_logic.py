@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -97,8 +98,16 @@ def _ready(d: Path, mark: str = plan.READY_MARK, namespace: str = "") -> Path:
 def test_a_handover_is_restored_only_by_a_pod_of_its_namespace(tmp_path: Path) -> None:
     """Pod-template hashes repeat across namespaces (the same Deployment in two)."""
     ann = {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app",
-           plan.CRI_SANDBOX_NAMESPACE: "team-b"}
-    d = _ready(plan.handover_dir(tmp_path, "5d9c", "app"), namespace="team-a")
+           plan.CRI_SANDBOX_NAMESPACE: "team-b", plan.CRI_SANDBOX_NAME: "web-new"}
+    _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("team-a", "web-old")),
+           namespace="team-a")
+    p = plan.plan_start("runc", ann, tmp_path, None)
+    assert p.path == "fresh" and "no checkpoint" in p.reason  # not even claimed
+    assert not (tmp_path / "handover" / "5d9c" / "app" / "from_team-a_web-old"
+                / plan.CLAIMED_MARK).exists()
+    # One fetched for this pod that records another namespace: refused.
+    d = _ready(plan.handover_dir(tmp_path, "5d9c", "app",
+                                 plan.destination_slot("team-b", "web-new")), namespace="team-a")
     p = plan.plan_start("runc", ann, tmp_path, None)
     assert p.path == "fresh" and "belongs to namespace 'team-a'" in p.reason
     (d / plan.NAMESPACE_MARK).write_text("team-b")
@@ -109,20 +118,59 @@ def test_a_handover_is_restored_only_by_a_pod_of_its_namespace(tmp_path: Path) -
 
 
 def test_plan_runc_paths(tmp_path: Path) -> None:
-    ann = {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app"}
+    ann = {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app",
+           plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: "web-new"}
     assert plan.plan_start("runc", ann, tmp_path, None).path == "fresh"
     own = _ready(tmp_path / "own")
     p = plan.plan_start("runc", ann, tmp_path, own)
     assert (p.path, p.image) == ("restore", own)
-    d = plan.handover_dir(tmp_path, "5d9c", "app")
-    _ready(d, plan.PENDING_MARK)
+    d = plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("shop", "web-old"))
+    _ready(d, plan.PENDING_MARK, "shop")
     p = plan.plan_start("runc", {**ann, plan.ANN_SCALEUP_TIMEOUT: '{"app": "45s"}'}, tmp_path, None)
-    assert (p.path, p.wait_seconds) == ("restore", 45)
-    _ready(d)
+    assert (p.path, p.image, p.wait_seconds) == ("restore", d, 45)
+    _ready(d, namespace="shop")
     p = plan.plan_start("runc", ann, tmp_path, None)
     assert (p.path, p.image, p.wait_seconds) == ("restore", d, 0)
+    assert (d / plan.CLAIMED_MARK).read_text() == "web-new"
+    # The image fetched for this pod comes first.
+    fetched = _ready(plan.handover_dir(tmp_path, "5d9c", "app",
+                                       plan.destination_slot("shop", "web-new")), namespace="shop")
+    assert plan.plan_start("runc", ann, tmp_path, None).image == fetched
     # runsc never takes the template-hash path.
     assert plan.plan_start("runsc", ann, tmp_path, None).path == "fresh"
+
+
+def test_replacements_of_two_replicas_each_take_their_own_handover(tmp_path: Path) -> None:
+    """Two pods of one template deleted on this node at once (a drain, a node
+    restart): each replacement claims a different handover, ready ones first; a
+    retried Create gets its own again; a third pod finds none."""
+    def ann(pod: str) -> dict[str, str]:
+        return {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app",
+                plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: pod}
+
+    a = _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("shop", "web-a")),
+               plan.PENDING_MARK, "shop")
+    b = _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("shop", "web-b")),
+               namespace="shop")
+    first = plan.plan_start("runc", ann("new-1"), tmp_path, None)
+    second = plan.plan_start("runc", ann("new-2"), tmp_path, None)
+    assert (first.image, first.wait_seconds) == (b, 0)  # ready before pending
+    assert second.image == a and second.wait_seconds > 0
+    assert plan.plan_start("runc", ann("new-1"), tmp_path, None).image == b
+    assert plan.plan_start("runc", ann("new-3"), tmp_path, None).path == "fresh"
+    assert {(a / plan.CLAIMED_MARK).read_text(), (b / plan.CLAIMED_MARK).read_text()} == {
+        "new-1", "new-2"}
+
+
+def test_a_taken_handover_removes_its_empty_parents_only(tmp_path: Path) -> None:
+    a = _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("shop", "web-a")))
+    b = _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("shop", "web-b")))
+    shutil.rmtree(a)
+    plan.prune_handover_parents(a)
+    assert b.is_dir()
+    shutil.rmtree(b)
+    plan.prune_handover_parents(b)
+    assert not (tmp_path / "handover" / "5d9c").exists() and (tmp_path / "handover").is_dir()
 
 
 def _granted(d: Path, ns: str, allowed: list[str] | None = None) -> Path:

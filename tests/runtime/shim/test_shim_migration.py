@@ -62,7 +62,8 @@ def stop_for_migration(containerd: Containerd, cid: str, thash: str) -> Path:
     wait_for(lambda: containerd.tasks()[cid][1] == "STOPPED", 30, f"{cid} STOPPED")
     containerd.ctr("task", "rm", cid)
     containerd.ctr("container", "rm", cid)
-    handover = containerd.shim_state / "handover" / thash / "app"
+    # No pod names in these annotations: the slot is the container's (plan.source_slot).
+    handover = containerd.shim_state / "handover" / thash / "app" / f"from__{cid}"
     assert (handover / "ready").exists()
     return handover
 
@@ -156,7 +157,7 @@ def test_unlisted_replacement_stays_hibernated_until_exec(
     assert len(containerd.ctr("task", "ps", "hd").strip().splitlines()) == 1  # header only
     time.sleep(0.5)
     assert count(rootfs) == frozen
-    assert not (containerd.shim_state / "handover" / thash / "app").exists(), "not consumed"
+    assert not (containerd.shim_state / "handover" / thash).exists(), "not consumed"
     # The opted-in emptyDir arrived at create, as for a replacement that restores.
     assert (new / "shared").read_text() == "v1\n"
     (new / "shared").write_text("v2 while hibernated\n")  # another container of the pod

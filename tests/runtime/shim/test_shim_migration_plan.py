@@ -70,7 +70,7 @@ def _ready(d: Path) -> Path:
 
 
 def test_a_handover_stays_hibernated_unless_autoscaleup_lists_it(tmp_path: Path) -> None:
-    d = _ready(plan.handover_dir(tmp_path, "5d9c", "app"))
+    d = _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("", "old")))
     p = plan.plan_start("runc", ANN, tmp_path, None)
     assert (p.path, p.image, p.wake, p.handover) == ("restore", d, False, True)
     listed = {**ANN, keys.POSTMIGRATION_AUTOSCALEUP: '["app"]'}
@@ -88,7 +88,7 @@ def test_own_hibernation_image_is_no_handover(tmp_path: Path) -> None:
     """The shim died while the container was hibernated: its own image restores
     (it runs again, as before), and no emptyDir comes out of it."""
     own = _ready(tmp_path / "own")
-    _ready(plan.handover_dir(tmp_path, "5d9c", "app"))
+    _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("", "old")))
     p = plan.plan_start("runc", ANN, tmp_path, own)
     assert (p.image, p.wake, p.handover) == (own, True, False)
 

@@ -104,7 +104,8 @@ def test_stop_checkpoints_for_migration_and_replacement_restores(
     containerd.ctr("task", "kill", "-s", "SIGTERM", "src")
     wait_for(lambda: containerd.tasks()["src"][1] == "STOPPED", 30, "src STOPPED")
     frozen = count(rootfs)
-    handover = containerd.shim_state / "handover" / "5d9c7b7f6" / "app"
+    # No pod names in these annotations: the slot is the container's (plan.source_slot).
+    handover = containerd.shim_state / "handover" / "5d9c7b7f6" / "app" / "from__src"
     assert (handover / "ready").exists()
     layout = json.loads((handover / "manifest.json").read_text())["payload"]["compression"]
     assert (layout == "dir") == hibernated, layout
@@ -129,7 +130,7 @@ def test_pending_checkpoint_waits_scaleup_timeout_then_starts_fresh(
         HASH: "pending1", NAME: "app",
         "architect.loopholelabs.io/scaleup-timeout-containers": '{"app": "1500ms"}',
     }
-    pending = containerd.shim_state / "handover" / "pending1" / "app"
+    pending = containerd.shim_state / "handover" / "pending1" / "app" / "from__old"
     pending.mkdir(parents=True)
     (pending / "pending").touch()
     t0 = time.monotonic()
@@ -152,7 +153,7 @@ def test_withdrawn_pending_handover_starts_fresh_at_once(
         HASH: "withdrawn1", NAME: "app",
         "architect.loopholelabs.io/scaleup-timeout-containers": '{"app": "60s"}',
     }
-    pending = containerd.shim_state / "handover" / "withdrawn1" / "app"
+    pending = containerd.shim_state / "handover" / "withdrawn1" / "app" / "from__old"
     pending.mkdir(parents=True)
     (pending / "pending").touch()
     timer = threading.Timer(1.0, lambda: (pending / "pending").unlink())
@@ -178,7 +179,7 @@ def test_broken_handover_image_falls_back_to_fresh(
     ann = {HASH: thash, NAME: "app"}
     if autoscaleup:
         ann["architect.loopholelabs.io/postmigration-autoscaleup-containers"] = '["app"]'
-    bad = containerd.shim_state / "handover" / thash / "app"
+    bad = containerd.shim_state / "handover" / thash / "app" / "from__old"
     bad.mkdir(parents=True)
     (bad / "inventory.img").write_bytes(b"not a CRIU image")
     (bad / "namespace").write_text("")  # left by a pod of the same (unnamed) namespace

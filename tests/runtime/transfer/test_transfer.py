@@ -25,7 +25,7 @@ from architect.engine.controlplane.transfer import (
 )
 from architect.engine.tls import CertAuthority, make_ca, make_node_cert
 from architect.runtime.checkpoint import image
-from architect.runtime.shim.plan import PENDING_MARK, READY_MARK
+from architect.runtime.shim.plan import PENDING_MARK, READY_MARK, destination_slot, source_slot
 from architect.runtime.transfer import (
     NodeTLS,
     TransferServer,
@@ -39,6 +39,8 @@ from architect.runtime.transfer.images import ImageRef, outgoing_dir
 KEY = b"k" * 32
 SRC, DST = "node-a", "node-b"
 HASH, CONTAINER = "7c9d8f", "web"
+# The source pod's handover, and where a fetch for the ticket's pod (ns/web-new) goes.
+SRC_SLOT, DEST_SLOT = source_slot("ns", "web-old"), destination_slot("ns", "web-new")
 
 
 def node_tls(ca: CertAuthority, node: str, as_node: str | None = None) -> NodeTLS:
@@ -79,13 +81,14 @@ class Lab:
 
     @property
     def dest(self) -> Path:
-        return self.dst_root / "handover" / HASH / CONTAINER
+        """The ticket's replacement pod's slot (plan.destination_slot)."""
+        return self.dst_root / "handover" / HASH / CONTAINER / DEST_SLOT
 
     def assert_nothing_ready(self) -> None:
         assert not (self.dest / READY_MARK).exists()
         leftovers = (
-            list((self.dst_root / "handover" / HASH).iterdir())
-            if (self.dst_root / "handover" / HASH).exists()
+            list((self.dst_root / "handover").rglob("*"))
+            if (self.dst_root / "handover").exists()
             else []
         )
         assert leftovers == [], f"left behind: {leftovers}"
@@ -93,7 +96,7 @@ class Lab:
 
 def make_handover(root: Path) -> dict[str, bytes]:
     """A shim-style handover: raw engine files and the ready mark."""
-    d = root / "handover" / HASH / CONTAINER
+    d = root / "handover" / HASH / CONTAINER / SRC_SLOT
     (d / "sub").mkdir(parents=True)
     files = {
         "pages-1.img": os.urandom(3 << 20),
@@ -117,7 +120,8 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     ca = make_ca("architect-transfer-ca")
     src_root, dst_root = tmp_path / "a", tmp_path / "b"
     files = make_handover(src_root)
-    ref = await asyncio.to_thread(export, src_root, SRC, HASH, CONTAINER, compression="zstd")
+    ref = await asyncio.to_thread(export, src_root, SRC, HASH, CONTAINER, SRC_SLOT,
+                                  compression="zstd")
     store: dict[tuple[str, str], dict[str, Any]] = {
         ("ns", "ck"): {
             "metadata": {"namespace": "ns", "name": "ck", "uid": "uid-1"},
@@ -153,7 +157,8 @@ async def test_fetch_moves_the_image_and_marks_it_ready(lab: Lab) -> None:
     for rel, data in lab.files.items():
         assert (dest / rel).read_bytes() == data
     assert (dest / READY_MARK).exists() and not (dest / PENDING_MARK).exists()
-    assert sorted(p.name for p in (lab.dst_root / "handover" / HASH).iterdir()) == [CONTAINER]
+    assert sorted(p.name for p in (lab.dst_root / "handover" / HASH / CONTAINER).iterdir()) == [
+        DEST_SLOT]
     assert lab.server.served == 1 and lab.server.refused == 0
 
 
@@ -171,9 +176,9 @@ async def test_export_records_the_manifest_digest_and_total_size(lab: Lab) -> No
 
 def test_export_refuses_a_handover_that_is_not_ready(tmp_path: Path) -> None:
     make_handover(tmp_path)
-    (tmp_path / "handover" / HASH / CONTAINER / READY_MARK).unlink()
+    (tmp_path / "handover" / HASH / CONTAINER / SRC_SLOT / READY_MARK).unlink()
     with pytest.raises(TransferError, match="no ready handover image"):
-        export(tmp_path, SRC, HASH, CONTAINER)
+        export(tmp_path, SRC, HASH, CONTAINER, SRC_SLOT)
 
 
 # --- authentication ------------------------------------------------------------
@@ -395,7 +400,7 @@ async def test_a_ready_image_at_the_destination_is_not_overwritten(lab: Lab) -> 
 
 
 async def test_pending_mark_then_failure_leaves_nothing(lab: Lab) -> None:
-    mark_pending(lab.dst_root, HASH, CONTAINER)
+    mark_pending(lab.dst_root, HASH, CONTAINER, DEST_SLOT)
     assert (lab.dest / PENDING_MARK).exists()
     with pytest.raises(TransferError):
         await fetch(lab.grant(key=b"x" * 32), lab.dst_root, node_tls(lab.ca, DST))
@@ -427,7 +432,9 @@ def test_bad_grant_data_is_named(data: dict[str, str], message: str) -> None:
 @pytest.mark.parametrize("bad", ["", "..", "a/b", ".hidden"])
 def test_path_components_are_checked(tmp_path: Path, bad: str) -> None:
     with pytest.raises(TransferError, match="cannot name a directory"):
-        mark_pending(tmp_path, bad, CONTAINER)
+        mark_pending(tmp_path, bad, CONTAINER, DEST_SLOT)
+    with pytest.raises(TransferError, match=r"handover slot .* cannot name a directory"):
+        mark_pending(tmp_path, HASH, CONTAINER, bad)
 
 
 def test_tls_from_a_mounted_secret_dir(tmp_path: Path) -> None:
