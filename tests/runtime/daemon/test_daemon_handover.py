@@ -454,16 +454,20 @@ async def test_a_restarted_daemon_removes_what_its_killed_predecessor_half_wrote
     only those, before it finishes any handover."""
     from architect.runtime.shim.plan import PENDING_MARK, READY_MARK
 
-    handover = tmp_path / "handover" / "h1"
-    (handover / "main").mkdir(parents=True)
-    (handover / "main" / PENDING_MARK).touch()  # the fetch's mark: a grant seen again refills it
-    fetch = handover / ".main.incoming-0a1b2c3d"
+    handover = tmp_path / "handover" / "h1" / "main"
+    (handover / "to_shop_web-new").mkdir(parents=True)
+    # the fetch's mark: a grant seen again refills it
+    (handover / "to_shop_web-new" / PENDING_MARK).touch()
+    fetch = handover / ".to_shop_web-new.incoming-0a1b2c3d"
     (fetch / "image").mkdir(parents=True)
     (fetch / "image" / "payload.tar.zst").write_bytes(b"x" * 65536)
-    ready = tmp_path / "handover" / "h2" / "main"
+    older = tmp_path / "handover" / "h1" / ".main.incoming-0a1b2c3d"  # before slots
+    older.mkdir()
+    ready = tmp_path / "handover" / "h2" / "main" / "from_shop_web-abc"
     ready.mkdir(parents=True)
     (ready / READY_MARK).touch()
-    shims = tmp_path / "handover" / "h2" / ".main.repack-0a1b2c3d"  # the shim's, in flight
+    # the shim's, in flight
+    shims = tmp_path / "handover" / "h2" / "main" / ".from_shop_web-abc.repack-0a1b2c3d"
     shims.mkdir()
     snap = tmp_path / "outgoing" / ".snap-0a1b2c3d" / "handover" / "h2" / "main"
     snap.mkdir(parents=True)
@@ -474,9 +478,10 @@ async def test_a_restarted_daemon_removes_what_its_killed_predecessor_half_wrote
     images = NodeImages(tmp_path, NODE)
     m = Migrations(FakeApi(), images, NODE, JsonStore(tmp_path / "m.json"))
     assert await m.recover() == 0
-    assert not fetch.exists() and not export.exists()
+    assert not fetch.exists() and not older.exists() and not export.exists()
     assert not (tmp_path / "outgoing" / ".snap-0a1b2c3d").exists()
-    assert (handover / "main" / PENDING_MARK).exists() and (ready / READY_MARK).exists()
+    assert (handover / "to_shop_web-new" / PENDING_MARK).exists()
+    assert (ready / READY_MARK).exists()
     assert shims.is_dir() and packed.is_dir()
     assert [(h, c, g) for h, c, g, _ in images.outgoing()] == [("h3", "main", "sha256:" + "c" * 64)]
     assert images.sweep() == []  # nothing left to remove
