@@ -807,6 +807,13 @@ def verify_in_place(image_dir: Path, sealed: Seal | None = None) -> InPlace:
     return InPlace(m, payload / ENGINE_DIR, *counts)
 
 
+def bad_chunk(got: Sequence[str], want: Sequence[str]) -> str:
+    """`` in chunk N`` naming the first chunk digest that differs ("" when the
+    file is not chunked or the lists agree): where a change in a large file is."""
+    bad = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
+    return "" if bad is None else f" in chunk {bad}"
+
+
 def _check_dir(
     payload: Path,
     dest: Path | None,
@@ -863,7 +870,8 @@ def _check_dir(
     digests = hash_files([(dst or src, info.chunk_size) for info, src, dst in to_hash])
     for (info, src, dst), got in zip(to_hash, digests, strict=True):
         if got != (info.size, info.sha256, info.chunks):
-            raise ImageCorrupt(where, f"payload file '{info.path}' does not match its digest")
+            raise ImageCorrupt(where, f"payload file '{info.path}' does not match its digest"
+                                      f"{bad_chunk(got[2], info.chunks)}")
         if dst is not None:
             shutil.copystat(src, dst)
     return len(to_hash), sum(info.size for info, _, _ in to_hash), vouched

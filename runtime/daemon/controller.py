@@ -105,6 +105,8 @@ class Controller:
         # expected for, with what said so.
         self._incoming_checked: set[ContainerKey] = set()
         self._incoming: dict[ContainerKey, str] = {}
+        # Replacements whose slot this daemon marked pending: container -> template hash.
+        self._marked: dict[ContainerKey, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.last: Evaluation | None = None
 
@@ -126,6 +128,11 @@ class Controller:
         for k in [k for k in self._incoming_checked if (k.namespace, k.pod) not in self.pods]:
             self._incoming_checked.discard(k)
             self._incoming.pop(k, None)
+        for k in [k for k in self._marked if (k.namespace, k.pod) not in self.pods]:
+            # Gone before its container started: nobody takes the slot.
+            with contextlib.suppress(OSError):
+                await self.shim.clear_pending(self._marked.pop(k), k.container,
+                                              destination_slot(k.namespace, k.pod))
         await self._sample()
         if not self.resize_enabled:
             # Without resize nothing is given back, so nothing is owed: keep the
@@ -302,8 +309,10 @@ class Controller:
                     key, "Warning", "StartedFresh",
                     f"{key.container} started fresh instead of from the handover of "
                     f"{thash}: {found.start_reason}")
-            if expected is not None and outcome != "restored":
-                # Nobody waits for it any more: a later pod must not wait for it too.
+            if expected is not None or self._marked.pop(key, None) is not None:
+                # Started (restored from it, the slot is gone; or not): nobody
+                # waits on this pod's slot any more. A ready image stays (the
+                # grant's, which removes it when nobody took it).
                 with contextlib.suppress(OSError):
                     await self.shim.clear_pending(thash, key.container,
                                                   destination_slot(key.namespace, key.pod))
@@ -324,19 +333,27 @@ class Controller:
         thash = handover_key(pod)
         if self.migrations is None or thash is None or key in self._incoming_checked:
             return
+        slot = destination_slot(key.namespace, key.pod)
+        if key not in self._marked:
+            # First, before asking the API: the kubelet's Create may come any
+            # moment and must find the mark (two replacements of a drain at once
+            # lost that race by the answer's round trips). Nothing coming: the
+            # Create is told so at once (nothing_coming), no StartedFresh.
+            try:
+                await self.shim.mark_pending(thash, key.container, slot)
+                self._marked[key] = thash
+            except OSError as e:
+                log.warning("%s: handover not marked pending: %s", _unit(key), e)
         try:
             what = await self.migrations.incoming(key.namespace, key.pod, key.container, thash)
-        except Exception as e:  # the API may be away: next tick
+        except Exception as e:  # the API may be away: next tick (the mark stays)
             log.warning("%s: incoming handover not checked: %s", _unit(key), e)
             return
         self._incoming_checked.add(key)
         if what is None:
-            return
-        try:
-            await self.shim.mark_pending(thash, key.container,
-                                         destination_slot(key.namespace, key.pod))
-        except OSError as e:
-            log.warning("%s: handover not marked pending: %s", _unit(key), e)
+            if key in self._marked:
+                with contextlib.suppress(OSError):
+                    await self.shim.nothing_coming(thash, key.container, slot)
             return
         self._incoming[key] = what
         log.info("%s: handover of %s/%s expected (%s): marked pending", _unit(key), thash,

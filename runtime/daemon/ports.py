@@ -72,6 +72,10 @@ class Shim(Protocol):
         """Mark the handover ``slot`` of (template hash, container) as coming
         (runtime/shim/plan.py: source_slot, destination_slot)."""
 
+    async def nothing_coming(self, template_hash: str, container: str, slot: str) -> None:
+        """The mark was set ahead of the answer, and nothing comes: a waiting
+        Create starts fresh at once (plan.NOTHING_MARK), unless the image is ready."""
+
     async def clear_pending(self, template_hash: str, container: str, slot: str) -> None:
         """Remove that mark (and its then empty directory) unless the image is ready."""
 

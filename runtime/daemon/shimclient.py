@@ -129,6 +129,18 @@ class ShimClient:
             d.mkdir(parents=True, exist_ok=True)
             if not (d / plan.READY_MARK).exists():
                 (d / plan.PENDING_MARK).touch()
+                (d / plan.NOTHING_MARK).unlink(missing_ok=True)
+
+        await asyncio.to_thread(mark)
+
+    async def nothing_coming(self, template_hash: str, container: str, slot: str) -> None:
+        d = plan.handover_dir(self.state_dir, template_hash, container, slot)
+
+        def mark() -> None:
+            if not d.is_dir() or (d / plan.READY_MARK).exists():
+                return
+            (d / plan.NOTHING_MARK).touch()  # first: a waiting Create never sees neither
+            (d / plan.PENDING_MARK).unlink(missing_ok=True)
 
         await asyncio.to_thread(mark)
 
@@ -139,6 +151,7 @@ class ShimClient:
             if (d / plan.READY_MARK).exists():
                 return
             (d / plan.PENDING_MARK).unlink(missing_ok=True)
+            (d / plan.NOTHING_MARK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # not empty: a transfer writes into it
                 d.rmdir()
                 plan.prune_handover_parents(d)

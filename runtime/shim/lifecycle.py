@@ -460,6 +460,11 @@ class Lifecycle:
                     c.start_reason = why or f"PersistentCheckpoint {ref} not available on this node"
                     log.info("%s: %s: starting fresh", c.id, c.start_reason)
                     return False
+            elif (decision.wait_seconds and not pending.exists()
+                  and (decision.image / plan.NOTHING_MARK).exists()):
+                c.start_reason = f"no handover on its way to {decision.image}"
+                log.info("%s: %s: starting fresh", c.id, c.start_reason)
+                return False
             elif decision.wait_seconds and not pending.exists() and not ready.exists():
                 c.start_reason = f"handover {decision.image} withdrawn"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)

@@ -35,6 +35,10 @@ CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 DEFAULT_SCALEUP_TIMEOUT = durations.parse_duration(keys.DEFAULT_SCALEUP_TIMEOUT).total_seconds()
 READY_MARK = "ready"  # handover dirs hold an image once this file exists
 PENDING_MARK = "pending"  # the daemon is still transferring: wait up to scaleup-timeout
+# The daemon marked a replacement's slot pending before asking the API whether
+# anything comes (the Create may look any moment), then found nothing: start fresh
+# at once, no handover was ever on its way.
+NOTHING_MARK = "nothing"
 # A replacement on the source node took this handover (the file holds its pod's
 # name): two replicas of a template deleted on one node leave two handovers, and
 # each replacement must take a different one.
@@ -275,9 +279,11 @@ def plan_start(
         return StartPlan("fresh", "no pod-template-hash / container name")
     ns = annotations.get(CRI_SANDBOX_NAMESPACE, "")
     pod = annotations.get(CRI_SANDBOX_NAME, "")
-    # Fetched from another node for this pod; else one a pod deleted here left.
+    # Fetched from another node for this pod; else one a pod deleted here left;
+    # else the one on its way here (the daemon marks this pod's slot pending
+    # before it knows whether anything comes: a local one goes first).
     d = handover_dir(state_root, thash, name, destination_slot(ns, pod))
-    if not (d / READY_MARK).exists() and not (d / PENDING_MARK).exists():
+    if not (d / READY_MARK).exists():
         d = claim_local(state_root, thash, name, ns, pod) or d
     wake = migration_choices(annotations, name).wake
     if (d / READY_MARK).exists():

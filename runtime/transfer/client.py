@@ -33,6 +33,7 @@ from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint.errors import CheckpointError
 from architect.runtime.shim.plan import (
     NAMESPACE_MARK,
+    NOTHING_MARK,
     PENDING_MARK,
     READY_MARK,
     destination_slot,
@@ -62,6 +63,7 @@ def mark_pending(root: Path, template_hash: str, container: str, slot: str) -> P
         raise TransferError(f"{d} already holds a ready image")
     d.mkdir(parents=True, exist_ok=True)
     (d / PENDING_MARK).touch()
+    (d / NOTHING_MARK).unlink(missing_ok=True)  # the daemon's early answer: now one comes
     return d
 
 

@@ -32,6 +32,7 @@ from architect.runtime.checkpoint.errors import CheckpointError
 from architect.runtime.shim.plan import (
     CLAIMED_MARK,
     NAMESPACE_MARK,
+    NOTHING_MARK,
     PENDING_MARK,
     READY_MARK,
     handover_dir,
@@ -39,7 +40,7 @@ from architect.runtime.shim.plan import (
 
 OUTGOING = "outgoing"
 HANDOVER = "handover"
-MARKS = frozenset({READY_MARK, PENDING_MARK, NAMESPACE_MARK, CLAIMED_MARK})
+MARKS = frozenset({READY_MARK, PENDING_MARK, NAMESPACE_MARK, CLAIMED_MARK, NOTHING_MARK})
 # The daemon's scratch directories: a fetch's beside the handover directory it
 # fills (client.fetch: the shim writes in handover/ too, so only this name), and
 # any hidden one under outgoing/ (only the daemon writes there: export's staging,

@@ -280,10 +280,8 @@ class FileVerifier:
         # A chunked file's sha256 is that of its chunk list (checked against the
         # pinned manifest when it was read), so this covers every chunk.
         if not hmac.compare_digest(sha, self.f.sha256):
-            bad = next((i for i, (a, b) in enumerate(zip(chunks, self.f.chunks, strict=False))
-                        if a != b), None)
-            where = "" if bad is None else f" in chunk {bad}"
-            raise TransferError(f"digest mismatch{where}: got sha256:{sha}")
+            raise TransferError(
+                f"digest mismatch{image.bad_chunk(chunks, self.f.chunks)}: got sha256:{sha}")
 
 
 def fetch(endpoint: str, token: str, tls: NodeTLS, d: Path, digest: str, *,

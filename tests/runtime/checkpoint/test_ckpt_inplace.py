@@ -110,8 +110,8 @@ async def test_tampered_node_local_image_is_refused_before_the_engine(
     [(_, _, got)] = image_mod.hash_files([(pages, f.chunk_size)])
     assert [i for i, (a, w) in enumerate(zip(got, f.chunks, strict=True)) if a != w] == [1]
     restorer = b if seal else RuncCriuBackend()  # a restarted shim has no seal
-    # The in-place verifier names the file, not the chunk (image._check_dir).
-    want = f"payload file '{f.path}' does not match its digest"
+    # The in-place verifier names the file and the chunk.
+    want = f"payload file '{f.path}' does not match its digest in chunk 1"
     with pytest.raises(ImageCorrupt, match=re.escape(want)) as info:
         await restorer.restore(c, img)
     assert str(img) in str(info.value)

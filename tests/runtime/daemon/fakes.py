@@ -90,6 +90,9 @@ class FakeShim:
     async def mark_pending(self, template_hash: str, container: str, slot: str) -> None:
         self.calls.append(f"shim.pending {template_hash}/{container}/{slot}")
 
+    async def nothing_coming(self, template_hash: str, container: str, slot: str) -> None:
+        self.calls.append(f"shim.nothing {template_hash}/{container}/{slot}")
+
     async def clear_pending(self, template_hash: str, container: str, slot: str) -> None:
         self.calls.append(f"shim.clear-pending {template_hash}/{container}/{slot}")
 

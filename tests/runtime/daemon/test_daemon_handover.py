@@ -817,7 +817,8 @@ async def test_a_replacement_of_a_pod_draining_elsewhere_is_marked_pending_befor
 ) -> None:
     """Node B's replacement appears while node A's pod still checkpoints (no
     Checkpoint, no grant yet): its handover is marked pending at once, so its
-    Create waits; once it started from it, the mark is not touched again."""
+    Create waits; once it started from it, its slot is cleared (the restore took
+    the image: nothing left there) and no StartedFresh."""
     from architect.policy.models import HibernationPolicy, MigrationPolicy
     from architect.runtime.daemon.ports import ShimContainer
     from tests.factories import hibernation, migration, pod
@@ -838,7 +839,8 @@ async def test_a_replacement_of_a_pod_draining_elsewhere_is_marked_pending_befor
     started = pod("web-2", template_hash="h1")
     started["status"]["containerStatuses"][0]["containerID"] = "containerd://new-id"
     await ctl.tick([started], policies)
-    assert not any("clear-pending" in c for c in shim.calls)
+    assert [c for c in shim.calls if "pending" in c] == [
+        "shim.pending h1/main/to_shop_web-2", "shim.clear-pending h1/main/to_shop_web-2"]
     assert "StartedFresh" not in [r for _, r, _ in rep.events]
 
 
@@ -867,7 +869,9 @@ async def test_an_expected_handover_that_never_came_is_a_fresh_start_with_an_eve
     assert "shim.clear-pending h1/main/to_shop_web-2" in shim.calls
 
 
-async def test_no_migration_elsewhere_no_mark() -> None:
+async def test_no_migration_elsewhere_marked_first_then_nothing_coming() -> None:
+    """The mark comes before the API's answer (the Create may look first); the
+    answer is nothing: the slot says so, a waiting Create starts fresh at once."""
     from architect.policy.models import HibernationPolicy, MigrationPolicy
     from tests.factories import hibernation, migration, pod
 
@@ -875,7 +879,8 @@ async def test_no_migration_elsewhere_no_mark() -> None:
     policies: list[HibernationPolicy | MigrationPolicy] = [hibernation(), migration()]
     await ctl.tick([pod("web-2", template_hash="h1", started=False)], policies)
     await ctl.tick([pod("web-2", template_hash="h1", started=False)], [hibernation()])
-    assert api.calls == ["of-template shop h1"] and shim.calls == []
+    assert api.calls == ["of-template shop h1"]
+    assert shim.calls == ["shim.pending h1/main/to_shop_web-2", "shim.nothing h1/main/to_shop_web-2"]
     # An API error: asked again at the next tick.
     ctl2, _, _, api2 = _rig_b()
     api2.fail_create = True

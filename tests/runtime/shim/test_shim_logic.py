@@ -474,3 +474,19 @@ def test_pod_addresses_from_ip_json() -> None:
     assert podinfo.parse_addresses(text) == ("10.88.0.7", "fd00::7")
     assert podinfo.parse_addresses("") == ()
     assert podinfo.parse_addresses("not json") == ()
+
+
+def test_a_local_handover_goes_before_the_pending_mark_of_one_on_its_way(tmp_path: Path) -> None:
+    """The daemon marks every new replacement's own slot pending before it knows
+    whether a handover comes from another node; a pod deleted on this node left
+    one: that one is restored (the daemon then says nothing else comes)."""
+    ann = {plan.ANN_TEMPLATE_HASH: "5d9c", plan.CRI_CONTAINER_NAME: "app",
+           plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: "web-new"}
+    _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.destination_slot("shop", "web-new")),
+           plan.PENDING_MARK, "shop")
+    p = plan.plan_start("runc", ann, tmp_path, None)
+    assert p.image is not None and p.image.name.startswith("to_") and p.wait_seconds > 0
+    local = _ready(plan.handover_dir(tmp_path, "5d9c", "app", plan.source_slot("shop", "web-old")),
+                   namespace="shop")
+    p = plan.plan_start("runc", ann, tmp_path, None)
+    assert (p.image, p.wait_seconds) == (local, 0)

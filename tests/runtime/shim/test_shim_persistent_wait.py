@@ -74,3 +74,37 @@ def test_the_grant_is_checked_after_the_pull(tmp_path: Path) -> None:
     c, p = _container(tmp_path, ns="team-c"), _plan(tmp_path)
     assert not _ready(tmp_path, c, p, 0.1, grant_ns="team-a")
     assert "does not list namespace team-c" in c.start_reason
+
+
+def test_a_replacement_told_nothing_comes_starts_fresh_at_once(tmp_path: Path) -> None:
+    """The daemon marked the slot pending before asking the API, then found no
+    handover on its way: the Create stops waiting, and its reason is no
+    StartedFresh (daemon/checkpointobjects.start_outcome)."""
+    from architect.runtime.daemon.checkpointobjects import start_outcome
+
+    ann = {plan.ANN_TEMPLATE_HASH: "h1", plan.CRI_CONTAINER_NAME: "main",
+           plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: "web-2"}
+    runc: Any = None
+    c = Container("c2", tmp_path / "b", runc, ann, Proc("", "", "", "", False), tmp_path / "s")
+    d = plan.handover_dir(tmp_path, "h1", "main", plan.destination_slot("shop", "web-2"))
+    d.mkdir(parents=True)
+    (d / plan.PENDING_MARK).touch()
+    p = plan.plan_start("runc", ann, tmp_path, None)
+    assert (p.image, p.wait_seconds) == (d, plan.DEFAULT_SCALEUP_TIMEOUT)
+
+    async def go() -> bool:
+        async def daemon() -> None:
+            await asyncio.sleep(0.3)
+            (d / plan.NOTHING_MARK).touch()
+            (d / plan.PENDING_MARK).unlink()
+
+        t = asyncio.create_task(daemon())
+        ok = bool(await Lifecycle.image_ready(Lifecycle.__new__(Lifecycle), c, p))
+        await t
+        return ok
+
+    t0 = time.monotonic()
+    assert not asyncio.run(go())
+    assert time.monotonic() - t0 < 2
+    assert c.start_reason == f"no handover on its way to {d}"
+    assert start_outcome("fresh", c.start_reason, "h1", "main") is None
