@@ -102,18 +102,33 @@ from bench.admission_trace import install
 install()
 del sys.path[0]
 """
+# The harness starts ``python -m`` in this repository, whose directory then comes
+# first on sys.path, before PYTHONPATH: a revision's operator would import this
+# tree's code. Its package is imported here first (sitecustomize runs before that
+# directory is added), from the revision's tree, which PYTHONPATH puts first.
+PIN_TREE = """import architect, os, pathlib
+want = pathlib.Path(os.environ["ARCHITECT_BENCH_TREE"]).resolve()
+got = pathlib.Path(architect.__file__).resolve()
+if want not in got.parents:
+    raise SystemExit(f"bench: architect from {got}, not from {want}")
+"""
 
 
 @contextlib.contextmanager
 def _operator(cluster: Cluster, work: Path, tree: Path | None, trace: Path | None) -> Iterator[Any]:
     """The operator of this tree, or of an exported revision's (PYTHONPATH first),
     with that tree's own webhook configurations."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "ARCHITECT_ADMISSION_TRACE")}
+    keys = ("PYTHONPATH", "ARCHITECT_ADMISSION_TRACE", "ARCHITECT_BENCH_TREE")
+    saved = {k: os.environ.get(k) for k in keys}
     path = [str(tree)] if tree is not None else []
-    if trace is not None:
+    site = (PIN_TREE if tree is not None else "") + (SITECUSTOMIZE if trace is not None else "")
+    if site:
         (work / "site").mkdir()
-        (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        (work / "site" / "sitecustomize.py").write_text(site)
         path.insert(0, str(work / "site"))
+    if tree is not None:
+        os.environ["ARCHITECT_BENCH_TREE"] = str(tree)
+    if trace is not None:
         os.environ["ARCHITECT_ADMISSION_TRACE"] = str(trace)
     if path:
         os.environ["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [saved["PYTHONPATH"]])])
@@ -168,22 +183,28 @@ def _apply_own_configurations(cluster: Cluster, op: Any, work: Path, tree: Path)
                    capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
 
 
-def _load_trace(path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], list[float]]:
-    """{pod name: {webhook path: record}}, and the event loop's lag samples."""
+Trace = tuple[dict[str, dict[str, dict[str, Any]]], list[float], list[dict[str, Any]]]
+
+
+def _load_trace(path: Path) -> Trace:
+    """{pod name: {webhook path: record}}, the event loop's lag samples, the GC pauses."""
     by_name: dict[str, dict[str, dict[str, Any]]] = {}
     lags: list[float] = []
+    pauses: list[dict[str, Any]] = []
     if not path.exists():
-        return by_name, lags
+        return by_name, lags, pauses
     for line in path.read_text().splitlines():
         rec = json.loads(line)
         if "lag" in rec:
             lags.append(rec["lag"])
+        elif "gc" in rec:
+            pauses.append(rec)
         elif rec.get("name"):
             # A webhook called twice for one pod (reinvoked): the first call, and a count.
             hooks = by_name.setdefault(rec["name"], {})
             hooks.setdefault(rec["hook"], rec).setdefault("calls", 0)
             hooks[rec["hook"]]["calls"] += 1
-    return by_name, lags
+    return by_name, lags, pauses
 
 
 def _phases(
@@ -204,24 +225,24 @@ def _phases(
         add("apiserver before mutating call", mut["first"] - t0)
         add("mutating: bytes in -> kopf fn", mut["start"] - mut["first"])
         add("mutating: kopf fn", mut["end"] - mut["start"])
+        if mut.get("handler") is not None:
+            add("mutating:   of which our handler", mut["handler"])
         add("mutating: kopf fn -> response", mut["sent"] - mut["end"])
         last = mut
         if val is not None and val.get("first") is not None:
             add("apiserver between the calls", val["first"] - mut["sent"])
             add("validating: bytes in -> kopf fn", val["start"] - val["first"])
             add("validating: kopf fn", val["end"] - val["start"])
+            if val.get("handler") is not None:
+                add("validating:   of which our handler", val["handler"])
             add("validating: kopf fn -> response", val["sent"] - val["end"])
             last = val
         add("apiserver after the last call", t1 - last["sent"])
     return out
 
 
-def _print_trace(
-    label: str,
-    sent: dict[str, tuple[float, float]],
-    loaded: tuple[dict[str, dict[str, dict[str, Any]]], list[float]],
-) -> None:
-    trace, lags = loaded
+def _print_trace(label: str, sent: dict[str, tuple[float, float]], loaded: Trace) -> None:
+    trace, lags, pauses = loaded
     phases = _phases(sent, trace)
     recs = [r for hooks in trace.values() for r in hooks.values()]
     ports = {r["peer"] for r in recs}
@@ -233,6 +254,14 @@ def _print_trace(
     for k, v in phases.items():
         print(f"    {k:36s} n={len(v):4d} p50 {statistics.median(v) * 1000:6.2f} ms "
               f"p99 {pct(v, 0.99) * 1000:6.2f} ms")  # fmt: skip
+    # Only the pauses while pods were being created: the operator's start is not admission.
+    if sent:
+        first, last = min(t0 for t0, _ in sent.values()), max(t1 for _, t1 in sent.values())
+        during = [p for p in pauses if first <= p["at"] <= last]
+        for gen in (0, 1, 2):
+            mine = [p["pause"] for p in during if p["gc"] == gen]
+            print(f"    GC pauses, generation {gen}: n={len(mine)}, "
+                  f"sum {sum(mine) * 1000:.1f} ms, max {max(mine or [0]) * 1000:.1f} ms")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -132,6 +133,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
     memo.gc_task = asyncio.create_task(_gc_loop(memo.kube, cfg))
+    settle_heap()
+
+
+def settle_heap() -> None:
+    """Move what startup made (modules, classes, kopf, the kubernetes client: ~80,000
+    objects kept for the process's life) out of the cyclic garbage collector's reach.
+    A full collection otherwise walks them all and stops the process: 70 ms on the
+    2-core test machine, about one per 7,500 pods admitted (bench/admission_handler.py
+    in a loop); after this, 7 ms at most. Garbage made later is collected as before;
+    an object from startup that later dies in a reference cycle is never freed (bounded
+    by startup's heap)."""
+    gc.collect()
+    gc.freeze()
 
 
 @kopf.on.cleanup()
@@ -146,8 +160,30 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # --- admission ---------------------------------------------------------------
 
 
+class _QuietAnsweredWebhooks(logging.Filter):
+    """Drops kopf's INFO line per answered webhook ("Webhook 'mutate-pod' succeeded."):
+    one per pod create, written synchronously on the event loop that answers the API
+    server (0.1-0.25 ms a pod, bench/admission_handler.py). The counter
+    architect_admission_reviews_total counts them; denials and errors still log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (
+            record.levelno <= logging.INFO
+            and msg.startswith("Webhook ")
+            and msg.endswith(" succeeded.")
+        )
+
+
+_ANSWERED = _QuietAnsweredWebhooks()
+logging.getLogger("kopf.objects").addFilter(_ANSWERED)  # once: addFilter skips a duplicate
+
+
+# A coroutine, not a plain function: kopf runs a sync handler in a worker thread,
+# and the hop (and the GIL handed back and forth under load) cost more than the
+# sub-millisecond, CPU-only work itself; it never blocks on I/O.
 @kopf.on.mutate("v1", "pods", id=MUTATE_POD, operations=["CREATE"])
-def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     try:
         new = admission.mutate_pod(dict(body), CONFIG.sidecar)
     except AdmissionDenied as err:
@@ -235,7 +271,7 @@ async def validate_cronjob(
 @kopf.on.validate(
     GROUP, VERSION, "persistentcheckpoints", id=VALIDATE_CHECKPOINT_STATUS, subresource="status"
 )
-def validate_status(body: kopf.Body, **kwargs: Any) -> None:
+async def validate_status(body: kopf.Body, **kwargs: Any) -> None:  # CPU only, as mutate_pod
     old, new = kwargs.get("old"), kwargs.get("new")
     kind = str(body.get("kind", "Checkpoint"))
     try:
