@@ -197,15 +197,6 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(vals) if vals else float("nan")
 
 
-def _keep_logs(kube: product.Kube) -> None:
-    LOGS.mkdir(parents=True, exist_ok=True)
-    for p in kube.json("pods", "-n", product.NAMESPACE)["items"]:
-        name, node = p["metadata"]["name"], p["spec"].get("nodeName", "")
-        for c in p["spec"]["containers"]:
-            out = kube.run("logs", "-n", product.NAMESPACE, name, "-c", c["name"], check=False)
-            (LOGS / f"{node}.{name}.{c['name']}.log").write_text(out.stdout + out.stderr)
-
-
 def report(mib: int, rows: list[dict[str, float]]) -> None:
     m = {k: _median(rows, k) for k in ("ready", "answer", "drain", "cold_ready", "cold_answer",
                                        "sigterm", "ckpt_ready", "fetch_start", "fetched",
@@ -274,7 +265,7 @@ def cleanup(kube: product.Kube) -> None:
     even if the one before failed."""
     try:
         if kube.run("get", "namespace", product.NAMESPACE, check=False).returncode == 0:
-            _keep_logs(kube)
+            product.keep_logs(kube, LOGS)
         wait_architect_pods_gone(Cluster(KUBECONFIG, CONTEXT, "node", KUBECTL), 180)
     finally:
         try:

@@ -57,6 +57,7 @@ HELM_ENV = {
 
 # The seed's app: an HTTP server whose answer is a counter kept only in memory.
 # A fresh start counts from 1 again, so a continuing count proves a restore.
+# The cluster tests run it too; `count_of` reads the count from its answer.
 COUNTER = """
 import http.server as h, os, time
 ballast = os.urandom(int(os.environ.get("BALLAST_MIB", "0")) << 20)  # RSS to carry
@@ -197,6 +198,17 @@ def uninstall(kube: Kube, release: str = RELEASE, namespace: str = NAMESPACE) ->
                     "--config-dir", str(NODE_CONFIG), "--link-dir", "/usr/local/bin"],
                    check=True, capture_output=True, timeout=120, cwd=REPO)
     subprocess.run([str(UP)], check=True, capture_output=True, timeout=600)
+
+
+def keep_logs(kube: Kube, dest: Path, namespace: str = NAMESPACE) -> None:
+    """Every container log of the release's pods (operator, daemons) into
+    ``dest`` as <node>.<pod>.<container>.log, before an uninstall takes them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in kube.json("pods", "-n", namespace)["items"]:
+        name, node = p["metadata"]["name"], p["spec"].get("nodeName", "")
+        for c in p["spec"]["containers"]:
+            out = kube.run("logs", "-n", namespace, name, "-c", c["name"], check=False)
+            (dest / f"{node}.{name}.{c['name']}.log").write_text(out.stdout + out.stderr)
 
 
 # --- the seed's app ---------------------------------------------------------

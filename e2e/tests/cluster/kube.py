@@ -48,6 +48,35 @@ def namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
         kubectl(cluster, "delete", "namespace", name, "--wait=false", check=False)
 
 
+def runsc_pod(script: str, **container: Any) -> dict[str, Any]:
+    """Pod "gv" under runsc-architect: busybox running ``script``; ``container``
+    adds fields to its one container (ports, say)."""
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gv"},
+        "spec": {
+            "runtimeClassName": "runsc-architect", "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "architect.local/busybox:1.35",
+                            "imagePullPolicy": "Never", "command": ["sh", "-c", script],
+                            **container}],
+        },
+    }
+
+
+def apply_ready(cluster: Cluster, ns: str, pod: dict[str, Any],
+                timeout_s: int = 120) -> dict[str, Any]:
+    """Apply ``pod`` in ``ns`` and wait (bounded) until it is Ready; the pod then.
+    Not Ready in time: an AssertionError with the namespace's last Events."""
+    name = pod["metadata"]["name"]
+    kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(pod))
+    done = kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", f"pod/{name}",
+                   f"--timeout={timeout_s}s", check=False)
+    if done.returncode != 0:
+        events = kubectl(cluster, "get", "events", "-n", ns, check=False).stdout
+        kind = pod["spec"].get("runtimeClassName", "")
+        raise AssertionError(f"{kind} pod {name} not Ready:\n{events[-3000:]}")
+    return dict(get_json(cluster, "pod", "-n", ns, name))
+
+
 CONTAINERD_SOCK = "/run/architect-e2e/containerd/containerd.sock"
 ARCHITECT_RUNTIME = "io.containerd.architect.v1"
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from e2e.product import COUNTER, count_of
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, get_json, kubectl, namespace
 from e2e.tests.cluster.shimfix import (
@@ -35,26 +36,12 @@ pytestmark = pytest.mark.node
 __all__ = ["architect_node"]  # the fixture, imported for pytest
 
 STATUS = "architect.loopholelabs.io/status"
-# An HTTP server whose answer is a counter kept only in memory: a restart would
-# count from 1 again, so a continuing count proves the state came back.
-SERVER = """
-import http.server as h
-n = [0]
-class H(h.BaseHTTPRequestHandler):
-    def do_GET(self):
-        n[0] += 1
-        b = str(n[0]).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-h.HTTPServer(("", 8080), H).serve_forever()
-"""
 
 
 def web_pod(mode: str) -> dict[str, Any]:
+    """The seed's counter app (e2e.product.COUNTER), its count kept only in memory:
+    a restart would count from 1 again, so a continuing count proves the state
+    came back."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -72,7 +59,7 @@ def web_pod(mode: str) -> dict[str, Any]:
             "terminationGracePeriodSeconds": 0,
             "containers": [{
                 "name": "main", "image": "architect.local/python:3.11",
-                "imagePullPolicy": "Never", "command": ["python3", "-c", SERVER],
+                "imagePullPolicy": "Never", "command": ["python3", "-c", COUNTER],
                 "ports": [{"containerPort": 8080}],
                 # In a full install the health-proxy sidecar mounts it; the
                 # kubelet sets up only volumes some container mounts.
@@ -123,7 +110,7 @@ def http_get(ip: str, timeout: float = 60) -> tuple[int, float]:
     t0 = time.monotonic()
     with urllib.request.urlopen(f"http://{ip}:8080/", timeout=timeout) as r:
         body = r.read()
-    return int(body), time.monotonic() - t0
+    return count_of(body.decode()), time.monotonic() - t0
 
 
 def shim_entry(container_id: str) -> dict[str, Any]:

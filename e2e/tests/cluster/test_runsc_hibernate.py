@@ -6,7 +6,6 @@ state, in memory, continuing."""
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,16 @@ from typing import Any
 import pytest
 
 from e2e.pytest_cluster import Cluster
-from e2e.tests.cluster.kube import _ctr, architect_tasks, eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.kube import (
+    _ctr,
+    apply_ready,
+    architect_tasks,
+    eventually,
+    get_json,
+    kubectl,
+    namespace,
+    runsc_pod,
+)
 from e2e.tests.cluster.shimfix import (  # noqa: F401
     SHIM_STATE,
     architect_node,
@@ -63,23 +71,9 @@ def _hibernate(cid: str) -> list[str]:
 
 def test_runsc_pod_hibernates_in_place_and_wakes(architect_node: Cluster) -> None:  # noqa: F811
     cluster = architect_node
-    pod: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gv"},
-        "spec": {
-            "runtimeClassName": "runsc-architect", "terminationGracePeriodSeconds": 0,
-            "containers": [{"name": "main", "image": "architect.local/busybox:1.35",
-                            "imagePullPolicy": "Never", "command": ["sh", "-c", SCRIPT],
-                            "ports": [{"containerPort": 8080}]}],
-        },
-    }
     with namespace(cluster, "gvhib") as ns:
-        kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(pod))
-        done = kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/gv",
-                       "--timeout=120s", check=False)
-        if done.returncode != 0:
-            events = kubectl(cluster, "get", "events", "-n", ns, check=False).stdout
-            raise AssertionError(f"runsc-architect pod not Ready:\n{events[-3000:]}")
-        status = _pod(cluster, ns)["status"]
+        pod = runsc_pod(SCRIPT, ports=[{"containerPort": 8080}])
+        status = apply_ready(cluster, ns, pod)["status"]
         ip = status["podIP"]
         cid = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
         eventually("the counter counts past 5", lambda: (_count(ip) or 0) >= 5, timeout_s=60)

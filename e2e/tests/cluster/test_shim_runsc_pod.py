@@ -5,15 +5,20 @@ test_runsc_hibernate.py.)"""
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from e2e.pytest_cluster import Cluster
-from e2e.tests.cluster.kube import architect_tasks, eventually, get_json, kubectl, namespace
+from e2e.tests.cluster.kube import (
+    apply_ready,
+    architect_tasks,
+    eventually,
+    kubectl,
+    namespace,
+    runsc_pod,
+)
 from e2e.tests.cluster.shimfix import SHIM_RUN, architect_node, shim_control  # noqa: F401
 
 pytestmark = pytest.mark.node
@@ -36,22 +41,8 @@ def _answers(ip: str) -> bool:
 
 def test_runsc_architect_pod_serves_on_its_pod_ip(architect_node: Cluster) -> None:  # noqa: F811
     cluster = architect_node
-    pod: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gv"},
-        "spec": {
-            "runtimeClassName": "runsc-architect", "terminationGracePeriodSeconds": 0,
-            "containers": [{"name": "main", "image": "architect.local/busybox:1.35",
-                            "imagePullPolicy": "Never", "command": ["sh", "-c", SCRIPT]}],
-        },
-    }
     with namespace(cluster, "gvisor") as ns:
-        kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=json.dumps(pod))
-        done = kubectl(cluster, "wait", "-n", ns, "--for=condition=Ready", "pod/gv",
-                       "--timeout=120s", check=False)
-        if done.returncode != 0:
-            events = kubectl(cluster, "get", "events", "-n", ns, check=False).stdout
-            raise AssertionError(f"runsc-architect pod not Ready:\n{events[-3000:]}")
-        status = get_json(cluster, "pod", "-n", ns, "gv")["status"]
+        status = apply_ready(cluster, ns, runsc_pod(SCRIPT))["status"]
         ip = status["podIP"]
         cid = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
         (rec,) = [c for c in shim_control(cid, {"op": "status"})["containers"] if c["id"] == cid]

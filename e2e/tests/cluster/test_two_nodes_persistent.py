@@ -35,22 +35,6 @@ START_FROM = "architect.loopholelabs.io/start-from-persistent-checkpoint"
 # Node B's /var/lib/architect as this (node A's) mount namespace sees it.
 NODEB_VAR_LIB = Path("/var/lib/architect-e2e/node-b/var-lib-architect")
 LOGS = Path("/var/log/architect-e2e/two-nodes-persistent")
-# The kuttl scenarios' app (e2e/kuttl-product/persistent-*): a counter in memory.
-COUNTER = """
-import http.server as h
-n = [0]
-class H(h.BaseHTTPRequestHandler):
-    def do_GET(self):
-        n[0] += 1
-        b = str(n[0]).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-h.HTTPServer(("", 8080), H).serve_forever()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +47,11 @@ def kube(two_nodes: Cluster) -> Iterator[product.Kube]:
         assert {d["spec"]["nodeName"] for d in daemons} == {NODE_A, NODE_B}
         yield k
     finally:
-        _keep_logs(k)
+        product.keep_logs(k, LOGS)
         try:
             wait_architect_pods_gone(two_nodes)
         finally:
             product.uninstall(k)
-
-
-def _keep_logs(k: product.Kube) -> None:
-    LOGS.mkdir(parents=True, exist_ok=True)
-    for p in k.json("pods", "-n", product.NAMESPACE)["items"]:
-        name, node = p["metadata"]["name"], p["spec"].get("nodeName", "")
-        for c in p["spec"]["containers"]:
-            out = k.run("logs", "-n", product.NAMESPACE, name, "-c", c["name"], check=False)
-            (LOGS / f"{node}.{name}.{c['name']}.log").write_text(out.stdout + out.stderr)
 
 
 def _gv_pod(name: str, node: str, ref: str = "") -> str:
@@ -89,9 +64,10 @@ def _gv_pod(name: str, node: str, ref: str = "") -> str:
         "spec": {"nodeName": node, "runtimeClassName": "runsc-architect",
                  "terminationGracePeriodSeconds": 0,
                  # The source's name: gVisor matches a restore's containers by name.
+                 # The seed's counter app: its count lives in the sandbox's memory only.
                  "containers": [{"name": "gv-src-container", "image": PYTHON,
                                  "imagePullPolicy": "Never", "ports": [{"containerPort": 8080}],
-                                 "command": ["python3", "-c", COUNTER]}]}})
+                                 "command": ["python3", "-c", product.COUNTER]}]}})
 
 
 def _start(k: product.Kube, ns: str, name: str, node: str, ref: str = "") -> dict[str, Any]:

@@ -74,7 +74,7 @@ def kube(two_nodes: Cluster) -> Iterator[product.Kube]:
     finally:
         k.run("uncordon", NODE_A, check=False)
         k.run("uncordon", NODE_B, check=False)
-        _keep_logs(k)
+        product.keep_logs(k, LOGS)  # the operator's and both daemons'
         try:
             wait_architect_pods_gone(two_nodes)
         finally:
@@ -82,16 +82,6 @@ def kube(two_nodes: Cluster) -> Iterator[product.Kube]:
 
 
 LOGS = Path("/var/log/architect-e2e/two-nodes-product")
-
-
-def _keep_logs(k: product.Kube) -> None:
-    """The operator's and both daemons' logs, before the uninstall takes them."""
-    LOGS.mkdir(parents=True, exist_ok=True)
-    for p in k.json("pods", "-n", product.NAMESPACE)["items"]:
-        name, node = p["metadata"]["name"], p["spec"].get("nodeName", "")
-        for c in p["spec"]["containers"]:
-            out = k.run("logs", "-n", product.NAMESPACE, name, "-c", c["name"], check=False)
-            (LOGS / f"{node}.{name}.{c['name']}.log").write_text(out.stdout + out.stderr)
 
 
 class Sampler:
@@ -161,6 +151,19 @@ def _ready_pods(k: product.Kube, ns: str, app: str) -> list[dict[str, Any]]:
 def _reasons(k: product.Kube, ns: str, name: str) -> set[str]:
     ev = k.json("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")
     return {e["reason"] for e in ev["items"]}
+
+
+def _started_fresh(k: product.Kube, ns: str) -> list[str]:
+    """The messages of the StartedFresh Events in ``ns``, waited for (bounded)."""
+    fresh: list[str] = []
+
+    def seen() -> bool:
+        fresh[:] = [e["message"] for e in k.json("events", "-n", ns)["items"]
+                    if e["reason"] == "StartedFresh"]
+        return bool(fresh)
+
+    product.eventually("a StartedFresh Event", seen, 30, 0.5)
+    return fresh
 
 
 def _in_order(seen: list[str], want: list[str]) -> bool:
@@ -283,6 +286,19 @@ def _in_nodeb_net(*args: str) -> subprocess.CompletedProcess[str]:
     return _run("nsenter", "-t", HOLDER_PID.read_text().strip(), "-n", *args, timeout=30)
 
 
+def _stall_transfer_to_b(comment: str) -> list[str]:
+    """Node B's end of the transfer: after 64 KiB from node A's transfer port,
+    every further packet is dropped (the connection hangs mid-image). The rule,
+    added to node B's INPUT under ``comment``; the caller deletes it."""
+    _in_nodeb_net("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+    rule = ["INPUT", "-p", "tcp", "--sport", "9447", "-m", "connbytes",
+            "--connbytes", "65536:", "--connbytes-dir", "reply", "--connbytes-mode", "bytes",
+            "-m", "comment", "--comment", comment, "-j", "DROP"]
+    add = _in_nodeb_net("iptables", "-I", *rule)
+    assert add.returncode == 0, add.stderr
+    return rule
+
+
 def _checkpointed_on_a(k: product.Kube, ns: str) -> tuple[str, str]:
     """The app on node A with 3 requests of state, scaled to 0: its Checkpoint is
     Ready on node A. Returns the old pod's name and its pod-template-hash."""
@@ -324,15 +340,7 @@ def _fresh_on_b(k: product.Kube, ns: str, old: str) -> None:
     assert product.count_of(body) == 1, body
     # The daemon adopts the container (and posts the Event) on its next tick,
     # which may come after the kubelet reports it Ready.
-    fresh: list[str] = []
-
-    def started_fresh() -> bool:
-        fresh[:] = [e["message"] for e in k.json("events", "-n", ns)["items"]
-                    if e["reason"] == "StartedFresh"]
-        return bool(fresh)
-
-    product.eventually("a StartedFresh Event", started_fresh, 30, 0.5)
-    print(f"StartedFresh: {fresh}")
+    print(f"StartedFresh: {_started_fresh(k, ns)}")
     restarts = [c["restartCount"] for c in new["status"]["containerStatuses"]]
     assert restarts == [0] * len(restarts)
     cp = f"{old}-{APP}-container"
@@ -359,14 +367,7 @@ def test_tampered_image_starts_fresh_on_node_b(kube: product.Kube) -> None:
 def test_transfer_cut_starts_fresh_on_node_b(kube: product.Kube) -> None:
     with product_namespace(kube, "nb-cut") as ns:
         old, _ = _checkpointed_on_a(kube, ns)
-        # Node B's end of the transfer: after 64 KiB from node A's transfer port,
-        # every further packet is dropped (the connection hangs mid-image).
-        _in_nodeb_net("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
-        rule = ["INPUT", "-p", "tcp", "--sport", "9447", "-m", "connbytes",
-                "--connbytes", "65536:", "--connbytes-dir", "reply", "--connbytes-mode", "bytes",
-                "-m", "comment", "--comment", "architect-e2e-b transfer cut", "-j", "DROP"]
-        add = _in_nodeb_net("iptables", "-I", *rule)
-        assert add.returncode == 0, add.stderr
+        rule = _stall_transfer_to_b("architect-e2e-b transfer cut")
         try:
             _fresh_on_b(kube, ns, old)
             dropped = _in_nodeb_net("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
@@ -516,14 +517,7 @@ def _outcome(k: product.Kube, ns: str, old: str, count: int, back: float) -> str
         return "restored"
     assert back > SCALEUP_TIMEOUT_S / 2, f"daemon back in {back:.1f}s, yet count {count}"
     assert count == 1, count
-    fresh: list[str] = []
-
-    def started_fresh() -> bool:
-        fresh[:] = [e["message"] for e in k.json("events", "-n", ns)["items"]
-                    if e["reason"] == "StartedFresh"]
-        return bool(fresh)
-    product.eventually("a StartedFresh Event", started_fresh, 30, 0.5)
-    return f"fresh: {fresh}"
+    return f"fresh: {_started_fresh(k, ns)}"
 
 
 # "dump" too (killed while the shim's CRIU dump runs; the dump goes on, its end
@@ -569,12 +563,7 @@ def test_destination_daemon_killed_mid_transfer(kube: product.Kube, down: str) -
         _, restarts, pid = _daemon(kube, NODE_B)
         # Node B's download stalls after 64 KiB (as in the cut above), so the
         # daemon is surely killed mid-transfer; the rule goes with the kill.
-        _in_nodeb_net("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
-        rule = ["INPUT", "-p", "tcp", "--sport", "9447", "-m", "connbytes",
-                "--connbytes", "65536:", "--connbytes-dir", "reply", "--connbytes-mode", "bytes",
-                "-m", "comment", "--comment", "architect-e2e-b transfer stall", "-j", "DROP"]
-        add = _in_nodeb_net("iptables", "-I", *rule)
-        assert add.returncode == 0, add.stderr
+        rule = _stall_transfer_to_b("architect-e2e-b transfer stall")
         scratch = SHIM_STATE[NODE_B] / "handover" / thash
         kube.run("cordon", NODE_A)
         try:
