@@ -34,6 +34,7 @@ from architect.policy.annotations import (
 )
 from architect.runtime.daemon.shimclient import ShimClient
 from architect.runtime.shim.client import request
+from architect.runtime.shim.plan import source_slot
 from architect.runtime.shim.stopwindow import DEFAULT_WINDOW
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import eventually, kubectl, namespace
@@ -213,7 +214,7 @@ def test_decision_after_the_sigterm_still_checkpoints(architect_node: Cluster) -
             time.sleep(ARM_AFTER_S)
 
             async def arm() -> None:
-                await client.mark_pending(r.template_hash, "main")
+                await client.mark_pending(r.template_hash, "main", source_slot(r.ns, r.name))
                 await client.migrate_on_stop(r.cid, True)
 
             asyncio.run(arm())
