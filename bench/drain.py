@@ -151,7 +151,8 @@ def migrate(kube: product.Kube, ns: str, mib: int) -> dict[str, float]:
     cid = kube.json("pod", "-n", ns, new["metadata"]["name"])["status"][
         "containerStatuses"][0]["containerID"].split("//")[-1]
     for key, log, what in (
-            ("shim_ckpt", SHIM_LOG_A, f"handover/{thash}/{APP}-container in "),
+            ("shim_ckpt", SHIM_LOG_A,
+             f"handover/{thash}/{APP}-container/from_{ns}_{old['metadata']['name']} in "),
             ("shim_wake", SHIM_LOG_B, f"{cid}: woken (request) in ")):
         took = _shim_seconds(log, what)
         if took is not None:

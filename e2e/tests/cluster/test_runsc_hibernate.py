@@ -109,7 +109,9 @@ def test_runsc_pod_hibernates_in_place_and_wakes(architect_node: Cluster) -> Non
         # kubectl exec wakes it too: the exec waits for the restore, then runs.
         _hibernate(cid)
         out = kubectl(cluster, "exec", "-n", ns, "gv", "--", "cat", "/www/index.html").stdout
-        assert int(out.strip()) > later, (out, later)
+        # Not a fresh shell (1): the count it stopped at, or on; hibernated within a
+        # second of `later`, the loop has not ticked again when cat reads it.
+        assert int(out.strip()) >= later, (out, later)
         st = _pod(cluster, ns)["status"]
         assert st["containerStatuses"][0]["restartCount"] == 0, st
 

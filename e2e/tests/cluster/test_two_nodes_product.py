@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from architect.runtime.shim.plan import source_slot
 from e2e import product
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import wait_architect_pods_gone
@@ -354,7 +355,8 @@ def test_tampered_image_starts_fresh_on_node_b(kube: product.Kube) -> None:
         # Node A's image packed for transfer, on the host's /var/lib/architect (node
         # B has its own): one flipped byte of its payload, which the source serves
         # as it is and node B's digest check refuses.
-        img = Path(f"/var/lib/architect/shim/outgoing/{thash}/{APP}-container")
+        # One packed image per Checkpoint, named by its manifest digest.
+        (img,) = Path(f"/var/lib/architect/shim/outgoing/{thash}/{APP}-container").iterdir()
         assert (img / "manifest.json").is_file()
         victim = max((f for f in img.rglob("*") if f.is_file() and f.name != "manifest.json"),
                      key=lambda f: f.stat().st_size)
@@ -493,7 +495,7 @@ def _settled_on_b(k: product.Kube, ns: str, old: str, thash: str, took: float) -
     # A fresh start leaves the old pod's last state where it was written: node
     # A's handover directory, whole (ready), as in any Failed migration (nothing
     # a user wrote is deleted). Nothing else of it, anywhere.
-    source = SHIM_STATE[NODE_A] / "handover" / thash / f"{APP}-container"
+    source = SHIM_STATE[NODE_A] / "handover" / thash / f"{APP}-container" / source_slot(ns, old)
     kept = {NODE_A: [f"handover/{thash}/{APP}-container"]} if count == 1 else {}
     left: dict[str, list[str]] = {}
 
@@ -564,13 +566,13 @@ def test_destination_daemon_killed_mid_transfer(kube: product.Kube, down: str) -
         # Node B's download stalls after 64 KiB (as in the cut above), so the
         # daemon is surely killed mid-transfer; the rule goes with the kill.
         rule = _stall_transfer_to_b("architect-e2e-b transfer stall")
-        scratch = SHIM_STATE[NODE_B] / "handover" / thash
+        scratch = SHIM_STATE[NODE_B] / "handover" / thash / f"{APP}-container"
         kube.run("cordon", NODE_A)
         try:
             start = time.monotonic()
             kube.run("scale", "-n", ns, f"deployment/{APP}", "--replicas=1")
             product.eventually("node B's download under way", lambda: any(
-                f.is_file() for f in scratch.glob(f".{APP}-container.incoming-*/image/*")), 60, 0.1)
+                f.is_file() for f in scratch.glob(".to_*.incoming-*/image/*")), 60, 0.1)
             frozen = time.monotonic()
             took = 0.0
             if down == "stopped":
