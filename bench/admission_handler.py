@@ -42,14 +42,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-P = "architect.loopholelabs.io/"
-ANNOTATIONS = {
-    P + "managed-containers": '["app"]',
-    P + "network-monitor": '{"app":"packets"}',
-    P + "health-check-proxy": json.dumps(
-        {"mappings": [{"containerName": "app", "appPort": 8080, "shadowPort": 9080}]}
-    ),
-}
+# The same pod template as the end-to-end bench, so the two figures compare.
+from bench.engine_admission import ANNOTATIONS  # noqa: E402
+
 NS = "bench-admission"
 
 
