@@ -309,7 +309,8 @@ class Controller:
                     key, "Warning", "StartedFresh",
                     f"{key.container} started fresh instead of from the handover of "
                     f"{thash}: {found.start_reason}")
-            if expected is not None or self._marked.pop(key, None) is not None:
+            marked = self._marked.pop(key, None) is not None  # popped whatever is expected
+            if expected is not None or marked:
                 # Started (restored from it, the slot is gone; or not): nobody
                 # waits on this pod's slot any more. A ready image stays (the
                 # grant's, which removes it when nobody took it).

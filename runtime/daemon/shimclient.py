@@ -123,40 +123,16 @@ class ShimClient:
     async def mark_pending(self, template_hash: str, container: str, slot: str) -> None:
         """Tell a replacement pod's Create to wait for the handover the stopping pod
         is about to write (the shim replaces the dir when its checkpoint starts)."""
-        d = plan.handover_dir(self.state_dir, template_hash, container, slot)
-
-        def mark() -> None:
-            d.mkdir(parents=True, exist_ok=True)
-            if not (d / plan.READY_MARK).exists():
-                (d / plan.PENDING_MARK).touch()
-                (d / plan.NOTHING_MARK).unlink(missing_ok=True)
-
-        await asyncio.to_thread(mark)
+        await asyncio.to_thread(plan.mark_slot_pending,
+                                plan.handover_dir(self.state_dir, template_hash, container, slot))
 
     async def nothing_coming(self, template_hash: str, container: str, slot: str) -> None:
-        d = plan.handover_dir(self.state_dir, template_hash, container, slot)
-
-        def mark() -> None:
-            if not d.is_dir() or (d / plan.READY_MARK).exists():
-                return
-            (d / plan.NOTHING_MARK).touch()  # first: a waiting Create never sees neither
-            (d / plan.PENDING_MARK).unlink(missing_ok=True)
-
-        await asyncio.to_thread(mark)
+        await asyncio.to_thread(plan.mark_slot_nothing,
+                                plan.handover_dir(self.state_dir, template_hash, container, slot))
 
     async def clear_pending(self, template_hash: str, container: str, slot: str) -> None:
-        d = plan.handover_dir(self.state_dir, template_hash, container, slot)
-
-        def clear() -> None:
-            if (d / plan.READY_MARK).exists():
-                return
-            (d / plan.PENDING_MARK).unlink(missing_ok=True)
-            (d / plan.NOTHING_MARK).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # not empty: a transfer writes into it
-                d.rmdir()
-                plan.prune_handover_parents(d)
-
-        await asyncio.to_thread(clear)
+        await asyncio.to_thread(plan.clear_slot,
+                                plan.handover_dir(self.state_dir, template_hash, container, slot))
 
     def watch(self, socket: str, on_event: EventFn) -> None:
         task = self._watchers.get(socket)

@@ -221,6 +221,40 @@ def claim_local(
     return None
 
 
+def mark_slot_pending(d: Path) -> bool:
+    """Handover slot ``d`` is coming: a Create waits for it. False (nothing
+    written) when it holds a ready image already."""
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / READY_MARK).exists():
+        return False
+    (d / PENDING_MARK).touch()
+    (d / NOTHING_MARK).unlink(missing_ok=True)  # an earlier "nothing": now one comes
+    return True
+
+
+def mark_slot_nothing(d: Path) -> None:
+    """Nothing comes to slot ``d`` (unless it is ready): a waiting Create starts
+    fresh at once. NOTHING before PENDING goes: it never sees neither."""
+    if not d.is_dir() or (d / READY_MARK).exists():
+        return
+    (d / NOTHING_MARK).touch()
+    (d / PENDING_MARK).unlink(missing_ok=True)
+
+
+def clear_slot(d: Path) -> None:
+    """Nobody waits on slot ``d``: its marks and, once empty, it and its empty
+    parents go. A ready image stays; a transfer writing into it keeps it."""
+    if (d / READY_MARK).exists():
+        return
+    (d / PENDING_MARK).unlink(missing_ok=True)
+    (d / NOTHING_MARK).unlink(missing_ok=True)
+    try:
+        d.rmdir()
+    except OSError:
+        return
+    prune_handover_parents(d)
+
+
 def prune_handover_parents(d: Path) -> None:
     """After handover ``d`` was removed: its container's and template hash's
     directories too, once empty (another replica's handover may remain)."""

@@ -33,10 +33,10 @@ from architect.runtime.checkpoint import image
 from architect.runtime.checkpoint.errors import CheckpointError
 from architect.runtime.shim.plan import (
     NAMESPACE_MARK,
-    NOTHING_MARK,
     PENDING_MARK,
     READY_MARK,
     destination_slot,
+    mark_slot_pending,
     prune_handover_parents,
 )
 from architect.runtime.transfer.images import MARKS, incoming_dir
@@ -59,11 +59,8 @@ def mark_pending(root: Path, template_hash: str, container: str, slot: str) -> P
     Call it as soon as the grant is seen, before the replacement container is
     created; ``fetch`` marks it too. ``slot``: plan.destination_slot of the pod."""
     d = incoming_dir(root, template_hash, container, slot)
-    if (d / READY_MARK).exists():
+    if not mark_slot_pending(d):
         raise TransferError(f"{d} already holds a ready image")
-    d.mkdir(parents=True, exist_ok=True)
-    (d / PENDING_MARK).touch()
-    (d / NOTHING_MARK).unlink(missing_ok=True)  # the daemon's early answer: now one comes
     return d
 
 

@@ -867,6 +867,7 @@ async def test_an_expected_handover_that_never_came_is_a_fresh_start_with_an_eve
     fresh = [m for _, r, m in rep.events if r == "StartedFresh"]
     assert len(fresh) == 1 and "Checkpoint shop/web-1-main Ready on node-a" in fresh[0], fresh
     assert "shim.clear-pending h1/main/to_shop_web-2" in shim.calls
+    assert not ctl._marked  # forgotten with the start, expected or not
 
 
 async def test_no_migration_elsewhere_marked_first_then_nothing_coming() -> None:

@@ -490,3 +490,19 @@ def test_a_local_handover_goes_before_the_pending_mark_of_one_on_its_way(tmp_pat
                    namespace="shop")
     p = plan.plan_start("runc", ann, tmp_path, None)
     assert (p.image, p.wait_seconds) == (local, 0)
+
+
+def test_slot_marks_pending_nothing_and_clear(tmp_path: Path) -> None:
+    """The daemon's and the transfer client's one set of slot marks."""
+    d = plan.handover_dir(tmp_path, "5d9c", "app", plan.destination_slot("shop", "web-new"))
+    assert plan.mark_slot_pending(d) and (d / plan.PENDING_MARK).exists()
+    plan.mark_slot_nothing(d)
+    assert (d / plan.NOTHING_MARK).exists() and not (d / plan.PENDING_MARK).exists()
+    assert plan.mark_slot_pending(d) and not (d / plan.NOTHING_MARK).exists()
+    plan.clear_slot(d)
+    assert not (tmp_path / "handover").exists() or not any((tmp_path / "handover").iterdir())
+    ready = _ready(d)
+    assert not plan.mark_slot_pending(ready) and not (ready / plan.PENDING_MARK).exists()
+    plan.mark_slot_nothing(ready)
+    plan.clear_slot(ready)
+    assert (ready / plan.READY_MARK).exists() and not (ready / plan.NOTHING_MARK).exists()
