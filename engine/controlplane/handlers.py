@@ -8,6 +8,8 @@ with dicts and a fake ``KubeLike`` or a real one.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from http import HTTPStatus
@@ -320,6 +322,37 @@ async def coordinate_checkpoint(
         return "handed back"
     if phase != "Ready":
         return "nothing"
+    # One claim at a time per template: two Checkpoints of one ReplicaSet that go
+    # Ready together (a drain evicts both replicas) would each list the other's
+    # claim as not made yet and pick the same replacement (each claim is a
+    # compare-and-swap on its own Checkpoint only). The list after the lock is a
+    # quorum read, so it sees the claim made before it.
+    key_ = (ns, str((body.get("spec") or {}).get("templateHash") or ""))
+    lock = _CLAIM_LOCKS.get(key_)
+    if lock is None:
+        lock = _CLAIM_LOCKS[key_] = asyncio.Lock()
+    async with lock:
+        return await _claim_ready(body, kube=kube, now=now, key=key, settings=settings,
+                                  post_event=post_event)
+
+
+# Held only while a claim is made: a template's entry goes with its last holder.
+_CLAIM_LOCKS: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+    weakref.WeakValueDictionary()
+)
+
+
+async def _claim_ready(
+    body: Mapping[str, Any],
+    *,
+    kube: KubeLike,
+    now: datetime,
+    key: bytes,
+    settings: coordinate.TransferSettings,
+    post_event: PostEvent,
+) -> str:
+    meta = body.get("metadata") or {}
+    ns, name = str(meta.get("namespace")), str(meta.get("name"))
     pods = await kube.list_pods(ns, coordinate.replacement_selector(body))
     siblings = await kube.list_objects("checkpoints", ns)
     pod = coordinate.pick_replacement(body, pods, siblings)

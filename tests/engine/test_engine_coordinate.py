@@ -4,6 +4,7 @@ with a fake API."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 from datetime import UTC, datetime, timedelta
@@ -335,3 +336,48 @@ async def test_load_trust_makes_the_secret_once() -> None:
     first = await controlplane.load_trust("arch", kube=kube)
     second = await controlplane.load_trust("arch", kube=kube)
     assert first == second and list(kube.secrets) == [("arch", "architect-transfer")]
+
+
+class _SlowListKube(FakeKube):
+    """The API's answers take a turn of the event loop, as real calls do: without
+    serialisation, two claims interleave between their lists and their patches."""
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)
+        return copy.deepcopy(await super().list_pods(namespace, label_selector))
+
+    async def list_objects(
+        self, plural_: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)
+        return copy.deepcopy(await super().list_objects(plural_, namespace, label_selector))
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        await asyncio.sleep(0)
+        return await super().get_node(name)
+
+
+async def test_two_checkpoints_ready_together_are_claimed_by_two_replacements() -> None:
+    # A drain evicts both replicas: their Checkpoints go Ready in the same second and
+    # kopf looks at both at once (CI's kuttl drain-two-replicas: both were claimed by
+    # one pod, the other replacement waited, started fresh, and one state was lost).
+    kube = _SlowListKube()
+    kube.nodes = {"node-a": node("node-a", "10.0.0.7")}
+    kube.secrets = {}
+    bodies = []
+    for i, src in enumerate(("web-old-1", "web-old-2")):
+        c = ckpt(sourcePod=src)
+        c["metadata"] = {"namespace": "ns", "name": f"{src}-app", "uid": f"uid-{i}"}
+        kube.objects[("checkpoints", "ns", f"{src}-app")] = c
+        bodies.append(copy.deepcopy(c))
+    for p in (pod("web-new-1", created="2026-11-23T11:59:00Z"),
+              pod("web-new-2", created="2026-11-23T11:59:01Z")):
+        kube.pods[("ns", p["metadata"]["name"])] = p
+    done = await asyncio.gather(*(
+        controlplane.coordinate_checkpoint(
+            b, kube=kube, now=NOW, key=KEY, settings=SETTINGS, post_event=lambda *a: None)
+        for b in bodies
+    ))
+    assert all(d.startswith("granted") for d in done), done
+    holders = sorted(o["status"]["consumedBy"] for o in kube.objects.values())
+    assert holders == ["web-new-1", "web-new-2"]
