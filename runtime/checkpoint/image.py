@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import stat
 import tarfile
@@ -251,15 +252,21 @@ def _run_wait_s() -> float:
 @contextlib.contextmanager
 def _timed(what: str, where: Path, size: Callable[[], int]) -> Iterator[None]:
     """Log (big streams only) the wall time of the block against this thread's
-    CPU time and run-queue wait: the rest is I/O or the GIL held by another thread."""
-    t0, c0, w0 = time.monotonic(), time.thread_time(), _run_wait_s()
+    CPU time (user and system: a system share is the kernel's work for this
+    thread, page faults, page cache reclaim) and run-queue wait: the rest is
+    I/O or the GIL held by another thread."""
+    t0, r0, w0 = time.monotonic(), resource.getrusage(resource.RUSAGE_THREAD), _run_wait_s()
     yield
     n = size()
     if n >= LOG_STREAM_BYTES:
-        wall, cpu, wait = time.monotonic() - t0, time.thread_time() - c0, _run_wait_s() - w0
-        log.info("%s %s: %.1f MiB in %.3fs (%.0f MB/s): cpu %.3fs, run-queue wait %.3fs, "
-                 "other (I/O, GIL) %.3fs", what, where, n / 2**20, wall, n / 1e6 / max(wall, 1e-9),
-                 cpu, wait, max(0.0, wall - cpu - wait))
+        r1 = resource.getrusage(resource.RUSAGE_THREAD)
+        wall, wait = time.monotonic() - t0, _run_wait_s() - w0
+        user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+        log.info("%s %s: %.1f MiB in %.3fs (%.0f MB/s): cpu %.3fs (user %.3fs, system %.3fs, "
+                 "%d page faults), run-queue wait %.3fs, other (I/O, GIL) %.3fs",
+                 what, where, n / 2**20, wall, n / 1e6 / max(wall, 1e-9), user + system, user,
+                 system, r1.ru_minflt - r0.ru_minflt + r1.ru_majflt - r0.ru_majflt, wait,
+                 max(0.0, wall - user - system - wait))
 
 
 class _HashingWriter:

@@ -571,7 +571,8 @@ def test_stream_blocks_smaller_than_a_file_round_trip_and_log_the_split(
     packed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packed ")]
     unpacked = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unpacked ")]
     assert len(packed) == 1 and len(unpacked) == 1
-    assert re.search(r" MiB in [\d.]+s \(\d+ MB/s\): cpu [\d.]+s, run-queue wait [\d.]+s, "
+    assert re.search(r" MiB in [\d.]+s \(\d+ MB/s\): cpu [\d.]+s \(user [\d.]+s, system [\d.]+s, "
+                     r"\d+ page faults\), run-queue wait [\d.]+s, "
                      r"other \(I/O, GIL\) [\d.]+s$", packed[0])
 
 
