@@ -140,8 +140,16 @@ def _compile(
                 continue
             if c.pod_scoped:
                 # runsc pods are checkpointed on request (PersistentCheckpoint) or
-                # for migration, never on idle (seed: "created explicitly").
-                c.hibernate[POD_SCOPE] = _HibernateRules(timedelta(0), False, "none", True)
+                # for migration (seed: "created explicitly"); on idle only when the
+                # policy gives the pod an idle rule. No network wake: exec only.
+                rule = policy.spec.pod
+                try:
+                    after = parse_positive_duration(rule.scaledown_after) if rule else timedelta(0)
+                except ValueError as err:
+                    invalid.append(InvalidPolicy(ref, f"spec.pod: {err}"))
+                    continue
+                auto = rule is not None and rule.auto_scaledown
+                c.hibernate[POD_SCOPE] = _HibernateRules(after, auto, "none", True)
         else:
             c.pod_scoped = spec.runtime == "runsc"
             c.migrate = frozenset(ct.name for ct in policy.spec.containers)
@@ -258,7 +266,8 @@ def _decide(
         )
     if not rules.auto_scaledown:
         why = (
-            "gVisor (runsc) pods are checkpointed by PersistentCheckpoint, not on idle"
+            "gVisor (runsc) pod with no idle rule (spec.pod absent or its autoScaledown "
+            "false): checkpointed by PersistentCheckpoint, not on idle"
             if key.container == POD_SCOPE
             else "autoScaledown is false: never hibernates on idle (still migrates)"
         )

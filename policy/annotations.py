@@ -91,6 +91,10 @@ class Annotation:
     runtime: str | None = None  # "runc" / "runsc": allowed under that runtime class only
     requires: tuple[str, ...] = ()  # keys that must be present too
     names_managed: bool = True  # container names in the value must be managed containers
+    # Also under runsc-architect with managed-pod (which it then requires instead of
+    # managed-containers): every container of a managed pod is managed, and the
+    # pod hibernates as one (compiler: the longest duration; any disabled: never).
+    pod_too: bool = False
 
     @property
     def short(self) -> str:
@@ -110,8 +114,10 @@ ANNOTATIONS: Final[tuple[Annotation, ...]] = (
         SCALEDOWN_DURATIONS,
         Shape.DURATION_MAP,
         f"{DEFAULT_SCALEDOWN_AFTER} per managed container",
-        "Idle time before a container hibernates.",
+        "Idle time before a container hibernates; under managed-pod the pod hibernates "
+        "after the longest of its containers' durations (60s for one not listed).",
         requires=(MANAGED_CONTAINERS,),
+        pod_too=True,
     ),
     Annotation(
         NETWORK_MONITOR,
@@ -146,8 +152,10 @@ ANNOTATIONS: Final[tuple[Annotation, ...]] = (
         DISABLE_AUTOSCALEDOWN,
         Shape.CONTAINER_LIST,
         "none",
-        "Containers that never hibernate on idle (they still migrate).",
+        "Containers that never hibernate on idle (they still migrate); under managed-pod "
+        "one listed keeps the whole pod from hibernating on idle.",
         requires=(MANAGED_CONTAINERS,),
+        pod_too=True,
     ),
     Annotation(
         SCALEUP_TIMEOUT,

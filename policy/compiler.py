@@ -19,6 +19,7 @@ from architect.policy import annotations as a
 from architect.policy.durations import parse_positive_duration
 from architect.policy.models import (
     HibernationContainer,
+    HibernationPod,
     HibernationPolicy,
     HibernationPolicySpec,
     LabelSelector,
@@ -446,7 +447,8 @@ def _check_rules(ctx: _Ctx, ann: Mapping[str, str], p: _Parsed, runtime: str | N
                 f"only for runtimeClassName {cls} (this pod uses {tpl.runtime_class}){hint}",
             )
             continue
-        for needed in spec.requires:
+        requires = (a.MANAGED_POD,) if runtime == "runsc" and spec.pod_too else spec.requires
+        for needed in requires:
             if needed not in ann:
                 ctx.fail(key, raw, f"requires the annotation {needed}")
         for name in _names_in(key, raw, p):
@@ -466,12 +468,10 @@ def _check_rules(ctx: _Ctx, ann: Mapping[str, str], p: _Parsed, runtime: str | N
         for name in maps:
             if a.NETWORK_MONITOR in ann and name in (p.managed or []) and name not in p.network:
                 ctx.fail(key, name, f"container has no network wake: add it to {a.NETWORK_MONITOR}")
-    if a.MANAGED_POD in ann and not p.managed_pod and p.start_from is not None:
-        ctx.fail(
-            a.START_FROM_PERSISTENT,
-            ann[a.START_FROM_PERSISTENT],
-            f'requires {a.MANAGED_POD}: "true"',
-        )
+    if a.MANAGED_POD in ann and not p.managed_pod:
+        for key in (a.START_FROM_PERSISTENT, a.SCALEDOWN_DURATIONS, a.DISABLE_AUTOSCALEDOWN):
+            if key in ann:
+                ctx.fail(key, ann[key], f'requires {a.MANAGED_POD}: "true"')
 
 
 def _metadata(tpl: _Template) -> ObjectMeta:
@@ -483,13 +483,27 @@ def _metadata(tpl: _Template) -> ObjectMeta:
     )
 
 
+def _pod_rule(tpl: _Template, p: _Parsed) -> HibernationPod | None:
+    """The idle rule of a managed runsc pod, None when no scaledown key asks for one
+    (the seed checkpoints gVisor pods explicitly; idle hibernation is opt-in). The
+    sandbox hibernates as one, so only when every container may: after the longest
+    of their durations (the default for one not listed), never if one is disabled."""
+    if not p.scaledown and not p.no_autoscaledown:
+        return None
+    durations = [p.scaledown.get(n, a.DEFAULT_SCALEDOWN_AFTER) for n in tpl.containers]
+    longest = max(durations, key=parse_positive_duration, default=a.DEFAULT_SCALEDOWN_AFTER)
+    return HibernationPod(scaledown_after=longest, auto_scaledown=not p.no_autoscaledown)
+
+
 def _build(tpl: _Template, p: _Parsed, runtime: str) -> list[Policy]:
     labels = tpl.labels or {a.POD_LABEL: pod_label_value(tpl.name)}
     selector = LabelSelector(match_labels=dict(sorted(labels.items())))
     if runtime == "runsc":
         if not p.managed_pod:
             return []
-        hp_spec = HibernationPolicySpec(selector=selector, runtime="runsc", managed_pod=True)
+        hp_spec = HibernationPolicySpec(
+            selector=selector, runtime="runsc", managed_pod=True, pod=_pod_rule(tpl, p)
+        )
         mp_spec = MigrationPolicySpec(
             selector=selector,
             runtime="runsc",

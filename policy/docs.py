@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from architect.policy.annotations import ANNOTATIONS, MANAGED_CONTAINERS, PREFIX
+from architect.policy.annotations import ANNOTATIONS, MANAGED_CONTAINERS, MANAGED_POD, PREFIX
 
 _HEADER = f"""# Annotations
 
@@ -20,9 +20,13 @@ def annotations_markdown() -> str:
     rows = []
     for a in ANNOTATIONS:
         # Keys that require managed-containers inherit its runc-only rule.
-        effective = a.runtime or ("runc" if MANAGED_CONTAINERS in a.requires else None)
+        effective = a.runtime or (
+            "runc" if MANAGED_CONTAINERS in a.requires and not a.pod_too else None
+        )
         runtime = f"{effective}-architect" if effective else "both"
         requires = ", ".join(f"`{r.removeprefix(PREFIX)}`" for r in a.requires) or "—"
+        if a.pod_too:
+            requires += f" (runc) or `{MANAGED_POD.removeprefix(PREFIX)}` (runsc)"
         rows.append(
             f"| `{a.short}` | {a.shape.value.replace('|', chr(92) + '|')} | {a.default} "
             f"| {runtime} | {requires} |"

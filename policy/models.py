@@ -284,6 +284,29 @@ class HibernationContainer(_Model):
     )
 
 
+class HibernationPod(_Model):
+    """How a managed runsc pod hibernates on idle: its whole gVisor sandbox at once."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "duration(self.scaledownAfter) > duration('0s')",
+                "scaledownAfter must be greater than 0",
+                ".scaledownAfter",
+            ),
+        )
+    )
+
+    scaledown_after: str = _duration(
+        "Idle time before the pod hibernates, as a Go duration (30s, 1m30s).",
+        DEFAULT_SCALEDOWN_AFTER,
+    )
+    auto_scaledown: bool = Field(
+        default=True,
+        description="false: never hibernate on idle.",
+    )
+
+
 class HibernationPolicySpec(_PolicySpec):
     """Which pods' containers hibernate when idle, and what wakes them."""
 
@@ -310,6 +333,11 @@ class HibernationPolicySpec(_PolicySpec):
                 ".containers",
             ),
             (
+                "!has(self.pod) || self.managedPod",
+                "pod needs managedPod: true",
+                ".pod",
+            ),
+            (
                 "self.runtime == 'runc' || self.containers.all(c, !has(c.scaleupTimeout))",
                 "scaleupTimeout is for runtime runc only",
                 ".containers",
@@ -325,6 +353,13 @@ class HibernationPolicySpec(_PolicySpec):
         default_factory=list,
         max_length=MAX_CONTAINERS,
         description="runc: one entry per managed container; unlisted containers run normally.",
+    )
+    pod: HibernationPod | None = Field(
+        default=None,
+        description=(
+            "managedPod only: the pod hibernates in place when idle (kubectl exec wakes "
+            "it). Absent: it is checkpointed only by a PersistentCheckpoint or for migration."
+        ),
     )
 
 

@@ -28,7 +28,14 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from architect.engine.directives import Action, Directive, Evaluation, ResizeTarget, WakeReason
+from architect.engine.directives import (
+    Action,
+    Directive,
+    Evaluation,
+    PolicyRef,
+    ResizeTarget,
+    WakeReason,
+)
 from architect.engine.evaluate import evaluate
 from architect.engine.pods import POD_SCOPE, pod_info
 from architect.engine.telemetry import ContainerKey, ContainerState
@@ -45,6 +52,7 @@ from architect.runtime.daemon.targets import (
     build_target,
     handover_key,
     index_policies,
+    pod_idle_rule,
     status_annotation,
 )
 from architect.runtime.daemon.tracker import Tracker, adopted_state
@@ -66,7 +74,13 @@ def _pod_key(pod: Mapping[str, Any]) -> PodKey:
     return (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
 
 
+def _name(key: ContainerKey) -> str:
+    return key.container or "the pod"
+
+
 def _unit(key: ContainerKey) -> str:
+    if key.container == POD_SCOPE:
+        return f"pod {key.namespace}/{key.pod} (gVisor sandbox)"
     return f"container {key.container} of pod {key.namespace}/{key.pod}"
 
 
@@ -147,7 +161,7 @@ class Controller:
             d
             for d in ev.directives
             if (d.policy is not None or d.migration_policy is not None)
-            and d.key.container != POD_SCOPE
+            and (d.key.container != POD_SCOPE or self._pod_driven(d, refs))
         ]
         for key in self.tracker.stale(d.key for d in governed):
             await self._forget(key)
@@ -155,8 +169,11 @@ class Controller:
             if d.key not in self.tracker and d.key not in self.ignored:
                 pod = self.pods[(d.key.namespace, d.key.pod)]
                 hp = refs.get(d.policy) if d.policy is not None else None
+                # A runsc pod migrates by PersistentCheckpoint only (seed: no
+                # template-hash path): no stop decision for its shim to wait on.
                 await self._adopt(pod, d.key, hp if isinstance(hp, HibernationPolicy) else None,
-                                  migrating=d.migration_policy is not None)
+                                  migrating=d.migration_policy is not None
+                                  and d.key.container != POD_SCOPE)
         for d in ev.directives:
             if d.action is Action.UNMANAGED and d.key not in self._swept:
                 await self._sweep(d.key)
@@ -174,6 +191,12 @@ class Controller:
         metrics.set_states(self.tracker.counts())
         metrics.HELD.set(sum(t.held_packets for t in self.tracker.items.values()))
         return ev
+
+    @staticmethod
+    def _pod_driven(d: Directive, refs: Mapping[PolicyRef, Any]) -> bool:
+        """A runsc pod unit is driven only when its HibernationPolicy gives it an idle rule."""
+        hp = refs.get(d.policy) if d.policy is not None else None
+        return isinstance(hp, HibernationPolicy) and pod_idle_rule(hp)
 
     async def _sample(self) -> None:
         keys = [
@@ -222,7 +245,7 @@ class Controller:
             await self.wake(d.key, "connection" if conn else "packet")
         elif d.action is Action.RESIZE and d.resize_to is not None:
             await self.resize(d.key, d.resize_to)
-        elif d.action is Action.CHECKPOINT_FOR_MIGRATION:
+        elif d.action is Action.CHECKPOINT_FOR_MIGRATION and d.key.container != POD_SCOPE:
             await self.migrate(d.key, d.reason)
 
     # --- adoption ---------------------------------------------------------------
@@ -439,11 +462,12 @@ class Controller:
                 except Exception as e:  # packets meet CRIU's lock: SYNs retry, no wake
                     log.warning("%s: hold not moved above CRIU's lock: %s", _unit(key), e)
             self.tracker.hibernated(key, self.clock())
-            metrics.CHECKPOINT_SECONDS.labels(runtime="runc", reason="hibernate").observe(
+            runtime = "runsc" if key.container == POD_SCOPE else "runc"
+            metrics.CHECKPOINT_SECONDS.labels(runtime=runtime, reason="hibernate").observe(
                 seconds or time.monotonic() - t0
             )
             await self._transition_event(
-                key, "Normal", "Hibernated", f"{key.container} hibernated in {seconds:.2f}s: {why}"
+                key, "Normal", "Hibernated", f"{_name(key)} hibernated in {seconds:.2f}s: {why}",
             )
 
     # --- wake -------------------------------------------------------------------
@@ -504,7 +528,8 @@ class Controller:
                 metrics.observe_wake_phases({
                     "decision": t_call - t_enter, "restore": time.monotonic() - t_call,
                 })  # fmt: skip
-                event = ("Normal", "Woken", f"{key.container} woken by {reason} in {seconds:.2f}s")
+                event = ("Normal", "Woken",
+                         f"{_name(key)} woken by {reason} in {seconds:.2f}s")  # fmt: skip
             else:
                 self.tracker.wake_failed(key, self.clock())
                 event = ("Warning", "WakeFailed",
@@ -576,7 +601,8 @@ class Controller:
             self.tracker.woken(key, self.clock())
             metrics.WAKES.labels(reason=reason).inc()
             await self._disarm(key)
-            await self._transition_event(key, "Normal", "Woken", f"{key.container} woken by {reason}")
+            await self._transition_event(key, "Normal", "Woken",
+                                         f"{_name(key)} woken by {reason}")
 
     # --- migration, resize ------------------------------------------------------
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from architect.engine.directives import PolicyRef
+from architect.engine.pods import POD_SCOPE
 from architect.engine.telemetry import ContainerKey, ContainerState
 from architect.policy.annotations import STATUS_ANNOTATION, TEMPLATE_HASH_LABEL
 from architect.policy.models import HibernationContainer, HibernationPolicy, MigrationPolicy
 
 CONTAINERD_PREFIX = "containerd://"
+POD_STATE_KEY = "pod"
 # The emptyDir volume admission mounts into the health-check proxy sidecar
 # (engine/admission/pods.py STATUS_VOLUME); the daemon writes status.json into it.
 STATUS_VOLUME_DIR = "volumes/kubernetes.io~empty-dir"
@@ -132,11 +134,44 @@ def index_policies(
     return out
 
 
+def pod_idle_rule(policy: HibernationPolicy | None) -> bool:
+    """Whether the daemon drives a runsc pod unit: only one with an idle rule
+    (spec.pod); the others are checkpointed by PersistentCheckpoint alone."""
+    return policy is not None and policy.spec.pod is not None
+
+
+def state_key(container: str) -> str:
+    """The status annotation's key of a unit: a runsc pod's own is "pod"
+    (engine/pods.py telemetry_from_pod reads it so)."""
+    return container or POD_STATE_KEY
+
+
+def _pod_target(pod: Mapping[str, Any], key: ContainerKey) -> Target:
+    """A runsc pod as one unit: reached through its first app container (the shim
+    hibernates and wakes the whole sandbox for any member), no packet hold (a held
+    SYN is lost to gVisor's netstack, critiques "Shim"), no resize."""
+    meta = pod.get("metadata") or {}
+    names = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or ()]
+    tcp, udp = other_ports(pod, "")  # every container's: none is "other" to the pod
+    return Target(
+        key=key,
+        pod_uid=str(meta.get("uid") or ""),
+        container_id=container_ids(pod).get(names[0]) if names else None,
+        index=0,
+        mode="none",
+        tcp_ports=tcp,
+        udp_ports=udp,
+        shadow_ports=(),
+    )
+
+
 def build_target(
     pod: Mapping[str, Any], key: ContainerKey, policy: HibernationPolicy | None
 ) -> Target:
     """The target of ``key``; a container only migrated (no HibernationPolicy) has
     mode "none": no hold, no activity counting."""
+    if key.container == POD_SCOPE:
+        return _pod_target(pod, key)
     meta = pod.get("metadata") or {}
     names = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or ()]
     index = names.index(key.container) if key.container in names else 0
@@ -185,6 +220,8 @@ def annotated_states(pod: Mapping[str, Any]) -> dict[str, ContainerState]:
     for name, value in doc.items():
         try:
             out[str(name)] = ContainerState(str(value))
+            if name == POD_STATE_KEY:  # a runsc pod's unit, by its container name
+                out[POD_SCOPE] = out[str(name)]
         except ValueError:
             continue
     return out
@@ -193,7 +230,8 @@ def annotated_states(pod: Mapping[str, Any]) -> dict[str, ContainerState]:
 def status_annotation(states: Mapping[str, ContainerState]) -> str:
     """The annotation value: a JSON object container -> state, keys sorted so an
     unchanged state gives an unchanged string (no needless patches)."""
-    return json.dumps({k: states[k].value for k in sorted(states)}, separators=(",", ":"))
+    named = {state_key(k): v.value for k, v in states.items()}
+    return json.dumps({k: named[k] for k in sorted(named)}, separators=(",", ":"))
 
 
 def status_patch(states: Mapping[str, ContainerState]) -> dict[str, Any]:

@@ -613,3 +613,29 @@ def test_compile_raises_only_compile_error(ann: dict[str, str], runtime: str | N
         return
     for policy in out:  # whatever compiles is valid for the API server
         assert validate_object(policy.to_dict()) == []
+
+
+def _runsc_deployment(ann: dict[str, str]) -> dict[str, object]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gv"},
+        "spec": {"template": {
+            "metadata": {"labels": {"app": "gv"},
+                         "annotations": {"architect.loopholelabs.io/managed-pod": "true", **ann}},
+            "spec": {"runtimeClassName": "runsc-architect",
+                     "containers": [{"name": "app"}, {"name": "side"}]}}},
+    }
+
+
+def test_runsc_pod_idle_rule_is_opt_in_and_takes_the_longest_duration() -> None:
+    from architect.policy.compiler import compile_workload
+
+    hp = compile_workload(_runsc_deployment({}))[0]
+    assert hp.spec.pod is None  # the seed: gVisor pods are checkpointed explicitly
+    sd = "architect.loopholelabs.io/scaledown-durations"
+    hp = compile_workload(_runsc_deployment({sd: '{"app": "20s", "side": "2m"}'}))[0]
+    assert hp.spec.pod is not None and hp.spec.pod.scaledown_after == "2m"
+    hp = compile_workload(_runsc_deployment({sd: '{"app": "20s"}'}))[0]
+    assert hp.spec.pod is not None and hp.spec.pod.scaledown_after == "60s"  # side: default
+    off = "architect.loopholelabs.io/disable-autoscaledown-containers"
+    hp = compile_workload(_runsc_deployment({off: '["side"]'}))[0]
+    assert hp.spec.pod is not None and not hp.spec.pod.auto_scaledown
