@@ -449,9 +449,21 @@ class Lifecycle:
         assert decision.image is not None
         deadline = time.monotonic() + decision.wait_seconds
         claim = time.monotonic() + decision.claim_seconds
+        mark = time.monotonic() + decision.mark_seconds
         ready, pending = decision.image / plan.READY_MARK, decision.image / plan.PENDING_MARK
+        nothing = decision.image / plan.NOTHING_MARK
         ref = c.annotations.get(plan.ANN_PERSISTENT, "")
         while not ready.exists():
+            if decision.mark_seconds and not (pending.exists() or nothing.exists()):
+                # No word from the daemon on this slot yet: wait for it, briefly.
+                if time.monotonic() >= mark:
+                    c.start_reason = (f"no checkpoint for {decision.image.parent.parent.name}/"
+                                      f"{decision.image.parent.name}: the daemon marked "
+                                      f"nothing within {decision.mark_seconds:g}s")
+                    log.info("%s: %s: starting fresh", c.id, c.start_reason)
+                    return False
+                await asyncio.sleep(0.1)
+                continue
             # `ready` lands before `pending` goes: neither means the handover was
             # withdrawn (the old pod's checkpoint failed), so waiting on is pointless.
             if decision.claim_seconds and not pending.exists() and not ready.exists():

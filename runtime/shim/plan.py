@@ -59,6 +59,12 @@ UNAVAILABLE_MARK = "unavailable"
 # daemon makes the pod wait this long before it starts fresh.
 CLAIM_S = 10.0
 FETCH_WAIT_S = 120.0
+# How long a migration-expected container's Create waits for the daemon's word
+# (pending or nothing) on its slot when it finds none: the daemon marks every
+# replacement it governs before asking the API, but only on its next pass, and
+# the kubelet's Create can come first (a drain on a busy node: the replacement
+# started fresh while its handover was on its way).
+MARK_WAIT_S = 3.0
 
 
 class PlanError(ValueError):
@@ -85,6 +91,7 @@ class StartPlan:
     wake: bool = True
     handover: bool = False  # the image is another pod's (its emptyDirs may travel)
     claim_seconds: float = 0.0  # a PersistentCheckpoint: how long the daemon may take to mark it
+    mark_seconds: float = 0.0  # a handover slot with no mark yet: how long the daemon may take
 
 
 def scaleup_timeout(annotations: dict[str, str], container: str) -> float:
@@ -331,7 +338,19 @@ def plan_start(
         return StartPlan("restore", f"handover checkpoint for {thash}/{name} [{d.name}] pending",
                          d, wait,
                          wake=wake, handover=True)
+    if not (d / NOTHING_MARK).exists() and _expected(annotations):
+        wait = scaleup_timeout(annotations, name)
+        return StartPlan("restore", f"handover checkpoint for {thash}/{name} [{d.name}] "
+                         "awaiting the daemon", d, wait + MARK_WAIT_S, wake=wake,
+                         handover=True, mark_seconds=MARK_WAIT_S)
     return StartPlan("fresh", f"no checkpoint for {thash}/{name}")
+
+
+def _expected(annotations: Mapping[str, str]) -> bool:
+    try:
+        return migration_expected(annotations)
+    except PlanError:  # admission validates it; never fail the pod's start for it
+        return False
 
 
 def manifest_digest(d: Path) -> str:

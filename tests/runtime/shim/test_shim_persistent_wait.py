@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,60 @@ def test_a_replacement_told_nothing_comes_starts_fresh_at_once(tmp_path: Path) -
     assert time.monotonic() - t0 < 2
     assert c.start_reason == f"no handover on its way to {d}"
     assert start_outcome("fresh", c.start_reason, "h1", "main") is None
+
+
+def _replacement(tmp_path: Path) -> tuple[Container, Path]:
+    ann = {plan.ANN_TEMPLATE_HASH: "h1", plan.CRI_CONTAINER_NAME: "main",
+           plan.ANN_MANAGED: '["main"]',
+           plan.CRI_SANDBOX_NAMESPACE: "shop", plan.CRI_SANDBOX_NAME: "web-3"}
+    runc: Any = None
+    c = Container("c3", tmp_path / "b", runc, ann, Proc("", "", "", "", False), tmp_path / "s")
+    return c, plan.handover_dir(tmp_path, "h1", "main", plan.destination_slot("shop", "web-3"))
+
+
+def test_a_migration_expected_create_before_the_daemons_mark_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """The kubelet's Create came before the daemon's pass marked the slot (a drain
+    on a busy node: the handover was on its way, the replacement started fresh).
+    It waits for the daemon's word; the pending mark then holds it until ready."""
+    c, d = _replacement(tmp_path)
+    p = plan.plan_start("runc", c.annotations, tmp_path, None)
+    assert (p.path, p.image, p.mark_seconds) == ("restore", d, plan.MARK_WAIT_S)
+
+    async def go() -> bool:
+        async def daemon() -> None:
+            await asyncio.sleep(0.5)
+            d.mkdir(parents=True)
+            (d / plan.PENDING_MARK).touch()
+            await asyncio.sleep(0.5)
+            (d / plan.NAMESPACE_MARK).write_text("shop")
+            (d / plan.READY_MARK).touch()
+            (d / plan.PENDING_MARK).unlink()
+
+        t = asyncio.create_task(daemon())
+        ok = bool(await Lifecycle.image_ready(Lifecycle.__new__(Lifecycle), c, p))
+        await t
+        return ok
+
+    assert asyncio.run(go()), c.start_reason
+
+
+def test_no_word_from_the_daemon_starts_fresh_after_the_mark_wait(tmp_path: Path) -> None:
+    c, _ = _replacement(tmp_path)
+    p = dataclasses.replace(plan.plan_start("runc", c.annotations, tmp_path, None),
+                            mark_seconds=0.3)
+    t0 = time.monotonic()
+    assert not asyncio.run(Lifecycle.image_ready(Lifecycle.__new__(Lifecycle), c, p))
+    assert time.monotonic() - t0 < 2
+    assert c.start_reason == "no checkpoint for h1/main: the daemon marked nothing within 0.3s"
+
+
+def test_a_slot_marked_nothing_or_a_pod_not_migrating_plans_fresh(tmp_path: Path) -> None:
+    c, d = _replacement(tmp_path)
+    d.mkdir(parents=True)
+    (d / plan.NOTHING_MARK).touch()
+    assert plan.plan_start("runc", c.annotations, tmp_path, None).path == "fresh"
+    (d / plan.NOTHING_MARK).unlink()
+    unmanaged = {k: v for k, v in c.annotations.items() if k != plan.ANN_MANAGED}
+    assert plan.plan_start("runc", unmanaged, tmp_path, None).path == "fresh"
