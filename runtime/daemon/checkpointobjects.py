@@ -360,6 +360,83 @@ def moved_handovers(
     return sorted(set(out))
 
 
+# The content of a ``claimed`` mark the daemon writes to take a handover away
+# (withdrawn_handovers): no pod is named so (spaces), so no shim takes it as its own.
+WITHDRAW_CLAIM = "withdrawn by the architect daemon"
+# A ready handover no live Checkpoint names is withdrawn only after this long: the
+# Checkpoint is created once the image is packed (seconds to a minute), and the
+# watch's snapshot may lag behind this daemon's own create (outgoing_to_drop's too).
+UNNAMED_GRACE_S = 60.0
+SOURCE_SLOT_PREFIX = "from_"  # of plan.source_slot's names
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverSlot:
+    """A ready handover directory on this node (Images.ready_handovers)."""
+
+    template_hash: str
+    container: str
+    slot: str  # plan.source_slot of the pod that left it (from_*), or a to_* one
+    digest: str  # its manifest's (plan.manifest_digest), as HANDOVER_DIGEST records it
+    age_s: float  # since it became ready
+    claimed_by: str = ""  # a local replacement's pod (plan.claim_local), or WITHDRAW_CLAIM
+
+
+def withdrawn_handovers(
+    slots: Iterable[HandoverSlot],
+    checkpoints: Iterable[Mapping[str, Any]],
+    *,
+    node: str,
+    keep: Iterable[tuple[str, str, str]] = (),
+    min_age_s: float = UNNAMED_GRACE_S,
+) -> list[tuple[str, str, str, str, str]]:
+    """(template hash, container, slot, digest, why) of the ready handovers a pod
+    deleted on this node left (``from_*``) that no pod may restore any more:
+
+    - its Checkpoint (this node's, same slot and digest) is Failed: the
+      replacement started fresh, elsewhere or here, and has run since, so a later
+      pod of the template restoring it would bring back older state;
+    - no live Checkpoint names it (collected, deleted, never created) for
+      ``min_age_s``, unless ``keep`` lists it (an armed record: a restarted
+      daemon still creates its Checkpoint; or one this daemon just created).
+
+    Never one a local replacement claimed (it restores or waits for it now), nor
+    one a live (Pending, Ready, Restoring) Checkpoint names: a replacement may
+    still take it. One the daemon claimed to withdraw (and was stopped before it
+    removed it) is finished once no live Checkpoint names it. A Checkpoint without HANDOVER_DIGEST (an older
+    daemon's) names its slot whatever image is there."""
+    kept = set(keep)
+    live: set[tuple[str, str, str, str]] = set()  # digest "" = any image in that slot
+    failed: dict[tuple[str, str, str, str], str] = {}
+    for c in checkpoints:
+        meta = c.get("metadata") or {}
+        spec = c.get("spec") or {}
+        if spec.get("sourceNode") != node:
+            continue
+        ref = (str(spec.get("templateHash") or ""), str(spec.get("container") or ""),
+               source_slot(str(meta.get("namespace") or ""), str(spec.get("sourcePod") or "")),
+               str((meta.get("annotations") or {}).get(HANDOVER_DIGEST) or ""))
+        phase = phase_of(c)
+        if phase in LIVE_PHASES:
+            live.add(ref)
+        elif phase == "Failed" and ref[3]:
+            failed[ref] = f"Checkpoint {meta.get('namespace')}/{meta.get('name')} Failed"
+    out = []
+    for s in slots:
+        where = (s.template_hash, s.container, s.slot)
+        if not s.slot.startswith(SOURCE_SLOT_PREFIX):
+            continue  # a to_* slot: the grants' (discard_ready), not this
+        if (s.claimed_by not in ("", WITHDRAW_CLAIM) or (*where, s.digest) in live
+                or (*where, "") in live):
+            continue
+        why = "withdrawal resumed" if s.claimed_by else failed.get((*where, s.digest))
+        if why is None and where not in kept and s.age_s >= min_age_s:
+            why = f"no live Checkpoint names it after {int(min_age_s)}s"
+        if why is not None:
+            out.append((*where, s.digest, why))
+    return sorted(out)
+
+
 # --- the destination's transfer -------------------------------------------------
 
 # Messages of runtime/transfer that mean the image itself is bad (Failed):

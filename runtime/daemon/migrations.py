@@ -12,8 +12,9 @@ through two ports, so it is tested with fakes.
 - ``started``: a replacement container's start path (the shim's status
   record); resolved against this node's Checkpoints on every tick until the
   outcome is written (the object may not exist yet when the pod starts).
-- ``reconcile``: those reports, and dropping packed images whose Checkpoint is
-  Consumed, Failed or gone.
+- ``reconcile``: those reports, dropping packed images whose Checkpoint is
+  Consumed, Failed or gone, and withdrawing this node's handovers that no pod
+  may restore any more (restored elsewhere, Failed, or no Checkpoint names them).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from architect.runtime.daemon.checkpointobjects import (
+    SOURCE_SLOT_PREFIX,
+    UNNAMED_GRACE_S,
+    WITHDRAW_CLAIM,
+    HandoverSlot,
     Outcome,
     Written,
     checkpoint_body,
@@ -42,6 +47,7 @@ from architect.runtime.daemon.checkpointobjects import (
     report_outcome,
     start_outcome,
     taken_slot,
+    withdrawn_handovers,
     written_status,
 )
 from architect.runtime.daemon.store import JsonStore
@@ -101,6 +107,14 @@ class Images(Protocol):
     def discard_ready(self, template_hash: str, container: str, slot: str) -> bool:
         """Remove the handover directory if it holds a ready image."""
 
+    def ready_handovers(self) -> list[HandoverSlot]:
+        """Every ready handover directory a pod deleted on this node left."""
+
+    def withdraw_handover(self, template_hash: str, container: str, slot: str,
+                          digest: str) -> bool:
+        """Take the handover away if it is still the image of ``digest`` and no
+        local replacement has claimed it; False (nothing done) otherwise."""
+
     def sweep(self) -> list[str]:
         """Remove what a killed daemon left half-written (a fetch's or a pack's
         scratch directory); what was removed."""
@@ -137,6 +151,9 @@ class Migrations:
         self.pending: dict[tuple[str, str, str], Pending] = {}
         self.timings: dict[str, float] = {}  # checkpoint name -> monotonic creation
         self.moved: set[tuple[str, str, str, str]] = set()  # handovers looked at once
+        # (template hash, container, slot) -> monotonic time its Checkpoint was
+        # written: the watch may not show it yet, the handover must not look unnamed.
+        self.wrote: dict[tuple[str, str, str], float] = {}
 
     # --- the source pod --------------------------------------------------------
 
@@ -196,7 +213,7 @@ class Migrations:
                     self.images.handover_digest, w.template_hash, w.container, w.slot)
                 image = await asyncio.to_thread(
                     self.images.export, w.template_hash, w.container, w.slot)
-            except Exception as e:  # the replacement on this node may still restore it
+            except Exception as e:  # a replacement here that claimed it still restores it
                 ok, message = False, f"image not packed for transfer: {e}"
         else:
             message = f"the shim's checkpoint failed: {error}"
@@ -227,6 +244,7 @@ class Migrations:
             await self.api.patch_checkpoint_status(w.namespace, name, patch)
         log.info("Checkpoint %s/%s: %s (%s)", w.namespace, name,
                  "Ready" if ok else "Failed", message)
+        self.wrote[(w.template_hash, w.container, w.slot)] = time.monotonic()
         self.store.drop_key(container_id)
         return name
 
@@ -334,6 +352,33 @@ class Migrations:
             if await asyncio.to_thread(self.images.drop_handover, thash, container, slot, digest):
                 done.append(f"dropped handover/{thash}/{container}/{slot}: "
                             "restored on another node")
+        done += await self._withdraw(snapshot)
+        return done
+
+    def _keep(self) -> set[tuple[str, str, str]]:
+        """Handovers whose Checkpoint may be missing from the snapshot yet: armed
+        (a restarted daemon still creates it) or written within the grace."""
+        cutoff = time.monotonic() - UNNAMED_GRACE_S
+        for k in [k for k, t in self.wrote.items() if t < cutoff]:
+            del self.wrote[k]
+        keep = set(self.wrote)
+        for cid in list(self.store.data):
+            w = self.armed_for(cid)
+            if w is not None:
+                keep.add((w.template_hash, w.container, w.slot))
+        return keep
+
+    async def _withdraw(self, snapshot: list[dict[str, Any]]) -> list[str]:
+        """Handovers of Failed migrations (or that nothing names any more) go, so
+        the next pod of the template here starts fresh instead of restoring state
+        older than what ran since."""
+        slots = await asyncio.to_thread(self.images.ready_handovers)
+        done = []
+        for thash, container, slot, digest, why in withdrawn_handovers(
+                slots, snapshot, node=self.node, keep=self._keep()):
+            if await asyncio.to_thread(
+                    self.images.withdraw_handover, thash, container, slot, digest):
+                done.append(f"withdrew handover/{thash}/{container}/{slot}: {why}")
         return done
 
 
@@ -399,6 +444,71 @@ class NodeImages:
         prune_handover_parents(d)
         return True
 
+    def ready_handovers(self) -> list[HandoverSlot]:
+        from architect.runtime.shim.plan import CLAIMED_MARK, READY_MARK, manifest_digest
+
+        base = self.root / "handover"
+        out: list[HandoverSlot] = []
+        now = time.time()
+        for h in _subdirs(base):
+            for c in _subdirs(h):
+                for d in _subdirs(c):
+                    if not d.name.startswith(SOURCE_SLOT_PREFIX):
+                        continue
+                    try:  # a replacement may take and remove it meanwhile
+                        age = now - (d / READY_MARK).stat().st_mtime
+                        digest = manifest_digest(d)
+                    except OSError:
+                        continue
+                    try:
+                        claimed = (d / CLAIMED_MARK).read_text(encoding="utf-8")
+                    except FileNotFoundError:
+                        claimed = ""
+                    except OSError:  # unreadable: a claim all the same, never taken away
+                        claimed = "?"
+                    out.append(HandoverSlot(h.name, c.name, d.name, digest, age, claimed))
+        return out
+
+    def withdraw_handover(self, template_hash: str, container: str, slot: str,
+                          digest: str) -> bool:
+        """Claim it as a replacement would (O_EXCL on ``claimed``): a shim whose
+        claim came first keeps it; one that comes after finds it taken and starts
+        fresh. Then rename it to a fetch-scratch name (swept at the daemon's start,
+        should it be stopped mid-removal) and remove it."""
+        from architect.runtime.shim.plan import CLAIMED_MARK, handover_dir, prune_handover_parents
+
+        if self.handover_digest(template_hash, container, slot) != digest:
+            return False  # gone, or not the image decided on
+        d = handover_dir(self.root, template_hash, container, slot)
+        claim = d / CLAIMED_MARK
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                if claim.read_text(encoding="utf-8") != WITHDRAW_CLAIM:
+                    return False  # a local replacement's: it restores it
+            except OSError:
+                return False
+        except OSError:  # removed meanwhile
+            return False
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(WITHDRAW_CLAIM)
+        if self.handover_digest(template_hash, container, slot) != digest:
+            # A pod of the same name writes a new handover here (its shim keeps
+            # claimed marks): not ours to take.
+            claim.unlink(missing_ok=True)
+            return False
+        # rename: the name runtime/transfer's scratch_dirs sweeps (".<x>.incoming-<8 hex>")
+        scratch = d.parent / f".{slot}.withdrawn.incoming-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(d, scratch)
+        except OSError:
+            return False
+        shutil.rmtree(scratch, ignore_errors=True)
+        prune_handover_parents(d)
+        return True
+
     def sweep(self) -> list[str]:
         from architect.runtime.transfer.images import scratch_dirs
 
@@ -431,3 +541,12 @@ class NodeImages:
         from architect.runtime.transfer import remove_outgoing
 
         remove_outgoing(self.root, template_hash, container, digest)
+
+
+def _subdirs(d: Path) -> list[Path]:
+    """``d``'s directories, not hidden ones (scratch) nor symlinks; none if it is gone."""
+    try:
+        return [e for e in d.iterdir()
+                if not e.name.startswith(".") and e.is_dir() and not e.is_symlink()]
+    except OSError:
+        return []

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from architect.engine.controlplane.transfer import TransferError
 from architect.engine.directives import ResizeTarget
 from architect.engine.telemetry import ContainerKey, ContainerState
+from architect.runtime.daemon.checkpointobjects import WITHDRAW_CLAIM, HandoverSlot
 from architect.runtime.daemon.migrations import NamespaceGone
 from architect.runtime.daemon.ports import Activity, EventFn, ShimContainer, ShimError, WakeFn
 from architect.runtime.daemon.targets import Target
@@ -243,6 +244,8 @@ class FakeImages:
         self.dropped: list[tuple[str, ...]] = []
         self.digest = IMAGE["digest"]  # of the next image export packs
         self.handovers: dict[tuple[str, str, str], str] = {}  # ready handover -> digest
+        self.ages: dict[tuple[str, str, str], float] = {}  # seconds ready (default 0)
+        self.claims: dict[tuple[str, str, str], str] = {}  # its claimed mark
         self.swept = 0
 
     def export(self, template_hash: str, container: str, slot: str) -> dict[str, Any]:
@@ -275,6 +278,19 @@ class FakeImages:
         if self.handovers.pop((template_hash, container, slot), None) is None:
             return False
         self.dropped.append(("handover", f"{template_hash}/{container}/{slot}"))
+        return True
+
+    def ready_handovers(self) -> list[HandoverSlot]:
+        return [HandoverSlot(*k, d, self.ages.get(k, 0.0), self.claims.get(k, ""))
+                for k, d in self.handovers.items()]
+
+    def withdraw_handover(self, template_hash: str, container: str, slot: str,
+                          digest: str) -> bool:
+        k = (template_hash, container, slot)
+        if self.handovers.get(k) != digest or self.claims.get(k, WITHDRAW_CLAIM) != WITHDRAW_CLAIM:
+            return False
+        del self.handovers[k]
+        self.dropped.append(("withdrawn", f"{template_hash}/{container}/{slot}"))
         return True
 
     def sweep(self) -> list[str]:
