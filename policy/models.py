@@ -215,16 +215,20 @@ class WakeOn(_Model):
     exec: bool = Field(default=True, description="kubectl exec into the container wakes it first.")
 
 
+# A container's and a runsc pod's idle time: one rule, one message.
+_POSITIVE_SCALEDOWN = (
+    "duration(self.scaledownAfter) > duration('0s')",
+    "scaledownAfter must be greater than 0",
+    ".scaledownAfter",
+)
+
+
 class HibernationContainer(_Model):
     """How one managed container hibernates and wakes."""
 
     model_config = ConfigDict(
         json_schema_extra=cel(
-            (
-                "duration(self.scaledownAfter) > duration('0s')",
-                "scaledownAfter must be greater than 0",
-                ".scaledownAfter",
-            ),
+            _POSITIVE_SCALEDOWN,
             (
                 "!has(self.scaleupTimeout) || duration(self.scaleupTimeout) > duration('0s')",
                 "scaleupTimeout must be greater than 0",
@@ -289,11 +293,7 @@ class HibernationPod(_Model):
 
     model_config = ConfigDict(
         json_schema_extra=cel(
-            (
-                "duration(self.scaledownAfter) > duration('0s')",
-                "scaledownAfter must be greater than 0",
-                ".scaledownAfter",
-            ),
+            _POSITIVE_SCALEDOWN,
         )
     )
 
