@@ -475,29 +475,22 @@ class NodeImages:
         claim came first keeps it; one that comes after finds it taken and starts
         fresh. Then rename it to a fetch-scratch name (swept at the daemon's start,
         should it be stopped mid-removal) and remove it."""
-        from architect.runtime.shim.plan import CLAIMED_MARK, handover_dir, prune_handover_parents
+        from architect.runtime.shim.plan import (
+            CLAIMED_MARK,
+            claim_slot,
+            handover_dir,
+            prune_handover_parents,
+        )
 
         if self.handover_digest(template_hash, container, slot) != digest:
             return False  # gone, or not the image decided on
         d = handover_dir(self.root, template_hash, container, slot)
-        claim = d / CLAIMED_MARK
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                if claim.read_text(encoding="utf-8") != WITHDRAW_CLAIM:
-                    return False  # a local replacement's: it restores it
-            except OSError:
-                return False
-        except OSError:  # removed meanwhile
-            return False
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(WITHDRAW_CLAIM)
+        if not claim_slot(d, WITHDRAW_CLAIM):
+            return False  # a local replacement's (it restores it), or removed meanwhile
         if self.handover_digest(template_hash, container, slot) != digest:
             # A pod of the same name writes a new handover here (its shim keeps
             # claimed marks): not ours to take.
-            claim.unlink(missing_ok=True)
+            (d / CLAIMED_MARK).unlink(missing_ok=True)
             return False
         # rename: the name runtime/transfer's scratch_dirs sweeps (".<x>.incoming-<8 hex>")
         scratch = d.parent / f".{slot}.withdrawn.incoming-{uuid.uuid4().hex[:8]}"

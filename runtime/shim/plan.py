@@ -218,14 +218,27 @@ def claim_local(
         except OSError:
             pass
     for _, _, d in sorted(found):
-        try:
-            fd = os.open(d / CLAIMED_MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except OSError:  # another replacement's, or removed meanwhile
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(pod)
-        return d
+        if claim_slot(d, pod):
+            return d
     return None
+
+
+def claim_slot(d: Path, who: str) -> bool:
+    """Take handover slot ``d`` for ``who`` (a replacement pod, or the daemon
+    withdrawing it): O_EXCL on CLAIMED_MARK, so exactly one taker wins. True also
+    when ``who`` holds it already (a retried Create, a resumed withdrawal)."""
+    try:
+        fd = os.open(d / CLAIMED_MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            return (d / CLAIMED_MARK).read_text(encoding="utf-8") == who
+        except OSError:
+            return False
+    except OSError:  # removed meanwhile
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(who)
+    return True
 
 
 def mark_slot_pending(d: Path) -> bool:
