@@ -121,6 +121,8 @@ class Controller:
         self._incoming: dict[ContainerKey, str] = {}
         # Replacements whose slot this daemon marked pending: container -> template hash.
         self._marked: dict[ContainerKey, str] = {}
+        # "nothing comes" marks of this pass, written after its actions (tick).
+        self._nothing: list[tuple[str, str, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.last: Evaluation | None = None
 
@@ -180,6 +182,10 @@ class Controller:
         for d in ev.actionable():
             if d.key in self.tracker and not self._lock(d.key).locked():
                 await self._act(d)
+        for thash, container, slot in self._nothing:
+            with contextlib.suppress(OSError):
+                await self.shim.nothing_coming(thash, container, slot)
+        self._nothing.clear()
         for pk, states in self.tracker.by_pod().items():
             await self._publish(pk, states)
         if self.migrations is not None:
@@ -376,8 +382,10 @@ class Controller:
         self._incoming_checked.add(key)
         if what is None:
             if key in self._marked:
-                with contextlib.suppress(OSError):
-                    await self.shim.nothing_coming(thash, key.container, slot)
+                # Written after this pass's actions: a pod of the template being
+                # deleted here gets its own slot marked by migrate() first, so the
+                # Create told "nothing" finds that local handover on its way.
+                self._nothing.append((thash, key.container, slot))
             return
         self._incoming[key] = what
         log.info("%s: handover of %s/%s expected (%s): marked pending", _unit(key), thash,

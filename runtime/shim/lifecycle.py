@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -443,9 +444,11 @@ class Lifecycle:
 
     # -- restore at create -------------------------------------------------------
 
-    async def image_ready(self, c: Container, decision: plan.StartPlan) -> bool:
-        """Wait (bounded by the plan's scaleup-timeout) for ``decision.image``; False
-        when the caller must start fresh (``c.start_reason`` then says why)."""
+    async def image_ready(self, c: Container, decision: plan.StartPlan) -> plan.StartPlan | None:
+        """Wait (bounded by the plan's scaleup-timeout) for ``decision.image``: the plan
+        to restore from (this one, or a local handover taken instead when the daemon
+        says none comes to this pod's slot); None when the caller must start fresh
+        (``c.start_reason`` then says why)."""
         assert decision.image is not None
         deadline = time.monotonic() + decision.wait_seconds
         claim = time.monotonic() + decision.claim_seconds
@@ -461,7 +464,7 @@ class Lifecycle:
                                       f"{decision.image.parent.name}: the daemon marked "
                                       f"nothing within {decision.mark_seconds:g}s")
                     log.info("%s: %s: starting fresh", c.id, c.start_reason)
-                    return False
+                    return None
                 await asyncio.sleep(0.1)
                 continue
             # `ready` lands before `pending` goes: neither means the handover was
@@ -471,20 +474,34 @@ class Lifecycle:
                 if why or time.monotonic() >= claim:
                     c.start_reason = why or f"PersistentCheckpoint {ref} not available on this node"
                     log.info("%s: %s: starting fresh", c.id, c.start_reason)
-                    return False
+                    return None
             elif (decision.wait_seconds and not pending.exists()
                   and (decision.image / plan.NOTHING_MARK).exists()):
+                # Nothing from another node: a pod of this template deleted on
+                # this node may have left one meanwhile (its slot is marked on
+                # the daemon's same pass): plan again, once.
+                again = (plan.plan_start("runc", c.annotations,
+                                         plan.handover_root(decision.image), None)
+                         if decision.consume and not decision.claim_seconds else None)
+                if (again is not None and again.path == "restore"
+                        and again.image not in (None, decision.image)):
+                    log.info("%s: nothing comes to %s; takes %s", c.id, decision.image,
+                             again.image)
+                    c.start_reason = again.reason
+                    return await self.image_ready(c, dataclasses.replace(
+                        again, mark_seconds=0.0,
+                        wait_seconds=max(0.0, deadline - time.monotonic())))
                 c.start_reason = f"no handover on its way to {decision.image}"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
-                return False
+                return None
             elif decision.wait_seconds and not pending.exists() and not ready.exists():
                 c.start_reason = f"handover {decision.image} withdrawn"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
-                return False
+                return None
             if time.monotonic() >= deadline:
                 c.start_reason = f"scaleup-timeout passed waiting for {decision.image}"
                 log.info("%s: %s: starting fresh", c.id, c.start_reason)
-                return False
+                return None
             await asyncio.sleep(0.2)
         if decision.handover and decision.consume:  # another pod's: of this namespace only
             refused = plan.foreign_handover(
@@ -492,22 +509,25 @@ class Lifecycle:
             if refused:
                 c.start_reason = refused
                 log.warning("%s: %s: starting fresh", c.id, refused)
-                return False
+                return None
         if decision.claim_seconds:  # pulled meanwhile: the daemon's grant decides
             refused = plan.persistent_refusal(
                 decision.image, c.annotations.get(plan.CRI_SANDBOX_NAMESPACE, "default"), ref)
             if refused:
                 c.start_reason = refused
                 log.warning("%s: %s: starting fresh", c.id, refused)
-                return False
-        return True
+                return None
+        return decision
 
     async def restore_on_create(self, c: Container, decision: plan.StartPlan) -> int:
         """Restore from ``decision.image``; 0 when the caller must start fresh
         (``c.start_reason`` then says why)."""
-        assert decision.image is not None and isinstance(c.init.io, PipeIO)
-        if not await self.image_ready(c, decision):
+        assert isinstance(c.init.io, PipeIO)
+        ready = await self.image_ready(c, decision)
+        if ready is None:
             return 0
+        decision = ready
+        assert decision.image is not None
         t0 = time.monotonic()
         backend = c.runc.backend
         try:
@@ -551,9 +571,11 @@ class Lifecycle:
         place now, so a later wake touches no volume. False: start fresh."""
         from architect.runtime.checkpoint import image as ckpt_image
 
-        assert decision.image is not None
-        if not await self.image_ready(c, decision):
+        ready = await self.image_ready(c, decision)
+        if ready is None:
             return False
+        decision = ready
+        assert decision.image is not None
         t0 = time.monotonic()
         backend = c.runc.backend
         try:

@@ -179,6 +179,11 @@ def handover_dir(root: Path, template_hash: str, container: str, slot: str) -> P
     return root / "handover" / template_hash / container / slot
 
 
+def handover_root(slot_dir: Path) -> Path:
+    """The state root a ``handover_dir`` lies under."""
+    return slot_dir.parents[3]
+
+
 def source_slot(namespace: str, pod: str) -> str:
     """The handover a pod deleted on this node leaves (``_``: never in a name)."""
     return f"from_{namespace}_{pod}"

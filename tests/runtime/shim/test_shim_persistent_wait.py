@@ -166,3 +166,39 @@ def test_a_slot_marked_nothing_or_a_pod_not_migrating_plans_fresh(tmp_path: Path
     (d / plan.NOTHING_MARK).unlink()
     unmanaged = {k: v for k, v in c.annotations.items() if k != plan.ANN_MANAGED}
     assert plan.plan_start("runc", unmanaged, tmp_path, None).path == "fresh"
+
+
+def test_told_nothing_comes_it_takes_the_handover_a_pod_deleted_here_left(
+    tmp_path: Path,
+) -> None:
+    """Two replicas deleted at once on one node: a replacement's Create waits on its
+    own slot; the daemon's pass marks the deleted pod's slot here pending, then says
+    nothing comes to this pod from another node. The Create takes the local one."""
+    c, d = _replacement(tmp_path)
+    d.mkdir(parents=True)
+    (d / plan.PENDING_MARK).touch()
+    p = plan.plan_start("runc", c.annotations, tmp_path, None)
+    assert p.image == d
+    local = plan.handover_dir(tmp_path, "h1", "main", plan.source_slot("shop", "web-old"))
+
+    async def go() -> plan.StartPlan | None:
+        async def daemon() -> None:
+            await asyncio.sleep(0.3)
+            local.mkdir(parents=True)
+            (local / plan.PENDING_MARK).touch()  # migrate(): the old pod's slot
+            (d / plan.NOTHING_MARK).touch()  # then: nothing from another node
+            (d / plan.PENDING_MARK).unlink()
+            await asyncio.sleep(0.3)
+            (local / plan.NAMESPACE_MARK).write_text("shop")
+            (local / plan.READY_MARK).touch()  # the old pod's checkpoint is written
+            (local / plan.PENDING_MARK).unlink()
+
+        t = asyncio.create_task(daemon())
+        got = await Lifecycle.image_ready(Lifecycle.__new__(Lifecycle), c, p)
+        await t
+        return got
+
+    got = asyncio.run(go())
+    assert got is not None and got.image == local, c.start_reason
+    assert (local / plan.CLAIMED_MARK).read_text() == "web-3"
+    assert c.start_reason.startswith("handover checkpoint for h1/main [from_shop_web-old]")
