@@ -136,13 +136,68 @@ def start_outcome(
     return None
 
 
-_TAKEN = re.compile(r"\[(from_[^\]]+)\]")
+_TAKEN = re.compile(r"\[((?:from|to)_[^\]]+)\]")
+
+
+def taken_handover(start_reason: str) -> str:
+    """The handover slot a start reason of runtime/shim/plan.py names, a local
+    one (``from_*``) or the one fetched for the pod (``to_*``); "" if none."""
+    m = _TAKEN.search(start_reason)
+    return m.group(1) if m else ""
 
 
 def taken_slot(start_reason: str) -> str:
-    """The handover slot a start reason of runtime/shim/plan.py names ("" if none)."""
-    m = _TAKEN.search(start_reason)
-    return m.group(1) if m else ""
+    """The local handover slot (``from_*``) a start reason names ("" if none)."""
+    slot = taken_handover(start_reason)
+    return slot if slot.startswith(SOURCE_SLOT_PREFIX) else ""
+
+
+def what_was_taken(namespace: str, container: str, slot: str) -> str:
+    """The handover ``slot`` in words, by the Checkpoint it belongs to where that
+    is known here: a local one is its source pod's (checkpoint_name)."""
+    prefix = source_slot(namespace, "")
+    if slot.startswith(prefix):
+        return (f"Checkpoint {namespace}/{checkpoint_name(slot[len(prefix):], container)} "
+                f"(handover {slot} on this node)")
+    return f"the image fetched for it from another node (handover {slot})"
+
+
+def claimed_not_taken(
+    checkpoints: Iterable[Mapping[str, Any]],
+    handovers: Iterable[HandoverSlot],
+    *,
+    namespace: str,
+    template_hash: str,
+    container: str,
+    pod: str,
+    node: str,
+    slot: str,
+) -> list[Mapping[str, Any]]:
+    """This node's Checkpoints the control plane claimed for ``pod`` on this node
+    (Restoring for it, no transfer) whose handover it did not take: it restored
+    from ``slot``. Only those whose handover is still here, ready and unclaimed:
+    one another local replacement took (or claims now) is that pod's to claim
+    (report_outcome's reclaim), never to hand to a third pod."""
+    free = {(h.template_hash, h.container, h.slot) for h in handovers if not h.claimed_by}
+    out = []
+    for c in checkpoints:
+        meta = c.get("metadata") or {}
+        spec = c.get("spec") or {}
+        status = c.get("status") or {}
+        theirs = source_slot(namespace, str(spec.get("sourcePod") or ""))
+        if (
+            meta.get("namespace") == namespace
+            and spec.get("sourceNode") == node
+            and spec.get("templateHash") == template_hash
+            and (spec.get("container") or "") == container
+            and phase_of(c) == "Restoring"
+            and status.get("consumedBy") == pod
+            and not status.get("transfer")
+            and theirs != slot
+            and (template_hash, container, theirs) in free
+        ):
+            out.append(c)
+    return out
 
 
 def consumed_checkpoint(
@@ -380,6 +435,52 @@ class HandoverSlot:
     digest: str  # its manifest's (plan.manifest_digest), as HANDOVER_DIGEST records it
     age_s: float  # since it became ready
     claimed_by: str = ""  # a local replacement's pod (plan.claim_local), or WITHDRAW_CLAIM
+    claimed_age_s: float = 0.0  # since it was claimed
+
+
+# A claim whose pod is gone (deleted, or being deleted, before it restored) is
+# released after this long: a claimant restores within seconds of its claim, and a
+# pod being deleted may still be in its Create.
+CLAIM_GRACE_S = 60.0
+# A claimed mark that names nobody (empty, or unreadable): never released, nobody
+# can tell whose it is (plan.claim_slot always wrote the claimant's name).
+UNNAMED_CLAIM = "?"
+
+
+def stale_claim_candidates(
+    slots: Iterable[HandoverSlot], *, min_age_s: float = CLAIM_GRACE_S
+) -> list[HandoverSlot]:
+    """The ready handovers a local replacement pod claimed ``min_age_s`` ago or
+    more and still has not restored (a restore removes the handover): its
+    pod may be gone. Not the daemon's own claim, nor an unnamed one."""
+    return [s for s in slots
+            if s.claimed_by not in ("", WITHDRAW_CLAIM, UNNAMED_CLAIM)
+            and s.slot.startswith(SOURCE_SLOT_PREFIX) and s.claimed_age_s >= min_age_s]
+
+
+def slot_namespace(slot: str) -> str:
+    """The namespace in a ``from_<namespace>_<pod>`` slot name (no ``_`` in namespaces);
+    a claimant is of that namespace (plan.claim_local takes only its own)."""
+    return slot.removeprefix(SOURCE_SLOT_PREFIX).partition("_")[0]
+
+
+def claimant_gone(
+    pods: Iterable[Mapping[str, Any]], *, namespace: str, pod: str, node: str
+) -> str | None:
+    """Why the claimant ``pod`` will never restore the handover it claimed on this
+    node (None while it may: it exists here, starting or not). ``pods``: the
+    namespace's pods of the handover's template hash, from the API."""
+    for p in pods:
+        meta = p.get("metadata") or {}
+        if meta.get("namespace") != namespace or meta.get("name") != pod:
+            continue
+        where = (p.get("spec") or {}).get("nodeName")
+        if where not in (None, "", node):
+            return f"pod {namespace}/{pod} is on {where}, not this node"
+        if meta.get("deletionTimestamp"):
+            return f"pod {namespace}/{pod} is being deleted"
+        return None
+    return f"pod {namespace}/{pod} is gone"
 
 
 def withdrawn_handovers(

@@ -10,6 +10,15 @@ Create waits for it), fetch and verify the image from the source daemon
   the replacement's start record, when this node runs it, says restore:
   ``consumed_patch``; a fresh start: Failed, and the fetched copy removed. A
   ticket that expires first hands the checkpoint back.
+
+One replacement restores one image. The grants for one pod (the control plane
+claimed two Checkpoints for it, its snapshot behind its own claim) share its
+slot, so they run one at a time: a later one waits for the earlier one's outcome
+and, once the pod took that image (or started), is handed back (Ready) for
+another replacement without fetching. A pod that took a local handover instead
+(``[from_*]`` in its start reason) hands the grant back too, and its fetched
+copy goes. (A daemon restarted between the fetch and the start cannot tell which
+grant's image a slot holds: the first it sees takes it.)
 """
 
 from __future__ import annotations
@@ -26,7 +35,12 @@ from typing import Any
 
 from architect.engine.controlplane.coordinate import consumed_patch, failed_patch
 from architect.engine.controlplane.transfer import Grant, TransferError, grant_from_data
-from architect.runtime.daemon.checkpointobjects import Outcome, transfer_retryable
+from architect.runtime.daemon.checkpointobjects import (
+    Outcome,
+    taken_handover,
+    transfer_retryable,
+    what_was_taken,
+)
 from architect.runtime.shim.plan import destination_slot
 
 log = logging.getLogger("architect.daemon.grants")
@@ -78,12 +92,22 @@ class Grants:
     discard_ready: SlotFn = lambda h, c, s: None
     clock: Callable[[], float] = time.time
     seen: set[str] = field(default_factory=set)  # grant Secret uids handled
+    # One grant at a time per destination slot (template hash, container, slot),
+    # and what its pod did, once it did: (what, until when a later grant may ask).
+    slot_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    settled: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
     tasks: set[asyncio.Task[str]] = field(default_factory=set)
     results: list[str] = field(default_factory=list)  # for logs and tests
 
     def consider(self, secrets: list[dict[str, Any]]) -> int:
         """Start a transfer for each grant not seen before; how many started."""
         started = 0
+        now = self.clock()
+        for k in [k for k, (_, until) in self.settled.items() if now >= until]:
+            del self.settled[k]
+            lock = self.slot_locks.get(k)
+            if lock is not None and not lock.locked():
+                del self.slot_locks[k]
         for s in secrets:
             uid = str((s.get("metadata") or {}).get("uid") or (s.get("metadata") or {}).get("name"))
             if uid in self.seen:
@@ -99,7 +123,11 @@ class Grants:
             # At once: the replacement's Create must find the mark and wait.
             # (Fetched already, before a restart of this daemon: no mark.)
             slot = grant_slot(grant)
-            if not self.handover_ready(grant.template_hash, grant.container, slot):
+            key = (grant.template_hash, grant.container, slot)
+            held = key in self.settled or (key in self.slot_locks and self.slot_locks[key].locked())
+            # (Not when an earlier grant holds the slot: it marked it; or its pod
+            # started already, and a mark now would outlive it.)
+            if not held and not self.handover_ready(grant.template_hash, grant.container, slot):
                 try:
                     self.mark_pending(grant.template_hash, grant.container, slot)
                 except (TransferError, OSError) as e:
@@ -111,6 +139,27 @@ class Grants:
         return started
 
     async def run(self, grant: Grant) -> str:
+        t = grant.ticket
+        key = (grant.template_hash, grant.container, grant_slot(grant))
+        lock = self.slot_locks.setdefault(key, asyncio.Lock())
+        async with lock:  # an earlier grant for this pod first: its image, its slot
+            settled = self.settled.get(key)
+            if settled is not None:
+                what, _ = settled
+                await self.patch(t.namespace, t.name, failed_patch(
+                    t.destination_pod, f"{what}; handed back for another replacement",
+                    retry=True))
+                return self._done(f"{t.namespace}/{t.name}: handed back, "
+                                  f"{t.destination_pod} {what}")
+            return await self._run(grant)
+
+    def _settle(self, grant: Grant, what: str) -> None:
+        """The pod of ``grant`` started (``what`` it did): a later grant for it is
+        handed back, up to the later of the tickets' expiry (none outlives that)."""
+        key = (grant.template_hash, grant.container, grant_slot(grant))
+        self.settled[key] = (what, max(self.clock(), float(grant.ticket.expires_at)) + 600.0)
+
+    async def _run(self, grant: Grant) -> str:
         t = grant.ticket
         ref = f"{t.namespace}/{t.name}"
         slot = grant_slot(grant)
@@ -137,7 +186,21 @@ class Grants:
             start = self.start_of(t.namespace, t.destination_pod, grant.container)
             if start is not None:
                 outcome, reason = start
+                took = taken_handover(reason)
+                if outcome == "restored" and took and took != slot:
+                    # A local handover (plan.claim_local goes first while this
+                    # slot was still pending): not this image; it goes, nobody
+                    # else may restore it here.
+                    taken = what_was_taken(t.namespace, grant.container, took)
+                    self._settle(grant, f"restored from {taken}")
+                    await asyncio.to_thread(self.discard_ready, grant.template_hash,
+                                            grant.container, slot)
+                    await self.patch(t.namespace, t.name, failed_patch(
+                        t.destination_pod, f"restored from {taken}, not this one; handed "
+                        "back for another replacement", retry=True))
+                    return self._done(f"{ref}: handed back, {t.destination_pod} took {took}")
                 if outcome == "fresh":
+                    self._settle(grant, f"started fresh ({reason})")
                     # Fetched now or before a restart of this daemon, after the
                     # replacement gave up on it (a daemon down, a transfer slower
                     # than scaleup-timeout).
@@ -156,6 +219,7 @@ class Grants:
             await self.patch(t.namespace, t.name, failed_patch(
                 t.destination_pod, "not restored before the ticket expired", retry=True))
             return self._done(f"{ref}: ticket expired before the restore")
+        self._settle(grant, f"restored from Checkpoint {ref} (the image fetched for it first)")
         await self.patch(t.namespace, t.name,
                          consumed_patch(t.destination_pod, datetime.now(UTC)))
         return self._done(f"{ref}: consumed by {t.destination_pod} "

@@ -12,14 +12,17 @@ through two ports, so it is tested with fakes.
 - ``started``: a replacement container's start path (the shim's status
   record); resolved against this node's Checkpoints on every tick until the
   outcome is written (the object may not exist yet when the pod starts).
-- ``reconcile``: those reports, dropping packed images whose Checkpoint is
-  Consumed, Failed or gone, and withdrawing this node's handovers that no pod
-  may restore any more (restored elsewhere, Failed, or no Checkpoint names them).
+- ``reconcile``: those reports (only the Checkpoint whose handover the pod took
+  is its; another claimed for it is handed back), dropping packed images whose
+  Checkpoint is Consumed, Failed or gone, releasing claims of pods gone before
+  they restored, and withdrawing this node's handovers that no pod may restore
+  any more (restored elsewhere, Failed, or no Checkpoint names them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -31,8 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from architect.engine.controlplane.coordinate import failed_patch
 from architect.runtime.daemon.checkpointobjects import (
+    CLAIM_GRACE_S,
     SOURCE_SLOT_PREFIX,
+    UNNAMED_CLAIM,
     UNNAMED_GRACE_S,
     WITHDRAW_CLAIM,
     HandoverSlot,
@@ -40,13 +46,18 @@ from architect.runtime.daemon.checkpointobjects import (
     Written,
     checkpoint_body,
     checkpoint_name,
+    claimant_gone,
+    claimed_not_taken,
     consumed_checkpoint,
     incoming_handover,
     moved_handovers,
     outgoing_to_drop,
     report_outcome,
+    slot_namespace,
+    stale_claim_candidates,
     start_outcome,
-    taken_slot,
+    taken_handover,
+    what_was_taken,
     withdrawn_handovers,
     written_status,
 )
@@ -115,6 +126,11 @@ class Images(Protocol):
         """Take the handover away if it is still the image of ``digest`` and no
         local replacement has claimed it; False (nothing done) otherwise."""
 
+    def release_claim(self, template_hash: str, container: str, slot: str,
+                      claimant: str) -> bool:
+        """Remove the handover's claimed mark if it still names ``claimant`` (a
+        pod gone before it restored): takeable again. False otherwise."""
+
     def sweep(self) -> list[str]:
         """Remove what a killed daemon left half-written (a fetch's or a pack's
         scratch directory); what was removed."""
@@ -132,7 +148,9 @@ class Pending:
     reason: str
     since: float  # monotonic
     restoring_since: datetime | None = None  # first seen Restoring for this pod
-    slot: str = ""  # the handover it took on this node (plan.source_slot), if it says
+    # The handover it took, if its start reason says: a local one (plan.source_slot)
+    # or the one fetched for it (plan.destination_slot).
+    slot: str = ""
 
 
 MAX_PENDING_S = 600.0  # a start whose Checkpoint never appears is forgotten after this
@@ -154,6 +172,8 @@ class Migrations:
         # (template hash, container, slot) -> monotonic time its Checkpoint was
         # written: the watch may not show it yet, the handover must not look unnamed.
         self.wrote: dict[tuple[str, str, str], float] = {}
+        # Claimed handovers whose claimant was looked up (monotonic): once a grace.
+        self.claims_checked: dict[tuple[str, str, str, str], float] = {}
 
     # --- the source pod --------------------------------------------------------
 
@@ -306,7 +326,7 @@ class Migrations:
             self.pending.setdefault(
                 key,
                 Pending(namespace, pod, container, template_hash, outcome, start_reason,
-                        time.monotonic(), slot=taken_slot(start_reason)),
+                        time.monotonic(), slot=taken_handover(start_reason)),
             )
         return outcome
 
@@ -316,10 +336,17 @@ class Migrations:
         done = await self.expire(now)
         snapshot = self.api.checkpoints()
         for key, p in list(self.pending.items()):
+            if p.outcome == "restored" and p.slot:
+                done += await self._hand_back_others(p, snapshot)
+            local = not p.slot or p.slot.startswith(SOURCE_SLOT_PREFIX)
+            # Restored from the image fetched for it: no Checkpoint of this node
+            # is its (the grant reports on the other node's; the record stays
+            # for it, Grants.start_of, until MAX_PENDING_S).
             ck = consumed_checkpoint(
                 snapshot, namespace=p.namespace, template_hash=p.template_hash,
-                container=p.container, pod=p.pod, node=self.node, slot=p.slot,
-            )
+                container=p.container, pod=p.pod, node=self.node,
+                slot=p.slot if local else "",
+            ) if local else None
             if ck is None:
                 if time.monotonic() - p.since > MAX_PENDING_S:
                     del self.pending[key]
@@ -328,7 +355,8 @@ class Migrations:
             if p.restoring_since is None and (ck.get("status") or {}).get("phase") == "Restoring":
                 p.restoring_since = now
             report = report_outcome(ck, pod=p.pod, outcome=p.outcome, reason=p.reason, now=now,
-                                    restoring_since=p.restoring_since, taken=bool(p.slot))
+                                    restoring_since=p.restoring_since,
+                                    taken=bool(p.slot) and local)
             if report.patch is not None:
                 if await self.api.patch_checkpoint_status(p.namespace, name, report.patch) is None:
                     continue  # moved on meanwhile: look again with the next snapshot
@@ -355,6 +383,29 @@ class Migrations:
         done += await self._withdraw(snapshot)
         return done
 
+    async def _hand_back_others(self, p: Pending, snapshot: list[dict[str, Any]]) -> list[str]:
+        """The control plane may claim two of this node's Checkpoints for one
+        replacement (its snapshot lagged its own claim): only the one whose
+        handover the pod took is its; the others go back to Ready for another
+        replacement, saying which one it took."""
+        if not any((c.get("status") or {}).get("consumedBy") == p.pod for c in snapshot):
+            return []  # the common case: no I/O
+        others = claimed_not_taken(
+            snapshot, await asyncio.to_thread(self.images.ready_handovers),
+            namespace=p.namespace, template_hash=p.template_hash, container=p.container,
+            pod=p.pod, node=self.node, slot=p.slot)
+        done = []
+        took = what_was_taken(p.namespace, p.container, p.slot)
+        for c in others:
+            name = str((c.get("metadata") or {}).get("name"))
+            patch = failed_patch(p.pod, f"restored from {took}, not this one; handed back "
+                                 "for another replacement", retry=True)
+            if await self.api.patch_checkpoint_status(p.namespace, name, patch) is not None:
+                log.info("Checkpoint %s/%s: handed back, %s took %s", p.namespace, name,
+                         p.pod, took)
+                done.append(f"{p.namespace}/{name}: handed back ({p.pod} took {p.slot})")
+        return done
+
     def _keep(self) -> set[tuple[str, str, str]]:
         """Handovers whose Checkpoint may be missing from the snapshot yet: armed
         (a restarted daemon still creates it) or written within the grace."""
@@ -373,13 +424,55 @@ class Migrations:
         the next pod of the template here starts fresh instead of restoring state
         older than what ran since."""
         slots = await asyncio.to_thread(self.images.ready_handovers)
-        done = []
+        done, released = await self._release_stale_claims(slots)
+        slots = [dataclasses.replace(s, claimed_by="")
+                 if (s.template_hash, s.container, s.slot) in released else s for s in slots]
         for thash, container, slot, digest, why in withdrawn_handovers(
                 slots, snapshot, node=self.node, keep=self._keep()):
             if await asyncio.to_thread(
                     self.images.withdraw_handover, thash, container, slot, digest):
                 done.append(f"withdrew handover/{thash}/{container}/{slot}: {why}")
         return done
+
+    async def _release_stale_claims(
+        self, slots: list[HandoverSlot]
+    ) -> tuple[list[str], set[tuple[str, str, str]]]:
+        """A handover a local replacement claimed and never restored (its pod was
+        deleted first) would stay claimed, untakeable and never withdrawn: its
+        claim goes once the API says the pod is gone from this node or being
+        deleted; then the handover is any other (withdrawn_handovers: kept while
+        a live Checkpoint names it, for another replacement). Each claimant is
+        looked up at most once a grace (an API list of its template's pods)."""
+        now = time.monotonic()
+        for k in [k for k, t in self.claims_checked.items() if now - t >= CLAIM_GRACE_S]:
+            del self.claims_checked[k]
+        groups: dict[tuple[str, str], list[HandoverSlot]] = {}
+        for s in stale_claim_candidates(slots):
+            k = (s.template_hash, s.container, s.slot, s.claimed_by)
+            if k not in self.claims_checked:
+                self.claims_checked[k] = now
+                groups.setdefault((slot_namespace(s.slot), s.template_hash), []).append(s)
+        done: list[str] = []
+        released: set[tuple[str, str, str]] = set()
+        for (ns, thash), group in sorted(groups.items(), key=lambda g: g[0]):
+            try:
+                _, pods = await self.api.of_template(ns, thash)
+            except Exception as e:  # the API may be away: after the grace again
+                log.warning("claimants of handovers of %s/%s not looked up: %s", ns, thash, e)
+                continue
+            for s in group:
+                why = claimant_gone(pods, namespace=ns, pod=s.claimed_by, node=self.node)
+                if why is None or not await asyncio.to_thread(
+                        self.images.release_claim, s.template_hash, s.container, s.slot,
+                        s.claimed_by):
+                    continue
+                log.info("handover/%s/%s/%s: claim of %s released (%s, %ds after its claim)",
+                         s.template_hash, s.container, s.slot, s.claimed_by, why,
+                         s.claimed_age_s)
+                released.add((s.template_hash, s.container, s.slot))
+                done.append(f"released claim of handover/{s.template_hash}/{s.container}/"
+                            f"{s.slot}: {why}")
+        return done, released
 
 
 class NodeImages:
@@ -460,13 +553,17 @@ class NodeImages:
                         digest = manifest_digest(d)
                     except OSError:
                         continue
+                    claimed_age = 0.0
                     try:
-                        claimed = (d / CLAIMED_MARK).read_text(encoding="utf-8")
+                        claimed_age = now - (d / CLAIMED_MARK).stat().st_mtime
+                        # Empty (created, not written yet, or by hand): nobody's name.
+                        claimed = (d / CLAIMED_MARK).read_text(encoding="utf-8") or UNNAMED_CLAIM
                     except FileNotFoundError:
                         claimed = ""
                     except OSError:  # unreadable: a claim all the same, never taken away
-                        claimed = "?"
-                    out.append(HandoverSlot(h.name, c.name, d.name, digest, age, claimed))
+                        claimed = UNNAMED_CLAIM
+                    out.append(HandoverSlot(h.name, c.name, d.name, digest, age, claimed,
+                                            claimed_age))
         return out
 
     def withdraw_handover(self, template_hash: str, container: str, slot: str,
@@ -500,6 +597,22 @@ class NodeImages:
             return False
         shutil.rmtree(scratch, ignore_errors=True)
         prune_handover_parents(d)
+        return True
+
+    def release_claim(self, template_hash: str, container: str, slot: str,
+                      claimant: str) -> bool:
+        """Remove the claimed mark if it still names ``claimant``. Only that pod's
+        shim could have written it (O_EXCL), and it is gone; a shim claiming
+        after this finds the handover free."""
+        from architect.runtime.shim.plan import CLAIMED_MARK, handover_dir
+
+        mark = handover_dir(self.root, template_hash, container, slot) / CLAIMED_MARK
+        try:
+            if mark.read_text(encoding="utf-8") != claimant:
+                return False
+            mark.unlink()
+        except OSError:  # taken and removed meanwhile
+            return False
         return True
 
     def sweep(self) -> list[str]:

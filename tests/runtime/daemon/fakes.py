@@ -246,6 +246,7 @@ class FakeImages:
         self.handovers: dict[tuple[str, str, str], str] = {}  # ready handover -> digest
         self.ages: dict[tuple[str, str, str], float] = {}  # seconds ready (default 0)
         self.claims: dict[tuple[str, str, str], str] = {}  # its claimed mark
+        self.claim_ages: dict[tuple[str, str, str], float] = {}  # seconds claimed (default 0)
         self.swept = 0
 
     def export(self, template_hash: str, container: str, slot: str) -> dict[str, Any]:
@@ -281,8 +282,18 @@ class FakeImages:
         return True
 
     def ready_handovers(self) -> list[HandoverSlot]:
-        return [HandoverSlot(*k, d, self.ages.get(k, 0.0), self.claims.get(k, ""))
+        return [HandoverSlot(*k, d, self.ages.get(k, 0.0), self.claims.get(k, ""),
+                             self.claim_ages.get(k, 0.0))
                 for k, d in self.handovers.items()]
+
+    def release_claim(self, template_hash: str, container: str, slot: str,
+                      claimant: str) -> bool:
+        k = (template_hash, container, slot)
+        if self.claims.get(k) != claimant:
+            return False
+        del self.claims[k]
+        self.dropped.append(("released", f"{template_hash}/{container}/{slot}"))
+        return True
 
     def withdraw_handover(self, template_hash: str, container: str, slot: str,
                           digest: str) -> bool:
