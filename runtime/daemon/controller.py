@@ -56,7 +56,7 @@ from architect.runtime.daemon.targets import (
     status_annotation,
 )
 from architect.runtime.daemon.tracker import Tracker, adopted_state
-from architect.runtime.daemon.usage import Usage, UsageSampler
+from architect.runtime.daemon.usage import Usage, UsageSampler, sandbox_cgroup
 from architect.runtime.shim.plan import destination_slot, source_slot
 
 log = logging.getLogger("architect.daemon")
@@ -305,7 +305,10 @@ class Controller:
                 log.warning("%s: network setup failed (retried next tick): %s", _unit(key), e)
                 return
         self.targets[key] = target
-        self.usage.add(key, found.cgroup)
+        cgroup = found.cgroup
+        if key.container == POD_SCOPE and cgroup:  # gVisor: the app's cgroup stays empty
+            cgroup = sandbox_cgroup(cgroup)
+        self.usage.add(key, cgroup)
         if target.note:
             log.warning("%s: %s", _unit(key), target.note)
         self._by_id[cid] = key

@@ -62,6 +62,18 @@ def cgroups_path(config: Mapping[str, object]) -> str | None:
     return "/".join([*expand_slice(slice_ or "-.slice"), unit])
 
 
+def sandbox_cgroup(container_cgroup: str) -> str:
+    """The cgroup to sample for a gVisor (runsc) pod unit: its pod's, the parent of
+    a container's. runsc puts all of the sandbox's host processes (runsc-sandbox,
+    the gofers) in the pod sandbox (pause) container's cgroup and leaves the app
+    containers' empty (measured on the e2e node: an app container's ``cpuacct.usage``
+    stays 0 under a busy loop), so only the pod's, whose counters include its
+    children's, sees the sandbox work. No process lives in it directly: exec
+    sessions there are always 0 (the shim refuses a hibernate while one runs)."""
+    head, _, _ = container_cgroup.rstrip("/").rpartition("/")
+    return head or container_cgroup
+
+
 def expand_slice(slice_: str) -> list[str]:
     """systemd's slice nesting: ``a-b-c.slice`` -> [a.slice, a-b.slice, a-b-c.slice]."""
     if slice_ == "-.slice" or not slice_.endswith(".slice"):
