@@ -50,6 +50,7 @@ from architect.runtime.daemon.targets import (
     Target,
     annotated_states,
     build_target,
+    container_ids,
     handover_key,
     index_policies,
     pod_idle_rule,
@@ -448,6 +449,12 @@ class Controller:
                 return
             if t.state is not ContainerState.RUNNING:
                 return
+            if key.container == POD_SCOPE and await self._pod_execs(key) > 0:
+                # An open exec is work; gVisor runs it inside the sandbox, so no
+                # cgroup shows it (usage.sandbox_cgroup): the shim's count does.
+                self.tracker.touch(key, self.clock())
+                log.debug("%s: exec session open: stays up", _unit(key))
+                return
             self.tracker.begin_hibernate(key, self.clock())
             await self._publish_key(key)
             if target.mode != "none":
@@ -480,6 +487,20 @@ class Controller:
             await self._transition_event(
                 key, "Normal", "Hibernated", f"{_name(key)} hibernated in {seconds:.2f}s: {why}",
             )
+
+    async def _pod_execs(self, key: ContainerKey) -> int:
+        """Running execs of a runsc pod's containers, as their shim counts them (a
+        failed status counts none: the shim refuses a checkpoint with execs anyway)."""
+        pod = self.pods.get((key.namespace, key.pod)) or {}
+        total = 0
+        for cid in container_ids(pod).values():
+            try:
+                found = await self.shim.find(cid)
+            except ShimError as e:
+                log.debug("%s: exec count of %s not read: %s", _unit(key), cid[:12], e)
+                continue
+            total += found.execs if found is not None else 0
+        return total
 
     # --- wake -------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class ShimContainer:
     start_path: str = ""  # "restore" | "fresh": how its Create started it
     start_reason: str = ""  # why (names the handover it restored or waited for)
     cgroup: str | None = None  # linux.cgroupsPath of its config.json, resolved (daemon/usage.py)
+    execs: int = 0  # its running exec processes (kubectl exec sessions), the shim's count
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,7 @@ class ShimClient:
                     start_path=str(c.get("start_path") or ""),
                     start_reason=str(c.get("start_reason") or ""),
                     cgroup=cgroup,
+                    execs=int(c.get("execs") or 0),
                 )
         return None
 

@@ -594,6 +594,9 @@ class TaskService:
             rec["timings"] = dict(c.timings)
             rec["migrate_on_stop"] = c.migrate_on_stop
             rec["migration_expected"] = c.stop.expected
+            # The daemon's count of a gVisor pod's exec sessions: their processes
+            # live in the sandbox, in no host cgroup it could read.
+            rec["execs"] = sum(1 for e in c.execs.values() if e.status == RUNNING)
             out.append(rec)
         return out
 

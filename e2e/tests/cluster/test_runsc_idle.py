@@ -14,6 +14,7 @@ gVisor sandbox in place. The kubelet still sees the pod Running (no restart);
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -219,3 +220,30 @@ def test_busy_runsc_pod_stays_up(kube: product.Kube) -> None:
         assert set(seen) == {"RUNNING"}, (seen, _daemon_log(kube)[-3000:])
         assert shim_record(cid)["status"] == "RUNNING"
         assert _container(kube, ns, "busy")["restartCount"] == 0
+
+
+def test_open_exec_session_keeps_the_runsc_pod_up(kube: product.Kube) -> None:
+    """An open `kubectl exec` is work: gVisor runs it inside the sandbox (no host
+    cgroup shows it), so the daemon reads the shim's count of running execs and
+    does not even ask for a checkpoint (no HibernateFailed) until it ends."""
+    cluster = Cluster(kube.kubeconfig, kube.context, "node", kube.kubectl)
+    with namespace(cluster, "gvexec") as ns:
+        _ready(kube, ns, _managed("gv", **{SCALEDOWN_DURATIONS: {"main": "3s"}}))
+        session = subprocess.Popen(
+            [str(kube.kubectl), "--kubeconfig", str(kube.kubeconfig), "--context", kube.context,
+             "exec", "-n", ns, "gv", "--", "sleep", "14"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(2)  # the exec has started (a hibernated pod: woken by it)
+            seen: list[str | None] = []
+            for _ in range(16):  # 8 s: more than twice the scale-down
+                seen.append(_state(kube, ns, "gv"))
+                time.sleep(0.5)
+            assert set(seen) == {"RUNNING"}, (seen, _daemon_log(kube)[-3000:])
+            assert session.wait(timeout=60) == 0, session.stderr.read() if session.stderr else ""
+        finally:
+            session.kill()
+        reasons = _events(kube, ns, "gv")
+        assert not any(r.startswith("HibernateFailed") for r in reasons), reasons
+        _wait_state(kube, ns, "gv", "SCALED_DOWN", 30)
+        assert _container(kube, ns, "gv")["restartCount"] == 0

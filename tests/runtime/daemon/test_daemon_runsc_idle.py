@@ -2,7 +2,8 @@
 app containers' cgroups empty (the sandbox's host processes sit in the pause
 container's), so sampling the app's would call a busy sandbox idle and
 hibernate it (measured on the e2e node: a `while true; do :; done` pod was
-hibernated after its 3s)."""
+hibernated after its 3s). Its exec sessions come from the shim's count: the
+exec runs inside the sandbox, in no host cgroup."""
 
 from __future__ import annotations
 
@@ -47,17 +48,26 @@ def _policy(auto: bool = True) -> HibernationPolicy:
     })
 
 
-async def _run(pod_cpu: float, ticks: int) -> tuple[list[ContainerState], CgroupUsage]:
-    calls: list[str] = []
+SIDE = "gv-side-id"
+
+
+async def _run(pod_cpu: float, ticks: int, side_execs: tuple[int, ...] = (),
+               calls: list[str] | None = None) -> tuple[list[ContainerState], CgroupUsage]:
+    """Ticks 2 s apart over pod gv (containers main, side); ``side_execs``: the
+    shim's count of running execs in side at each tick (0 after)."""
+    calls = calls if calls is not None else []
     clock = Clock()
     shim = FakeShim(calls)
     shim.containers[CID] = ShimContainer(CID, "RUNNING", 100, "/proc/1/ns/net", "/sock/gv",
                                          cgroup=APP_CGROUP)
     usage = CgroupUsage(by_path={POD_CGROUP: Usage(pod_cpu, 0)})
     ctl = Controller(shim, FakeNet(calls), FakeReporter(calls), clock=clock, usage=usage)
-    p = pod("gv", runtime_class="runsc-architect")
+    p = pod("gv", runtime_class="runsc-architect", containers=("main", "side"))
     states = []
-    for _ in range(ticks):
+    for i in range(ticks):
+        execs = side_execs[i] if i < len(side_execs) else 0
+        shim.containers[SIDE] = ShimContainer(SIDE, "RUNNING", 100, "/proc/1/ns/net",
+                                              "/sock/gv", execs=execs)
         await ctl.tick([p], [_policy()])
         t = ctl.tracker.get(KEY)
         assert t is not None, ctl.ignored
@@ -83,3 +93,14 @@ async def test_a_busy_gvisor_sandbox_is_not_hibernated() -> None:
 async def test_an_idle_gvisor_sandbox_hibernates() -> None:
     states, _ = await _run(pod_cpu=2.0, ticks=4)
     assert states[-1] is ContainerState.SCALED_DOWN, states
+
+
+async def test_an_open_exec_session_keeps_a_gvisor_pod_up_without_asking_the_shim() -> None:
+    calls: list[str] = []
+    R, D = ContainerState.RUNNING, ContainerState.SCALED_DOWN
+    states, _ = await _run(pod_cpu=2.0, ticks=8, side_execs=(1,) * 5, calls=calls)
+    # An exec in the side container until t=8: no checkpoint is even asked for (the
+    # shim would refuse it with a HibernateFailed Warning every scaledownAfter);
+    # idle from the last tick that saw it (t=8), it hibernates at t=12.
+    assert states == [R, R, R, R, R, R, D, D], states
+    assert calls.count(f"shim.hibernate {CID}") == 1, calls
