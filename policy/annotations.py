@@ -115,8 +115,8 @@ ANNOTATIONS: Final[tuple[Annotation, ...]] = (
         Shape.DURATION_MAP,
         f"{DEFAULT_SCALEDOWN_AFTER} per managed container",
         "Idle time before a container hibernates; under managed-pod the pod hibernates "
-        "after the longest of its containers' durations (60s for one not listed; "
-        "runsc idle hibernation is not yet shown on the e2e cluster).",
+        "after the longest of its containers' durations (60s for one not listed), "
+        "idle by its sandbox's CPU and open exec sessions; `kubectl exec` wakes it.",
         requires=(MANAGED_CONTAINERS,),
         pod_too=True,
     ),
