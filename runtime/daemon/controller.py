@@ -240,7 +240,12 @@ class Controller:
             if act is not None and k in self.tracker:
                 self.tracker.observe(k, act.last_packet_at, act.open_connections, act.held_packets)
         for k, u in usages:
-            self.tracker.observe_usage(k, u.cpu_millicores, u.exec_sessions, now)
+            sessions = u.exec_sessions
+            if k.container == POD_SCOPE:
+                # gVisor runs an exec inside the sandbox, in no host cgroup
+                # (usage.sandbox_cgroup): the shim's count is the pod's sessions.
+                sessions = max(sessions, await self._pod_execs(k))
+            self.tracker.observe_usage(k, u.cpu_millicores, sessions, now)
 
     async def _act(self, d: Directive) -> None:
         if d.action is Action.HIBERNATE:
@@ -448,12 +453,6 @@ class Controller:
             if t is None or target is None or target.container_id is None:
                 return
             if t.state is not ContainerState.RUNNING:
-                return
-            if key.container == POD_SCOPE and await self._pod_execs(key) > 0:
-                # An open exec is work; gVisor runs it inside the sandbox, so no
-                # cgroup shows it (usage.sandbox_cgroup): the shim's count does.
-                self.tracker.touch(key, self.clock())
-                log.debug("%s: exec session open: stays up", _unit(key))
                 return
             self.tracker.begin_hibernate(key, self.clock())
             await self._publish_key(key)

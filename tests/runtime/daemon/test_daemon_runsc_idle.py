@@ -52,7 +52,8 @@ SIDE = "gv-side-id"
 
 
 async def _run(pod_cpu: float, ticks: int, side_execs: tuple[int, ...] = (),
-               calls: list[str] | None = None) -> tuple[list[ContainerState], CgroupUsage]:
+               calls: list[str] | None = None,
+               sessions: list[int] | None = None) -> tuple[list[ContainerState], CgroupUsage]:
     """Ticks 2 s apart over pod gv (containers main, side); ``side_execs``: the
     shim's count of running execs in side at each tick (0 after)."""
     calls = calls if calls is not None else []
@@ -72,6 +73,8 @@ async def _run(pod_cpu: float, ticks: int, side_execs: tuple[int, ...] = (),
         t = ctl.tracker.get(KEY)
         assert t is not None, ctl.ignored
         states.append(t.state)
+        if sessions is not None:
+            sessions.append(t.exec_sessions)
         clock.advance(2)
     return states, usage
 
@@ -98,7 +101,13 @@ async def test_an_idle_gvisor_sandbox_hibernates() -> None:
 async def test_an_open_exec_session_keeps_a_gvisor_pod_up_without_asking_the_shim() -> None:
     calls: list[str] = []
     R, D = ContainerState.RUNNING, ContainerState.SCALED_DOWN
-    states, _ = await _run(pod_cpu=2.0, ticks=8, side_execs=(1,) * 5, calls=calls)
+    sessions: list[int] = []
+    states, _ = await _run(pod_cpu=2.0, ticks=8, side_execs=(1,) * 5, calls=calls,
+                           sessions=sessions)
+    # The tracker holds the shim's count as the pod's exec sessions (what
+    # `explain` and the evaluator read), as a runc container's come from its cgroup;
+    # from the first tick after its adoption (the first tick adopts, then samples).
+    assert sessions[1:6] == [1, 1, 1, 1, 0], sessions
     # An exec in the side container until t=8: no checkpoint is even asked for (the
     # shim would refuse it with a HibernateFailed Warning every scaledownAfter);
     # idle from the last tick that saw it (t=8), it hibernates at t=12.
