@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from e2e import product
 from e2e.pytest_cluster import Cluster
 
 TIMEOUT_S = 120
@@ -113,3 +115,35 @@ def wait_architect_pods_gone(cluster: Cluster, timeout_s: float = 120) -> None:
 
     eventually("pods with Architect runtime classes are gone", gone, timeout_s=timeout_s,
                every_s=1)
+
+
+# A gVisor pod's state in memory: a shell counts, busybox httpd serves the count.
+RUNSC_COUNTER = ("mkdir -p /www && httpd -p 8080 -h /www && "
+                 "i=0; while true; do i=$((i+1)); echo $i > /www/index.html; sleep 1; done")
+
+
+def runsc_count(ip: str) -> int | None:
+    """RUNSC_COUNTER's count on ``ip`` (None: nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://{ip}:8080/", timeout=3) as r:
+            return int(r.read().decode().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def product_release(cluster: Cluster, what: str,
+                    extra: list[str] | None = None) -> Iterator[product.Kube]:
+    """The chart installed (the daemon at DEBUG) for a module's tests, and
+    uninstalled whatever happens: a release left behind answers the later tests'
+    pods (its webhooks, its daemon), so a pods-gone timeout must not skip it."""
+    k = product.Kube(cluster.kubeconfig, cluster.context, cluster.kubectl)
+    try:
+        took = product.install(k, extra=["--set", "daemon.logLevel=DEBUG", *(extra or [])])
+        print(f"\n{what}: helm install to daemon Ready {took:.1f}s")
+        yield k
+    finally:
+        try:
+            wait_architect_pods_gone(cluster)
+        finally:
+            product.uninstall(k)

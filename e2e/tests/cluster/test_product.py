@@ -23,7 +23,7 @@ import pytest
 
 from e2e import product
 from e2e.pytest_cluster import Cluster
-from e2e.tests.cluster.kube import namespace, wait_architect_pods_gone
+from e2e.tests.cluster.kube import namespace, product_release
 from e2e.tests.cluster.shimfix import container_id, shim_record
 
 pytestmark = pytest.mark.node
@@ -34,18 +34,8 @@ CONTAINER = f"{APP}-container"
 
 @pytest.fixture(scope="module")
 def kube(node_cluster: Cluster) -> Iterator[product.Kube]:
-    k = product.Kube(node_cluster.kubeconfig, node_cluster.context, node_cluster.kubectl)
-    try:
-        took = product.install(k, extra=["--set", "daemon.logLevel=DEBUG"])
-        print(f"\nproduct: helm install to daemon Ready {took:.1f}s")
+    with product_release(node_cluster, "product") as k:
         yield k
-    finally:
-        # A pods-gone timeout must not skip the uninstall: a release left behind
-        # answers the later tests' pods (its webhooks, its daemon).
-        try:
-            wait_architect_pods_gone(node_cluster)
-        finally:
-            product.uninstall(k)
 
 
 def _daemon_pod(kube: product.Kube) -> dict[str, Any]:

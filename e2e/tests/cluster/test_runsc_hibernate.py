@@ -7,7 +7,6 @@ state, in memory, continuing."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 from e2e.pytest_cluster import Cluster
 from e2e.tests.cluster.kube import (
+    RUNSC_COUNTER,
     _ctr,
     apply_ready,
     architect_tasks,
@@ -22,6 +22,7 @@ from e2e.tests.cluster.kube import (
     get_json,
     kubectl,
     namespace,
+    runsc_count,
     runsc_pod,
 )
 from e2e.tests.cluster.shimfix import (  # noqa: F401
@@ -34,16 +35,7 @@ from e2e.tests.cluster.shimfix import (  # noqa: F401
 pytestmark = pytest.mark.node
 
 # The count lives in the shell's memory; httpd serves it.
-SCRIPT = ("mkdir -p /www && httpd -p 8080 -h /www && "
-          "i=0; while true; do i=$((i+1)); echo $i > /www/index.html; sleep 1; done")
-
-
-def _count(ip: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://{ip}:8080/", timeout=3) as r:
-            return int(r.read().decode().strip())
-    except (OSError, ValueError):
-        return None
+SCRIPT = RUNSC_COUNTER
 
 
 def _pod(cluster: Cluster, ns: str) -> dict[str, Any]:
@@ -76,11 +68,11 @@ def test_runsc_pod_hibernates_in_place_and_wakes(architect_node: Cluster) -> Non
         status = apply_ready(cluster, ns, pod)["status"]
         ip = status["podIP"]
         cid = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-        eventually("the counter counts past 5", lambda: (_count(ip) or 0) >= 5, timeout_s=60)
+        eventually("the counter counts past 5", lambda: (runsc_count(ip) or 0) >= 5, timeout_s=60)
         sandbox_pid = shim_record(cid)["pid"]  # an app container's pid is its sandbox's
 
         ids = _hibernate(cid)
-        assert _count(ip) is None  # nothing answers now: the sandbox is gone
+        assert runsc_count(ip) is None  # nothing answers now: the sandbox is gone
         assert not Path(f"/proc/{sandbox_pid}").exists(), "the sandbox process is still there"
         time.sleep(5)  # the kubelet's pod sync has seen it meanwhile
         st = _pod(cluster, ns)["status"]
@@ -93,7 +85,7 @@ def test_runsc_pod_hibernates_in_place_and_wakes(architect_node: Cluster) -> Non
         counts: list[int] = []
 
         def answers() -> bool:
-            n = _count(ip)
+            n = runsc_count(ip)
             if n is not None:
                 counts.append(n)
             return n is not None
@@ -102,7 +94,7 @@ def test_runsc_pod_hibernates_in_place_and_wakes(architect_node: Cluster) -> Non
         # Continued in memory: not a fresh shell counting from 1.
         assert counts[0] >= 5, counts
         time.sleep(2.5)
-        later = _count(ip)
+        later = runsc_count(ip)
         assert later is not None and later > counts[0], (counts, later)
         assert shim_record(cid)["pid"] != sandbox_pid  # a new sandbox, the same task ids
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,21 @@ from architect.policy.annotations import (
 )
 from e2e import product
 from e2e.pytest_cluster import Cluster
-from e2e.tests.cluster.kube import _ctr, namespace, runsc_pod, wait_architect_pods_gone
+from e2e.tests.cluster.kube import (
+    RUNSC_COUNTER,
+    _ctr,
+    namespace,
+    product_release,
+    runsc_count,
+    runsc_pod,
+)
 from e2e.tests.cluster.shimfix import container_id, shim_record
 
 pytestmark = pytest.mark.node
 
 SCALEDOWN = "5s"
 # The count lives in the shell's memory (a fresh start counts from 1); httpd serves it.
-SCRIPT = ("mkdir -p /www && httpd -p 8080 -h /www && "
-          "i=0; while true; do i=$((i+1)); echo $i > /www/index.html; sleep 1; done")
+SCRIPT = RUNSC_COUNTER
 # The daemon writes the pod unit's state under this key of its status annotation
 # (runtime/daemon/targets.py POD_STATE_KEY).
 POD_KEY = "pod"
@@ -46,16 +51,8 @@ POD_KEY = "pod"
 
 @pytest.fixture(scope="module")
 def kube(node_cluster: Cluster) -> Iterator[product.Kube]:
-    k = product.Kube(node_cluster.kubeconfig, node_cluster.context, node_cluster.kubectl)
-    try:
-        took = product.install(k, extra=["--set", "daemon.logLevel=DEBUG"])
-        print(f"\nrunsc idle: helm install to daemon Ready {took:.1f}s")
+    with product_release(node_cluster, "runsc idle") as k:
         yield k
-    finally:
-        try:  # a pods-gone timeout must not skip the uninstall
-            wait_architect_pods_gone(node_cluster)
-        finally:
-            product.uninstall(k)
 
 
 def _daemon_log(kube: product.Kube) -> str:
@@ -79,14 +76,6 @@ def _ready(kube: product.Kube, ns: str, pod: dict[str, Any]) -> dict[str, Any]:
         events = kube.run("get", "events", "-n", ns, check=False).stdout
         raise AssertionError(f"runsc pod {name} not Ready:\n{events[-3000:]}")
     return dict(kube.json("pod", "-n", ns, name))
-
-
-def _count(ip: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://{ip}:8080/", timeout=3) as r:
-            return int(r.read().decode().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _state(kube: product.Kube, ns: str, name: str) -> str | None:
@@ -139,7 +128,7 @@ def test_idle_runsc_pod_hibernates_and_kubectl_exec_wakes_it(kube: product.Kube)
         rec = shim_record(cid)
         assert rec["status"] == "SCALED_DOWN", rec
         assert not Path(f"/proc/{sandbox_pid}").exists(), "the sandbox process is still there"
-        assert _count(ip) is None  # nothing answers: the sandbox is gone
+        assert runsc_count(ip) is None  # nothing answers: the sandbox is gone
         assert _task_status(cid) == "RUNNING"  # containerd still sees the task
         time.sleep(5)  # the kubelet's pod sync has seen it meanwhile
         st = _container(kube, ns, "gv")
@@ -159,7 +148,7 @@ def test_idle_runsc_pod_hibernates_and_kubectl_exec_wakes_it(kube: product.Kube)
         later: list[int] = []
 
         def counts_on() -> bool:
-            n = _count(ip)
+            n = runsc_count(ip)
             if n is not None and n > stopped_at:
                 later.append(n)
             return bool(later)
@@ -195,7 +184,7 @@ def test_disable_autoscaledown_keeps_the_runsc_pod_up(kube: product.Kube) -> Non
         assert set(seen) == {"RUNNING"}, (seen, _daemon_log(kube)[-3000:])
         assert Path(f"/proc/{sandbox_pid}").exists(), "the sandbox went away"
         assert shim_record(cid)["status"] == "RUNNING"
-        assert (_count(ip) or 0) >= 15
+        assert (runsc_count(ip) or 0) >= 15
         assert _container(kube, ns, "gv")["restartCount"] == 0
 
 
