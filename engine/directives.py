@@ -41,6 +41,9 @@ class WakeReason(StrEnum):
     EXEC = "exec"  # a kubectl exec session is waiting
     PACKET = "packet"  # packets were held since hibernation
     CONNECTION = "connection"  # a TCP connection is open
+    # Hibernated (e.g. restored so after a migration) while no HibernationPolicy
+    # governs it: nothing else would ever wake it.
+    NO_HIBERNATION_POLICY = "no-hibernation-policy"
 
 
 class PolicyRef(NamedTuple):

@@ -388,7 +388,12 @@ def _evaluate(
             if pod.deleting:
                 add(_deleting(key, hp_ref, pl.mp, t))
             elif hp is None or pl.rules is None:
-                if pl.mp is not None:
+                if pl.mp is not None and t is not None and t.state is _DOWN:
+                    why = ("hibernated, and no HibernationPolicy selects this container "
+                           "to wake it on demand (only migrates)")
+                    add(Directive(key, Action.WAKE, why, None, pl.mp,
+                                  wake_reason=WakeReason.NO_HIBERNATION_POLICY))
+                elif pl.mp is not None:
                     why = "no HibernationPolicy selects this container (only migrates)"
                     add(Directive(key, Action.NONE, why, None, pl.mp))
                 else:

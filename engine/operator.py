@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from architect.engine import metrics
 from architect.engine.admission import handlers as admission
+from architect.engine.admission.policycache import MigrationPolicyCache
 from architect.engine.admission.webhooks import (
     MUTATE_POD,
     VALIDATE_CHECKPOINT_STATUS,
@@ -40,6 +41,8 @@ from architect.policy.annotations import GROUP, VERSION
 
 log = logging.getLogger("architect.engine")
 CONFIG: OperatorConfig = OperatorConfig()  # set by engine.serve before kopf starts
+# What the pod webhook reads of MigrationPolicies (engine.admission.policycache).
+MIGRATION_POLICIES = MigrationPolicyCache()
 
 
 def _now() -> datetime:
@@ -130,10 +133,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     memo.kube = Kube(load_config())
     _KUBE[:] = [memo.kube]
+    await _load_migration_policies(memo.kube)
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
     memo.gc_task = asyncio.create_task(_gc_loop(memo.kube, cfg))
     settle_heap()
+
+
+async def _load_migration_policies(kube: Kube) -> None:
+    """Filled before kopf serves a webhook (startup runs first): a replacement
+    admitted the moment a restarted operator is ready is told of its handover."""
+    try:
+        objs = await kube.list_objects("migrationpolicies")
+    except Exception as err:  # the watch fills it once the API answers
+        log.warning("MigrationPolicies not listed at startup (the watch fills them in): %s", err)
+        return
+    for note in MIGRATION_POLICIES.replace_all(objs):
+        log.warning("%s", note)
+    log.info("%d MigrationPolicies known to admission", len(MIGRATION_POLICIES))
 
 
 def settle_heap() -> None:
@@ -185,7 +202,7 @@ logging.getLogger("kopf.objects").addFilter(_ANSWERED)  # once: addFilter skips 
 @kopf.on.mutate("v1", "pods", id=MUTATE_POD, operations=["CREATE"])
 async def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     try:
-        new = admission.mutate_pod(dict(body), CONFIG.sidecar)
+        new = admission.mutate_pod(dict(body), CONFIG.sidecar, MIGRATION_POLICIES.policies())
     except AdmissionDenied as err:
         raise _deny(err, MUTATE_POD) from None
 
@@ -281,6 +298,15 @@ async def validate_status(body: kopf.Body, **kwargs: Any) -> None:  # CPU only, 
 
 
 # --- control plane -----------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "migrationpolicies")
+async def migration_policy_event(type: str, body: kopf.Body, **_: Any) -> None:
+    meta = body.get("metadata") or {}
+    if type == "DELETED":
+        MIGRATION_POLICIES.remove(str(meta.get("namespace") or "default"), str(meta.get("name")))
+    elif (note := MIGRATION_POLICIES.put(dict(body))) is not None:
+        log.warning("%s", note)
 
 
 @kopf.on.event(GROUP, VERSION, "checkpoints")

@@ -42,7 +42,16 @@ COMPILED_LABEL: Final = PREFIX + "compiled-from"
 # can select it (and only it); the value names the pod (compiler.pod_label_value).
 POD_LABEL: Final = PREFIX + "pod"
 COMPILED_FROM_ANNOTATIONS: Final = "annotations"
-WRITTEN_BY_ARCHITECT: Final = frozenset({STATUS_ANNOTATION, TEMPLATE_HASH_ANNOTATION})
+# Put by admission: the containers a MigrationPolicy object selected when the pod
+# was created, with the governing policy's choices (JSON object: container ->
+# {autoScaleupAfterMigration, migrateEmptyDir, rewriteListenerAddresses,
+# rewriteEstablishedAddresses}). The shim only sees annotations: a replacement's
+# Create must know a handover may come before the daemon has marked its slot,
+# and a checkpoint and a restore must do what the policy object says.
+MIGRATION_CONTAINERS: Final = PREFIX + "migration-containers"
+WRITTEN_BY_ARCHITECT: Final = frozenset(
+    {STATUS_ANNOTATION, TEMPLATE_HASH_ANNOTATION, MIGRATION_CONTAINERS}
+)
 
 # Keys the control plane and the daemons write on Architect's own objects
 # (Checkpoints, PersistentCheckpoints, Secrets), never on users' pods.

@@ -7,7 +7,7 @@ and a fake ``KubeLike`` or a real one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +37,15 @@ from architect.policy.annotations import (
     START_FROM_PERSISTENT,
     WRITTEN_BY_ARCHITECT,
 )
+from architect.policy.models import MigrationPolicy
 
 
-def mutate_pod(body: Mapping[str, Any], sidecar: SidecarConfig) -> dict[str, Any]:
-    """The pod as it should be stored; AdmissionDenied on bad annotations."""
-    return admit_pod(body, sidecar)
+def mutate_pod(
+    body: Mapping[str, Any], sidecar: SidecarConfig, migration: Iterable[MigrationPolicy] = ()
+) -> dict[str, Any]:
+    """The pod as it should be stored; AdmissionDenied on bad annotations.
+    ``migration``: the MigrationPolicies the operator knows of."""
+    return admit_pod(body, sidecar, migration=migration)
 
 
 @dataclass(frozen=True)

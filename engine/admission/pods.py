@@ -7,8 +7,9 @@ the mutated pod dict out (the input is not modified).
 from __future__ import annotations
 
 import copy
+import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,16 @@ from architect.engine.admission.workloads import (
     describe,
     owns_its_policies,
 )
-from architect.policy.annotations import POD_LABEL, TEMPLATE_HASH_ANNOTATION, TEMPLATE_HASH_LABEL
+from architect.engine.labels import compile_selector
+from architect.policy.annotations import (
+    COMPILED_FROM_ANNOTATIONS,
+    COMPILED_LABEL,
+    MIGRATION_CONTAINERS,
+    POD_LABEL,
+    RUNTIME_CLASSES,
+    TEMPLATE_HASH_ANNOTATION,
+    TEMPLATE_HASH_LABEL,
+)
 from architect.policy.compiler import (
     Policy,
     generated_label_value,
@@ -26,7 +36,12 @@ from architect.policy.compiler import (
     pod_label_value,
     pod_template,
 )
-from architect.policy.models import HibernationPolicy, PortMapping
+from architect.policy.models import (
+    HibernationPolicy,
+    MigrationContainer,
+    MigrationPolicy,
+    PortMapping,
+)
 
 STATUS_DIR = "/run/architect"
 STATUS_FILE = f"{STATUS_DIR}/status.json"
@@ -135,15 +150,66 @@ def pod_label(pod: Mapping[str, Any], new_token: Callable[[], str] = _token) -> 
     return generated_label_value(str(meta.get("generateName") or ""), new_token())
 
 
+def migration_containers(
+    pod: Mapping[str, Any], policies: Iterable[MigrationPolicy]
+) -> dict[str, dict[str, bool]]:
+    """The pod's containers that a MigrationPolicy of its namespace and runtime
+    selects, each with the migration choices of the policy that governs it (the
+    evaluator's precedence: priority, then compiled from annotations, then name),
+    in the pod's order. The shim reads them: it sees annotations, not policies."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    runtime = RUNTIME_CLASSES.get(spec.get("runtimeClassName") or "")
+    if runtime != "runc":  # a runsc pod moves whole, by PersistentCheckpoint only
+        return {}
+    namespace = meta.get("namespace") or "default"
+    labels = meta.get("labels") or {}
+    selecting = [
+        p
+        for p in policies
+        if (p.metadata.namespace or "default") == namespace
+        and p.spec.runtime == runtime
+        and compile_selector(p.spec.selector)(labels)
+    ]
+    selecting.sort(key=_precedence)
+    chosen: dict[str, MigrationContainer] = {}
+    for p in selecting:
+        for c in p.spec.containers:
+            chosen.setdefault(c.name, c)
+    return {
+        str(c.get("name")): _choices(chosen[c["name"]])
+        for c in spec.get("containers") or ()
+        if c.get("name") in chosen
+    }
+
+
+def _precedence(p: MigrationPolicy) -> tuple[int, int, str]:
+    compiled = (p.metadata.labels or {}).get(COMPILED_LABEL) == COMPILED_FROM_ANNOTATIONS
+    return (-p.spec.priority, 0 if compiled else 1, p.metadata.name or "")
+
+
+def _choices(c: MigrationContainer) -> dict[str, bool]:
+    # The spec's own field names, so the annotation reads like the policy.
+    return {
+        "autoScaleupAfterMigration": c.auto_scaleup_after_migration,
+        "migrateEmptyDir": c.migrate_empty_dir,
+        "rewriteListenerAddresses": c.rewrite_listener_addresses,
+        "rewriteEstablishedAddresses": c.rewrite_established_addresses,
+    }
+
+
 def mutate_pod(
     pod: Mapping[str, Any],
     policy: HibernationPolicy | None,
     config: SidecarConfig,
     new_token: Callable[[], str] = _token,
+    migration: Iterable[MigrationPolicy] = (),
 ) -> dict[str, Any]:
     """The pod with sidecars, probe rewrites and the template-hash label and annotation
     added, and a bare pod without labels labelled ``POD_LABEL`` (its policies select it
-    by that label).
+    by that label). A pod with a template hash whose containers a MigrationPolicy in
+    ``migration`` selects gets them in ``MIGRATION_CONTAINERS`` (a value a user
+    wrote there is replaced: only admission says it).
 
     Idempotent: a pod that already has them (a reinvoked webhook) is unchanged.
     """
@@ -157,6 +223,13 @@ def mutate_pod(
         meta.setdefault("labels", {})[TEMPLATE_HASH_LABEL] = th
     if th and not (meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION):
         meta.setdefault("annotations", {})[TEMPLATE_HASH_ANNOTATION] = th
+    moving = migration_containers(out, migration) if th else {}
+    if moving:
+        meta.setdefault("annotations", {})[MIGRATION_CONTAINERS] = json.dumps(
+            moving, separators=(",", ":")
+        )
+    elif MIGRATION_CONTAINERS in (meta.get("annotations") or {}):
+        del meta["annotations"][MIGRATION_CONTAINERS]
     if policy is None:
         return out
     spec = out.setdefault("spec", {})
@@ -252,8 +325,12 @@ def validate_workload(obj: Mapping[str, Any]) -> list[Policy]:
 
 
 def admit_pod(
-    pod: Mapping[str, Any], config: SidecarConfig, new_token: Callable[[], str] = _token
+    pod: Mapping[str, Any],
+    config: SidecarConfig,
+    new_token: Callable[[], str] = _token,
+    migration: Iterable[MigrationPolicy] = (),
 ) -> dict[str, Any]:
-    """The mutated pod, or AdmissionDenied with the compiler's message."""
+    """The mutated pod, or AdmissionDenied with the compiler's message.
+    ``migration``: the cluster's MigrationPolicies as the operator knows them."""
     policies = _compile_and_check(pod)
-    return mutate_pod(pod, hibernation_policy(policies), config, new_token)
+    return mutate_pod(pod, hibernation_policy(policies), config, new_token, migration)

@@ -253,8 +253,11 @@ class Controller:
         elif d.action is Action.WAKE:
             # The metric label and Event: a directive's exec wake has always counted as
             # "packet" (the shim reports the exec wakes it does itself as "exec").
-            conn = d.wake_reason is WakeReason.CONNECTION
-            await self.wake(d.key, "connection" if conn else "packet")
+            if d.wake_reason is WakeReason.NO_HIBERNATION_POLICY:
+                await self.wake(d.key, d.wake_reason.value)
+            else:
+                conn = d.wake_reason is WakeReason.CONNECTION
+                await self.wake(d.key, "connection" if conn else "packet")
         elif d.action is Action.RESIZE and d.resize_to is not None:
             await self.resize(d.key, d.resize_to)
         elif d.action is Action.CHECKPOINT_FOR_MIGRATION and d.key.container != POD_SCOPE:

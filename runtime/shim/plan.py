@@ -23,6 +23,7 @@ ANN_TEMPLATE_HASH = keys.TEMPLATE_HASH_LABEL
 ANN_SCALEUP_TIMEOUT = keys.SCALEUP_TIMEOUT
 ANN_MANAGED = keys.MANAGED_CONTAINERS
 ANN_MANAGED_POD = keys.MANAGED_POD
+ANN_MIGRATION = keys.MIGRATION_CONTAINERS
 ANN_MIGRATE_EMPTYDIR = keys.MIGRATE_EMPTYDIR
 ANN_AUTOSCALEUP = keys.POSTMIGRATION_AUTOSCALEUP
 ANN_REWRITE_LISTENER = keys.REWRITE_LISTENER
@@ -143,9 +144,42 @@ class MigrationChoices:
     problems: tuple[str, ...] = ()
 
 
+def admitted_migrations(annotations: Mapping[str, str]) -> dict[str, dict[str, bool]]:
+    """What admission wrote in ``ANN_MIGRATION``: the containers a MigrationPolicy
+    object selects, each with its choices (none when absent). PlanError when
+    malformed."""
+    raw = annotations.get(ANN_MIGRATION)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise PlanError(f"{ANN_MIGRATION}: value {raw!r}: not JSON") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(v, dict) and all(isinstance(b, bool) for b in v.values())
+        for v in value.values()
+    ):
+        raise PlanError(f"{ANN_MIGRATION}: value {raw!r}: want container -> {{choice: bool}}")
+    return value
+
+
 def migration_choices(annotations: Mapping[str, str], container: str) -> MigrationChoices:
-    """The four per-container migration annotations for ``container``; never raises."""
+    """The migration choices for ``container``: those of the MigrationPolicy object
+    admission found for it (``ANN_MIGRATION``, the governing policy's), else the
+    four per-container migration annotations; never raises."""
     problems: list[str] = []
+    try:
+        entry = admitted_migrations(annotations).get(container)
+    except PlanError as e:
+        problems.append(str(e))
+        entry = None
+    if entry is not None:
+        return MigrationChoices(
+            empty_dirs=entry.get("migrateEmptyDir", False),
+            wake=entry.get("autoScaleupAfterMigration", False),
+            rewrite_listeners=entry.get("rewriteListenerAddresses", False),
+            rewrite_established=entry.get("rewriteEstablishedAddresses", False),
+        )
 
     def listed(key: str) -> bool:
         try:
@@ -164,13 +198,15 @@ def migration_choices(annotations: Mapping[str, str], container: str) -> Migrati
 
 
 def migration_expected(annotations: Mapping[str, str]) -> bool:
-    """A managed container of a pod with a template hash: compiled annotations give
-    it a MigrationPolicy, so the daemon decides on the pod's deletion whether its
-    stop checkpoints first. Raises PlanError on a malformed managed-containers."""
+    """A container of a pod with a template hash that a MigrationPolicy governs:
+    managed (compiled annotations give it one) or listed by admission as selected
+    by a MigrationPolicy object. The daemon then decides on the pod's deletion
+    whether its stop checkpoints first, and a replacement's Create waits for the
+    daemon's mark. Raises PlanError on a malformed list."""
     name = annotations.get(CRI_CONTAINER_NAME, "")
     if not name or not annotations.get(ANN_TEMPLATE_HASH):
         return False
-    return name in managed_containers(annotations)
+    return name in managed_containers(annotations) or name in admitted_migrations(annotations)
 
 
 def handover_dir(root: Path, template_hash: str, container: str, slot: str) -> Path:

@@ -277,6 +277,19 @@ def test_migration_only_container() -> None:
     assert d.migration_policy is not None and "only migrates" in d.reason
 
 
+def test_a_hibernated_migration_only_container_is_woken() -> None:
+    # Restored hibernated after a migration (the seed's default), with no
+    # HibernationPolicy nothing would wake it on demand: it is woken now.
+    ev = evaluate([mp()], [pod_info()], {KEY: tel(DOWN)}, NOW)
+    (d,) = ev.directives
+    assert d.action is Action.WAKE and d.wake_reason is WakeReason.NO_HIBERNATION_POLICY
+    assert d.migration_policy is not None and "no HibernationPolicy" in d.reason
+    assert d in ev.actionable()
+    # With a HibernationPolicy its own wake triggers decide: it stays hibernated.
+    ev = evaluate([hp(), mp()], [pod_info()], {KEY: tel(DOWN)}, NOW)
+    assert ev.directives[0].action is Action.STAY_HIBERNATED
+
+
 def test_migration_conflicts_are_reported() -> None:
     ev = evaluate([mp("a"), mp("b", priority=2)], [pod_info(deleting=True)], {KEY: tel()}, NOW)
     (c,) = ev.conflicts

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from architect.policy.annotations import PREFIX, WRITTEN_BY_ARCHITECT
 from architect.runtime.shim.plan import source_slot
 from e2e import product
 from e2e.pytest_cluster import Cluster
@@ -277,6 +278,61 @@ def test_drain_respects_the_pod_disruption_budget(kube: product.Kube) -> None:
         for p in _ready_pods(kube, ns, APP):
             body, _ = product.http_get(p["status"]["podIP"])
             assert product.count_of(body) == 3, body
+
+
+def test_drain_moves_pods_governed_only_by_a_migration_policy_object(
+    kube: product.Kube,
+) -> None:
+    """No Architect annotation on the pods: a MigrationPolicy object alone governs
+    them. Admission lists its containers on each pod (migration-containers, with
+    the policy's choices), so a replacement's Create waits for the daemon's word
+    as an annotated one does (before, it could start fresh while its handover was
+    on its way), and a replacement restored hibernated is woken: nothing else
+    would wake it (before, it stayed down, refusing connections)."""
+    c = f"{APP}-container"
+    with product_namespace(kube, "nb-mpol") as ns:
+        kube.run("apply", "-n", ns, "-f", "-", stdin=json.dumps({
+            "apiVersion": "architect.loopholelabs.io/v1alpha1", "kind": "MigrationPolicy",
+            "metadata": {"name": "movers"},
+            "spec": {"selector": {"matchLabels": {"app": APP}}, "runtime": "runc",
+                     "containers": [{"name": c}]}}))
+        dep = product.counter_deployment(APP, replicas=2)
+        dep["spec"]["template"]["metadata"]["annotations"] = {}
+        olds = _deploy_on_a(kube, ns, dep)
+        listed = "architect.loopholelabs.io/migration-containers"
+        for p in olds:
+            assert c in json.loads(p["metadata"]["annotations"][listed]), p["metadata"]
+            # Only what Architect writes itself (the daemon's status among it).
+            assert not [k for k in p["metadata"]["annotations"]
+                        if k.startswith(PREFIX) and k not in WRITTEN_BY_ARCHITECT]
+            product.wait_listening(p["status"]["podIP"])
+            for _ in range(2):
+                body, _ = product.http_get(p["status"]["podIP"])
+            assert product.count_of(body) == 2, body
+        try:
+            # Both at once: the second replacement's Create is the one that raced.
+            _drain(kube, NODE_A)
+            product.eventually("2 Ready pods on node B", lambda: sorted(
+                p["spec"]["nodeName"] for p in _ready_pods(kube, ns, APP)) == [NODE_B] * 2,
+                240, 0.5)
+        finally:
+            kube.run("uncordon", NODE_A)
+        news = _ready_pods(kube, ns, APP)
+        for p in news:
+            assert json.loads(p["metadata"]["annotations"][listed]) == {c: {
+                "autoScaleupAfterMigration": False, "migrateEmptyDir": False,
+                "rewriteListenerAddresses": False, "rewriteEstablishedAddresses": False}}
+            # Restored hibernated (autoScaleupAfterMigration false), then woken at
+            # once: no HibernationPolicy would ever wake it on demand.
+            nn = p["metadata"]["name"]
+            product.eventually(f"{nn} RUNNING", lambda nn=nn: product.status_of(
+                kube, ns, nn) == {c: "RUNNING"}, 60, 0.25)
+            product.wait_listening(p["status"]["podIP"])
+            body, _ = product.http_get(p["status"]["podIP"])
+            assert product.count_of(body) == 3, (p["metadata"]["name"], body)
+        fresh = [e["message"] for e in kube.json("events", "-n", ns)["items"]
+                 if e["reason"] == "StartedFresh"]
+        assert not fresh, fresh
 
 
 # --- faults: each ends in a fresh start on node B within scaleup-timeout ------
