@@ -152,6 +152,11 @@ def _ready_pods(k: product.Kube, ns: str, app: str) -> list[dict[str, Any]]:
     return out
 
 
+def _wait_ready_on_b(k: product.Kube, ns: str, n: int) -> None:
+    product.eventually(f"{n} Ready pods on node B", lambda: sorted(
+        p["spec"]["nodeName"] for p in _ready_pods(k, ns, APP)) == [NODE_B] * n, 240, 0.5)
+
+
 def _reasons(k: product.Kube, ns: str, name: str) -> set[str]:
     ev = k.json("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")
     return {e["reason"] for e in ev["items"]}
@@ -265,9 +270,7 @@ def test_drain_respects_the_pod_disruption_budget(kube: product.Kube) -> None:
         try:
             with Sampler(lambda: len(_ready_pods(kube, ns, APP))) as ready:
                 _drain(kube, NODE_A)
-                product.eventually("2 Ready pods on node B", lambda: sorted(
-                    p["spec"]["nodeName"] for p in _ready_pods(kube, ns, APP)) == [NODE_B] * 2,
-                    240, 0.5)
+                _wait_ready_on_b(kube, ns, 2)
         finally:
             kube.run("uncordon", NODE_A)
         print(f"\nReady pods sampled during the drain: min {min(ready.seen)}, "
@@ -312,9 +315,7 @@ def test_drain_moves_pods_governed_only_by_a_migration_policy_object(
         try:
             # Both at once: the second replacement's Create is the one that raced.
             _drain(kube, NODE_A)
-            product.eventually("2 Ready pods on node B", lambda: sorted(
-                p["spec"]["nodeName"] for p in _ready_pods(kube, ns, APP)) == [NODE_B] * 2,
-                240, 0.5)
+            _wait_ready_on_b(kube, ns, 2)
         finally:
             kube.run("uncordon", NODE_A)
         news = _ready_pods(kube, ns, APP)
