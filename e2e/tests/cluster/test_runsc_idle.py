@@ -9,6 +9,10 @@ cgroup shows no work for the duration, asks the shim to checkpoint the whole
 gVisor sandbox in place. The kubelet still sees the pod Running (no restart);
 `kubectl exec` wakes it and its in-memory counter continues.
 `disable-autoscaledown-containers` listing its container keeps it up.
+
+A restarted daemon (its DaemonSet pod deleted) adopts a hibernated pod unit as
+SCALED_DOWN from the shim's word: the sandbox stays checkpointed, the app pod is
+not restarted, and a later `kubectl exec` wakes it with its count kept.
 """
 
 from __future__ import annotations
@@ -236,3 +240,105 @@ def test_open_exec_session_keeps_the_runsc_pod_up(kube: product.Kube) -> None:
         assert not any(r.startswith("HibernateFailed") for r in reasons), reasons
         _wait_state(kube, ns, "gv", "SCALED_DOWN", 30)
         assert _container(kube, ns, "gv")["restartCount"] == 0
+
+
+def _node_daemon(kube: product.Kube, node: str) -> dict[str, Any] | None:
+    """The DaemonSet's live pod on ``node`` (None: none yet)."""
+    pods = kube.json("pods", "-n", product.NAMESPACE, "-l", "app.kubernetes.io/component=daemon")
+    live = [d for d in pods["items"]
+            if d["spec"].get("nodeName") == node and not d["metadata"].get("deletionTimestamp")]
+    return live[0] if len(live) == 1 else None
+
+
+def _is_ready(pod: dict[str, Any]) -> bool:
+    conds = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+    return conds.get("Ready") == "True"
+
+
+def test_restarted_daemon_readopts_the_hibernated_runsc_pod(kube: product.Kube) -> None:
+    """The daemon's pod deleted while the pod unit is hibernated: its successor
+    finds the unit SCALED_DOWN in the shim and keeps it so (no wake, no
+    HibernateFailed); the exec that wakes it later is the new daemon's to see."""
+    cluster = Cluster(kube.kubeconfig, kube.context, "node", kube.kubectl)
+    with namespace(cluster, "gvadopt") as ns:
+        pod = _ready(kube, ns, _managed("gv", **{SCALEDOWN_DURATIONS: {"main": SCALEDOWN}}))
+        t_ready = time.monotonic()
+        ip, cid, uid = pod["status"]["podIP"], container_id(pod), pod["metadata"]["uid"]
+        node = pod["spec"]["nodeName"]
+        sandbox_pid = shim_record(cid)["pid"]
+        _wait_state(kube, ns, "gv", "SCALED_DOWN", 90)
+        print(f"\nrunsc adopt: Ready -> SCALED_DOWN {time.monotonic() - t_ready:.1f}s "
+              f"(scaledown {SCALEDOWN})")
+        assert not Path(f"/proc/{sandbox_pid}").exists(), "the sandbox process is still there"
+
+        old = _node_daemon(kube, node)
+        assert old is not None and _is_ready(old), old
+        t_del = time.monotonic()
+        kube.run("delete", "pod", "-n", product.NAMESPACE, old["metadata"]["name"],
+                 "--wait=true", "--timeout=90s", timeout=120)
+        new: list[dict[str, Any]] = []
+
+        def successor_ready() -> bool:
+            d = _node_daemon(kube, node)
+            if d is None or d["metadata"]["uid"] == old["metadata"]["uid"] or not _is_ready(d):
+                return False
+            new[:] = [d]
+            return True
+
+        product.eventually(f"{node}'s new daemon Ready", successor_ready, 120, 0.5)
+        back = time.monotonic() - t_del
+        name = new[0]["metadata"]["name"]
+        line = f"pod {ns}/gv (gVisor sandbox): adopted as SCALED_DOWN"
+        logs: list[str] = []
+
+        def adopted() -> bool:
+            logs[:] = [kube.run("logs", "-n", product.NAMESPACE, name, "-c", "daemon",
+                                check=False).stdout]
+            return line in logs[0]
+
+        try:
+            product.eventually("the new daemon adopted the pod unit", adopted, 60, 0.5)
+        except product.ProductError:
+            raise AssertionError(f"no {line!r} in {name}'s log:\n{logs[0][-5000:]}") from None
+        took = time.monotonic() - t_del
+        print(f"runsc adopt: daemon pod deleted -> successor Ready {back:.1f}s, "
+              f"-> adopted as SCALED_DOWN {took:.1f}s")
+        assert f"pod {ns}/gv (gVisor sandbox): adopted as RUNNING" not in logs[0]
+
+        # Kept checkpointed: several of the new daemon's ticks, past the duration.
+        time.sleep(6)
+        assert _state(kube, ns, "gv") == "SCALED_DOWN", product.status_of(kube, ns, "gv")
+        assert shim_record(cid)["status"] == "SCALED_DOWN"
+        assert not Path(f"/proc/{sandbox_pid}").exists()
+        assert runsc_count(ip) is None  # nothing answers: still no sandbox
+        now = kube.json("pod", "-n", ns, "gv")
+        assert now["metadata"]["uid"] == uid
+        st = _container(kube, ns, "gv")
+        assert st["restartCount"] == 0 and "running" in st["state"], st
+        reasons = _events(kube, ns, "gv")
+        assert not any(r.startswith(("HibernateFailed", "WakeFailed")) for r in reasons), reasons
+
+        t0 = time.monotonic()
+        out = kube.run("exec", "-n", ns, "gv", "--", "cat", "/www/index.html", timeout=90).stdout
+        wake = time.monotonic() - t0
+        stopped_at = int(out.strip())
+        assert stopped_at >= 3, out  # the checkpointed count, not a fresh shell's 1
+        print(f"runsc adopt: kubectl exec woke it in {wake:.2f}s; count {stopped_at}")
+        _wait_state(kube, ns, "gv", "RUNNING", 30)
+        later: list[int] = []
+
+        def counts_on() -> bool:
+            n = runsc_count(ip)
+            if n is not None and n > stopped_at:
+                later.append(n)
+            return bool(later)
+
+        product.eventually("the woken pod counts on", counts_on, 30, 0.5)
+        assert shim_record(cid)["pid"] != sandbox_pid  # a new sandbox, the same task
+        assert kube.json("pod", "-n", ns, "gv")["metadata"]["uid"] == uid
+        assert _container(kube, ns, "gv")["restartCount"] == 0
+        reasons = _events(kube, ns, "gv")
+        assert any(r.startswith("Woken") for r in reasons), reasons
+        assert not any(r.startswith(("HibernateFailed", "WakeFailed")) for r in reasons), reasons
+        # The new daemon drives it: idle again, it hibernates it again.
+        _wait_state(kube, ns, "gv", "SCALED_DOWN", 60)
